@@ -1,0 +1,3 @@
+from fedmom_cli.cli import main
+
+main()

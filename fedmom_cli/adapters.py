@@ -1,0 +1,144 @@
+"""Read and write PEFT LoRA adapter folders without loading a model.
+
+A folder is what `PeftModel.save_pretrained` writes: `adapter_config.json` and
+`adapter_model.safetensors`, whose keys look like `<module>.lora_A.weight` (r, in) and
+`<module>.lora_B.weight` (out, r) with no adapter name. Base deltas are stored keyed by
+`<module>.weight`, one dense float32 (out, in) tensor per module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from fedmom_cli.errors import UserError
+from fedmom_cli.methods.base import LoraFactors, LoraSpec
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
+
+
+@dataclass(frozen=True)
+class Adapter:
+    path: Path
+    config: dict
+    modules: dict[str, LoraFactors]
+
+    @property
+    def lora(self) -> LoraSpec:
+        return LoraSpec(
+            r=int(self.config["r"]),
+            alpha=float(self.config["lora_alpha"]),
+            use_rslora=bool(self.config.get("use_rslora", False)),
+        )
+
+    @property
+    def target_modules(self) -> list[str] | str:
+        targets = self.config.get("target_modules")
+        return sorted(targets) if isinstance(targets, list) else targets
+
+
+def read_adapter(path: Path) -> Adapter:
+    """Load one adapter folder; any problem is a one-line UserError naming the folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"adapter folder not found: {path}")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (path / name).is_file():
+            raise UserError(f"{path} is not a PEFT adapter folder: {name} is missing")
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+        tensors = load_file(path / WEIGHTS_FILE)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read adapter {path}: {exc}") from None
+    if config.get("peft_type", "LORA") != "LORA" or "r" not in config:
+        raise UserError(f"{path}: not a LoRA adapter config")
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise UserError(f"{path}: per-module rank_pattern/alpha_pattern is not supported")
+    modules = {}
+    for key in sorted(tensors):
+        if key.endswith(A_SUFFIX):
+            module = key[: -len(A_SUFFIX)]
+            if module + B_SUFFIX not in tensors:
+                raise UserError(f"{path}: {module} has lora_A but no lora_B")
+            modules[module] = LoraFactors(A=tensors[key], B=tensors[module + B_SUFFIX])
+    if not modules:
+        raise UserError(f"{path}: no LoRA factors in {WEIGHTS_FILE}")
+    return Adapter(path=path, config=config, modules=modules)
+
+
+def check_compatible(adapters: list[Adapter]) -> None:
+    """All adapters must agree on rank, alpha, rsLoRA, target modules, module keys and shapes."""
+    first = adapters[0]
+    for other in adapters[1:]:
+        for what, a, b in [
+            ("rank r", first.lora.r, other.lora.r),
+            ("lora_alpha", first.lora.alpha, other.lora.alpha),
+            ("use_rslora", first.lora.use_rslora, other.lora.use_rslora),
+            ("target_modules", first.target_modules, other.target_modules),
+            ("modules", sorted(first.modules), sorted(other.modules)),
+        ]:
+            if a != b:
+                raise UserError(f"adapters disagree on {what}: {first.path} has {a}, {other.path} has {b}")
+        for module, f in first.modules.items():
+            g = other.modules[module]
+            if f.A.shape != g.A.shape or f.B.shape != g.B.shape:
+                raise UserError(
+                    f"adapters disagree on the shape of {module}: {first.path} has "
+                    f"A {tuple(f.A.shape)}, B {tuple(f.B.shape)}, {other.path} has "
+                    f"A {tuple(g.A.shape)}, B {tuple(g.B.shape)}"
+                )
+
+
+def adapter_tensors(modules: Mapping[str, LoraFactors], like: Adapter) -> dict[str, Tensor]:
+    """PEFT-keyed tensors in the dtype the clients' adapters were stored in."""
+    tensors = {}
+    for module, f in modules.items():
+        dtype = like.modules[module].A.dtype
+        tensors[module + A_SUFFIX] = f.A.to(dtype).contiguous()
+        tensors[module + B_SUFFIX] = f.B.to(dtype).contiguous()
+    return tensors
+
+
+def delta_key(module: str) -> str:
+    """`...q_proj` -> `...q_proj.weight`: the base weight the delta belongs to."""
+    return module + ".weight"
+
+
+def write_adapter(folder: Path, config: dict, tensors: dict[str, Tensor]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+
+
+@contextmanager
+def fresh_output_dir(out: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; on success it replaces `out` in one rename.
+
+    An existing non-empty `out` is an error unless `force`; on any failure nothing is left behind.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"--out {out} already exists and is not empty (use --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

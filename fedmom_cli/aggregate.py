@@ -1,0 +1,100 @@
+"""`fedmom aggregate`: one round of a method over client PEFT adapter folders.
+
+    fedmom aggregate --method fedmomentum client0/ client1/ client2/ --out round0/
+
+Writes OUT/adapter/ (the new global PEFT adapter), OUT/base_delta.safetensors (dense float32
+(out, in) deltas keyed `<module>.weight`, already scaled by s; empty when the method has none) and
+OUT/aggregation.json (per-module statistics, bytes per client, seconds of aggregation maths).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from fedmom_cli.adapters import (
+    adapter_tensors,
+    check_compatible,
+    delta_key,
+    fresh_output_dir,
+    read_adapter,
+    write_adapter,
+)
+from fedmom_cli.errors import UserError
+from fedmom_cli.methods import build_method
+
+
+@dataclass(frozen=True)
+class AggregateOptions:
+    method: str
+    clients: list[Path]
+    out: Path
+    round_idx: int = 0
+    weights: list[float] | None = None
+    tau: float | None = None
+    balance: bool | None = None
+    residual: bool | None = None
+    svd: str | None = None
+    seed: int = 0
+    force: bool = False
+
+
+def parse_weights(text: str | None) -> list[float] | None:
+    """'1,2,3' -> [1.0, 2.0, 3.0]; a non-number is a UserError."""
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(f"--weights must be comma-separated numbers, got {text!r}") from None
+
+
+def run(opts: AggregateOptions) -> dict:
+    """Validate everything, aggregate, then write all outputs at once; returns aggregation.json."""
+    if not opts.clients:
+        raise UserError("give at least one client adapter folder")
+    if opts.round_idx < 0:
+        raise UserError(f"--round must be >= 0, got {opts.round_idx}")
+    adapters = [read_adapter(p) for p in opts.clients]
+    check_compatible(adapters)
+    first = adapters[0]
+    method = build_method(
+        opts.method, first.lora, seed=opts.seed,
+        tau=opts.tau, balance=opts.balance, residual=opts.residual, svd=opts.svd,
+    )
+    weights = opts.weights if opts.weights is not None else [1.0] * len(adapters)
+    clients = {m: [a.modules[m] for a in adapters] for m in first.modules}
+
+    start = time.perf_counter()
+    result = method.aggregate(clients, weights, opts.round_idx)
+    seconds = time.perf_counter() - start
+
+    deltas = {
+        delta_key(m): r.delta.to_dense().float().contiguous()
+        for m, r in result.modules.items()
+        if r.delta is not None
+    }
+    total = sum(weights)
+    summary = {
+        "method": opts.method,
+        "round": opts.round_idx,
+        "clients": [str(p) for p in opts.clients],
+        "weights": [w / total for w in weights],
+        "lora": {"r": first.lora.r, "alpha": first.lora.alpha, "use_rslora": first.lora.use_rslora,
+                 "scaling": first.lora.scaling},
+        "seconds": seconds,
+        "bytes_up_per_client": result.bytes_up,
+        "bytes_down_per_client": result.bytes_down,
+        "modules_with_base_delta": len(deltas),
+        "modules": {m: r.stats for m, r in result.modules.items()},
+    }
+    with fresh_output_dir(opts.out, force=opts.force) as tmp:
+        write_adapter(tmp / "adapter", first.config, adapter_tensors(
+            {m: r.factors for m, r in result.modules.items()}, like=first))
+        save_file(deltas, tmp / "base_delta.safetensors", metadata={"format": "pt"})
+        (tmp / "aggregation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

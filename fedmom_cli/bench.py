@@ -1,0 +1,162 @@
+"""`fedmom bench aggregate`: aggregation time per method on the paper's shapes, and SVD paths compared.
+
+    fedmom bench aggregate                    # n=10, r=32, LLaMA2-7B shapes, 32 layers
+    fedmom bench aggregate --no-dense         # skip the slow dense exact SVD
+
+Client factors imitate a real round: every client starts from the same global A, B and moves a
+little (A_i = A + 3e-3 N, B_i = B + 3e-3 N), which makes the stacks nearly rank-deficient.
+Times are the best of `repeat` runs of one module's aggregation (plus the dense SVD once, it is
+slow); the per-round figure is q_proj and v_proj (both 4096x4096 in LLaMA2-7B) on `layers` layers,
+extrapolated from the module time. Accuracy: relative Frobenius error of the rank-r reconstruction
+U_r S_r V_r^T against the dense SVD's, and of the full factored reconstruction against M itself.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from fedmom_cli.errors import UserError
+from fedmom_cli.linalg import dense_svd, factored_svd, randomized_svd
+from fedmom_cli.methods import METHODS, LoraFactors, LoraSpec, build_method
+from fedmom_cli.methods.base import stacked_factors
+
+PAPER_METHODS = ["fedit", "flora", "ffa_lora", "rolora", "fedex_lora", "fedmomentum"]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    clients: int = 10
+    rank: int = 32
+    layers: int = 32
+    shapes: tuple[tuple[int, int], ...] = ((4096, 4096), (4096, 11008), (11008, 4096))
+    repeat: int = 3
+    dense: bool = True
+    seed: int = 0
+
+
+def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        shapes = tuple(tuple(int(x) for x in s.lower().split("x")) for s in text.split(","))
+    except ValueError:
+        shapes = ()
+    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+        raise UserError(f"--shapes must look like 4096x4096,4096x11008, got {text!r}")
+    return shapes  # type: ignore[return-value]
+
+
+def round_like_clients(n: int, r: int, out_f: int, in_f: int, seed: int) -> list[LoraFactors]:
+    g = torch.Generator().manual_seed(seed)
+    A = (torch.rand(r, in_f, generator=g) * 2 - 1) / in_f**0.5
+    B = 0.01 * torch.randn(out_f, r, generator=g)
+    return [
+        LoraFactors(A + 3e-3 * torch.randn(r, in_f, generator=g),
+                    B + 3e-3 * torch.randn(out_f, r, generator=g))
+        for _ in range(n)
+    ]
+
+
+def best_time(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x.double() - ref.double()).norm() / ref.double().norm())
+
+
+def bench_shape(opts: BenchOptions, out_f: int, in_f: int, console: Console) -> dict:
+    n, r = opts.clients, opts.rank
+    clients = round_like_clients(n, r, out_f, in_f, opts.seed)
+    weights = [1.0 / n] * n
+    lora = LoraSpec(r=r, alpha=2 * r)
+    row: dict = {"shape": f"{out_f}x{in_f}", "methods": {}, "svd": {}}
+    for name in PAPER_METHODS:
+        method = build_method(name, lora)
+        # Frozen factors must be identical across clients for ffa_lora / rolora: share A.
+        cl = clients if name not in ("ffa_lora", "rolora") else [
+            LoraFactors(clients[0].A, c.B) for c in clients]
+        method.aggregate({"m": cl}, weights, 0)  # warm-up
+        row["methods"][name] = best_time(
+            lambda m=method, c=cl: m.aggregate({"m": c}, weights, 0), opts.repeat)
+        console.log(f"{row['shape']} {name}: {row['methods'][name]:.4f} s")
+
+    Bs, As = stacked_factors(clients, weights)
+    M = Bs @ As
+    g = torch.Generator().manual_seed(opts.seed)
+    exact = factored_svd(Bs, As, n * r)
+    paths = {
+        "exact": lambda: factored_svd(Bs, As, n * r),
+        "randomized": lambda: randomized_svd(Bs @ As, n * r, sketch=n * r, generator=g),
+    }
+    for name, fn in paths.items():
+        fn()
+        row["svd"][name] = {"seconds": best_time(fn, opts.repeat)}
+        console.log(f"{row['shape']} svd {name}: {row['svd'][name]['seconds']:.4f} s")
+    full = exact.U * exact.S[: exact.U.shape[1]] @ exact.Vh
+    row["svd"]["exact"]["full_reconstruction_error"] = _rel(full, M)
+    if opts.dense:
+        start = time.perf_counter()
+        ref = dense_svd(M, n * r)
+        row["svd"]["dense"] = {"seconds": time.perf_counter() - start}
+        console.log(f"{row['shape']} svd dense: {row['svd']['dense']['seconds']:.2f} s")
+        best_r = ref.U[:, :r] * ref.S[:r] @ ref.Vh[:r]
+        rand = randomized_svd(M, n * r, sketch=n * r, generator=torch.Generator().manual_seed(1))
+        for name, svd in (("exact", exact), ("randomized", rand)):
+            row["svd"][name]["rank_r_error_vs_dense"] = _rel(svd.U[:, :r] * svd.S[:r] @ svd.Vh[:r], best_r)
+            row["svd"][name]["singular_value_error"] = _rel(svd.S[:r], ref.S[:r])
+    return row
+
+
+def run(opts: BenchOptions) -> dict:
+    console = Console(stderr=True)
+    torch.manual_seed(opts.seed)
+    rows = [bench_shape(opts, o, i, console) for o, i in opts.shapes]
+    per_round_modules = 2 * opts.layers
+    square = next((row for row in rows if row["shape"] == "4096x4096"), rows[0])
+
+    out = Console(width=150)
+    methods = Table(title=f"Aggregation seconds per module (n={opts.clients}, r={opts.rank}; best of "
+                          f"{opts.repeat}); per round = {per_round_modules} modules of {square['shape']}")
+    methods.add_column("method")
+    for row in rows:
+        methods.add_column(row["shape"], justify="right")
+    methods.add_column("per round", justify="right")
+    for name in PAPER_METHODS:
+        methods.add_row(name, *[f"{row['methods'][name]:.4f}" for row in rows],
+                        f"{square['methods'][name] * per_round_modules:.2f}")
+    out.print(methods)
+
+    svd = Table(title="fedmomentum decompositions: seconds per module, speed-up of exact, errors")
+    for col in ("shape", "path", "seconds", "per round", "exact speed-up", "rank-r err vs dense",
+                "sigma err", "full recon err"):
+        svd.add_column(col, justify="right" if col not in ("shape", "path") else "left")
+    for row in rows:
+        exact_s = row["svd"]["exact"]["seconds"]
+        for path, m in row["svd"].items():
+            svd.add_row(
+                row["shape"], path, f"{m['seconds']:.4f}",
+                f"{m['seconds'] * per_round_modules:.1f}",
+                f"{m['seconds'] / exact_s:.1f}x" if path != "exact" else "1.0x",
+                f"{m['rank_r_error_vs_dense']:.1e}" if "rank_r_error_vs_dense" in m else "-",
+                f"{m['singular_value_error']:.1e}" if "singular_value_error" in m else "-",
+                f"{m['full_reconstruction_error']:.1e}" if "full_reconstruction_error" in m else "-",
+            )
+    out.print(svd)
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+           "cpu": platform.processor() or platform.machine(), "methods": sorted(METHODS)}
+    out.print(f"torch {env['torch']}, {env['threads']} threads, {env['cpu']}; "
+              f"dense per-round figures are extrapolated from one module")
+    return {"options": opts.__dict__, "environment": env, "rows": rows,
+            "median_exact": statistics.median(r["svd"]["exact"]["seconds"] for r in rows)}

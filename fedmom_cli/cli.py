@@ -1,0 +1,121 @@
+"""fedmom's command line: each command parses its options and calls one module's `run`.
+
+User mistakes raise `UserError`; `main` prints them as one line on stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from fedmom_cli import __version__
+from fedmom_cli.errors import UserError
+
+app = typer.Typer(
+    help="fedmom: federated LoRA fine-tuning experiments (FedMomentum and its baselines).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks (timings on this machine; not tests).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+console = Console(stderr=True)
+
+
+class SvdMode(str, enum.Enum):
+    exact = "exact"
+    randomized = "randomized"
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"fedmom {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    pass
+
+
+@app.command()
+def aggregate(
+    clients: list[Path] = typer.Argument(..., metavar="CLIENT_ADAPTER_DIR...", show_default=False,
+                                         help="Client PEFT adapter folders (adapter_config.json + "
+                                              "adapter_model.safetensors)."),
+    method: str = typer.Option(..., "--method", "-m", show_default=False,
+                               help="Aggregation method: fedit, flora, ffa_lora, rolora, fedex_lora, "
+                                    "fedmomentum, fedmomentum_no_balance, fedmomentum_no_residual."),
+    out: Path = typer.Option(..., "--out", "-o", show_default=False,
+                             help="Output folder: adapter/, base_delta.safetensors, aggregation.json."),
+    round_idx: int = typer.Option(0, "--round", help="Round index t, 0-based (rolora: even t trains B)."),
+    weights: str = typer.Option(None, "--weights", show_default="uniform",
+                                help="Comma-separated client weights, e.g. sample counts; normalised."),
+    tau: float = typer.Option(None, "--tau", show_default="0.9999",
+                              help="fedmomentum: residual energy threshold in (0, 1]."),
+    no_balance: bool = typer.Option(False, "--no-balance",
+                                    help="fedmomentum: unbalanced split B = U S, A = V^T (ablation)."),
+    no_residual: bool = typer.Option(False, "--no-residual",
+                                     help="fedmomentum: discard components beyond r (ablation)."),
+    svd: SvdMode = typer.Option(None, "--svd", show_default="exact",
+                                help="fedmomentum: exact (factored QR + small SVD) or randomized "
+                                     "(the paper's Gaussian sketch, c = n r)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for flora's re-init and the randomized sketch."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
+) -> None:
+    """Aggregate one round of client LoRA adapters with a method; write the new global adapter."""
+    from fedmom_cli import aggregate as agg
+
+    summary = agg.run(agg.AggregateOptions(
+        method=method, clients=clients, out=out, round_idx=round_idx,
+        weights=agg.parse_weights(weights), tau=tau,
+        balance=False if no_balance else None, residual=False if no_residual else None,
+        svd=svd.value if svd else None, seed=seed, force=force,
+    ))
+    console.print(
+        f"{summary['method']} round {summary['round']}: {len(summary['modules'])} modules, "
+        f"{summary['modules_with_base_delta']} base deltas, {summary['seconds']:.3f} s, "
+        f"{summary['bytes_up_per_client']:,} B up / {summary['bytes_down_per_client']:,} B down "
+        f"per client -> {out}"
+    )
+
+
+@bench_app.command("aggregate")
+def bench_aggregate(
+    clients: int = typer.Option(10, "--clients", "-n", help="Number of clients n."),
+    rank: int = typer.Option(32, "--rank", "-r", help="LoRA rank r."),
+    layers: int = typer.Option(32, "--layers", help="Layers per round (q_proj and v_proj each)."),
+    shapes: str = typer.Option("4096x4096,4096x11008,11008x4096", "--shapes",
+                               help="Comma-separated OUTxIN module shapes (LLaMA2-7B's by default)."),
+    repeat: int = typer.Option(3, "--repeat", help="Timed repetitions per measurement (best kept)."),
+    dense: bool = typer.Option(True, "--dense/--no-dense",
+                               help="Also time the dense exact SVD (slow: tens of seconds a module)."),
+    json_out: Path = typer.Option(None, "--json", show_default="none",
+                                  help="Also write the measurements as JSON to this file."),
+) -> None:
+    """Time every method on the paper's module shapes, and fedmomentum's SVD paths against each other."""
+    from fedmom_cli import bench
+
+    rows = bench.run(bench.BenchOptions(
+        clients=clients, rank=rank, layers=layers, shapes=bench.parse_shapes(shapes),
+        repeat=repeat, dense=dense,
+    ))
+    if json_out is not None:
+        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,63 @@
+"""The registry of aggregation methods: one name, one file, one class behind `base.Method`.
+
+    METHODS["fedmomentum"](LoraSpec(r=32, alpha=64), tau=0.9999)
+
+The FedMomentum ablations of the paper's Tables 5-7 are registered under their own names so that
+run folders, recipes and report rows can name them; they are the same class with one switch off.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from fedmom_cli.errors import UserError
+from fedmom_cli.methods.base import LoraFactors, LoraSpec, Method, RoundResult
+from fedmom_cli.methods.fedex_lora import FedExLoRA
+from fedmom_cli.methods.fedit import FedIT
+from fedmom_cli.methods.fedmomentum import FedMomentum
+from fedmom_cli.methods.ffa_lora import FFALoRA
+from fedmom_cli.methods.flora import FLoRA
+from fedmom_cli.methods.rolora import RoLoRA
+
+METHODS: dict[str, Callable[..., Method]] = {
+    "fedit": FedIT,
+    "flora": FLoRA,
+    "ffa_lora": FFALoRA,
+    "rolora": RoLoRA,
+    "fedex_lora": FedExLoRA,
+    "fedmomentum": FedMomentum,
+    "fedmomentum_no_balance": functools.partial(FedMomentum, balance=False),
+    "fedmomentum_no_residual": functools.partial(FedMomentum, residual=False),
+}
+
+
+def method_options(name: str) -> set[str]:
+    """The keyword options a registered method accepts (besides the LoRA spec)."""
+    params = inspect.signature(METHODS[name]).parameters
+    return {p for p in params if p != "lora"}
+
+
+def build_method(name: str, lora: LoraSpec, seed: int = 0, **options: Any) -> Method:
+    """Instantiate a registered method.
+
+    `seed` goes to the methods that draw random numbers; any other option that is not None must be
+    one the method takes, so that e.g. `--tau` with `fedit` is an error rather than ignored.
+    """
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    if "seed" in method_options(name):
+        given["seed"] = seed
+    unknown = set(given) - method_options(name)
+    if unknown:
+        raise UserError(f"method {name} does not take option(s): {', '.join(sorted(unknown))}")
+    try:
+        return METHODS[name](lora, **given)
+    except ValueError as exc:
+        raise UserError(f"{name}: {exc}") from None
+
+
+__all__ = ["METHODS", "LoraFactors", "LoraSpec", "Method", "RoundResult", "build_method"]

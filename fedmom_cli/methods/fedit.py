@@ -1,0 +1,51 @@
+"""FedIT (Zhang et al., 2024): FedAvg of A and B separately.
+
+    A = sum_i w_i A_i,   B = sum_i w_i B_i,   no base delta.
+
+The product B A differs from sum_i w_i B_i A_i: that difference is the "aggregation noise" the
+FedMomentum paper (Section 2) attributes to FedIT. Follows FederatedGPT-Shepherd and OpenFedLLM's
+`fedavg` (weights = client sample counts, normalised); the FLoRA repository's FedIT baseline is
+buggy (it keeps client 0 only) and is not followed. Each client uploads and downloads A and B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedmom_cli.methods.base import (
+    Clients,
+    LoraFactors,
+    LoraSpec,
+    ModuleResult,
+    RoundResult,
+    check_clients,
+    lora_numel,
+    round_result,
+    weighted_sum,
+)
+
+
+class FedIT:
+    name = "fedit"
+
+    def __init__(self, lora: LoraSpec) -> None:
+        self.lora = lora
+
+    def trainable(self, round_idx: int) -> frozenset[str]:
+        return frozenset({"A", "B"})
+
+    def aggregate(self, clients: Clients, weights: Sequence[float], round_idx: int) -> RoundResult:
+        w = check_clients(clients, weights)
+        modules, numel = {}, 0
+        for name, factors in clients.items():
+            A = weighted_sum([f.A for f in factors], w)
+            B = weighted_sum([f.B for f in factors], w)
+            modules[name] = ModuleResult(LoraFactors(A, B))
+            numel += lora_numel(factors[0])
+        return round_result(modules, numel_up=numel, numel_down=numel, clients=clients)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -85,7 +85,8 @@ def aggregate(
         f"{summary['method']} round {summary['round']}: {len(summary['modules'])} modules, "
         f"{summary['modules_with_base_delta']} base deltas, {summary['seconds']:.3f} s, "
         f"{summary['bytes_up_per_client']:,} B up / {summary['bytes_down_per_client']:,} B down "
-        f"per client -> {out}"
+        f"per client -> {out}",
+        soft_wrap=True,
     )
 
 

@@ -20,24 +20,24 @@ Everything is computed in float32 or wider, whatever dtype the factors arrive in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 
-@dataclass(frozen=True)
 class SVD:
-    """Leading singular triplets of M: M ~= U diag(S) Vh. U (out, k), S (p,), Vh (k, in).
+    """Singular values of M, all of them, and its leading singular vectors on demand.
 
-    S holds *all* the singular values the method computed (for energy criteria); U and Vh hold only
-    the first k vectors that were asked for.
+    `top(k)` returns U (out, k) and Vh (k, in) with M ~= U diag(S[:k]) Vh; the factored path
+    computes only the k vectors asked for, which is most of its speed when k << nr.
     """
 
-    U: Tensor
-    S: Tensor
-    Vh: Tensor
-    path: str
+    def __init__(self, S: Tensor, path: str, top: Callable[[int], tuple[Tensor, Tensor]]) -> None:
+        self.S, self.path, self._top = S, path, top
+
+    def top(self, k: int) -> tuple[Tensor, Tensor]:
+        return self._top(min(k, self.S.numel()))
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -66,34 +66,34 @@ def _apply_q(packed: Tensor, tau: Tensor, small: Tensor) -> Tensor:
     return torch.ormqr(packed, tau, small)
 
 
-def factored_svd(Bs: Tensor, As: Tensor, k: int) -> SVD:
-    """Exact SVD of Bs @ As from QR of the thin stacks; returns the top-k vectors and all values."""
+def factored_svd(Bs: Tensor, As: Tensor) -> SVD:
+    """Exact SVD of Bs @ As from Householder QR of the thin stacks and an SVD of the small core."""
     dtype = compute_dtype(Bs, As)
     qb, tb = torch.geqrf(Bs.to(dtype))
     qa, ta = torch.geqrf(As.T.to(dtype))
-    core = _triangle(qb) @ _triangle(qa).T
-    u, s, vh = torch.linalg.svd(core, full_matrices=False)
-    k = min(k, s.numel())
-    U = _apply_q(qb, tb, u[:, :k].contiguous())[:, :k]
-    V = _apply_q(qa, ta, vh[:k].T.contiguous())[:, :k]
-    return SVD(U=U, S=s, Vh=V.T, path="exact")
+    u, s, vh = torch.linalg.svd(_triangle(qb) @ _triangle(qa).T, full_matrices=False)
+
+    def top(k: int) -> tuple[Tensor, Tensor]:
+        U = _apply_q(qb, tb, u[:, :k].contiguous())[:, :k]
+        V = _apply_q(qa, ta, vh[:k].T.contiguous())[:, :k]
+        return U, V.T
+
+    return SVD(s, "exact", top)
 
 
-def dense_svd(M: Tensor, k: int) -> SVD:
+def dense_svd(M: Tensor) -> SVD:
     """LAPACK SVD of the dense matrix M (float32 or wider)."""
     U, s, Vh = torch.linalg.svd(M.to(compute_dtype(M)), full_matrices=False)
-    k = min(k, s.numel())
-    return SVD(U=U[:, :k], S=s, Vh=Vh[:k], path="dense")
+    return SVD(s, "dense", lambda k: (U[:, :k], Vh[:k]))
 
 
-def randomized_svd(M: Tensor, k: int, sketch: int, generator: torch.Generator) -> SVD:
+def randomized_svd(M: Tensor, sketch: int, generator: torch.Generator) -> SVD:
     """Halko et al.'s randomized SVD as the paper's Section 3.2 states it (Gaussian sketch, one QR)."""
     M = M.to(compute_dtype(M))
     omega = torch.randn(M.shape[1], sketch, generator=generator, dtype=M.dtype)
     Q, _ = torch.linalg.qr(M @ omega)
     u, s, Vh = torch.linalg.svd(Q.T @ M, full_matrices=False)
-    k = min(k, s.numel())
-    return SVD(U=Q @ u[:, :k], S=s, Vh=Vh[:k], path="randomized")
+    return SVD(s, "randomized", lambda k: (Q @ u[:, :k], Vh[:k]))
 
 
 def energy_rank(singular_values: Tensor, tau: float) -> int:

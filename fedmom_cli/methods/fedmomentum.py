@@ -44,14 +44,14 @@ SVD_MODES = ("exact", "randomized")
 LEADING_VALUES = 8  # singular values kept in the statistics (the paper's Figure 5)
 
 
-def _decompose(Bs: torch.Tensor, As: torch.Tensor, k: int, mode: str, seed: int) -> SVD:
+def _decompose(Bs: torch.Tensor, As: torch.Tensor, mode: str, seed: int) -> SVD:
     out_features, stacked = Bs.shape
     if dense_is_cheaper(out_features, As.shape[1], stacked):
-        return dense_svd(Bs @ As, k)
+        return dense_svd(Bs @ As)
     if mode == "randomized":
         g = torch.Generator().manual_seed(seed)
-        return randomized_svd(Bs @ As, k, sketch=stacked, generator=g)
-    return factored_svd(Bs, As, k)
+        return randomized_svd(Bs @ As, sketch=stacked, generator=g)
+    return factored_svd(Bs, As)
 
 
 def _pad_rank(U: torch.Tensor, Vh: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,13 +93,11 @@ class FedMomentum:
         modules, up, down = {}, 0, 0
         for name, factors in clients.items():
             Bs, As = stacked_factors(factors, w)
-            # Enough vectors for the largest residual the energy rule can ask for.
-            k = Bs.shape[1] if self.residual else r
             sketch_seed = zlib.crc32(f"fedmomentum/{self.seed}/{round_idx}/{name}".encode())
-            svd = _decompose(Bs, As, k, self.svd, sketch_seed)
+            svd = _decompose(Bs, As, self.svd, sketch_seed)
             r_eff = energy_rank(svd.S, self.tau)
             s_res = max(0, r_eff - r) if self.residual else 0
-            U, Vh = _pad_rank(svd.U, svd.Vh, r)
+            U, Vh = _pad_rank(*svd.top(r + s_res), r)  # only the vectors that are kept
             S = torch.nn.functional.pad(svd.S[:r], (0, max(0, r - svd.S.numel())))
             if self.balance:
                 root = S.sqrt()

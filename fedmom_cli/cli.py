@@ -90,6 +90,56 @@ def aggregate(
     )
 
 
+@app.command()
+def partition(
+    task: str = typer.Option(..., "--task", "-t", show_default=False,
+                             help="Task whose rows are split: math, commonsense or code."),
+    out: Path = typer.Option(..., "--out", "-o", show_default=False, help="Partition JSON file to write."),
+    clients: int = typer.Option(10, "--clients", "-n", help="Number of clients N."),
+    beta: float = typer.Option(0.5, "--beta", help="Dirichlet concentration (smaller = more skewed)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the shuffle and the Dirichlet draws."),
+    data: Path = typer.Option(None, "--data", show_default="the task's Hub dataset",
+                              help="Local JSON / JSONL / parquet file in the task's schema."),
+    synthetic: int = typer.Option(None, "--synthetic", show_default="off",
+                                  help="Use N synthetic rows of the task instead (offline smoke runs)."),
+    by: str = typer.Option(None, "--by", show_default="off",
+                           help="Label-based Dirichlet split over this categorical field (e.g. type)."),
+    iid: bool = typer.Option(False, "--iid", help="Split evenly at random instead of Dirichlet."),
+    min_size: int = typer.Option(16, "--min-size", help="Minimum rows per client (redraw until met)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
+) -> None:
+    """Split a task's rows among clients (Dirichlet quantity skew by default) into a JSON file."""
+    from fedmom_cli import partition as part
+
+    result = part.run(part.PartitionOptions(
+        task=task, clients=clients, beta=beta, seed=seed, out=out, data=data, synthetic=synthetic,
+        by=by, iid=iid, min_size=min_size, force=force,
+    ))
+    _print_partition(result)
+
+
+def _print_partition(result: dict) -> None:
+    from rich.table import Table
+
+    counts = result["category_counts"]
+    categories = sorted({c for client in counts for c in client}) if counts else []
+    ds = result["dataset"]
+    out = Console()
+    out.print(f"{result['task']}: {ds['rows']:,} rows of {ds['source']} -> {result['clients_n']} "
+              f"clients ({result['scheme']}, beta={result['beta']}, seed={result['seed']}, "
+              f"{result['draws']} draw(s))", soft_wrap=True)
+    table = Table()
+    table.add_column("client", justify="right")
+    table.add_column("rows", justify="right")
+    table.add_column("share", justify="right")
+    for c in categories:
+        table.add_column(c, justify="right")
+    for k, size in enumerate(result["sizes"]):
+        extra = [str(counts[k].get(c, 0)) for c in categories] if counts else []
+        table.add_row(str(k), f"{size:,}", f"{size / ds['rows']:.1%}", *extra)
+    out.print(table)
+
+
 @bench_app.command("aggregate")
 def bench_aggregate(
     clients: int = typer.Option(10, "--clients", "-n", help="Number of clients n."),

@@ -1,0 +1,110 @@
+"""Load a task's training rows: a local file (--data), the Hub (the task's default), or synthetic.
+
+Local files are JSON (a list of rows, or JSON lines), JSONL or parquet, in the task's schema or one
+the task converts (GSM8K's question/answer for math). The Hub is tried only when reachable: with
+HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or when huggingface.co does not answer within 3 s,
+loading fails at once with a message naming --data, instead of retrying for minutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedmom_cli.errors import UserError
+from fedmom_cli.tasks import Task
+
+HUB_HOST = "huggingface.co"
+
+
+@dataclass(frozen=True)
+class Rows:
+    rows: list[dict]
+    source: str
+    split: str
+
+    def fingerprint(self) -> dict:
+        """Source, split, row count and a hash of the rows' content (canonical JSON)."""
+        digest = hashlib.sha256()
+        for row in self.rows:
+            digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+            digest.update(b"\n")
+        return {"source": self.source, "split": self.split, "rows": len(self.rows),
+                "sha256": digest.hexdigest()}
+
+
+def read_file(path: Path) -> list[dict]:
+    """Rows of a .json / .jsonl / .parquet file; anything unreadable is a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pandas as pd
+
+            return pd.read_parquet(path).to_dict(orient="records")
+        text = path.read_text(encoding="utf-8")
+        if suffix == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError:
+                data = [json.loads(line) for line in text.splitlines() if line.strip()]
+            if isinstance(data, dict) and isinstance(data.get("train"), list):
+                data = data["train"]
+        elif suffix == ".jsonl":
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            raise UserError(f"{path}: unsupported data format {suffix!r} (use .json, .jsonl or .parquet)")
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parse error is the user's file, not our bug
+        message = f"cannot read data file {path}: {type(exc).__name__}: {exc}"
+        raise UserError(message.splitlines()[0]) from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise UserError(f"{path}: expected a list of JSON objects (rows)")
+    return data
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or \
+            os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
+        return False
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_hub(task: Task) -> list[dict]:
+    hint = f"pass --data PATH with a local JSON/JSONL/parquet copy of {task.hub_id}"
+    if not _hub_reachable():
+        raise UserError(f"the Hugging Face Hub is not reachable (offline) to load {task.hub_id}; {hint}")
+    import datasets
+
+    try:
+        return list(datasets.load_dataset(task.hub_id, split=task.split))
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot load {task.hub_id} from the Hub ({type(exc).__name__}); {hint}") from None
+
+
+def load_rows(task: Task, data: Path | None = None, synthetic: int | None = None, seed: int = 0) -> Rows:
+    """The task's rows, in its schema, from exactly one source."""
+    if data is not None and synthetic is not None:
+        raise UserError("give either --data or --synthetic, not both")
+    if synthetic is not None:
+        if synthetic < 1:
+            raise UserError(f"--synthetic must be a positive number of rows, got {synthetic}")
+        return Rows(task.synthetic(synthetic, seed), f"synthetic:{task.name}:seed{seed}", "train")
+    if data is not None:
+        raw, source = read_file(data), str(data)
+    else:
+        raw, source = load_hub(task), task.hub_id
+    if not raw:
+        raise UserError(f"{source}: no rows")
+    return Rows([task.to_schema(r) for r in raw], source, task.split)

@@ -1,0 +1,29 @@
+"""Test setup: never touch the network; locate the shared real data when it is present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# The tests run offline: no Hub look-ups, ever (a user's machine may be online; CI's is not).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def gsm8k_train(shared_data) -> Path:
+    path = shared_data / "gsm8k" / "train.jsonl"
+    if not path.is_file():
+        pytest.skip("GSM8K train file is not present")
+    return path

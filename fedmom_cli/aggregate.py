@@ -63,8 +63,13 @@ def run(opts: AggregateOptions) -> dict:
     check_compatible(adapters)
     first = adapters[0]
     method = build_method(
-        opts.method, first.lora, seed=opts.seed,
-        tau=opts.tau, balance=opts.balance, residual=opts.residual, svd=opts.svd,
+        opts.method,
+        first.lora,
+        seed=opts.seed,
+        tau=opts.tau,
+        balance=opts.balance,
+        residual=opts.residual,
+        svd=opts.svd,
     )
     weights = opts.weights if opts.weights is not None else [1.0] * len(adapters)
     clients = {m: [a.modules[m] for a in adapters] for m in first.modules}
@@ -84,8 +89,12 @@ def run(opts: AggregateOptions) -> dict:
         "round": opts.round_idx,
         "clients": [str(p) for p in opts.clients],
         "weights": [w / total for w in weights],
-        "lora": {"r": first.lora.r, "alpha": first.lora.alpha, "use_rslora": first.lora.use_rslora,
-                 "scaling": first.lora.scaling},
+        "lora": {
+            "r": first.lora.r,
+            "alpha": first.lora.alpha,
+            "use_rslora": first.lora.use_rslora,
+            "scaling": first.lora.scaling,
+        },
         "seconds": seconds,
         "bytes_up_per_client": result.bytes_up,
         "bytes_down_per_client": result.bytes_down,
@@ -93,8 +102,11 @@ def run(opts: AggregateOptions) -> dict:
         "modules": {m: r.stats for m, r in result.modules.items()},
     }
     with fresh_output_dir(opts.out, force=opts.force) as tmp:
-        write_adapter(tmp / "adapter", first.config, adapter_tensors(
-            {m: r.factors for m, r in result.modules.items()}, like=first))
+        write_adapter(
+            tmp / "adapter",
+            first.config,
+            adapter_tensors({m: r.factors for m, r in result.modules.items()}, like=first),
+        )
         save_file(deltas, tmp / "base_delta.safetensors", metadata={"format": "pt"})
         (tmp / "aggregation.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -58,8 +58,9 @@ def round_like_clients(n: int, r: int, out_f: int, in_f: int, seed: int) -> list
     A = (torch.rand(r, in_f, generator=g) * 2 - 1) / in_f**0.5
     B = 0.01 * torch.randn(out_f, r, generator=g)
     return [
-        LoraFactors(A + 3e-3 * torch.randn(r, in_f, generator=g),
-                    B + 3e-3 * torch.randn(out_f, r, generator=g))
+        LoraFactors(
+            A + 3e-3 * torch.randn(r, in_f, generator=g), B + 3e-3 * torch.randn(out_f, r, generator=g)
+        )
         for _ in range(n)
     ]
 
@@ -86,11 +87,15 @@ def bench_shape(opts: BenchOptions, out_f: int, in_f: int, console: Console) -> 
     for name in PAPER_METHODS:
         method = build_method(name, lora)
         # Frozen factors must be identical across clients for ffa_lora / rolora: share A.
-        cl = clients if name not in ("ffa_lora", "rolora") else [
-            LoraFactors(clients[0].A, c.B) for c in clients]
+        cl = (
+            clients
+            if name not in ("ffa_lora", "rolora")
+            else [LoraFactors(clients[0].A, c.B) for c in clients]
+        )
         method.aggregate({"m": cl}, weights, 0)  # warm-up
         row["methods"][name] = best_time(
-            lambda m=method, c=cl: m.aggregate({"m": c}, weights, 0), opts.repeat)
+            lambda m=method, c=cl: m.aggregate({"m": c}, weights, 0), opts.repeat
+        )
         console.log(f"{row['shape']} {name}: {row['methods'][name]:.4f} s")
 
     Bs, As = stacked_factors(clients, weights)
@@ -134,27 +139,46 @@ def run(opts: BenchOptions) -> dict:
     square = next((row for row in rows if row["shape"] == "4096x4096"), rows[0])
 
     out = Console(width=150)
-    methods = Table(title=f"Aggregation seconds per module (n={opts.clients}, r={opts.rank}; best of "
-                          f"{opts.repeat}); per round = {per_round_modules} modules of {square['shape']}")
+    methods = Table(
+        title=f"Aggregation seconds per module (n={opts.clients}, r={opts.rank}; best of "
+        f"{opts.repeat}); per round = {per_round_modules} modules of {square['shape']}"
+    )
     methods.add_column("method")
     for row in rows:
         methods.add_column(row["shape"], justify="right")
     methods.add_column("per round", justify="right")
     for name in PAPER_METHODS:
-        methods.add_row(name, *[f"{row['methods'][name]:.4f}" for row in rows],
-                        f"{square['methods'][name] * per_round_modules:.2f}")
+        methods.add_row(
+            name,
+            *[f"{row['methods'][name]:.4f}" for row in rows],
+            f"{square['methods'][name] * per_round_modules:.2f}",
+        )
     out.print(methods)
 
-    svd = Table(title="fedmomentum decompositions (singular values + the k = r + s_res kept vectors): "
-                      "seconds per module, speed-up of exact, errors")
-    for col in ("shape", "k", "path", "seconds", "per round", "exact speed-up", "rank-k err vs dense",
-                "sigma err", "full recon err"):
+    svd = Table(
+        title="fedmomentum decompositions (singular values + the k = r + s_res kept vectors): "
+        "seconds per module, speed-up of exact, errors"
+    )
+    for col in (
+        "shape",
+        "k",
+        "path",
+        "seconds",
+        "per round",
+        "exact speed-up",
+        "rank-k err vs dense",
+        "sigma err",
+        "full recon err",
+    ):
         svd.add_column(col, justify="right" if col not in ("shape", "k", "path") else "left")
     for row in rows:
         exact_s = row["svd"]["exact"]["seconds"]
         for path, m in row["svd"].items():
             svd.add_row(
-                row["shape"], str(row["kept_components"]), path, f"{m['seconds']:.4f}",
+                row["shape"],
+                str(row["kept_components"]),
+                path,
+                f"{m['seconds']:.4f}",
                 f"{m['seconds'] * per_round_modules:.1f}",
                 f"{m['seconds'] / exact_s:.1f}x" if path != "exact" else "1.0x",
                 f"{m['rank_k_error_vs_dense']:.1e}" if "rank_k_error_vs_dense" in m else "-",
@@ -162,9 +186,19 @@ def run(opts: BenchOptions) -> dict:
                 f"{m['full_reconstruction_error']:.1e}" if "full_reconstruction_error" in m else "-",
             )
     out.print(svd)
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-           "cpu": platform.processor() or platform.machine(), "methods": sorted(METHODS)}
-    out.print(f"torch {env['torch']}, {env['threads']} threads, {env['cpu']}; "
-              f"dense per-round figures are extrapolated from one module")
-    return {"options": opts.__dict__, "environment": env, "rows": rows,
-            "median_exact": statistics.median(r["svd"]["exact"]["seconds"] for r in rows)}
+    env = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "methods": sorted(METHODS),
+    }
+    out.print(
+        f"torch {env['torch']}, {env['threads']} threads, {env['cpu']}; "
+        f"dense per-round figures are extrapolated from one module"
+    )
+    return {
+        "options": opts.__dict__,
+        "environment": env,
+        "rows": rows,
+        "median_exact": statistics.median(r["svd"]["exact"]["seconds"] for r in rows),
+    }

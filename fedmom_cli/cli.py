@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -41,46 +42,80 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     pass
 
 
 @app.command()
 def aggregate(
-    clients: list[Path] = typer.Argument(..., metavar="CLIENT_ADAPTER_DIR...", show_default=False,
-                                         help="Client PEFT adapter folders (adapter_config.json + "
-                                              "adapter_model.safetensors)."),
-    method: str = typer.Option(..., "--method", "-m", show_default=False,
-                               help="Aggregation method: fedit, flora, ffa_lora, rolora, fedex_lora, "
-                                    "fedmomentum, fedmomentum_no_balance, fedmomentum_no_residual."),
-    out: Path = typer.Option(..., "--out", "-o", show_default=False,
-                             help="Output folder: adapter/, base_delta.safetensors, aggregation.json."),
+    clients: list[Path] = typer.Argument(
+        ...,
+        metavar="CLIENT_ADAPTER_DIR...",
+        show_default=False,
+        help="Client PEFT adapter folders (adapter_config.json + adapter_model.safetensors).",
+    ),
+    method: str = typer.Option(
+        ...,
+        "--method",
+        "-m",
+        show_default=False,
+        help="Aggregation method: fedit, flora, ffa_lora, rolora, fedex_lora, "
+        "fedmomentum, fedmomentum_no_balance, fedmomentum_no_residual.",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        show_default=False,
+        help="Output folder: adapter/, base_delta.safetensors, aggregation.json.",
+    ),
     round_idx: int = typer.Option(0, "--round", help="Round index t, 0-based (rolora: even t trains B)."),
-    weights: str = typer.Option(None, "--weights", show_default="uniform",
-                                help="Comma-separated client weights, e.g. sample counts; normalised."),
-    tau: float = typer.Option(None, "--tau", show_default="0.9999",
-                              help="fedmomentum: residual energy threshold in (0, 1]."),
-    no_balance: bool = typer.Option(False, "--no-balance",
-                                    help="fedmomentum: unbalanced split B = U S, A = V^T (ablation)."),
-    no_residual: bool = typer.Option(False, "--no-residual",
-                                     help="fedmomentum: discard components beyond r (ablation)."),
-    svd: SvdMode = typer.Option(None, "--svd", show_default="exact",
-                                help="fedmomentum: exact (factored QR + small SVD) or randomized "
-                                     "(the paper's Gaussian sketch, c = n r)."),
+    weights: str = typer.Option(
+        None,
+        "--weights",
+        show_default="uniform",
+        help="Comma-separated client weights, e.g. sample counts; normalised.",
+    ),
+    tau: float = typer.Option(
+        None, "--tau", show_default="0.9999", help="fedmomentum: residual energy threshold in (0, 1]."
+    ),
+    no_balance: bool = typer.Option(
+        False, "--no-balance", help="fedmomentum: unbalanced split B = U S, A = V^T (ablation)."
+    ),
+    no_residual: bool = typer.Option(
+        False, "--no-residual", help="fedmomentum: discard components beyond r (ablation)."
+    ),
+    svd: SvdMode = typer.Option(
+        None,
+        "--svd",
+        show_default="exact",
+        help="fedmomentum: exact (factored QR + small SVD) or randomized "
+        "(the paper's Gaussian sketch, c = n r).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for flora's re-init and the randomized sketch."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
 ) -> None:
     """Aggregate one round of client LoRA adapters with a method; write the new global adapter."""
     from fedmom_cli import aggregate as agg
 
-    summary = agg.run(agg.AggregateOptions(
-        method=method, clients=clients, out=out, round_idx=round_idx,
-        weights=agg.parse_weights(weights), tau=tau,
-        balance=False if no_balance else None, residual=False if no_residual else None,
-        svd=svd.value if svd else None, seed=seed, force=force,
-    ))
+    summary = agg.run(
+        agg.AggregateOptions(
+            method=method,
+            clients=clients,
+            out=out,
+            round_idx=round_idx,
+            weights=agg.parse_weights(weights),
+            tau=tau,
+            balance=False if no_balance else None,
+            residual=False if no_residual else None,
+            svd=svd.value if svd else None,
+            seed=seed,
+            force=force,
+        )
+    )
     console.print(
         f"{summary['method']} round {summary['round']}: {len(summary['modules'])} modules, "
         f"{summary['modules_with_base_delta']} base deltas, {summary['seconds']:.3f} s, "
@@ -92,18 +127,31 @@ def aggregate(
 
 @app.command()
 def partition(
-    task: str = typer.Option(..., "--task", "-t", show_default=False,
-                             help="Task whose rows are split: math, commonsense or code."),
+    task: str = typer.Option(
+        ..., "--task", "-t", show_default=False, help="Task whose rows are split: math, commonsense or code."
+    ),
     out: Path = typer.Option(..., "--out", "-o", show_default=False, help="Partition JSON file to write."),
     clients: int = typer.Option(10, "--clients", "-n", help="Number of clients N."),
     beta: float = typer.Option(0.5, "--beta", help="Dirichlet concentration (smaller = more skewed)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffle and the Dirichlet draws."),
-    data: Path = typer.Option(None, "--data", show_default="the task's Hub dataset",
-                              help="Local JSON / JSONL / parquet file in the task's schema."),
-    synthetic: int = typer.Option(None, "--synthetic", show_default="off",
-                                  help="Use N synthetic rows of the task instead (offline smoke runs)."),
-    by: str = typer.Option(None, "--by", show_default="off",
-                           help="Label-based Dirichlet split over this categorical field (e.g. type)."),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        show_default="the task's Hub dataset",
+        help="Local JSON / JSONL / parquet file in the task's schema.",
+    ),
+    synthetic: int = typer.Option(
+        None,
+        "--synthetic",
+        show_default="off",
+        help="Use N synthetic rows of the task instead (offline smoke runs).",
+    ),
+    by: str = typer.Option(
+        None,
+        "--by",
+        show_default="off",
+        help="Label-based Dirichlet split over this categorical field (e.g. type).",
+    ),
     iid: bool = typer.Option(False, "--iid", help="Split evenly at random instead of Dirichlet."),
     min_size: int = typer.Option(16, "--min-size", help="Minimum rows per client (redraw until met)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
@@ -111,10 +159,21 @@ def partition(
     """Split a task's rows among clients (Dirichlet quantity skew by default) into a JSON file."""
     from fedmom_cli import partition as part
 
-    result = part.run(part.PartitionOptions(
-        task=task, clients=clients, beta=beta, seed=seed, out=out, data=data, synthetic=synthetic,
-        by=by, iid=iid, min_size=min_size, force=force,
-    ))
+    result = part.run(
+        part.PartitionOptions(
+            task=task,
+            clients=clients,
+            beta=beta,
+            seed=seed,
+            out=out,
+            data=data,
+            synthetic=synthetic,
+            by=by,
+            iid=iid,
+            min_size=min_size,
+            force=force,
+        )
+    )
     _print_partition(result)
 
 
@@ -125,9 +184,12 @@ def _print_partition(result: dict) -> None:
     categories = sorted({c for client in counts for c in client}) if counts else []
     ds = result["dataset"]
     out = Console()
-    out.print(f"{result['task']}: {ds['rows']:,} rows of {ds['source']} -> {result['clients_n']} "
-              f"clients ({result['scheme']}, beta={result['beta']}, seed={result['seed']}, "
-              f"{result['draws']} draw(s))", soft_wrap=True)
+    out.print(
+        f"{result['task']}: {ds['rows']:,} rows of {ds['source']} -> {result['clients_n']} "
+        f"clients ({result['scheme']}, beta={result['beta']}, seed={result['seed']}, "
+        f"{result['draws']} draw(s))",
+        soft_wrap=True,
+    )
     table = Table()
     table.add_column("client", justify="right")
     table.add_column("rows", justify="right")
@@ -140,31 +202,148 @@ def _print_partition(result: dict) -> None:
     out.print(table)
 
 
+@app.command()
+def train(
+    method: str = typer.Option(
+        None,
+        "--method",
+        "-m",
+        show_default="the recipe's (fedmomentum)",
+        help="Aggregation method (see `fedmom aggregate --help`).",
+    ),
+    task: str = typer.Option(
+        None,
+        "--task",
+        "-t",
+        show_default="the recipe's (math)",
+        help="math, commonsense or code; without --recipe it also picks the paper's recipe for that task.",
+    ),
+    recipe: str = typer.Option(
+        None,
+        "--recipe",
+        "-r",
+        show_default="the task's paper recipe",
+        help="Recipe name under recipes/ (e.g. smoke, math) or a YAML path.",
+    ),
+    seed: int = typer.Option(None, "--seed", show_default="0", help="Seed of everything random."),
+    rounds: int = typer.Option(None, "--rounds", show_default="the recipe's", help="Communication rounds."),
+    out: Path = typer.Option(
+        None, "--out", "-o", show_default="results/<task>/<method>/seed<S>", help="Run folder."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Delete the run folder and train again."),
+    model: str = typer.Option(
+        None, "--model", show_default="the recipe's", help="Base model: a Hub id, a local folder, or `tiny`."
+    ),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        show_default="the task's Hub dataset",
+        help="Local JSON / JSONL / parquet training file in the task's schema.",
+    ),
+    synthetic: int = typer.Option(
+        None, "--synthetic", show_default="the recipe's", help="Train on N synthetic rows instead."
+    ),
+    partition: Path = typer.Option(
+        None, "--partition", show_default="made in the run", help="Client split from `fedmom partition`."
+    ),
+    clients: int = typer.Option(
+        None, "--clients", "-n", show_default="the recipe's (10)", help="Number of clients."
+    ),
+    local_steps: int = typer.Option(
+        None, "--local-steps", show_default="the recipe's (10)", help="Optimizer steps per client and round."
+    ),
+    batch_size: int = typer.Option(
+        None, "--batch-size", show_default="the recipe's (16)", help="Rows per step."
+    ),
+    lr: float = typer.Option(None, "--lr", show_default="the recipe's (3e-4)", help="AdamW learning rate."),
+    device: str = typer.Option(None, "--device", show_default="auto", help="auto, cpu or cuda."),
+    set_: list[str] = typer.Option(
+        None,
+        "--set",
+        show_default="none",
+        help="Override any setting: --set KEY=VALUE (repeatable), e.g. "
+        "--set target_modules=q_proj,v_proj --set lr_schedule=cosine.",
+    ),
+    save_merged: bool = typer.Option(False, "--save-merged", help="Also save the merged full model."),
+    progress: bool = typer.Option(
+        None,
+        "--progress/--no-progress",
+        show_default="bars on a terminal",
+        help="Progress bars, or plain log lines.",
+    ),
+) -> None:
+    """Train all clients sequentially on one device, aggregate every round, save a resumable run."""
+    from fedmom_cli import config as cfgmod
+    from fedmom_cli import train as tr
+
+    overrides = cfgmod.parse_set(set_ or [])
+    named = {
+        "method": method,
+        "seed": seed,
+        "rounds": rounds,
+        "model": model,
+        "data": str(data) if data else None,
+        "synthetic": synthetic,
+        "partition": str(partition) if partition else None,
+        "clients": clients,
+        "local_steps": local_steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "device": device,
+    }
+    overrides.update({k: v for k, v in named.items() if v is not None})
+    cfg = cfgmod.resolve(recipe, task, overrides)
+    result = tr.run(
+        tr.TrainOptions(
+            config=cfg, out=out, resume=resume, force=force, save_merged=save_merged, progress=progress
+        )
+    )
+    console.print(
+        f"{result['status']}: {cfg.method} on {cfg.task}, {result['rounds_completed']} rounds, "
+        f"{result['wall_seconds']:.1f} s, final loss {result.get('final_loss', float('nan')):.4f}",
+        soft_wrap=True,
+    )
+
+
 @bench_app.command("aggregate")
 def bench_aggregate(
     clients: int = typer.Option(10, "--clients", "-n", help="Number of clients n."),
     rank: int = typer.Option(32, "--rank", "-r", help="LoRA rank r."),
     layers: int = typer.Option(32, "--layers", help="Layers per round (q_proj and v_proj each)."),
-    shapes: str = typer.Option("4096x4096,4096x11008,11008x4096", "--shapes",
-                               help="Comma-separated OUTxIN module shapes (LLaMA2-7B's by default)."),
+    shapes: str = typer.Option(
+        "4096x4096,4096x11008,11008x4096",
+        "--shapes",
+        help="Comma-separated OUTxIN module shapes (LLaMA2-7B's by default).",
+    ),
     repeat: int = typer.Option(3, "--repeat", help="Timed repetitions per measurement (best kept)."),
-    dense: bool = typer.Option(True, "--dense/--no-dense",
-                               help="Also time the dense exact SVD (slow: tens of seconds a module)."),
-    json_out: Path = typer.Option(None, "--json", show_default="none",
-                                  help="Also write the measurements as JSON to this file."),
+    dense: bool = typer.Option(
+        True, "--dense/--no-dense", help="Also time the dense exact SVD (slow: tens of seconds a module)."
+    ),
+    json_out: Path = typer.Option(
+        None, "--json", show_default="none", help="Also write the measurements as JSON to this file."
+    ),
 ) -> None:
     """Time every method on the paper's module shapes, and fedmomentum's SVD paths against each other."""
     from fedmom_cli import bench
 
-    rows = bench.run(bench.BenchOptions(
-        clients=clients, rank=rank, layers=layers, shapes=bench.parse_shapes(shapes),
-        repeat=repeat, dense=dense,
-    ))
+    rows = bench.run(
+        bench.BenchOptions(
+            clients=clients,
+            rank=rank,
+            layers=layers,
+            shapes=bench.parse_shapes(shapes),
+            repeat=repeat,
+            dense=dense,
+        )
+    )
     if json_out is not None:
         json_out.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 def main() -> None:
+    # transformers' own deprecation notices (raised inside PEFT calls) mean nothing to a user here.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     try:
         app()
     except UserError as exc:

@@ -33,8 +33,12 @@ class Rows:
         for row in self.rows:
             digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
             digest.update(b"\n")
-        return {"source": self.source, "split": self.split, "rows": len(self.rows),
-                "sha256": digest.hexdigest()}
+        return {
+            "source": self.source,
+            "split": self.split,
+            "rows": len(self.rows),
+            "sha256": digest.hexdigest(),
+        }
 
 
 def read_file(path: Path) -> list[dict]:
@@ -71,8 +75,9 @@ def read_file(path: Path) -> list[dict]:
 
 
 def _hub_reachable() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or \
-            os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get(
+        "HF_DATASETS_OFFLINE", "0"
+    ) not in ("0", ""):
         return False
     try:
         socket.create_connection((HUB_HOST, 443), timeout=3).close()

@@ -90,7 +90,8 @@ def dense_svd(M: Tensor) -> SVD:
 def randomized_svd(M: Tensor, sketch: int, generator: torch.Generator) -> SVD:
     """Halko et al.'s randomized SVD as the paper's Section 3.2 states it (Gaussian sketch, one QR)."""
     M = M.to(compute_dtype(M))
-    omega = torch.randn(M.shape[1], sketch, generator=generator, dtype=M.dtype)
+    # The sketch is drawn on the CPU (same numbers on every device), then moved to M's device.
+    omega = torch.randn(M.shape[1], sketch, generator=generator, dtype=M.dtype).to(M.device)
     Q, _ = torch.linalg.qr(M @ omega)
     u, s, Vh = torch.linalg.svd(Q.T @ M, full_matrices=False)
     return SVD(s, "randomized", lambda k: (Q @ u[:, :k], Vh[:k]))

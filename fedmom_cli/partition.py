@@ -43,8 +43,13 @@ def _cut(indices: np.ndarray, p: np.ndarray) -> list[np.ndarray]:
 
 
 def split_rows(
-    n_rows: int, n_clients: int, beta: float, seed: int, min_size: int,
-    labels: list | None = None, iid: bool = False,
+    n_rows: int,
+    n_clients: int,
+    beta: float,
+    seed: int,
+    min_size: int,
+    labels: list | None = None,
+    iid: bool = False,
 ) -> Split:
     if n_clients < 1:
         raise UserError(f"--clients must be >= 1, got {n_clients}")
@@ -55,15 +60,23 @@ def split_rows(
     if min_size < 0:
         raise UserError(f"--min-size must be >= 0, got {min_size}")
     if min_size * n_clients > n_rows:
-        raise UserError(f"{n_clients} clients of at least {min_size} rows need {min_size * n_clients} "
-                        f"rows, the dataset has {n_rows} (lower --min-size or --clients)")
+        raise UserError(
+            f"{n_clients} clients of at least {min_size} rows need {min_size * n_clients} "
+            f"rows, the dataset has {n_rows} (lower --min-size or --clients)"
+        )
     rng = np.random.default_rng(seed)
     if iid:
         parts = np.array_split(rng.permutation(n_rows), n_clients)
         return Split([sorted(int(i) for i in p) for p in parts], {}, 1)
 
-    groups = {"all": np.arange(n_rows)} if labels is None else {
-        str(c): np.array([i for i, v in enumerate(labels) if v == c]) for c in sorted(set(labels), key=str)}
+    groups = (
+        {"all": np.arange(n_rows)}
+        if labels is None
+        else {
+            str(c): np.array([i for i, v in enumerate(labels) if v == c])
+            for c in sorted(set(labels), key=str)
+        }
+    )
     for draw in range(1, MAX_DRAWS + 1):
         clients: list[list[int]] = [[] for _ in range(n_clients)]
         proportions = {}
@@ -74,8 +87,10 @@ def split_rows(
                 clients[k].extend(int(i) for i in part)
         if min(len(c) for c in clients) >= min_size:
             return Split([sorted(c) for c in clients], proportions, draw)
-    raise UserError(f"no Dirichlet({beta}) draw in {MAX_DRAWS} gave every client {min_size} rows; "
-                    f"raise --beta or lower --min-size / --clients")
+    raise UserError(
+        f"no Dirichlet({beta}) draw in {MAX_DRAWS} gave every client {min_size} rows; "
+        f"raise --beta or lower --min-size / --clients"
+    )
 
 
 def category_counts(split: Split, labels: list) -> list[dict[str, int]]:
@@ -111,13 +126,18 @@ def run(opts: PartitionOptions) -> dict:
         if missing:
             raise UserError(f"--by {opts.by}: {missing} of {len(rows.rows)} rows lack that field")
         labels = [rows.rows[i][opts.by] for i in range(len(rows.rows))]
-    split = split_rows(len(rows.rows), opts.clients, opts.beta, opts.seed, opts.min_size,
-                       labels=labels, iid=opts.iid)
+    split = split_rows(
+        len(rows.rows), opts.clients, opts.beta, opts.seed, opts.min_size, labels=labels, iid=opts.iid
+    )
     result = {
         "task": task.name,
         "scheme": "iid" if opts.iid else ("label_dirichlet" if opts.by else "dirichlet"),
-        "clients_n": opts.clients, "beta": None if opts.iid else opts.beta, "seed": opts.seed,
-        "by": opts.by, "min_size": opts.min_size, "draws": split.draws,
+        "clients_n": opts.clients,
+        "beta": None if opts.iid else opts.beta,
+        "seed": opts.seed,
+        "by": opts.by,
+        "min_size": opts.min_size,
+        "draws": split.draws,
         "dataset": rows.fingerprint(),
         "sizes": [len(c) for c in split.clients],
         "proportions": split.proportions,

@@ -32,8 +32,14 @@ def math_rows(n: int, seed: int = 0) -> list[dict]:
             a = a % 12 + 2
             q = f"{who} buys {a} boxes with {b} {what} in each. How many {what} is that in total?"
             steps, answer = f"That is {a} * {b} = {a * b} {what}.", a * b
-        rows.append({"query": q, "response": f"{steps}\nThe answer is: {answer}",
-                     "type": f"SYN_{kind}", "source": SOURCE})
+        rows.append(
+            {
+                "query": q,
+                "response": f"{steps}\nThe answer is: {answer}",
+                "type": f"SYN_{kind}",
+                "source": SOURCE,
+            }
+        )
     return rows
 
 
@@ -45,16 +51,27 @@ def commonsense_rows(n: int, seed: int = 0) -> list[dict]:
         if rng.random() < 0.5:
             a, b = rng.sample(range(1, 100), 2)
             truth = "true" if a > b else "false"
-            instruction = (f"Please answer the following question with true or false, question: "
-                           f"is {a} greater than {b}?\n\nAnswer format: true/false")
+            instruction = (
+                f"Please answer the following question with true or false, question: "
+                f"is {a} greater than {b}?\n\nAnswer format: true/false"
+            )
         else:
             options = rng.sample(range(1, 100), 4)
             truth = f"answer{options.index(max(options)) + 1}"
             listed = " ".join(f"Answer{i + 1}: {v}" for i, v in enumerate(options))
-            instruction = (f"Please choose the correct answer to the question: Which number is the "
-                           f"largest?\n\n{listed}\n\nAnswer format: answer1/answer2/answer3/answer4")
-        rows.append({"instruction": instruction, "input": "", "answer": truth,
-                     "output": f"the correct answer is {truth}", "source": SOURCE})
+            instruction = (
+                f"Please choose the correct answer to the question: Which number is the "
+                f"largest?\n\n{listed}\n\nAnswer format: answer1/answer2/answer3/answer4"
+            )
+        rows.append(
+            {
+                "instruction": instruction,
+                "input": "",
+                "answer": truth,
+                "output": f"the correct answer is {truth}",
+                "source": SOURCE,
+            }
+        )
     return rows
 
 
@@ -69,7 +86,10 @@ def code_rows(n: int, seed: int = 0) -> list[dict]:
         func = f"{name}_{k}"
         user = f"Write a Python function `{func}(x)` that returns x {word} {k}."
         answer = f"```python\ndef {func}(x):\n    return x {op} {k}\n```"
-        rows.append({"messages": [{"role": "user", "content": user},
-                                  {"role": "assistant", "content": answer}],
-                     "source": SOURCE})
+        rows.append(
+            {
+                "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+                "source": SOURCE,
+            }
+        )
     return rows

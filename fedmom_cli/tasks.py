@@ -21,11 +21,15 @@ from fedmom_cli import synthetic
 from fedmom_cli.errors import UserError
 
 IGNORE_INDEX = -100
-ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately "
-          "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
-ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
-                "further context. Write a response that appropriately completes the request.\n\n"
-                "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+ALPACA = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+ALPACA_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides "
+    "further context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
 
 
 def _math_format(row: dict) -> tuple[str, str]:
@@ -43,8 +47,10 @@ def _code_format(row: dict) -> tuple[str, str]:
     if last is None:
         raise UserError("a code row has no assistant message")
     headers = {"user": "### User:", "assistant": "### Assistant:", "system": "### System:"}
-    turns = [f"{headers.get(m['role'], '### ' + m['role'].title() + ':')}\n{m['content']}\n\n"
-             for m in messages[:last]]
+    turns = [
+        f"{headers.get(m['role'], '### ' + m['role'].title() + ':')}\n{m['content']}\n\n"
+        for m in messages[:last]
+    ]
     return "".join(turns) + "### Assistant:\n", messages[last]["content"]
 
 
@@ -78,17 +84,28 @@ class Task:
         for needed, convert in self.converters:
             if all(f in row for f in needed):
                 return convert(row)
-        raise UserError(f"task {self.name}: a row lacks the fields {list(self.fields)}; "
-                        f"it has {sorted(row)}")
+        raise UserError(f"task {self.name}: a row lacks the fields {list(self.fields)}; it has {sorted(row)}")
 
 
 TASKS: dict[str, Task] = {
-    "math": Task("math", "meta-math/MetaMathQA", "train", ("query", "response"), _math_format,
-                 synthetic.math_rows, converters=((("question", "answer"), gsm8k_to_metamath),)),
-    "commonsense": Task("commonsense", "zwhe99/commonsense_170k", "train",
-                        ("instruction", "output"), _commonsense_format, synthetic.commonsense_rows),
-    "code": Task("code", "m-a-p/Code-Feedback", "train", ("messages",), _code_format,
-                 synthetic.code_rows),
+    "math": Task(
+        "math",
+        "meta-math/MetaMathQA",
+        "train",
+        ("query", "response"),
+        _math_format,
+        synthetic.math_rows,
+        converters=((("question", "answer"), gsm8k_to_metamath),),
+    ),
+    "commonsense": Task(
+        "commonsense",
+        "zwhe99/commonsense_170k",
+        "train",
+        ("instruction", "output"),
+        _commonsense_format,
+        synthetic.commonsense_rows,
+    ),
+    "code": Task("code", "m-a-p/Code-Feedback", "train", ("messages",), _code_format, synthetic.code_rows),
 }
 
 

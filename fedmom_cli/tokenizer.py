@@ -34,11 +34,14 @@ def tiny_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, special_tokens=list(SPECIALS.values()),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=VOCAB_SIZE,
+        special_tokens=list(SPECIALS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
     bos = tok.token_to_id(SPECIALS["bos_token"])
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{SPECIALS['bos_token']} $A", special_tokens=[(SPECIALS["bos_token"], bos)])
+        single=f"{SPECIALS['bos_token']} $A", special_tokens=[(SPECIALS["bos_token"], bos)]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIALS)

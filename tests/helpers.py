@@ -8,7 +8,12 @@ from fedmom_cli.methods import LoraFactors
 
 
 def make_clients(
-    n: int, r: int, out_f: int, in_f: int, seed: int = 0, spread: float = 1.0,
+    n: int,
+    r: int,
+    out_f: int,
+    in_f: int,
+    seed: int = 0,
+    spread: float = 1.0,
     dtype: torch.dtype = torch.float32,
 ) -> list[LoraFactors]:
     """n clients around a shared (A, B); spread=0 gives identical clients, small spread near-identical."""
@@ -35,5 +40,3 @@ def dense_M(clients: list[LoraFactors], weights: list[float]) -> torch.Tensor:
 
 def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.double() - ref.double()).norm() / ref.double().norm())
-
-

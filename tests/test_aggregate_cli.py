@@ -21,16 +21,23 @@ R, ALPHA = 4, 8
 def tiny_llama(seed: int = 0):
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     return transformers.LlamaForCausalLM(config).eval()
 
 
 def save_client(folder: Path, seed: int, r: int = R, same_A: bool = False) -> Path:
     """A client adapter with random, trained-looking A and B (k_proj is 32 -> 16: out != in)."""
-    model = peft.get_peft_model(tiny_llama(), peft.LoraConfig(
-        r=r, lora_alpha=ALPHA, target_modules=["q_proj", "k_proj"], lora_dropout=0.0))
+    model = peft.get_peft_model(
+        tiny_llama(),
+        peft.LoraConfig(r=r, lora_alpha=ALPHA, target_modules=["q_proj", "k_proj"], lora_dropout=0.0),
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -77,33 +84,52 @@ def expected_weights(clients: list[Path], weights: list[float]) -> dict[str, tor
     for key in tensors[0]:
         if key.endswith(".lora_A.weight"):
             module = key[: -len(".lora_A.weight")]
-            M = sum((w / total) * t[module + ".lora_B.weight"].double() @ t[key].double()
-                    for t, w in zip(tensors, weights))
+            M = sum(
+                (w / total) * t[module + ".lora_B.weight"].double() @ t[key].double()
+                for t, w in zip(tensors, weights)
+            )
             plain = module.replace("base_model.model.", "") + ".weight"
             out[plain] = base[plain] + (ALPHA / R) * M
     return out
 
 
-@pytest.mark.parametrize("method,extra,exact", [
-    ("fedex_lora", [], True),
-    ("flora", [], True),
-    ("fedmomentum", ["--tau", "1.0"], True),
-    ("fedmomentum", [], False),
-    ("fedit", [], False),
-])
-def test_outputs_load_in_peft_and_give_the_aggregate(tmp_path, monkeypatch, capsys, clients, method,
-                                                     extra, exact):
+@pytest.mark.parametrize(
+    "method,extra,exact",
+    [
+        ("fedex_lora", [], True),
+        ("flora", [], True),
+        ("fedmomentum", ["--tau", "1.0"], True),
+        ("fedmomentum", [], False),
+        ("fedit", [], False),
+    ],
+)
+def test_outputs_load_in_peft_and_give_the_aggregate(
+    tmp_path, monkeypatch, capsys, clients, method, extra, exact
+):
     weights = [1.0, 2.0, 3.0]
     out = tmp_path / "round0"
-    code, _, err = cli(monkeypatch, capsys, "aggregate", "--method", method, *extra,
-                       "--weights", "1,2,3", *clients, "--out", out)
+    code, _, err = cli(
+        monkeypatch,
+        capsys,
+        "aggregate",
+        "--method",
+        method,
+        *extra,
+        "--weights",
+        "1,2,3",
+        *clients,
+        "--out",
+        out,
+    )
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "aggregation.json", "base_delta.safetensors"]
     got = effective_weights(tiny_llama(), out)
     want = expected_weights(clients, weights)
     assert set(got) == set(want)
-    errors = [float((got[k].double() - want[k]).norm() / (want[k] - tiny_llama().state_dict()[k]).norm())
-              for k in want]
+    errors = [
+        float((got[k].double() - want[k]).norm() / (want[k] - tiny_llama().state_dict()[k]).norm())
+        for k in want
+    ]
     if exact:
         assert max(errors) < 1e-5
     elif method == "fedmomentum":  # tau = 0.9999: at most sqrt(1e-4) of the update is discarded
@@ -132,26 +158,33 @@ def test_base_delta_keys_and_empty_file(tmp_path, monkeypatch, capsys, clients):
 
 def test_rolora_round_parity_through_the_cli(tmp_path, monkeypatch, capsys):
     same_A = [save_client(tmp_path / f"s{i}", seed=10 + i, same_A=True) for i in range(2)]
-    code, _, _ = cli(monkeypatch, capsys, "aggregate", "-m", "rolora", "--round", "2", *same_A,
-                     "--out", tmp_path / "ok")
+    code, _, _ = cli(
+        monkeypatch, capsys, "aggregate", "-m", "rolora", "--round", "2", *same_A, "--out", tmp_path / "ok"
+    )
     assert code == 0
-    code, _, err = cli(monkeypatch, capsys, "aggregate", "-m", "rolora", "--round", "1", *same_A,
-                       "--out", tmp_path / "bad")
+    code, _, err = cli(
+        monkeypatch, capsys, "aggregate", "-m", "rolora", "--round", "1", *same_A, "--out", tmp_path / "bad"
+    )
     assert code == 2 and "B is frozen" in err and not (tmp_path / "bad").exists()
 
 
-@pytest.mark.parametrize("make_args,message", [
-    (lambda c, t: ["-m", "fedit", c[0], t / "missing", "--out", t / "o"], "adapter folder not found"),
-    (lambda c, t: ["-m", "fedit", c[0], t / "r8", "--out", t / "o"], "disagree on rank r"),
-    (lambda c, t: ["-m", "fedavg", *c, "--out", t / "o"], "unknown method 'fedavg'"),
-    (lambda c, t: ["-m", "fedit", "--weights", "1,2", *c, "--out", t / "o"], "got 2 weights for 3 clients"),
-    (lambda c, t: ["-m", "fedit", "--weights", "1,-2,3", *c, "--out", t / "o"], "non-negative"),
-    (lambda c, t: ["-m", "fedit", "--weights", "1,x,3", *c, "--out", t / "o"], "comma-separated numbers"),
-    (lambda c, t: ["-m", "fedit", "--tau", "0.9", *c, "--out", t / "o"], "does not take option"),
-    (lambda c, t: ["-m", "fedmomentum", "--tau", "2", *c, "--out", t / "o"], "tau must be in"),
-])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, clients, make_args,
-                                                  message):
+@pytest.mark.parametrize(
+    "make_args,message",
+    [
+        (lambda c, t: ["-m", "fedit", c[0], t / "missing", "--out", t / "o"], "adapter folder not found"),
+        (lambda c, t: ["-m", "fedit", c[0], t / "r8", "--out", t / "o"], "disagree on rank r"),
+        (lambda c, t: ["-m", "fedavg", *c, "--out", t / "o"], "unknown method 'fedavg'"),
+        (
+            lambda c, t: ["-m", "fedit", "--weights", "1,2", *c, "--out", t / "o"],
+            "got 2 weights for 3 clients",
+        ),
+        (lambda c, t: ["-m", "fedit", "--weights", "1,-2,3", *c, "--out", t / "o"], "non-negative"),
+        (lambda c, t: ["-m", "fedit", "--weights", "1,x,3", *c, "--out", t / "o"], "comma-separated numbers"),
+        (lambda c, t: ["-m", "fedit", "--tau", "0.9", *c, "--out", t / "o"], "does not take option"),
+        (lambda c, t: ["-m", "fedmomentum", "--tau", "2", *c, "--out", t / "o"], "tau must be in"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, clients, make_args, message):
     save_client(tmp_path / "r8", seed=0, r=8)
     code, out, err = cli(monkeypatch, capsys, "aggregate", *make_args(clients, tmp_path))
     assert code == 2

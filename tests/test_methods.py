@@ -189,11 +189,14 @@ def test_bfloat16_factors_are_aggregated_in_float32():
     assert rel(effective_update(res, LORA), LORA.scaling * dense_M(clients, [1, 1, 1])) < 1e-5
 
 
-@pytest.mark.parametrize("weights,match", [
-    ([1.0, 2.0], "got 2 weights for 3 clients"),
-    ([1.0, -1.0, 2.0], "non-negative"),
-    ([0.0, 0.0, 0.0], "all be zero"),
-])
+@pytest.mark.parametrize(
+    "weights,match",
+    [
+        ([1.0, 2.0], "got 2 weights for 3 clients"),
+        ([1.0, -1.0, 2.0], "non-negative"),
+        ([0.0, 0.0, 0.0], "all be zero"),
+    ],
+)
 def test_bad_weights_are_user_errors(weights, match):
     clients = make_clients(3, 4, 16, 16)
     for name in ("fedit", "fedmomentum"):

@@ -42,12 +42,16 @@ def test_beta_1000_is_near_even_and_iid_is_even():
 def test_dirichlet_skew_matches_expectation_over_many_seeds(beta):
     # For p ~ Dirichlet(beta 1_N): E[sum_i p_i^2] = (beta + 1) / (N beta + 1); 0.25 for N=10, beta=0.5.
     n_rows, n = 20000, 10
-    hhi = [sum((len(c) / n_rows) ** 2 for c in split_rows(n_rows, n, beta, seed=s, min_size=0).clients)
-           for s in range(300)]
+    hhi = [
+        sum((len(c) / n_rows) ** 2 for c in split_rows(n_rows, n, beta, seed=s, min_size=0).clients)
+        for s in range(300)
+    ]
     expected = (beta + 1) / (n * beta + 1)
     assert abs(np.mean(hhi) - expected) < 0.1 * expected  # sd of the mean is ~3% here
-    even = [sum((len(c) / n_rows) ** 2 for c in split_rows(n_rows, n, 1000.0, seed=s, min_size=0).clients)
-            for s in range(50)]
+    even = [
+        sum((len(c) / n_rows) ** 2 for c in split_rows(n_rows, n, 1000.0, seed=s, min_size=0).clients)
+        for s in range(50)
+    ]
     assert abs(np.mean(even) - 1 / n) < 0.002
 
 
@@ -73,12 +77,15 @@ def test_by_mixes_differ_between_clients_statistically():
     assert abs(np.mean(hhi) - 0.25) < 0.025
 
 
-@pytest.mark.parametrize("args,match", [
-    (dict(n_rows=100, n_clients=10, beta=0.0, seed=0, min_size=1), "beta must be > 0"),
-    (dict(n_rows=5, n_clients=10, beta=0.5, seed=0, min_size=0), "more clients"),
-    (dict(n_rows=100, n_clients=10, beta=0.5, seed=0, min_size=11), "need 110 rows"),
-    (dict(n_rows=100, n_clients=10, beta=0.01, seed=0, min_size=10), "no Dirichlet"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (dict(n_rows=100, n_clients=10, beta=0.0, seed=0, min_size=1), "beta must be > 0"),
+        (dict(n_rows=5, n_clients=10, beta=0.5, seed=0, min_size=0), "more clients"),
+        (dict(n_rows=100, n_clients=10, beta=0.5, seed=0, min_size=11), "need 110 rows"),
+        (dict(n_rows=100, n_clients=10, beta=0.01, seed=0, min_size=10), "no Dirichlet"),
+    ],
+)
 def test_impossible_splits_are_user_errors(args, match):
     with pytest.raises(UserError, match=match):
         split_rows(**args)
@@ -96,8 +103,22 @@ def run_cli(monkeypatch, capsys, *args):
 
 def test_partition_file_contents(tmp_path, monkeypatch, capsys):
     out = tmp_path / "split.json"
-    code, cap = run_cli(monkeypatch, capsys, "--task", "math", "--synthetic", "400", "--by", "type",
-                        "--clients", "4", "--seed", "1", "--out", out)
+    code, cap = run_cli(
+        monkeypatch,
+        capsys,
+        "--task",
+        "math",
+        "--synthetic",
+        "400",
+        "--by",
+        "type",
+        "--clients",
+        "4",
+        "--seed",
+        "1",
+        "--out",
+        out,
+    )
     assert code == 0 and "SYN_add" in cap.out
     data = json.loads(out.read_text())
     assert data["scheme"] == "label_dirichlet" and data["beta"] == 0.5 and data["clients_n"] == 4
@@ -114,17 +135,20 @@ def test_partition_of_the_real_gsm8k_file(tmp_path, monkeypatch, capsys, gsm8k_t
     assert code == 0 and data["dataset"]["rows"] == 7473 and len(data["clients"]) == 10
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--task", "math", "--synthetic", "100", "--beta", "0"], "beta must be > 0"),
-    (["--task", "math", "--synthetic", "100", "--beta", "-1"], "beta must be > 0"),
-    (["--task", "math", "--synthetic", "5", "--min-size", "0"], "more clients (10) than rows (5)"),
-    (["--task", "poetry", "--synthetic", "100"], "unknown task 'poetry'"),
-    (["--task", "math", "--synthetic", "100", "--by", "topic"], "--by topic: 100 of 100 rows lack"),
-    (["--task", "math", "--data", "DIR/garbage.jsonl"], "cannot read data file"),
-    (["--task", "math", "--data", "DIR/nope.jsonl"], "data file not found"),
-    (["--task", "math", "--data", "DIR/wrong.jsonl"], "lacks the fields"),
-    (["--task", "math"], "pass --data PATH"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--task", "math", "--synthetic", "100", "--beta", "0"], "beta must be > 0"),
+        (["--task", "math", "--synthetic", "100", "--beta", "-1"], "beta must be > 0"),
+        (["--task", "math", "--synthetic", "5", "--min-size", "0"], "more clients (10) than rows (5)"),
+        (["--task", "poetry", "--synthetic", "100"], "unknown task 'poetry'"),
+        (["--task", "math", "--synthetic", "100", "--by", "topic"], "--by topic: 100 of 100 rows lack"),
+        (["--task", "math", "--data", "DIR/garbage.jsonl"], "cannot read data file"),
+        (["--task", "math", "--data", "DIR/nope.jsonl"], "data file not found"),
+        (["--task", "math", "--data", "DIR/wrong.jsonl"], "lacks the fields"),
+        (["--task", "math"], "pass --data PATH"),
+    ],
+)
 def test_bad_input_one_line_no_file(tmp_path, monkeypatch, capsys, args, match):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "garbage.jsonl").write_text("{not json\n")

@@ -22,8 +22,10 @@ METAMATH_ROW = {  # shaped like meta-math/MetaMathQA
 }
 COMMONSENSE_ROW = {  # shaped like LLM-Adapters' commonsense_170k.json
     "instruction": "Please answer the following question with true or false, question: is the sky "
-                   "green?\n\nAnswer format: true/false",
-    "input": "", "output": "the correct answer is false", "answer": "false",
+    "green?\n\nAnswer format: true/false",
+    "input": "",
+    "output": "the correct answer is false",
+    "answer": "false",
 }
 CODE_ROW = {  # shaped like m-a-p/Code-Feedback (multi-turn)
     "messages": [
@@ -33,8 +35,10 @@ CODE_ROW = {  # shaped like m-a-p/Code-Feedback (multi-turn)
         {"role": "assistant", "content": "def cube(x):\n    return x ** 3"},
     ]
 }
-ALPACA_HEAD = ("Below is an instruction that describes a task. Write a response that appropriately "
-               "completes the request.\n\n### Instruction:\n")
+ALPACA_HEAD = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n"
+)
 
 
 def test_prompt_formats():
@@ -48,13 +52,16 @@ def test_prompt_formats():
     prompt, _ = TASKS["commonsense"].format(with_input)
     assert "paired with an input" in prompt and "### Input:\nContext here.\n\n### Response:\n" in prompt
     prompt, response = TASKS["code"].format(CODE_ROW)
-    assert prompt == ("### User:\nWrite a function that squares x.\n\n### Assistant:\ndef sq(x):\n"
-                      "    return x * x\n\n### User:\nNow make it cube x.\n\n### Assistant:\n")
+    assert prompt == (
+        "### User:\nWrite a function that squares x.\n\n### Assistant:\ndef sq(x):\n"
+        "    return x * x\n\n### User:\nNow make it cube x.\n\n### Assistant:\n"
+    )
     assert response == "def cube(x):\n    return x ** 3"
 
 
-@pytest.mark.parametrize("name,row", [("math", METAMATH_ROW), ("commonsense", COMMONSENSE_ROW),
-                                      ("code", CODE_ROW)])
+@pytest.mark.parametrize(
+    "name,row", [("math", METAMATH_ROW), ("commonsense", COMMONSENSE_ROW), ("code", CODE_ROW)]
+)
 def test_loss_is_on_the_response_only_with_eos(name, row):
     tok = tiny_tokenizer()
     task = TASKS[name]
@@ -69,7 +76,7 @@ def test_loss_is_on_the_response_only_with_eos(name, row):
     assert tok.decode(ids[n_prompt:-1]) == response
     cut = encode(task, row, tok, cutoff_len=n_prompt + 3)
     assert len(cut["input_ids"]) == len(cut["labels"]) == n_prompt + 3
-    assert cut["labels"][n_prompt:] == ids[n_prompt:n_prompt + 3]
+    assert cut["labels"][n_prompt:] == ids[n_prompt : n_prompt + 3]
 
 
 def test_gsm8k_rows_map_to_metamath_and_keep_the_answer(gsm8k_train):
@@ -99,8 +106,9 @@ def test_synthetic_rows_are_deterministic_labelled_and_in_schema():
         assert all(task.to_schema(r) is r for r in rows)
     for r in TASKS["math"].synthetic(100, 0):  # the arithmetic is right
         nums = [int(x) for x in re.findall(r"\d+", r["response"].split("\n")[0])]
-        op = {"SYN_add": lambda a, b: a + b, "SYN_sub": lambda a, b: a - b,
-              "SYN_mul": lambda a, b: a * b}[r["type"]]
+        op = {"SYN_add": lambda a, b: a + b, "SYN_sub": lambda a, b: a - b, "SYN_mul": lambda a, b: a * b}[
+            r["type"]
+        ]
         assert op(nums[-3], nums[-2]) == nums[-1] == int(r["response"].rsplit(" ", 1)[1])
 
 

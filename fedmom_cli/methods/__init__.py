@@ -60,4 +60,4 @@ def build_method(name: str, lora: LoraSpec, seed: int = 0, **options: Any) -> Me
         raise UserError(f"{name}: {exc}") from None
 
 
-__all__ = ["METHODS", "LoraFactors", "LoraSpec", "Method", "RoundResult", "build_method"]
+__all__ = ["METHODS", "LoraFactors", "LoraSpec", "Method", "RoundResult", "build_method", "method_options"]

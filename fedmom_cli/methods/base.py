@@ -109,8 +109,7 @@ class Method(Protocol):
         """Which factors clients train in this round: a subset of {"A", "B"}."""
         ...
 
-    def aggregate(self, clients: Clients, weights: Sequence[float], round_idx: int) -> RoundResult:
-        ...
+    def aggregate(self, clients: Clients, weights: Sequence[float], round_idx: int) -> RoundResult: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -140,7 +139,7 @@ def work_dtype(t: Tensor) -> torch.dtype:
 def weighted_sum(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
     """sum_i w_i T_i in float32 (or float64)."""
     dtype = work_dtype(tensors[0])
-    total = torch.zeros(tensors[0].shape, dtype=dtype)
+    total = torch.zeros(tensors[0].shape, dtype=dtype, device=tensors[0].device)
     for t, w in zip(tensors, weights, strict=True):
         total.add_(t.to(dtype), alpha=w)
     return total
@@ -194,7 +193,7 @@ def check_clients(clients: Clients, weights: Sequence[float]) -> list[float]:
         shapes = {(tuple(f.A.shape), tuple(f.B.shape)) for f in factors}
         if len(shapes) != 1:
             raise UserError(f"module {name}: clients' factor shapes differ: {sorted(shapes)}")
-        (a_shape, b_shape), = shapes
+        ((a_shape, b_shape),) = shapes
         if a_shape[0] != b_shape[1]:
             raise UserError(f"module {name}: A {a_shape} and B {b_shape} disagree on the rank")
     return normalise_weights(weights, counts.pop())

@@ -56,8 +56,8 @@ class FLoRA:
             delta = BaseDelta(scaling=self.lora.scaling, up=Bs, down=As)
             r, in_features = factors[0].A.shape
             g = torch.Generator().manual_seed(reinit_seed(self.seed, round_idx, name))
-            A = peft_default_lora_A(r, in_features, g)
-            B = torch.zeros(factors[0].B.shape)
+            A = peft_default_lora_A(r, in_features, g).to(Bs.device)  # drawn on the CPU
+            B = torch.zeros(factors[0].B.shape, device=Bs.device)
             modules[name] = ModuleResult(LoraFactors(A, B), delta, {"stacked_rank": As.shape[0]})
             up += lora_numel(factors[0])
             down += delta.numel_sent

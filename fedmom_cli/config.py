@@ -1,0 +1,202 @@
+"""Training configuration: one frozen dataclass, filled from recipes (YAML) and the command line.
+
+Resolution order, later wins: the dataclass defaults (the paper's Section 4.1 setup), `recipes/
+defaults.yaml`, the recipe (`--recipe NAME|PATH`, or the paper's recipe for `--task`), then
+`--set KEY=VALUE` and the named command-line options. Unknown keys and values of the wrong type
+are errors before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from fedmom_cli.errors import UserError
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # what is trained
+    method: str = "fedmomentum"
+    task: str = "math"
+    seed: int = 0
+    # model (a Hub id, a local folder, or "tiny": a small random Llama + fedmom's tokenizer)
+    model: str = "meta-llama/Llama-2-7b-hf"
+    tokenizer: str | None = None  # defaults to the model's
+    precision: str = "bf16"  # weights' dtype: fp32 | bf16 | fp16; bf16/fp16 also autocast on GPU
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    gradient_checkpointing: bool = False
+    # LoRA (the paper: r = 32, alpha = 64; it does not name target modules: fedmom uses q_proj, v_proj)
+    lora_r: int = 32
+    lora_alpha: float = 64.0
+    lora_dropout: float = 0.05
+    use_rslora: bool = False
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # data
+    data: str | None = None  # local JSON / JSONL / parquet; None = the task's Hub dataset
+    synthetic: int | None = None  # use N synthetic rows instead (smoke runs, tests)
+    cutoff_len: int = 512
+    # federation (the paper: 10 clients, Dirichlet 0.5, all clients every round)
+    partition: str | None = None  # a `fedmom partition` file; None = made here and saved in the run
+    clients: int = 10
+    beta: float = 0.5
+    min_client_size: int = 16
+    clients_per_round: int | None = None  # None = all
+    client_weights: str = "samples"  # samples | uniform
+    rounds: int = 50
+    # local training (the paper: 10 steps of batch 16, AdamW lr 3e-4, a fresh optimizer per round)
+    local_steps: int = 10
+    batch_size: int = 16
+    grad_accum: int = 1  # micro-batches per step (batch_size must divide evenly)
+    lr: float = 3e-4
+    lr_schedule: str = "constant"  # constant | cosine (across rounds, constant within a round)
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+    # method options (fedmomentum)
+    tau: float = 0.9999
+    svd: str = "exact"
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+CHOICES = {
+    "precision": ("fp32", "bf16", "fp16"),
+    "client_weights": ("samples", "uniform"),
+    "lr_schedule": ("constant", "cosine"),
+    "svd": ("exact", "randomized"),
+}
+
+
+def _coerce(key: str, value):
+    """Check/convert one value to the field's declared type."""
+    hint = typing.get_type_hints(TrainConfig)[key]
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    optional = type(None) in args
+    base = next(a for a in args if a is not type(None)) if args else hint
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"config key {key!r} cannot be null")
+    origin = typing.get_origin(base)
+    try:
+        if origin is list:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return value
+        if base is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"config key {key!r} expects {hint}, got {value!r}") from None
+
+
+def _check(cfg: TrainConfig) -> TrainConfig:
+    from fedmom_cli.methods import METHODS
+    from fedmom_cli.tasks import TASKS
+
+    if cfg.method not in METHODS:
+        raise UserError(f"unknown method {cfg.method!r}; choose one of: {', '.join(METHODS)}")
+    if cfg.task not in TASKS:
+        raise UserError(f"unknown task {cfg.task!r}; choose one of: {', '.join(TASKS)}")
+    for key, choices in CHOICES.items():
+        if getattr(cfg, key) not in choices:
+            raise UserError(f"{key} must be one of {', '.join(choices)}, got {getattr(cfg, key)!r}")
+    positive = ("lora_r", "clients", "rounds", "local_steps", "batch_size", "grad_accum", "cutoff_len")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise UserError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.batch_size % cfg.grad_accum:
+        raise UserError(f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}")
+    if not cfg.lr > 0:
+        raise UserError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.clients_per_round is not None and not 1 <= cfg.clients_per_round <= cfg.clients:
+        raise UserError(f"clients_per_round must be in 1..{cfg.clients}, got {cfg.clients_per_round}")
+    if not 0 < cfg.tau <= 1:
+        raise UserError(f"tau must be in (0, 1], got {cfg.tau}")
+    return cfg
+
+
+def recipe_path(name: str) -> Path:
+    """A recipe file: a path, or a name under recipes/ (`smoke` -> recipes/smoke.yaml)."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    for candidate in (RECIPES_DIR / f"{name}.yaml", Path.cwd() / "recipes" / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+    raise UserError(f"recipe {name!r} not found (known: {', '.join(known) or 'none'})")
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read recipe {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"recipe {path} must be a mapping of settings")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise UserError(f"recipe {path}: unknown key(s) {', '.join(unknown)}")
+    return data
+
+
+def parse_set(items: list[str]) -> dict:
+    """['lr=1e-4', 'target_modules=q_proj,v_proj'] -> dict; values parsed as YAML scalars."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in FIELDS:
+            raise UserError(f"--set expects KEY=VALUE with a known key, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def resolve(recipe: str | None, task: str | None, overrides: dict) -> TrainConfig:
+    """Defaults, then recipes/defaults.yaml, the recipe (or the task's paper recipe), then overrides."""
+    values: dict = {}
+    defaults = RECIPES_DIR / "defaults.yaml"
+    if defaults.is_file():
+        values.update(read_yaml(defaults))
+    name = recipe or task or "math"
+    values.update(read_yaml(recipe_path(name)))
+    if task is not None:
+        values["task"] = task
+    values.update({k: v for k, v in overrides.items()})
+    cfg = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    return _check(cfg)
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+def from_yaml(text: str) -> TrainConfig:
+    data = yaml.safe_load(text)
+    return TrainConfig(**{k: _coerce(k, v) for k, v in data.items() if k in FIELDS})

@@ -1,0 +1,164 @@
+"""The model side: load a base model, attach PEFT LoRA, read/write factors, apply base deltas.
+
+This is the one place that knows PEFT's module layout. Factors are keyed like the adapter files
+(`base_model.model.model.layers.0.self_attn.q_proj`), A is (r, in) and B is (out, r), and a
+delta is added to the `nn.Linear` weight in (out, in) layout, already scaled by s.
+
+Base deltas accumulate in float32, off the model: the frozen weight of a module is always set to
+`original + accumulated delta` cast to the model's dtype, so bf16 weights never lose a small delta
+to rounding round after round, and the accumulated delta is what `base_delta.safetensors` holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fedmom_cli.config import TrainConfig
+from fedmom_cli.data import _hub_reachable
+from fedmom_cli.errors import UserError
+from fedmom_cli.methods import LoraFactors
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TINY_SEED = 1234  # the tiny model's random weights are the same in every run
+
+
+def load_tokenizer(cfg: TrainConfig):
+    if cfg.model == "tiny" and cfg.tokenizer is None:
+        from fedmom_cli.tokenizer import tiny_tokenizer
+
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    name = cfg.tokenizer or cfg.model
+    tok = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # Llama-2 has no pad token; padded positions are masked anyway
+    return tok
+
+
+HINT = "use --recipe smoke (the tiny offline model) or --model PATH to a local model folder"
+
+
+def check_model_source(cfg: TrainConfig) -> None:
+    """Fail in seconds, before any data is loaded, when the model cannot be had."""
+    for what, name in (("model", cfg.model), ("tokenizer", cfg.tokenizer)):
+        if name and name != "tiny" and not Path(name).exists() and not _hub_reachable():
+            raise UserError(
+                f"cannot load {what} {name!r}: no such local folder and the Hub is not reachable; {HINT}"
+            )
+
+
+def _from_pretrained(loader, name: str, what: str, **kwargs):
+    hint = HINT
+    try:
+        return loader(name, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load {what} {name!r} ({str(exc).splitlines()[0][:200]}); {hint}") from None
+
+
+def load_base_model(cfg: TrainConfig, tokenizer):
+    dtype = DTYPES[cfg.precision]
+    if cfg.model == "tiny":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=max(512, cfg.cutoff_len),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(TINY_SEED)
+            return LlamaForCausalLM(config).to(dtype)
+    from transformers import AutoModelForCausalLM
+
+    return _from_pretrained(AutoModelForCausalLM.from_pretrained, cfg.model, "model", dtype=dtype)
+
+
+def attach_lora(model, cfg: TrainConfig):
+    """PEFT LoRA with PEFT's default init (A kaiming-uniform, B = 0), drawn from the run's seed."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        use_rslora=cfg.use_rslora,
+        target_modules=list(cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        try:
+            return get_peft_model(model, lora)
+        except ValueError as exc:
+            raise UserError(f"cannot attach LoRA: {str(exc).splitlines()[0]}") from None
+
+
+def lora_modules(model) -> dict[str, torch.nn.Module]:
+    """PEFT LoRA layers by the name their adapter keys use."""
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})
+    }
+
+
+def get_factors(modules: dict) -> dict[str, LoraFactors]:
+    """A float32 copy of every module's factors (PEFT's tensors share storage: always clone)."""
+    return {
+        n: LoraFactors(
+            A=m.lora_A["default"].weight.detach().float().clone(),
+            B=m.lora_B["default"].weight.detach().float().clone(),
+        )
+        for n, m in modules.items()
+    }
+
+
+@torch.no_grad()
+def set_factors(modules: dict, factors: dict[str, LoraFactors]) -> None:
+    for n, m in modules.items():
+        m.lora_A["default"].weight.copy_(factors[n].A)
+        m.lora_B["default"].weight.copy_(factors[n].B)
+
+
+def set_trainable(modules: dict, which: frozenset[str]) -> list[torch.nn.Parameter]:
+    """Exactly the factors the method trains this round require grad; returns them."""
+    params = []
+    for m in modules.values():
+        for factor, layer in (("A", m.lora_A["default"]), ("B", m.lora_B["default"])):
+            layer.weight.requires_grad_(factor in which)
+            if factor in which:
+                params.append(layer.weight)
+    return params
+
+
+class BaseWeights:
+    """Original frozen weights of the LoRA modules (CPU) and the float32 delta accumulated on them."""
+
+    def __init__(self, modules: dict) -> None:
+        self.original = {n: m.base_layer.weight.detach().to("cpu", copy=True) for n, m in modules.items()}
+        self.delta: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, delta: torch.Tensor) -> None:
+        d = delta.detach().to("cpu", torch.float32)
+        self.delta[name] = self.delta[name] + d if name in self.delta else d.clone()
+
+    @torch.no_grad()
+    def apply(self, modules: dict, names=None) -> None:
+        """Set weight = original + accumulated delta (cast once) for the given modules."""
+        for n in names if names is not None else self.delta:
+            w = modules[n].base_layer.weight
+            w.copy_((self.original[n].float() + self.delta[n]).to(w.device, w.dtype))
+
+    def effective(self, name: str) -> torch.Tensor:
+        base = self.original[name].float()
+        return base + self.delta[name] if name in self.delta else base

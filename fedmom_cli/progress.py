@@ -1,0 +1,90 @@
+"""Progress over rounds and clients: rich bars (rate, ETA, loss) on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class TransferSpeedlessRate(TextColumn):
+    """Completed items per minute (rounds or clients), from rich's own speed estimate."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def render(self, task):
+        from rich.text import Text
+
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed * 60:.1f}/min" if speed else "-/min", style="progress.data.speed")
+
+
+class RoundProgress:
+    def __init__(
+        self, rounds: int, clients_per_round: int, start_round: int = 0, enabled: bool | None = None
+    ) -> None:
+        self.console = Console(stderr=True)
+        self.live = self.console.is_terminal if enabled is None else enabled
+        self.rounds, self.clients = rounds, clients_per_round
+        self.start = time.perf_counter()
+        self.round = start_round
+        self._bar = None
+        if self.live:
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TransferSpeedlessRate(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[loss]}"),
+                console=self.console,
+                transient=False,
+            )
+            self._rounds = self._bar.add_task("rounds", total=rounds, completed=start_round, loss="")
+            self._clients = self._bar.add_task("clients", total=clients_per_round, loss="")
+
+    def __enter__(self):
+        if self._bar is not None:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def round_started(self, round_idx: int) -> None:
+        self.round = round_idx
+        self._round_start = time.perf_counter()
+        if self._bar is not None:
+            self._bar.reset(self._clients, total=self.clients, loss="")
+
+    def client_done(self, client: int, loss: float) -> None:
+        if self._bar is not None:
+            self._bar.update(self._clients, advance=1, loss=f"client {client} loss {loss:.4f}")
+        else:
+            print(f"round {self.round + 1}/{self.rounds} client {client}: loss {loss:.4f}", file=sys.stderr)
+
+    def round_done(self, record: dict) -> None:
+        done = record["round"] + 1
+        elapsed = time.perf_counter() - self._round_start
+        if self._bar is not None:
+            self._bar.update(self._rounds, completed=done, loss=f"loss {record['loss']:.4f}")
+        else:
+            remaining = (self.rounds - done) * elapsed
+            print(
+                f"round {done}/{self.rounds}: loss {record['loss']:.4f}, {elapsed:.1f} s/round, "
+                f"eta {remaining:.0f} s, aggregation {record['aggregation_seconds']:.3f} s",
+                file=sys.stderr,
+            )

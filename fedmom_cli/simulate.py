@@ -1,0 +1,284 @@
+"""`fedmom train`: sequential federated simulation of every client on one device, resumable.
+
+One model in memory. Each round, for each sampled client: load the global factors, make trainable
+exactly what the method trains, train with a fresh AdamW, keep a float32 clone of the factors.
+Then aggregate with the method, add the base delta to the frozen weights, load the new global
+factors, log a metrics line and write a checkpoint atomically.
+
+Determinism: all randomness of a client's round (dropout) is seeded from (seed, round, client) and
+the data order from (seed, client, epoch), so a resumed run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from fedmom_cli import results
+from fedmom_cli.adapters import delta_key
+from fedmom_cli.client import Sampler, train_client
+from fedmom_cli.config import TrainConfig
+from fedmom_cli.data import load_rows
+from fedmom_cli.errors import UserError
+from fedmom_cli.methods import LoraFactors, LoraSpec, build_method, method_options
+from fedmom_cli.model import (
+    BaseWeights,
+    attach_lora,
+    check_model_source,
+    get_factors,
+    load_base_model,
+    load_tokenizer,
+    lora_modules,
+    set_factors,
+    set_trainable,
+)
+from fedmom_cli.partition import split_rows
+from fedmom_cli.tasks import encode, get_task
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def lr_at(cfg: TrainConfig, round_idx: int) -> float:
+    if cfg.lr_schedule == "cosine":  # OpenFedLLM's schedule across rounds
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * round_idx / cfg.rounds))
+    return cfg.lr
+
+
+def summarise(stats: dict[str, dict]) -> dict:
+    """Mean (and max) over modules of every numeric per-module statistic."""
+    out = {}
+    keys = {k for s in stats.values() for k, v in s.items() if isinstance(v, (int, float))}
+    for k in sorted(keys):
+        values = [s[k] for s in stats.values() if isinstance(s.get(k), (int, float))]
+        out[f"{k}_mean"] = float(np.mean(values))
+        out[f"{k}_max"] = float(np.max(values))
+    return out
+
+
+class Simulation:
+    def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
+        from accelerate import Accelerator
+
+        self.cfg, self.run_dir = cfg, run_dir
+        check_model_source(cfg)
+        self.task = get_task(cfg.task)
+        self.rows = load_rows(self.task, Path(cfg.data) if cfg.data else None, cfg.synthetic, seed=cfg.seed)
+        self.partition = self._partition()
+        self.tokenizer = load_tokenizer(cfg)
+        use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        mixed = {"bf16": "bf16", "fp16": "fp16"}.get(cfg.precision, "no") if not use_cpu else "no"
+        self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed)
+        model = attach_lora(load_base_model(cfg, self.tokenizer), cfg)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+        self.model = model.to(self.accelerator.device)
+        self.modules = lora_modules(self.model)
+        self.base = BaseWeights(self.modules)
+        self.global_factors = get_factors(self.modules)
+        options = {k: getattr(cfg, k) for k in ("tau", "svd") if k in method_options(cfg.method)}
+        lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, use_rslora=cfg.use_rslora)
+        self.method = build_method(cfg.method, lora, seed=cfg.seed, **options)
+        self.samplers = [Sampler(rows, cfg.seed, k) for k, rows in enumerate(self.partition["clients"])]
+        self.encoded: dict[int, dict] = {}
+        self.round = 0
+
+    # ---- data -----------------------------------------------------------------------------------
+    def _partition(self) -> dict:
+        cfg, path = self.cfg, self.cfg.partition
+        if path is not None:
+            part = results.read_json(Path(path))
+            if part is None:
+                raise UserError(f"partition file not found: {path}")
+            fp = self.rows.fingerprint()
+            if part["dataset"]["sha256"] != fp["sha256"]:
+                raise UserError(
+                    f"partition {path} was made for another dataset ({part['dataset']['source']}, "
+                    f"{part['dataset']['rows']} rows), not {fp['source']} ({fp['rows']} rows)"
+                )
+            if len(part["clients"]) != cfg.clients:
+                raise UserError(
+                    f"partition {path} has {len(part['clients'])} clients, config says {cfg.clients}"
+                )
+            return part
+        split = split_rows(len(self.rows.rows), cfg.clients, cfg.beta, cfg.seed, cfg.min_client_size)
+        return {
+            "task": cfg.task,
+            "scheme": "dirichlet",
+            "clients_n": cfg.clients,
+            "beta": cfg.beta,
+            "seed": cfg.seed,
+            "by": None,
+            "min_size": cfg.min_client_size,
+            "draws": split.draws,
+            "dataset": self.rows.fingerprint(),
+            "sizes": [len(c) for c in split.clients],
+            "proportions": split.proportions,
+            "category_counts": None,
+            "clients": split.clients,
+        }
+
+    def _examples(self, sampler: Sampler):
+        def take(n: int) -> list[dict]:
+            out = []
+            for i in sampler.take(n):
+                if i not in self.encoded:
+                    self.encoded[i] = encode(
+                        self.task, self.rows.rows[i], self.tokenizer, self.cfg.cutoff_len
+                    )
+                out.append(self.encoded[i])
+            return out
+
+        return take
+
+    # ---- one round ------------------------------------------------------------------------------
+    def sampled_clients(self, round_idx: int) -> list[int]:
+        n, k = self.cfg.clients, self.cfg.clients_per_round
+        if k is None or k == n:
+            return list(range(n))
+        return sorted(
+            int(c) for c in np.random.default_rng([self.cfg.seed, round_idx]).choice(n, k, replace=False)
+        )
+
+    def train_clients(self, round_idx: int, progress=None) -> tuple[list[int], dict, dict, dict]:
+        cfg, lr = self.cfg, lr_at(self.cfg, round_idx)
+        clients = self.sampled_clients(round_idx)
+        trained: dict[int, dict[str, LoraFactors]] = {}
+        losses: dict[int, float] = {}
+        seconds = {"client_compute": 0.0, "adapter_swap": 0.0}
+        for k in clients:
+            start = time.perf_counter()
+            set_factors(self.modules, self.global_factors)
+            params = set_trainable(self.modules, self.method.trainable(round_idx))
+            torch.manual_seed(zlib.crc32(f"{cfg.seed}/{round_idx}/{k}".encode()))
+            seconds["adapter_swap"] += time.perf_counter() - start
+            stats = train_client(
+                self.model,
+                params,
+                self._examples(self.samplers[k]),
+                steps=cfg.local_steps,
+                batch_size=cfg.batch_size,
+                grad_accum=cfg.grad_accum,
+                lr=lr,
+                weight_decay=cfg.weight_decay,
+                max_grad_norm=cfg.max_grad_norm,
+                pad_id=self.tokenizer.pad_token_id,
+                accelerator=self.accelerator,
+                label=f"round {round_idx} client {k}",
+            )
+            start = time.perf_counter()
+            trained[k] = get_factors(self.modules)
+            seconds["adapter_swap"] += time.perf_counter() - start
+            seconds["client_compute"] += stats.compute_seconds
+            losses[k] = stats.mean_loss
+            if progress is not None:
+                progress.client_done(k, stats.mean_loss)
+        return clients, trained, losses, seconds
+
+    def run_round(self, round_idx: int, progress=None) -> dict:
+        wall = time.perf_counter()
+        clients, trained, losses, seconds = self.train_clients(round_idx, progress)
+        sizes = [len(self.partition["clients"][k]) for k in clients]
+        weights = sizes if self.cfg.client_weights == "samples" else [1.0] * len(clients)
+        self.last_round = {"clients": clients, "trained": trained, "weights": weights}  # for inspection
+        start = time.perf_counter()
+        outcome = self.method.aggregate(
+            {m: [trained[k][m] for k in clients] for m in self.modules}, weights, round_idx
+        )
+        seconds["aggregation"] = time.perf_counter() - start
+        start = time.perf_counter()
+        with_delta = [m for m, r in outcome.modules.items() if r.delta is not None]
+        for m in with_delta:
+            self.base.add(m, outcome.modules[m].delta.to_dense())
+        self.base.apply(self.modules, with_delta)
+        self.global_factors = {
+            m: LoraFactors(r.factors.A.float(), r.factors.B.float()) for m, r in outcome.modules.items()
+        }
+        set_factors(self.modules, self.global_factors)
+        seconds["update"] = time.perf_counter() - start
+        self.round = round_idx + 1
+        stats = {m: r.stats for m, r in outcome.modules.items()}
+        record = {
+            "round": round_idx,
+            "lr": lr_at(self.cfg, round_idx),
+            "loss": float(np.average([losses[k] for k in clients], weights=weights)),
+            "client_loss": {str(k): losses[k] for k in clients},
+            "clients": clients,
+            "weights": [w / sum(weights) for w in weights],
+            "aggregation_seconds": seconds["aggregation"],
+            "update_seconds": seconds["update"],
+            "bytes_up_per_client": outcome.bytes_up,
+            "bytes_down_per_client": outcome.bytes_down,
+            "stats": summarise(stats),
+            "module_stats": stats,
+            "seconds": seconds,
+        }
+        start = time.perf_counter()
+        self.save_checkpoint(record)
+        seconds["checkpoint"] = time.perf_counter() - start
+        seconds["round"] = time.perf_counter() - wall
+        return record
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, record: dict) -> None:
+        results.atomic_torch_save(
+            self.run_dir / CHECKPOINT,
+            {
+                "round": self.round,
+                "config_hash": self.cfg.hash(),
+                "global": {m: (f.A.cpu(), f.B.cpu()) for m, f in self.global_factors.items()},
+                "delta": self.base.delta,
+                "method_state": self.method.state_dict(),
+                "samplers": [s.state() for s in self.samplers],
+                "record": record,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "numpy": np.random.get_state(),
+                    "python": random.getstate(),
+                },
+            },
+        )
+
+    def load_checkpoint(self) -> dict:
+        ckpt = torch.load(self.run_dir / CHECKPOINT, weights_only=False)
+        if ckpt["config_hash"] != self.cfg.hash():
+            raise UserError("the checkpoint was made with other settings; use --force to start over")
+        device = self.accelerator.device
+        self.global_factors = {
+            m: LoraFactors(A.to(device), B.to(device)) for m, (A, B) in ckpt["global"].items()
+        }
+        set_factors(self.modules, self.global_factors)
+        self.base.delta = ckpt["delta"]
+        self.base.apply(self.modules)
+        self.method.load_state_dict(ckpt["method_state"])
+        for s, state in zip(self.samplers, ckpt["samplers"]):
+            s.load(state)
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        np.random.set_state(ckpt["rng"]["numpy"])
+        random.setstate(ckpt["rng"]["python"])
+        self.round = ckpt["round"]
+        return ckpt["record"]
+
+    # ---- final outputs --------------------------------------------------------------------------
+    def save_outputs(self, save_merged: bool) -> None:
+        set_factors(self.modules, self.global_factors)
+        tmp = self.run_dir / ".adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp)
+        shutil.rmtree(self.run_dir / "adapter", ignore_errors=True)
+        tmp.rename(self.run_dir / "adapter")
+        deltas = {delta_key(m): d.contiguous() for m, d in self.base.delta.items()}
+        save_file(deltas, self.run_dir / ".base_delta.tmp", metadata={"format": "pt"})
+        (self.run_dir / ".base_delta.tmp").replace(self.run_dir / "base_delta.safetensors")
+        if save_merged:
+            merged = self.model.merge_and_unload()
+            merged.save_pretrained(self.run_dir / "merged")
+            self.tokenizer.save_pretrained(self.run_dir / "merged")

@@ -1,0 +1,243 @@
+"""`fedmom train` on the tiny model: every method, the maths of one real round, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedmom_cli import config as cfgmod
+from fedmom_cli import train as tr
+from fedmom_cli.cli import main
+from fedmom_cli.client import NonFiniteLoss
+from fedmom_cli.methods import METHODS
+from fedmom_cli.simulate import Simulation
+
+SMOKE = {"clients": 3, "rounds": 2, "local_steps": 2, "synthetic": 120, "lr": 1e-2}
+
+
+def smoke_config(method: str, **overrides):
+    return cfgmod.resolve("smoke", "math", {"method": method, **SMOKE, **overrides})
+
+
+def effective(sim) -> dict[str, torch.Tensor]:
+    """What each LoRA module of the live model computes: W + s B A (float64)."""
+    out = {}
+    for name, m in sim.modules.items():
+        s = m.scaling["default"]
+        out[name] = (
+            m.base_layer.weight.double()
+            + s * m.lora_B["default"].weight.double() @ m.lora_A["default"].weight.double()
+        )
+    return out
+
+
+def aggregate_dense(sim) -> dict[str, torch.Tensor]:
+    """s * sum_i w_i B_i A_i from the clients' trained factors, in float64."""
+    last = sim.last_round
+    w = torch.tensor(last["weights"], dtype=torch.float64)
+    w = w / w.sum()
+    s = sim.cfg.lora_alpha / sim.cfg.lora_r
+    return {
+        m: s
+        * sum(
+            wi * last["trained"][k][m].B.double() @ last["trained"][k][m].A.double()
+            for wi, k in zip(w, last["clients"])
+        )
+        for m in sim.modules
+    }
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_two_rounds(tmp_path, method):
+    result = tr.run(tr.TrainOptions(smoke_config(method), out=tmp_path / "run", progress=False))
+    run = tmp_path / "run"
+    assert result["status"] == "finished" and result["rounds_completed"] == 2
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1]
+    for r in records:
+        assert set(r["client_loss"]) == {"0", "1", "2"} and r["bytes_up_per_client"] > 0
+        assert r["aggregation_seconds"] >= 0 and r["update_seconds"] >= 0
+    if method.startswith("fedmomentum"):
+        assert {"s_res_mean", "retained_energy_mean", "r_mean"} <= set(records[0]["stats"])
+        assert all("singular_values" in s for s in records[0]["module_stats"].values())
+    assert (run / "adapter" / "adapter_model.safetensors").is_file() and not (run / "checkpoint.pt").exists()
+    assert cfgmod.from_yaml((run / "config.yaml").read_text()) == smoke_config(method)
+    assert json.loads((run / "partition.json").read_text())["clients_n"] == 3
+
+
+@pytest.mark.parametrize(
+    "method,exact",
+    [("fedex_lora", True), ("flora", True), ("fedmomentum", False), ("fedmomentum_no_residual", False)],
+)
+def test_effective_weights_after_a_real_round(tmp_path, method, exact):
+    sim = Simulation(smoke_config(method), tmp_path)
+    for t in range(2):
+        base = {n: m.base_layer.weight.double().clone() for n, m in sim.modules.items()}
+        record = sim.run_round(t)
+        got, M = effective(sim), aggregate_dense(sim)
+        for name in sim.modules:
+            if exact:  # base + s sum_i w_i B_i A_i, exactly
+                want = base[name] + M[name]
+            else:  # base + s * best rank-(r + s_res) approximation of M
+                k = sim.cfg.lora_r + record["module_stats"][name]["s_res"]
+                U, S, Vh = torch.linalg.svd(M[name], full_matrices=False)
+                want = base[name] + U[:, :k] * S[:k] @ Vh[:k]
+            err = float((got[name] - want).norm() / M[name].norm())
+            assert err < 1e-5, (name, err)
+
+
+def test_clients_train_and_leave_the_global_adapter_behind(tmp_path):
+    sim = Simulation(smoke_config("fedit"), tmp_path)
+    start = {m: (f.A.clone(), f.B.clone()) for m, f in sim.global_factors.items()}
+    sim.run_round(0)
+    for k in sim.last_round["clients"]:
+        for m, f in sim.last_round["trained"][k].items():
+            assert not torch.equal(f.B, start[m][1]) and not torch.equal(f.A, start[m][0])
+    a, b = sim.last_round["trained"][0], sim.last_round["trained"][1]
+    assert any(not torch.equal(a[m].B, b[m].B) for m in a)  # clients differ from each other too
+
+
+def test_ffa_lora_never_changes_A(tmp_path):
+    sim = Simulation(smoke_config("ffa_lora"), tmp_path)
+    A0 = {m: f.A.clone() for m, f in sim.global_factors.items()}
+    for t in range(2):
+        sim.run_round(t)
+        for k in sim.last_round["clients"]:
+            assert all(torch.equal(sim.last_round["trained"][k][m].A, A0[m]) for m in A0)
+        assert all(torch.equal(sim.global_factors[m].A, A0[m]) for m in A0)
+    assert any(sim.global_factors[m].B.abs().sum() > 0 for m in A0)
+
+
+def test_rolora_alternates_b_then_a(tmp_path):
+    sim = Simulation(smoke_config("rolora"), tmp_path)
+    before = {m: (f.A.clone(), f.B.clone()) for m, f in sim.global_factors.items()}
+    sim.run_round(0)  # trains B: A frozen everywhere
+    for m, (A, B) in before.items():
+        assert torch.equal(sim.global_factors[m].A, A) and not torch.equal(sim.global_factors[m].B, B)
+    before = {m: (f.A.clone(), f.B.clone()) for m, f in sim.global_factors.items()}
+    sim.run_round(1)  # trains A: B frozen everywhere
+    for m, (A, B) in before.items():
+        assert torch.equal(sim.global_factors[m].B, B) and not torch.equal(sim.global_factors[m].A, A)
+        for k in sim.last_round["clients"]:
+            assert torch.equal(sim.last_round["trained"][k][m].B, B)
+
+
+def test_finished_run_is_skipped_and_force_retrains(tmp_path, capsys):
+    cfg = smoke_config("fedit")
+    tr.run(tr.TrainOptions(cfg, out=tmp_path / "run", progress=False))
+    stamp = (tmp_path / "run" / "result.json").stat().st_mtime_ns
+    tr.run(tr.TrainOptions(cfg, out=tmp_path / "run", progress=False))
+    assert "already finished" in capsys.readouterr().out
+    assert (tmp_path / "run" / "result.json").stat().st_mtime_ns == stamp
+    tr.run(tr.TrainOptions(cfg, out=tmp_path / "run", force=True, progress=False))
+    assert (tmp_path / "run" / "result.json").stat().st_mtime_ns != stamp
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    cfg = smoke_config("fedit", rounds=3)
+    real = torch.nn.functional.cross_entropy
+    calls = {"n": 0}
+
+    def diverging(*args, **kwargs):  # round 0 is healthy; round 1 produces a NaN loss
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > cfg.clients * cfg.local_steps else loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", diverging)
+    with pytest.raises(NonFiniteLoss, match="round 1 client 0 step 0: loss is nan"):
+        tr.run(tr.TrainOptions(cfg, out=tmp_path / "run", progress=False))
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "failed" and "lower lr" in result["error"]
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["round"] == 1
+
+
+def _train_cmd(out: Path, rounds: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "fedmom_cli",
+        "train",
+        "--recipe",
+        "smoke",
+        "--method",
+        "fedmomentum",
+        "--rounds",
+        str(rounds),
+        "--set",
+        "local_steps=4",
+        "--set",
+        "synthetic=200",
+        "--set",
+        "lr=0.01",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_kill_9_and_resume_equals_uninterrupted(tmp_path):
+    rounds = 12
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    full = tmp_path / "full"
+    subprocess.run(_train_cmd(full, rounds), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _train_cmd(killed, rounds), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "checkpoint.pt").is_file():
+        time.sleep(0.01)
+    time.sleep(0.15)  # land somewhere inside a later round
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len((killed / "metrics.jsonl").read_text().splitlines())
+    assert 1 <= done_at_kill < rounds, "the run was not interrupted partway"
+    assert json.loads((killed / "result.json").read_text())["status"] == "running"
+    code = subprocess.run(_train_cmd(killed, rounds), env=env, capture_output=True, text=True)
+    assert code.returncode == 2 and "--resume" in code.stderr  # no silent restart
+    subprocess.run(_train_cmd(killed, rounds, "--resume"), check=True, env=env, capture_output=True)
+    for name in ("adapter/adapter_model.safetensors", "base_delta.safetensors"):
+        a, b = load_file(full / name), load_file(killed / name)
+        assert a.keys() == b.keys() and a
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    metrics = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == list(range(rounds))
+    assert json.loads((killed / "result.json").read_text())["resumed"] == 1
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["fedmom", "train", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--method", "fedavg", "--recipe", "smoke"], "unknown method 'fedavg'"),
+        (["--recipe", "nonsense"], "recipe 'nonsense' not found"),
+        (["--recipe", "smoke", "--set", "learning_rate=1"], "--set expects KEY=VALUE with a known key"),
+        (["--recipe", "smoke", "--set", "rounds=two"], "config key 'rounds' expects"),
+        (["--recipe", "smoke", "--set", "batch_size=5", "--set", "grad_accum=2"], "not divisible"),
+        (["--task", "math"], "--recipe smoke"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, args, match):
+    out = tmp_path / "run"
+    code, cap = run_cli(monkeypatch, capsys, *args, "--out", out)
+    assert code == 2 and match in cap.err and cap.err.count("\n") == 1
+    assert not out.exists()

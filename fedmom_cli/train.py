@@ -35,6 +35,21 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _same_settings(run_dir: Path, cfg: TrainConfig, what: str) -> None:
+    """A run folder only stands for the settings it was made with."""
+    old = cfgmod.from_yaml((run_dir / "config.yaml").read_text())
+    if old != cfg:
+        diff = [
+            f"{k}: {getattr(old, k)!r} there, {getattr(cfg, k)!r} now"
+            for k in cfgmod.FIELDS
+            if getattr(old, k) != getattr(cfg, k)
+        ]
+        raise UserError(
+            f"{run_dir} {what} with other settings ({'; '.join(diff[:4])}"
+            f"{'; ...' if len(diff) > 4 else ''}); use --out for a new folder or --force"
+        )
+
+
 def _prepare(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool) -> str:
     """Decide what to do with the folder: 'fresh', 'resume' or 'done'."""
     result = results.read_json(run_dir / "result.json")
@@ -42,17 +57,12 @@ def _prepare(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool) -> str:
         shutil.rmtree(run_dir)
         return "fresh"
     if result is not None and result.get("status") == "finished":
+        _same_settings(run_dir, cfg, "holds a finished run")
         return "done"
     if (run_dir / CHECKPOINT).is_file():
         if not resume:
             raise UserError(f"{run_dir} holds an unfinished run; --resume continues it, --force starts over")
-        old = cfgmod.from_yaml((run_dir / "config.yaml").read_text())
-        if old != cfg:
-            diff = [k for k in cfgmod.FIELDS if getattr(old, k) != getattr(cfg, k)]
-            raise UserError(
-                f"--resume with other settings than {run_dir} was started with "
-                f"({', '.join(diff)}); use the same options or --force"
-            )
+        _same_settings(run_dir, cfg, "holds an unfinished run")
         return "resume"
     if run_dir.exists() and any(run_dir.iterdir()) and result is None:
         raise UserError(f"{run_dir} exists and is not a fedmom run folder; choose another --out")

@@ -18,6 +18,7 @@ from fedmom_cli import config as cfgmod
 from fedmom_cli import train as tr
 from fedmom_cli.cli import main
 from fedmom_cli.client import NonFiniteLoss
+from fedmom_cli.errors import UserError
 from fedmom_cli.methods import METHODS
 from fedmom_cli.simulate import Simulation
 
@@ -138,6 +139,11 @@ def test_finished_run_is_skipped_and_force_retrains(tmp_path, capsys):
     tr.run(tr.TrainOptions(cfg, out=tmp_path / "run", progress=False))
     assert "already finished" in capsys.readouterr().out
     assert (tmp_path / "run" / "result.json").stat().st_mtime_ns == stamp
+    other = smoke_config("fedit", lr=5e-3)  # same folder, other settings: never taken as done
+    with pytest.raises(
+        UserError, match="holds a finished run with other settings.*lr: 0.01 there, 0.005 now"
+    ):
+        tr.run(tr.TrainOptions(other, out=tmp_path / "run", progress=False))
     tr.run(tr.TrainOptions(cfg, out=tmp_path / "run", force=True, progress=False))
     assert (tmp_path / "run" / "result.json").stat().st_mtime_ns != stamp
 

@@ -310,6 +310,71 @@ def train(
     )
 
 
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(
+        None, metavar="[RUN_DIR]", show_default=False, help="A finished `fedmom train` run folder."
+    ),
+    tasks: str = typer.Option(
+        None,
+        "--tasks",
+        show_default="the run's task family",
+        help="Comma-separated: gsm8k, math, boolq, piqa, social_i_qa, hellaswag, "
+        "winogrande, ARC-Easy, ARC-Challenge, openbookqa, humaneval, mbpp, "
+        "synthetic_math, synthetic_commonsense, synthetic_code.",
+    ),
+    protocol: str = typer.Option(
+        "train-format",
+        "--protocol",
+        help="train-format (fedmom's zero-shot prompts in the training format) "
+        "or lm-eval (lm-eval's own tasks, from the Hub).",
+    ),
+    limit: int = typer.Option(None, "--limit", show_default="all", help="At most N samples per task."),
+    batch_size: int = typer.Option(8, "--batch-size", help="lm-eval batch size."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    data_dir: Path = typer.Option(
+        None,
+        "--data-dir",
+        show_default="none",
+        help="Folder with local copies: gsm8k/test.jsonl, MATH/test.jsonl, "
+        "commonsense_eval/<set>.json, humaneval/HumanEval.jsonl.gz, "
+        "mbpp/mbpp.jsonl.",
+    ),
+    shots: int = typer.Option(0, "--shots", help="Few-shot examples per prompt."),
+    model: str = typer.Option(
+        None,
+        "--model",
+        show_default="none",
+        help="Evaluate this model without adapter (the Pre-trained row); needs --out.",
+    ),
+    task: str = typer.Option(
+        None, "--task", show_default="math", help="With --model: the task family whose benchmarks to run."
+    ),
+    out: Path = typer.Option(None, "--out", show_default="RUN_DIR", help="With --model: output folder."),
+) -> None:
+    """Evaluate a run (base + delta + adapter, in memory) or a plain model; write eval.json."""
+    from fedmom_cli import evaluate as ev
+
+    result = ev.run(
+        ev.EvalOptions(
+            run_dir=run_dir,
+            model=model,
+            task=task,
+            out=out,
+            tasks=[t.strip() for t in tasks.split(",")] if tasks else None,
+            protocol=protocol,
+            limit=limit,
+            batch_size=batch_size,
+            device=device,
+            data_dir=data_dir,
+            shots=shots,
+        )
+    )
+    for name, t in result["tasks"].items():
+        err = f" ± {t['stderr']:.4f}" if t["stderr"] is not None else ""
+        print(f"{name}: {t['metric']} = {t['value']:.4f}{err} (n={t['n']}, {t['protocol']})")
+
+
 @models_app.command("get")
 def models_get(
     name: str = typer.Argument(..., help="Model short name: smollm2-135m."),

@@ -1,0 +1,227 @@
+"""fedmom's evaluation tasks, as lm-evaluation-harness task configs over local files.
+
+The training-format protocol asks the question the way the model was fine-tuned (zero-shot, greedy):
+- gsm8k, math: the MetaMath/Alpaca prompt; the answer after "The answer is" (answers.py).
+- boolq ... openbookqa: the LLM-Adapters prompt; the first answer token of the dataset's kind.
+- humaneval, mbpp: plain code completion as the bigcode harness does (HumanEval's prompt; MBPP's
+  text and first test as a docstring), stop sequences, each completion run against the tests in
+  the sandbox; pass@1 of the greedy completion.
+- synthetic_math / synthetic_commonsense / synthetic_code: held-out synthetic rows for smoke runs.
+Files are read from a data folder in each source's own format (`--data-dir`); see LOCAL_FILES.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedmom_cli import answers, synthetic
+from fedmom_cli.errors import UserError
+from fedmom_cli.sandbox import run_program
+from fedmom_cli.tasks import ALPACA, ALPACA_INPUT
+
+COMMONSENSE = [
+    "boolq",
+    "piqa",
+    "social_i_qa",
+    "hellaswag",
+    "winogrande",
+    "ARC-Easy",
+    "ARC-Challenge",
+    "openbookqa",
+]
+LOCAL_FILES = {  # task -> path under --data-dir, in the source's own format
+    "gsm8k": "gsm8k/test.jsonl",  # openai/grade-school-math: question, answer ("#### N")
+    "math": "MATH/test.jsonl",  # hendrycks MATH: problem, solution (\\boxed{...})
+    **{name: f"commonsense_eval/{name}.json" for name in COMMONSENSE},  # LLM-Adapters test sets
+    "humaneval": "humaneval/HumanEval.jsonl.gz",  # openai/human-eval
+    "mbpp": "mbpp/mbpp.jsonl",  # google-research mbpp: text, code, test_list
+}
+LM_EVAL_NAMES = {  # the same benchmarks under lm-eval's own task names (its own prompts and data)
+    "gsm8k": "gsm8k",
+    "math": "minerva_math",
+    "boolq": "boolq",
+    "piqa": "piqa",
+    "social_i_qa": "social_iqa",
+    "hellaswag": "hellaswag",
+    "winogrande": "winogrande",
+    "ARC-Easy": "arc_easy",
+    "ARC-Challenge": "arc_challenge",
+    "openbookqa": "openbookqa",
+    "humaneval": "humaneval",
+    "mbpp": "mbpp",
+}
+FAMILY_TASKS = {"math": ["gsm8k", "math"], "commonsense": COMMONSENSE, "code": ["humaneval", "mbpp"]}
+CODE_STOPS = ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "\nassert"]
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    name: str
+    metric: str
+    prompt: Callable[[dict], str]
+    score: Callable[[dict, str], bool]
+    until: list[str]
+    max_gen_toks: int
+
+
+def _math_prompt(doc):
+    return ALPACA.format(instruction=doc.get("question") or doc.get("problem") or doc["query"])
+
+
+def _commonsense_prompt(doc):
+    template = ALPACA_INPUT if doc.get("input") else ALPACA
+    return template.format(instruction=doc["instruction"], input=doc.get("input", ""))
+
+
+def _code_program(doc, completion: str) -> str:
+    if "entry_point" in doc:  # HumanEval
+        return f"{doc['prompt']}{completion}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n"
+    return f"{doc['prompt']}{completion}\n\n" + "\n".join(doc["test_list"]) + "\n"
+
+
+def _mbpp_prompt(doc):
+    return f'"""\n{doc["text"]}\n{doc["test_list"][0]}\n"""\n'
+
+
+def _synthetic_code_program(doc, generation: str) -> str:
+    code = generation.split("```python")[-1].split("```")[0] if "```" in generation else generation
+    return code + "\n" + "\n".join(doc["test_list"]) + "\n"
+
+
+def _task(name: str) -> EvalTask:
+    if name == "gsm8k":
+        return EvalTask(
+            name,
+            "exact_match",
+            _math_prompt,
+            lambda d, g: answers.gsm8k_correct(g, answers.gsm8k_gold(d["answer"])),
+            [],
+            256,
+        )
+    if name == "math":
+        return EvalTask(
+            name,
+            "exact_match",
+            _math_prompt,
+            lambda d, g: answers.math_correct(g, answers.math_boxed(d["solution"])),
+            [],
+            512,
+        )
+    if name in COMMONSENSE:
+        return EvalTask(
+            name,
+            "acc",
+            _commonsense_prompt,
+            lambda d, g: answers.commonsense_correct(g, d["answer"], name),
+            [],
+            32,
+        )
+    if name == "humaneval":
+        return EvalTask(
+            name,
+            "pass@1",
+            lambda d: d["prompt"],
+            lambda d, g: run_program(_code_program(d, g)).passed,
+            CODE_STOPS,
+            512,
+        )
+    if name == "mbpp":
+        return EvalTask(
+            name,
+            "pass@1",
+            _mbpp_prompt,
+            lambda d, g: run_program(_code_program(dict(d, prompt=""), g)).passed,
+            CODE_STOPS,
+            512,
+        )
+    if name == "synthetic_math":
+        return EvalTask(
+            name,
+            "exact_match",
+            _math_prompt,
+            lambda d, g: answers.gsm8k_correct(g, d["response"].rsplit(" ", 1)[-1]),
+            [],
+            64,
+        )
+    if name == "synthetic_commonsense":
+        return EvalTask(
+            name,
+            "acc",
+            _commonsense_prompt,
+            lambda d, g: answers.commonsense_correct(g, d["answer"], "synthetic"),
+            [],
+            16,
+        )
+    if name == "synthetic_code":
+        return EvalTask(
+            name,
+            "pass@1",
+            lambda d: d["prompt"],
+            lambda d, g: run_program(_synthetic_code_program(d, g)).passed,
+            [],
+            64,
+        )
+    raise UserError(f"unknown eval task {name!r}; known: {', '.join([*LOCAL_FILES, *SYNTHETIC])}")
+
+
+SYNTHETIC = {"math": "synthetic_math", "commonsense": "synthetic_commonsense", "code": "synthetic_code"}
+
+
+def synthetic_eval_rows(family: str, n: int, seed: int) -> list[dict]:
+    """Held-out synthetic rows: another seed stream than any training run uses."""
+    rows = getattr(synthetic, f"{family}_rows")(n, seed=10_000 + seed)
+    if family == "code":  # turn the chats into prompt + tests
+        out = []
+        for r in rows:
+            user = r["messages"][0]["content"]
+            func = user.split("`")[1].split("(")[0]
+            body = r["messages"][1]["content"].split("return ")[1].split("\n")[0]
+            tests = [f"assert {func}({x}) == {eval(body, {'x': x})}" for x in (0, 3, -2)]  # noqa: S307
+            out.append(
+                {
+                    "prompt": f"### User:\n{user}\n\n### Assistant:\n",
+                    "test_list": tests,
+                    "source": synthetic.SOURCE,
+                }
+            )
+        return out
+    return rows
+
+
+def read_local(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        if path.suffix == ".json":
+            return json.load(f)
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def lm_eval_config(name: str, jsonl: Path, shots: int = 0, max_gen_cap: int | None = None) -> dict:
+    """An lm-eval generate_until task over a JSONL file, scored by fedmom's own answer parsing."""
+    task = _task(name)
+
+    def process_results(doc, results):
+        return {task.metric: float(task.score(doc, results[0]))}
+
+    return {
+        "task": f"fedmom_{name}",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(jsonl)}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": task.prompt,
+        "doc_to_target": lambda doc: "",
+        "process_results": process_results,
+        "generation_kwargs": {
+            "until": task.until or ["</s>"],
+            "do_sample": False,
+            "max_gen_toks": min(task.max_gen_toks, max_gen_cap or task.max_gen_toks),
+        },
+        "metric_list": [{"metric": task.metric, "aggregation": "mean", "higher_is_better": True}],
+        "num_fewshot": shots,
+        "metadata": {"version": 1.0},
+    }

@@ -1,0 +1,177 @@
+"""Answer parsing on real gold answers, the code sandbox against hostile programs, and `fedmom eval`."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+
+from fedmom_cli import answers, evaltasks
+from fedmom_cli import config as cfgmod
+from fedmom_cli import evaluate as ev
+from fedmom_cli import train as tr
+from fedmom_cli.errors import UserError
+from fedmom_cli.sandbox import run_program
+
+
+def test_gsm8k_gold_answers_score_100_and_wrong_ones_0(shared_data):
+    rows = evaltasks.read_local(shared_data / "gsm8k" / "test.jsonl")
+    assert len(rows) == 1319
+    golds = [answers.gsm8k_gold(r["answer"]) for r in rows]
+    right = [answers.gsm8k_correct(f"Some steps.\nThe answer is: {g}", g) for g in golds]
+    also = [answers.gsm8k_correct(f"so the total is {g}.", g) for g in golds]  # last-number fallback
+    wrong = [answers.gsm8k_correct(f"The answer is: {float(g.replace(',', '')) + 1}", g) for g in golds]
+    assert sum(right) == sum(also) == 1319 and sum(wrong) == 0
+
+
+@pytest.mark.parametrize("name", [n for n in evaltasks.COMMONSENSE if n != "hellaswag"])
+def test_commonsense_gold_answers_score_100(shared_data, name):
+    rows = evaltasks.read_local(shared_data / evaltasks.LOCAL_FILES[name])
+    assert all(answers.commonsense_correct(r["output"], r["answer"], name) for r in rows)
+    options = sorted({r["answer"] for r in rows})
+    wrong = [next(o for o in options if o != r["answer"]) for r in rows]
+    assert not any(
+        answers.commonsense_correct(f"the correct answer is {w}", r["answer"], name)
+        for w, r in zip(wrong, rows)
+    )
+
+
+def test_math_answer_normalisation():
+    assert answers.math_boxed(r"so $x = \boxed{\frac{1}{2}}$.") == r"\frac{1}{2}"
+    assert answers.math_correct(r"The answer is: \dfrac{1}{2}", r"\frac{1}{2}")
+    assert answers.math_correct("The answer is: 12", "12.0") and not answers.math_correct(
+        "The answer is: 13", "12"
+    )
+    assert answers.math_correct(r"The answer is: \left( 3, \frac{\pi}{2} \right)", r"(3,\frac{\pi}{2})")
+    assert not answers.math_correct("no answer here", r"\frac{1}{2}")
+
+
+def test_pass_at_k_matches_brute_force():
+    for n, c, k in [(5, 2, 1), (6, 3, 2), (4, 0, 1), (4, 4, 3)]:
+        outcomes = [1] * c + [0] * (n - c)
+        subsets = list(combinations(outcomes, k))
+        assert answers.pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+
+
+def _humaneval(shared_data) -> list[dict]:
+    path = shared_data / "humaneval" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        pytest.skip("HumanEval is not present")
+    return evaltasks.read_local(path)
+
+
+def test_all_humaneval_canonical_solutions_pass_and_broken_ones_fail(shared_data):
+    problems = _humaneval(shared_data)
+    score = evaltasks._task("humaneval").score
+    with ThreadPoolExecutor(4) as pool:
+        passed = list(pool.map(lambda p: score(p, p["canonical_solution"]), problems))
+        broken = list(pool.map(lambda p: score(p, "    return None\n"), problems[:20]))
+        syntax = list(pool.map(lambda p: score(p, p["canonical_solution"] + "\n  )("), problems[:10]))
+    assert sum(passed) == 164 and answers.pass_at_k(1, 1, 1) == 1.0
+    assert not any(broken) and not any(syntax)
+
+
+def test_hostile_programs_are_contained(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    os.chmod(tmp_path, 0o755)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    hostile = {
+        "infinite loop": "while True:\n    pass",
+        "fork bomb": "import os\nwhile True:\n    os.fork()",
+        "fork bomb past the guard": "import posix\nwhile True:\n    posix.fork()",
+        "huge allocation": "x = bytearray(64 * 1024**3)",
+        "delete outside": f"import os, shutil\nos.remove({str(victim)!r})",
+        "delete past the guard": f"import posix\nposix.unlink({str(victim)!r})",
+        "network": f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)",
+        "network past the guard": (
+            "import sys\ndel sys.modules['_socket']\nimport _socket\ns = _socket.socket()\n"
+            f"s.settimeout(2)\ns.connect(('127.0.0.1', {port}))"
+        ),
+    }
+    outcomes = {name: run_program(code, timeout=3) for name, code in hostile.items()}
+    assert not any(o.passed for o in outcomes.values()), outcomes
+    assert outcomes["infinite loop"].status == "timeout"
+    assert victim.read_text() == "keep me"
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nobody connected
+    listener.close()
+    assert run_program("print('still working')").passed  # the evaluator keeps going
+    leftover = subprocess.run(["pgrep", "-f", "fedmom-sandbox-"], capture_output=True, text=True).stdout
+    assert leftover.strip() == ""
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "fm"
+    cfg = cfgmod.resolve("smoke", "math", {"rounds": 2, "local_steps": 2})
+    tr.run(tr.TrainOptions(cfg, out=out, progress=False))
+    return out
+
+
+def test_eval_of_a_smoke_run_with_no_options(smoke_run):
+    result = ev.run(ev.EvalOptions(run_dir=smoke_run, limit=8))
+    saved = json.loads((smoke_run / "eval.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    task = saved["tasks"]["synthetic_math"]
+    assert task["metric"] == "exact_match" and 0 <= task["value"] <= 1 and task["n"] == 8
+    assert task["harness"] == "lm-eval" and task["harness_version"] and task["shots"] == 0
+    lines = (smoke_run / "eval_samples" / "synthetic_math.jsonl").read_text().splitlines()
+    assert len(lines) == 8 and "### Response:" in json.loads(lines[0])["prompt"]
+
+
+def test_eval_on_the_real_local_files(smoke_run, shared_data):
+    result = ev.run(
+        ev.EvalOptions(
+            run_dir=smoke_run, tasks=["gsm8k", "boolq", "humaneval"], limit=2, data_dir=shared_data
+        )
+    )
+    assert set(result["tasks"]) == {"gsm8k", "boolq", "humaneval"}
+    assert result["tasks"]["humaneval"]["metric"] == "pass@1"
+    assert all(t["n"] == 2 for t in result["tasks"].values())
+
+
+def test_code_and_commonsense_smoke_paths(tmp_path):
+    for family, task in (("code", "synthetic_code"), ("commonsense", "synthetic_commonsense")):
+        cfg = cfgmod.resolve("smoke", family, {"rounds": 1, "local_steps": 1})
+        tr.run(tr.TrainOptions(cfg, out=tmp_path / family, progress=False))
+        result = ev.run(ev.EvalOptions(run_dir=tmp_path / family, limit=3))
+        assert list(result["tasks"]) == [task]
+    rows = evaltasks.synthetic_eval_rows("code", 5, 0)
+    program = evaltasks._synthetic_code_program  # a correct answer passes its own tests
+    for r in rows:
+        func = r["prompt"].split("`")[1].split("(")[0]
+        op = {"add": "+", "sub": "-", "mul": "*"}[func.split("_")[0]]
+        k = func.split("_")[1]
+        assert run_program(program(r, f"```python\ndef {func}(x):\n    return x {op} {k}\n```")).passed
+
+
+def run_cli(*args):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run(
+        [sys.executable, "-m", "fedmom_cli", "eval", *map(str, args)], capture_output=True, text=True, env=env
+    )
+
+
+def test_eval_bad_input(tmp_path, smoke_run):
+    with pytest.raises(UserError, match="not a finished fedmom run folder"):
+        ev.run(ev.EvalOptions(run_dir=tmp_path))
+    with pytest.raises(UserError, match="pass --data-dir DIR holding gsm8k/test.jsonl"):
+        ev.run(ev.EvalOptions(run_dir=smoke_run, tasks=["gsm8k"]))
+    with pytest.raises(UserError, match="unknown eval task 'squad'"):
+        ev.run(ev.EvalOptions(run_dir=smoke_run, tasks=["squad"]))
+    with pytest.raises(UserError, match="needs the Hub"):
+        ev.run(ev.EvalOptions(run_dir=smoke_run, tasks=["gsm8k"], protocol="lm-eval"))
+    proc = run_cli(tmp_path / "nope")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not a finished" in proc.stderr

@@ -375,6 +375,38 @@ def eval_(
         print(f"{name}: {t['metric']} = {t['value']:.4f}{err} (n={t['n']}, {t['protocol']})")
 
 
+@app.command()
+def report(
+    results_dir: Path = typer.Argument(
+        ...,
+        metavar="RESULTS_DIR",
+        show_default=False,
+        help="Folder searched (recursively) for run folders and eval.json.",
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        show_default="RESULTS_DIR/report.md",
+        help="Markdown file to write; figures go to figures/ beside it.",
+    ),
+    compare_paper: bool = typer.Option(
+        False, "--compare-paper", help="Show the paper's published numbers and the difference."
+    ),
+    spread: str = typer.Option(
+        "stderr",
+        "--spread",
+        help="stderr (harness standard error averaged over seeds) or std (standard deviation across seeds).",
+    ),
+    fmt: str = typer.Option("md", "--format", help="md, or also csv / json (the tables in long form)."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures."),
+) -> None:
+    """The paper's Tables 2-8 and figures from result folders (reads files only)."""
+    from fedmom_cli import report_render
+
+    print(report_render.run(results_dir, out, compare_paper, spread, fmt, figures), end="")
+
+
 @models_app.command("get")
 def models_get(
     name: str = typer.Argument(..., help="Model short name: smollm2-135m."),

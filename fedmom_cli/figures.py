@@ -1,0 +1,155 @@
+"""The report's figures (matplotlib, PNG and SVG), from metrics.jsonl and eval.json only.
+
+- fig4_loss_<task>: training loss per round per method (the paper's Figure 4), mean over seeds.
+- fig5_components_<task>: fedmomentum's major (r) and residual (s_res) component counts per round,
+  with the range over modules, and the leading singular values (Figure 5).
+- fig6_rank_<task>: accuracy against LoRA rank, where runs differ only in rank (Figure 6).
+- bytes_<task>: bytes per client per round (up + down) per method (Appendix C).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from fedmom_cli.report import NAMES, Run
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, folder: Path, name: str) -> list[Path]:
+    paths = [folder / f"{name}.png", folder / f"{name}.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=120, bbox_inches="tight")
+    _plt().close(fig)
+    return paths
+
+
+def _per_round(runs: list[Run], value) -> tuple[list[int], list[float]]:
+    by_round = defaultdict(list)
+    for r in runs:
+        for m in r.metrics:
+            v = value(m)
+            if v is not None:
+                by_round[m["round"]].append(v)
+    rounds = sorted(by_round)
+    return [t + 1 for t in rounds], [statistics.fmean(by_round[t]) for t in rounds]
+
+
+def draw(runs: list[Run], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    plt = _plt()
+    for task in sorted({r.config.get("task") for r in runs if r.metrics}):
+        group = [r for r in runs if r.config.get("task") == task and r.metrics]
+        settings = sorted({r.settings for r in group})
+        main = [r for r in group if r.settings == settings[0]]  # the first setting group
+        methods = [m for m in NAMES if any(r.config.get("method") == m for r in main)]
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in methods:
+            ax.plot(
+                *_per_round([r for r in main if r.config["method"] == m], lambda x: x["loss"]),
+                marker="o",
+                ms=3,
+                label=NAMES[m],
+            )
+        ax.set(xlabel="communication round", ylabel="training loss", title=f"Training loss ({task})")
+        ax.legend(fontsize=8)
+        written += _save(fig, folder, f"fig4_loss_{task}")
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in methods:
+            ax.plot(
+                *_per_round(
+                    [r for r in main if r.config["method"] == m],
+                    lambda x: x["bytes_up_per_client"] + x["bytes_down_per_client"],
+                ),
+                marker="o",
+                ms=3,
+                label=NAMES[m],
+            )
+        ax.set(
+            xlabel="communication round",
+            ylabel="bytes per client (up + down)",
+            yscale="log",
+            title=f"Communication per round ({task})",
+        )
+        ax.legend(fontsize=8)
+        written += _save(fig, folder, f"bytes_{task}")
+
+        fm = [r for r in main if r.config["method"] == "fedmomentum"]
+        if fm:
+            written += _components(fm, folder, task)
+        written += _rank_figure(group, folder, task)
+    return written
+
+
+def _components(runs: list[Run], folder: Path, task: str) -> list[Path]:
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    rounds, major = _per_round(runs, lambda m: m["stats"].get("r_mean"))
+    _, residual = _per_round(runs, lambda m: m["stats"].get("s_res_mean"))
+    _, low = _per_round(runs, lambda m: min(s["s_res"] for s in m["module_stats"].values()))
+    _, high = _per_round(runs, lambda m: max(s["s_res"] for s in m["module_stats"].values()))
+    a.plot(rounds, major, label="major components (r)")
+    a.plot(rounds, residual, label="residual components (mean s_res)")
+    a.fill_between(rounds, low, high, alpha=0.2, label="s_res range over modules")
+    a.set(xlabel="communication round", ylabel="components", title="FedMomentum components")
+    a.legend(fontsize=8)
+    k = max(len(s["singular_values"]) for r in runs for m in r.metrics for s in m["module_stats"].values())
+    for j in range(min(k, 8)):
+        rounds_j, sigma = _per_round(
+            runs,
+            lambda m, j=j: statistics.fmean(
+                s["singular_values"][j] for s in m["module_stats"].values() if len(s["singular_values"]) > j
+            ),
+        )
+        b.plot(rounds_j, sigma, label=f"σ{j + 1}")
+    b.set(
+        xlabel="communication round",
+        ylabel="singular value (mean over modules)",
+        title="Leading singular values",
+        yscale="log",
+    )
+    b.legend(fontsize=7, ncol=2)
+    return _save(fig, folder, f"fig5_components_{task}")
+
+
+def _rank_figure(group: list[Run], folder: Path, task: str) -> list[Path]:
+    """Accuracy vs rank where setting groups differ only in lora_r / lora_alpha."""
+
+    def rest(r: Run):
+        return tuple(
+            sorted(
+                (k, json.dumps(v))
+                for k, v in r.config.items()
+                if k not in ("method", "seed", "lora_r", "lora_alpha")
+            )
+        )
+
+    evaluated = [r for r in group if r.eval and r.result.get("status") == "finished"]
+    if len({r.config.get("lora_r") for r in evaluated}) < 2 or len({rest(r) for r in evaluated}) != 1:
+        return []
+    column = sorted(evaluated[0].eval["tasks"])[0]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in [m for m in NAMES if any(r.config["method"] == m for r in evaluated)]:
+        points = defaultdict(list)
+        for r in evaluated:
+            if r.config["method"] == m and column in r.eval["tasks"]:
+                points[r.config["lora_r"]].append(100 * r.eval["tasks"][column]["value"])
+        ranks = sorted(points)
+        ax.plot(ranks, [statistics.fmean(points[k]) for k in ranks], marker="o", label=NAMES[m])
+    ax.set(xlabel="LoRA rank", ylabel=f"{column} (%)", xscale="log", title=f"Accuracy vs rank ({task})")
+    ax.legend(fontsize=8)
+    return _save(fig, folder, f"fig6_rank_{task}")

@@ -1,0 +1,332 @@
+"""`fedmom report`: the paper's Tables 2-8 from run folders. Reads files only; imports no torch.
+
+    fedmom report results/ [--out report.md] [--compare-paper] [--spread stderr|std] [--format md|csv|json]
+
+Runs are grouped by task and by their settings (config.yaml without `method` and `seed`); runs
+of different settings are never averaged together: each setting group gets its own tables, headed
+by what differs. Within a group, cells average the seeds of a method: `mean ± error`, in percent,
+the error being the harness's standard error averaged over seeds (the paper's GSM8K/MATH errors)
+or, with `--spread std`, the standard deviation across seeds. Averages are computed from the
+cells, never copied. Best value per column in bold, second underlined (ties share the mark);
+the Pre-trained row is shown but not ranked.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+COLUMNS = {
+    "gsm8k": "GSM8K",
+    "math": "MATH",
+    "boolq": "BoolQ",
+    "piqa": "PIQA",
+    "social_i_qa": "SIQA",
+    "hellaswag": "HellaSwag",
+    "winogrande": "WinoGrande",
+    "ARC-Easy": "ARC-e",
+    "ARC-Challenge": "ARC-c",
+    "openbookqa": "OBQA",
+    "humaneval": "HumanEval",
+    "mbpp": "MBPP",
+}
+FAMILY_COLUMNS = {
+    "math": ["gsm8k", "math"],
+    "commonsense": [
+        "boolq",
+        "piqa",
+        "social_i_qa",
+        "hellaswag",
+        "winogrande",
+        "ARC-Easy",
+        "ARC-Challenge",
+        "openbookqa",
+    ],
+    "code": ["humaneval", "mbpp"],
+}
+NAMES = {
+    "pretrained": "Pre-trained",
+    "fedit": "FedIT",
+    "flora": "FLoRA",
+    "ffa_lora": "FFA-LoRA",
+    "rolora": "RoLoRA",
+    "fedex_lora": "FedEx-LoRA",
+    "fedmomentum": "FedMomentum",
+    "fedmomentum_no_balance": "w/o balance",
+    "fedmomentum_no_residual": "w/o residual",
+}
+MAIN = ["pretrained", "fedit", "flora", "ffa_lora", "rolora", "fedex_lora", "fedmomentum"]
+ABLATION = ["pretrained", "fedmomentum", "fedmomentum_no_balance", "fedmomentum_no_residual"]
+TABLES = [
+    ("table2", "Table 2", "math", MAIN),
+    ("table3", "Table 3", "commonsense", MAIN),
+    ("table4", "Table 4", "code", MAIN),
+    ("table5", "Table 5", "math", ABLATION),
+    ("table6", "Table 6", "commonsense", ABLATION),
+    ("table7", "Table 7", "code", ABLATION),
+]
+DASH = "–"
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    result: dict
+    eval: dict | None
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def settings(self) -> tuple:
+        return tuple(
+            sorted((k, json.dumps(v)) for k, v in self.config.items() if k not in ("method", "seed"))
+        )
+
+
+@dataclass
+class Cell:
+    mean: float | None = None
+    error: float | None = None
+    seeds: int = 0
+    paper: float | None = None
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def collect(root: Path) -> tuple[list[Run], list[dict]]:
+    """Every run folder (result.json + config.yaml) and every pre-trained eval.json under root."""
+    runs, pretrained = [], []
+    for result_path in sorted(root.rglob("result.json")):
+        folder = result_path.parent
+        config = (
+            yaml.safe_load((folder / "config.yaml").read_text())
+            if (folder / "config.yaml").is_file()
+            else None
+        )
+        if config is None:
+            continue
+        metrics = (
+            [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            if (folder / "metrics.jsonl").is_file()
+            else []
+        )
+        runs.append(Run(folder, config, _json(result_path) or {}, _json(folder / "eval.json"), metrics))
+    for eval_path in sorted(root.rglob("eval.json")):
+        data = _json(eval_path)
+        if data and not data.get("adapter") and not (eval_path.parent / "config.yaml").is_file():
+            pretrained.append(dict(data, path=str(eval_path.parent)))
+    return runs, pretrained
+
+
+def paper_tables() -> dict:
+    return json.loads(resources.files("fedmom_cli").joinpath("data/paper_tables.json").read_text())
+
+
+def _cell(values: list[float], errors: list[float | None], spread: str) -> Cell:
+    if not values:
+        return Cell()
+    mean = statistics.fmean(values)
+    if spread == "std":
+        error = statistics.stdev(values) if len(values) > 1 else None
+    else:
+        known = [e for e in errors if e is not None]
+        error = statistics.fmean(known) if known else None
+    return Cell(mean, error, len(values))
+
+
+def marks(values: dict[str, float | None], higher_is_better: bool = True) -> dict[str, str]:
+    """'bold' for the best value(s), 'underline' for the second; rows compared at 2 decimals."""
+    rounded = {k: round(v, 2) for k, v in values.items() if v is not None}
+    distinct = sorted(set(rounded.values()), reverse=higher_is_better)
+    out = {}
+    for k, v in rounded.items():
+        if v == distinct[0]:
+            out[k] = "bold"
+        elif len(distinct) > 1 and v == distinct[1]:
+            out[k] = "underline"
+    return out
+
+
+def _differences(groups: list[tuple]) -> list[str]:
+    """Per setting group, the settings in which it differs from the others ('' if alone)."""
+    if len(groups) < 2:
+        return [""] * len(groups)
+    dicts = [dict(g) for g in groups]
+    keys = sorted({k for d in dicts for k in d if len({d.get(k) for d in dicts}) > 1})
+    return [", ".join(f"{k}={json.loads(d[k]) if k in d else None}" for k in keys) for d in dicts]
+
+
+@dataclass
+class Table:
+    key: str
+    title: str
+    setting: str
+    columns: list[str]
+    rows: dict[str, dict[str, Cell]]
+    notes: list[str]
+    caption: str
+    higher_is_better: bool = True
+
+
+def build_tables(
+    runs: list[Run], pretrained: list[dict], spread: str = "stderr", compare_paper: bool = False
+) -> list[Table]:
+    paper = paper_tables() if compare_paper else {}
+    tables = []
+    for key, title, family, methods in TABLES:
+        family_runs = [r for r in runs if r.config.get("task") == family]
+        groups = sorted({r.settings for r in family_runs})
+        for group, label in zip(groups, _differences(groups)):
+            members = [r for r in family_runs if r.settings == group]
+            model = dict(group).get("model")
+            pre = [p for p in pretrained if json.dumps(p.get("model")) == model and p.get("task") == family]
+            tables.append(_table(key, title, family, methods, members, pre, label, spread, paper.get(key)))
+    return [
+        t
+        for t in tables
+        if any(c.mean is not None for row in t.rows.values() for c in row.values()) or t.notes
+    ]
+
+
+def _table(key, title, family, methods, members, pre, label, spread, paper) -> Table:
+    finished = [r for r in members if r.result.get("status") == "finished"]
+    notes = [
+        f"{r.path}: {r.result.get('status', 'unknown')} (excluded)"
+        + (f": {r.result['error']}" if r.result.get("error") else "")
+        for r in members
+        if r.result.get("status") != "finished" and r.config.get("method") in methods
+    ]
+    present = {t for r in finished for t in (r.eval or {}).get("tasks", {})} | {
+        t for p in pre for t in p.get("tasks", {})
+    }
+    columns = [c for c in FAMILY_COLUMNS[family] if c in present]
+    columns += sorted(present - set(COLUMNS))  # e.g. the smoke runs' synthetic tasks
+    columns = columns or FAMILY_COLUMNS[family]
+    rows: dict[str, dict[str, Cell]] = {}
+    for method in methods:
+        sources = (
+            pre
+            if method == "pretrained"
+            else [r.eval for r in finished if r.config.get("method") == method and r.eval]
+        )
+        rows[method] = {}
+        for col in columns:
+            found = [s["tasks"][col] for s in sources if col in s.get("tasks", {})]
+            cell = _cell(
+                [100 * t["value"] for t in found],
+                [100 * t["stderr"] if t.get("stderr") is not None else None for t in found],
+                spread,
+            )
+            if paper and col in COLUMNS:
+                cell.paper = paper["rows"].get(NAMES[method], {}).get(COLUMNS[col], {}).get("value")
+            rows[method][col] = cell
+        missing = [COLUMNS.get(c, c) for c in columns if rows[method][c].mean is None]
+        if missing and method != "pretrained":
+            notes.append(
+                f"missing: {NAMES[method]}: "
+                + ("no finished, evaluated run" if len(missing) == len(columns) else ", ".join(missing))
+            )
+        means = [rows[method][c].mean for c in columns]
+        avg = (
+            Cell(statistics.fmean(means), None, min(rows[method][c].seeds for c in columns))
+            if all(m is not None for m in means)
+            else Cell()
+        )
+        if paper:
+            avg.paper = paper["rows"].get(NAMES[method], {}).get("Avg.", {}).get("value")
+        rows[method]["avg"] = avg
+    seeds = sorted({c.seeds for row in rows.values() for c in row.values() if c.seeds})
+    what = (
+        "standard deviation across seeds"
+        if spread == "std"
+        else "harness standard error, averaged over seeds"
+    )
+    caption = (
+        f"{family}: mean over {'/'.join(map(str, seeds)) or 0} seed(s) per cell, in %; ± is the {what}. "
+        f"Avg. is computed from the columns. Best in bold, second underlined (Pre-trained not ranked)."
+    )
+    return Table(key, title, label, columns + ["avg"], rows, notes, caption)
+
+
+def table8(runs: list[Run], bench: dict | None) -> list[Table]:
+    """Per-round aggregation and updating seconds per method, per task and setting group."""
+    tables = []
+    for family in ("math", "commonsense", "code"):
+        family_runs = [
+            r
+            for r in runs
+            if r.config.get("task") == family and r.metrics and r.result.get("status") == "finished"
+        ]
+        groups = sorted({r.settings for r in family_runs})
+        for group, label in zip(groups, _differences(groups)):
+            rows = {}
+            for method in [m for m in NAMES if m != "pretrained"]:
+                records = [
+                    m
+                    for r in family_runs
+                    if r.settings == group and r.config.get("method") == method
+                    for m in r.metrics
+                ]
+                if records:
+                    seeds = len(
+                        {
+                            r.path
+                            for r in family_runs
+                            if r.settings == group and r.config.get("method") == method
+                        }
+                    )
+                    rows[method] = {
+                        "aggregation": Cell(
+                            statistics.fmean(m["aggregation_seconds"] for m in records), None, seeds
+                        ),
+                        "update": Cell(statistics.fmean(m["update_seconds"] for m in records), None, seeds),
+                    }
+            if bench and family == "math":
+                rows["dense_svd"] = {
+                    "aggregation": Cell(bench["dense_round_seconds"], None, 1),
+                    "update": Cell(),
+                }
+            caption = f"{family}: seconds per round, mean over rounds and seeds (finished runs)." + (
+                f" 'w/ exact SVD': fedmomentum's dense SVD per round, extrapolated from "
+                f"`fedmom bench aggregate` ({bench['note']})."
+                if bench and family == "math"
+                else ""
+            )
+            tables.append(
+                Table(
+                    "table8",
+                    "Table 8",
+                    label,
+                    ["aggregation", "update"],
+                    rows,
+                    [],
+                    caption,
+                    higher_is_better=False,
+                )
+            )
+    return tables
+
+
+def bench_dense_row(root: Path) -> dict | None:
+    for path in sorted(root.rglob("aggregate*.json")):
+        data = _json(path)
+        try:
+            row = next(r for r in data["rows"] if "dense" in r["svd"])
+            modules = 2 * data["options"]["layers"]
+            return {
+                "dense_round_seconds": row["svd"]["dense"]["seconds"] * modules,
+                "note": f"{row['shape']}, {modules} modules, {path.name}",
+            }
+        except (KeyError, TypeError, StopIteration):
+            continue
+    return None

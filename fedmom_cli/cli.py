@@ -407,6 +407,57 @@ def report(
     print(report_render.run(results_dir, out, compare_paper, spread, fmt, figures), end="")
 
 
+@app.command()
+def sweep(
+    recipe: str = typer.Argument(
+        ...,
+        metavar="RECIPE",
+        show_default=False,
+        help="A recipe with a `sweep:` section: smoke, table2 ... table8, fig6, or a path.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the plan (cells, their state, compute) only."
+    ),
+    only: list[str] = typer.Option(
+        None,
+        "--only",
+        show_default="all cells",
+        help="Keep cells with KEY=VALUE (repeatable), e.g. --only method=fedmomentum.",
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", show_default="the recipe's (results)", help="Results root."
+    ),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", show_default="none", help="Local evaluation data (see `fedmom eval --help`)."
+    ),
+    set_: list[str] = typer.Option(
+        None, "--set", show_default="none", help="Override a setting of every cell: KEY=VALUE (repeatable)."
+    ),
+    progress: bool = typer.Option(
+        None,
+        "--progress/--no-progress",
+        show_default="bars on a terminal",
+        help="Progress bars, or plain log lines.",
+    ),
+) -> None:
+    """Train, evaluate and report every cell of a recipe's grid; resumes where it stopped."""
+    from fedmom_cli import config as cfgmod
+    from fedmom_cli import sweep as sw
+
+    text = sw.run(
+        recipe,
+        sw.parse_only(only or []),
+        out,
+        dry_run,
+        data_dir,
+        cfgmod.parse_set(set_ or []),
+        progress,
+        log=lambda line: console.print(line, soft_wrap=True, highlight=False),
+    )
+    if text:
+        print(text, end="")
+
+
 @models_app.command("get")
 def models_get(
     name: str = typer.Argument(..., help="Model short name: smollm2-135m."),

@@ -154,13 +154,20 @@ def recipe_path(name: str) -> Path:
     raise UserError(f"recipe {name!r} not found (known: {', '.join(known) or 'none'})")
 
 
-def read_yaml(path: Path) -> dict:
+def read_recipe(path: Path) -> dict:
+    """The whole recipe mapping, including its optional `sweep:` section."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"cannot read recipe {path}: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UserError(f"recipe {path} must be a mapping of settings")
+    return data
+
+
+def read_yaml(path: Path) -> dict:
+    """A recipe's training settings (its `sweep:` section, used by `fedmom sweep`, is left out)."""
+    data = {k: v for k, v in read_recipe(path).items() if k != "sweep"}
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise UserError(f"recipe {path}: unknown key(s) {', '.join(unknown)}")

@@ -11,6 +11,7 @@ error, samples, harness and version, shots, protocol) and RUN_DIR/eval_samples/<
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -129,6 +130,8 @@ def run(opts: EvalOptions) -> dict:
     specs, meta = _task_specs(names, opts, cfg, work)
     model, tokenizer = _load_model(opts, cfg)
 
+    # lm-eval warns that it was handed a model object rather than a name: that is the design here.
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager

@@ -178,8 +178,10 @@ def test_figures_and_long_formats(results, tmp_path):
 
 
 def test_report_imports_no_torch_and_rejects_bad_input(results, tmp_path):
-    code = ("import sys, fedmom_cli.report, fedmom_cli.report_render, fedmom_cli.figures; "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys, fedmom_cli.report, fedmom_cli.report_render, fedmom_cli.figures; "
+        "print('torch' in sys.modules)"
+    )
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
     )

@@ -1,0 +1,216 @@
+"""`fedmom sweep RECIPE`: a recipe's grid (methods x seeds x settings) through partition, train,
+eval and report; finished cells are skipped, interrupted ones resumed.
+
+    fedmom sweep smoke                       # the whole pipeline on a CPU, offline, in minutes
+    fedmom sweep table2 --data-dir DATA --dry-run
+    fedmom sweep fig6 --only method=fedmomentum --only lora_r=16
+
+A recipe's `sweep:` section holds `grid` (`method`, `seed` and optional `settings`: a list of
+setting overrides), `eval_tasks` (default: the task family's benchmarks, or the held-out synthetic
+rows for synthetic runs; [] for none), `pretrained` (also evaluate the base model) and `out` (the
+results root, default `results`). Cells live where `fedmom train` puts runs,
+<out>/<task>/<method>[/<setting>]/seed<S>, so recipes that share a cell (Table 2's FedMomentum and
+Table 5's) train it once. Each seed's client split is made once per sweep root and shared.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedmom_cli import config as cfgmod
+from fedmom_cli import results
+from fedmom_cli.errors import UserError
+
+PARAMS = {"tiny": 0.1e6, "smollm2-135m": 134.5e6, "meta-llama/Llama-2-7b-hf": 6.74e9}
+
+
+@dataclass(frozen=True)
+class Cell:
+    config: cfgmod.TrainConfig
+    run_dir: Path
+    label: str  # the setting variant ("" for the recipe's own settings)
+
+    @property
+    def keys(self) -> dict:
+        return {
+            "method": self.config.method,
+            "seed": self.config.seed,
+            **{k: getattr(self.config, k) for k in cfgmod.FIELDS},
+        }
+
+
+def _variant_label(variant: dict, base: cfgmod.TrainConfig) -> str:
+    changed = {k: v for k, v in variant.items() if getattr(base, k) != v}
+    return ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
+
+
+def plan(recipe: str, only: dict, out: Path | None, overrides: dict) -> tuple[dict, list[Cell], Path]:
+    path = cfgmod.recipe_path(recipe)
+    spec = cfgmod.read_recipe(path).get("sweep")
+    if not isinstance(spec, dict) or "grid" not in spec:
+        raise UserError(
+            f"recipe {recipe!r} has no `sweep: grid:` section; `fedmom train --recipe {recipe}` runs it once"
+        )
+    unknown = set(spec) - {"grid", "eval_tasks", "pretrained", "out"}
+    if unknown or set(spec["grid"]) - {"method", "seed", "settings"}:
+        raise UserError(
+            f"recipe {recipe!r}: unknown sweep key(s) "
+            f"{', '.join(sorted(unknown | (set(spec['grid']) - {'method', 'seed', 'settings'})))}"
+        )
+    root = Path(out or spec.get("out") or "results")
+    base = cfgmod.resolve(str(path), None, overrides)
+    grid = spec["grid"]
+    cells = []
+    for variant, method, seed in itertools.product(
+        grid.get("settings") or [{}], grid.get("method", [base.method]), grid.get("seed", [base.seed])
+    ):
+        cfg0 = cfgmod.resolve(str(path), None, {**overrides, **variant, "method": method, "seed": seed})
+        label = _variant_label(variant, base)
+        part = root / cfg0.task / "partitions" / f"seed{seed}.json"
+        cfg = cfgmod.resolve(
+            str(path), None, {**overrides, **variant, "method": method, "seed": seed, "partition": str(part)}
+        )
+        run_dir = root / cfg.task / method / (label or "") / f"seed{seed}"  # runs never nest in runs
+        cells.append(Cell(cfg, run_dir, label))
+    for key, value in only.items():
+        if key not in ("method", "seed", *cfgmod.FIELDS):
+            raise UserError(f"--only {key}=...: unknown key")
+        cells = [c for c in cells if str(c.keys.get(key)) == str(value)]
+    if not cells:
+        raise UserError("no cell of the grid matches the --only filters")
+    return spec, cells, root
+
+
+def cell_state(cell: Cell) -> str:
+    result = results.read_json(cell.run_dir / "result.json") or {}
+    if result.get("status") == "finished":
+        return "done" if (cell.run_dir / "eval.json").is_file() else "trained"
+    if (cell.run_dir / "checkpoint.pt").is_file():
+        return f"partial ({result.get('rounds_completed', '?')}/{cell.config.rounds} rounds)"
+    return "todo"
+
+
+def estimate(cells: list[Cell]) -> str:
+    """Client steps, training tokens (upper bound: cut-off length) and ~6 N D FLOPs of what is left."""
+    todo = [c for c in cells if cell_state(c) not in ("done", "trained")]
+    steps = sum(
+        c.config.rounds * (c.config.clients_per_round or c.config.clients) * c.config.local_steps
+        for c in todo
+    )
+    tokens = sum(
+        c.config.rounds
+        * (c.config.clients_per_round or c.config.clients)
+        * c.config.local_steps
+        * c.config.batch_size
+        * c.config.cutoff_len
+        for c in todo
+    )
+    flops = sum(
+        6
+        * PARAMS.get(c.config.model, 0)
+        * c.config.rounds
+        * (c.config.clients_per_round or c.config.clients)
+        * c.config.local_steps
+        * c.config.batch_size
+        * c.config.cutoff_len
+        for c in todo
+    )
+    known = all(c.config.model in PARAMS for c in todo)
+    return f"{len(todo)} cell(s) to train: {steps:,} client steps, <= {tokens:,} tokens" + (
+        f", <= {flops / 1e15:,.1f} PFLOP (6 N D)" if known and todo else ""
+    )
+
+
+def ensure_partition(cell: Cell) -> None:
+    """Make the seed's shared client split once, from the cell's data and federation settings."""
+    from fedmom_cli.data import load_rows
+    from fedmom_cli.partition import split_rows
+    from fedmom_cli.tasks import get_task
+
+    path = Path(cell.config.partition)
+    if path.is_file():
+        return
+    cfg = cell.config
+    rows = load_rows(get_task(cfg.task), Path(cfg.data) if cfg.data else None, cfg.synthetic, seed=cfg.seed)
+    split = split_rows(len(rows.rows), cfg.clients, cfg.beta, cfg.seed, cfg.min_client_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results.atomic_write_json(
+        path,
+        {
+            "task": cfg.task,
+            "scheme": "dirichlet",
+            "clients_n": cfg.clients,
+            "beta": cfg.beta,
+            "seed": cfg.seed,
+            "by": None,
+            "min_size": cfg.min_client_size,
+            "draws": split.draws,
+            "dataset": rows.fingerprint(),
+            "sizes": [len(c) for c in split.clients],
+            "proportions": split.proportions,
+            "category_counts": None,
+            "clients": split.clients,
+        },
+    )
+
+
+def run(
+    recipe: str,
+    only: dict,
+    out: Path | None = None,
+    dry_run: bool = False,
+    data_dir: Path | None = None,
+    overrides: dict | None = None,
+    progress: bool | None = None,
+    log=print,
+) -> str | None:
+    from fedmom_cli import evaluate as ev
+    from fedmom_cli import report_render
+    from fedmom_cli import train as tr
+
+    spec, cells, root = plan(recipe, only, out, overrides or {})
+    log(f"sweep {recipe}: {len(cells)} cell(s) under {root}")
+    for c in cells:
+        log(
+            f"  {c.config.method:<24} seed {c.config.seed} {c.label or '':<24} "
+            f"{cell_state(c):<22} {c.run_dir}"
+        )
+    log(estimate(cells))
+    if dry_run:
+        return None
+    eval_tasks = spec.get("eval_tasks")
+    for i, cell in enumerate(cells, 1):
+        state = cell_state(cell)
+        if state == "done" or (state == "trained" and eval_tasks == []):
+            log(f"[{i}/{len(cells)}] {cell.run_dir}: done, skipped")
+            continue
+        if state != "trained":
+            log(f"[{i}/{len(cells)}] {cell.run_dir}: training ({state})")
+            ensure_partition(cell)
+            tr.run(tr.TrainOptions(cell.config, out=cell.run_dir, resume=True, progress=progress))
+        if eval_tasks != []:
+            log(f"[{i}/{len(cells)}] {cell.run_dir}: evaluating")
+            ev.run(ev.EvalOptions(run_dir=cell.run_dir, tasks=eval_tasks, data_dir=data_dir))
+    if spec.get("pretrained"):
+        cfg = cells[0].config
+        pre = root / cfg.task / "pretrained"
+        if not (pre / "eval.json").is_file():
+            log(f"evaluating the pre-trained model {cfg.model}")
+            ev.run(
+                ev.EvalOptions(model=cfg.model, task=cfg.task, out=pre, tasks=eval_tasks, data_dir=data_dir)
+            )
+    text = report_render.run(root, root / "report.md")
+    log(f"report: {root / 'report.md'}")
+    return text
+
+
+def parse_only(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--only expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out

@@ -1,0 +1,125 @@
+"""`fedmom sweep`: every recipe plans, the smoke grid runs end to end, an interrupted sweep resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedmom_cli import config as cfgmod
+from fedmom_cli import sweep as sw
+from fedmom_cli.errors import UserError
+from fedmom_cli.methods import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"rounds": 2, "local_steps": 2}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in cfgmod.RECIPES_DIR.glob("*.yaml")))
+def test_every_recipe_with_a_sweep_plans(name, tmp_path):
+    if "sweep" not in cfgmod.read_recipe(cfgmod.RECIPES_DIR / f"{name}.yaml"):
+        pytest.skip(f"{name} is a training recipe only")
+    spec, cells, root = sw.plan(name, {}, tmp_path, {})
+    assert cells and all(c.run_dir.is_relative_to(tmp_path) for c in cells)
+    assert len({c.run_dir for c in cells}) == len(cells)  # no two cells share a folder
+    first = (cfgmod.RECIPES_DIR / f"{name}.yaml").read_text().splitlines()[0]
+    assert "Table" in first or "Figure" in first or "Smoke" in first
+
+
+def test_paper_grids():
+    _, t2, _ = sw.plan("table2", {}, None, {})
+    assert len(t2) == 18 and {c.config.method for c in t2} == {
+        "fedit",
+        "flora",
+        "ffa_lora",
+        "rolora",
+        "fedex_lora",
+        "fedmomentum",
+    }
+    _, t5, _ = sw.plan("table5", {}, None, {})
+    shared = {c.run_dir for c in t2} & {c.run_dir for c in t5}  # Table 5 reuses Table 2's FedMomentum
+    assert shared == {Path(f"results/math/fedmomentum/seed{s}") for s in range(3)}
+    assert all(a.config == b.config for a in t2 for b in t5 if a.run_dir == b.run_dir)
+    _, f6, _ = sw.plan("fig6", {"method": "fedmomentum"}, None, {})
+    assert sorted(c.config.lora_r for c in f6) == [1, 2, 16, 32, 64]
+    assert all(c.config.lora_alpha == 2 * c.config.lora_r for c in f6)
+    assert Path("results/math/fedmomentum/seed0") in {c.run_dir for c in f6}  # r=32 is Table 2's cell
+
+
+def test_smoke_sweep_end_to_end_fills_every_cell(tmp_path):
+    text = sw.run("smoke", {}, tmp_path / "res", overrides=FAST, progress=False, log=lambda _: None)
+    table2 = text.split("### Table 2")[1].split("###")[0]
+    table5 = text.split("### Table 5")[1].split("###")[0]
+    for name in ("FedIT", "FLoRA", "FFA-LoRA", "RoLoRA", "FedEx-LoRA", "FedMomentum"):
+        row = next(line for line in table2.splitlines() if line.startswith(f"| {name} |"))
+        assert "–" not in row, row
+    for name in ("w/o balance", "w/o residual"):
+        assert "–" not in next(line for line in table5.splitlines() if line.startswith(f"| {name} |"))
+    assert (tmp_path / "res" / "report.md").is_file() and (tmp_path / "res" / "figures").is_dir()
+    assert len(list((tmp_path / "res").rglob("eval.json"))) == len(METHODS)
+
+
+def test_dry_run_only_and_bad_recipes(tmp_path):
+    lines = []
+    assert sw.run("smoke", {"method": "flora"}, tmp_path, dry_run=True, log=lines.append) is None
+    assert any("flora" in line and "todo" in line for line in lines) and not any("fedit " in x for x in lines)
+    assert not (tmp_path / "math").exists()
+    with pytest.raises(UserError, match="no cell of the grid"):
+        sw.plan("smoke", {"method": "fedavg"}, tmp_path, {})
+    with pytest.raises(UserError, match="has no `sweep: grid:` section"):
+        sw.plan("math", {}, tmp_path, {})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("# x\nsweep:\n  grid:\n    method: [fedit]\n  evals: []\n")
+    with pytest.raises(UserError, match="unknown sweep key"):
+        sw.plan(str(bad), {}, tmp_path, {})
+
+
+def test_interrupted_sweep_picks_up_where_it_stopped(tmp_path):
+    out = tmp_path / "res"
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedmom_cli",
+        "sweep",
+        "smoke",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "rounds=3",
+        "--set",
+        "local_steps=2",
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "math" / "fedit" / "seed0"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (first / "eval.json").is_file():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = [p for p in out.rglob("eval.json")]
+    assert 1 <= len(done) < len(METHODS), "the sweep was not interrupted partway"
+    stamp = (first / "result.json").stat().st_mtime_ns
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    assert (first / "result.json").stat().st_mtime_ns == stamp  # finished cells are not re-run
+    assert len(list(out.rglob("eval.json"))) == len(METHODS)
+    assert all(json.loads(p.read_text())["status"] == "finished" for p in out.rglob("result.json"))
+    again = subprocess.run(cmd + ["--dry-run"], env=env, capture_output=True, text=True)
+    assert again.stderr.count(" done ") == len(METHODS) and "0 cell(s) to train" in again.stderr
+
+
+def test_citation_cff_validates():
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("cffconvert")), "--validate", "-i", str(ROOT / "CITATION.cff")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and "valid" in proc.stdout

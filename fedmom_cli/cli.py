@@ -270,6 +270,12 @@ def train(
         "--set target_modules=q_proj,v_proj --set lr_schedule=cosine.",
     ),
     save_merged: bool = typer.Option(False, "--save-merged", help="Also save the merged full model."),
+    engine: str = typer.Option(
+        "sequential",
+        "--engine",
+        help="sequential (all clients in this process) or flower (a Flower app; "
+        'needs pip install "fedmom[flower]").',
+    ),
     progress: bool = typer.Option(
         None,
         "--progress/--no-progress",
@@ -300,7 +306,13 @@ def train(
     cfg = cfgmod.resolve(recipe, task, overrides)
     result = tr.run(
         tr.TrainOptions(
-            config=cfg, out=out, resume=resume, force=force, save_merged=save_merged, progress=progress
+            config=cfg,
+            out=out,
+            resume=resume,
+            force=force,
+            save_merged=save_merged,
+            progress=progress,
+            engine=engine,
         )
     )
     console.print(

@@ -45,6 +45,11 @@ class TrainConfig:
     data: str | None = None  # local JSON / JSONL / parquet; None = the task's Hub dataset
     synthetic: int | None = None  # use N synthetic rows instead (smoke runs, tests)
     cutoff_len: int = 512
+    # validation loss of the global model after every round (0 rows = off); val_data None = held-out
+    # synthetic rows for synthetic runs, else required
+    val_data: str | None = None
+    val_rows: int = 0
+    val_batch_size: int = 8
     # federation (the paper: 10 clients, Dirichlet 0.5, all clients every round)
     partition: str | None = None  # a `fedmom partition` file; None = made here and saved in the run
     clients: int = 10

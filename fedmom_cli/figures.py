@@ -1,6 +1,7 @@
 """The report's figures (matplotlib, PNG and SVG), from metrics.jsonl and eval.json only.
 
-- fig4_loss_<task>: training loss per round per method (the paper's Figure 4), mean over seeds.
+- fig4_loss_<task>: training loss per round per method (the paper's Figure 4), mean over seeds,
+  beside the global model's validation loss where runs measured it.
 - fig5_components_<task>: fedmomentum's major (r) and residual (s_res) component counts per round,
   with the range over modules, and the leading singular values (Figure 5).
 - fig6_rank_<task>: accuracy against LoRA rank, where runs differ only in rank (Figure 6).
@@ -55,16 +56,16 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
         main = [r for r in group if r.settings == settings[0]]  # the first setting group
         methods = [m for m in NAMES if any(r.config.get("method") == m for r in main)]
 
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for m in methods:
-            ax.plot(
-                *_per_round([r for r in main if r.config["method"] == m], lambda x: x["loss"]),
-                marker="o",
-                ms=3,
-                label=NAMES[m],
-            )
-        ax.set(xlabel="communication round", ylabel="training loss", title=f"Training loss ({task})")
-        ax.legend(fontsize=8)
+        has_val = any(m.get("val_loss") is not None for r in main for m in r.metrics)
+        panels = [("loss", "training loss (mean over clients)")]
+        panels += [("val_loss", "validation loss (global model)")] if has_val else []
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+        for ax, (key, label) in zip(axes[0], panels):
+            for m in methods:
+                runs_m = [r for r in main if r.config["method"] == m]
+                ax.plot(*_per_round(runs_m, lambda x, k=key: x.get(k)), marker="o", ms=3, label=NAMES[m])
+            ax.set(xlabel="communication round", ylabel=label, title=f"{label.split(' (')[0]} ({task})")
+            ax.legend(fontsize=8)
         written += _save(fig, folder, f"fig4_loss_{task}")
 
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -164,6 +164,15 @@ class BaseWeights:
             w = modules[n].base_layer.weight
             w.copy_((self.original[n].float() + self.delta[n]).to(w.device, w.dtype))
 
+    @torch.no_grad()
+    def load(self, modules: dict, delta: dict[str, torch.Tensor]) -> None:
+        """Replace the accumulated delta and set every module's weight from it (a node's own copy)."""
+        self.delta = {n: d.to("cpu", torch.float32) for n, d in delta.items()}
+        for n, m in modules.items():
+            w = m.base_layer.weight
+            value = self.original[n].float() + self.delta[n] if n in self.delta else self.original[n]
+            w.copy_(value.to(w.device, w.dtype))
+
     def effective(self, name: str) -> torch.Tensor:
         base = self.original[name].float()
         return base + self.delta[name] if name in self.delta else base

@@ -14,8 +14,6 @@ after MAX_DRAWS failures a clear error says so. One numpy Generator(seed) drives
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 
 from fedmom_cli.data import load_rows
 from fedmom_cli.errors import UserError
+from fedmom_cli.results import atomic_write_json
 from fedmom_cli.tasks import get_task
 
 MAX_DRAWS = 1000
@@ -112,6 +111,41 @@ class PartitionOptions:
     force: bool = False
 
 
+def make_partition(
+    task: str,
+    rows,
+    clients: int,
+    beta: float,
+    seed: int,
+    min_size: int,
+    by: str | None = None,
+    iid: bool = False,
+) -> dict:
+    """Split `rows` (a data.Rows) and describe the split as the partition file holds it."""
+    labels = None
+    if by:
+        missing = sum(1 for r in rows.rows if by not in r)
+        if missing:
+            raise UserError(f"--by {by}: {missing} of {len(rows.rows)} rows lack that field")
+        labels = [r[by] for r in rows.rows]
+    split = split_rows(len(rows.rows), clients, beta, seed, min_size, labels=labels, iid=iid)
+    return {
+        "task": task,
+        "scheme": "iid" if iid else ("label_dirichlet" if by else "dirichlet"),
+        "clients_n": clients,
+        "beta": None if iid else beta,
+        "seed": seed,
+        "by": by,
+        "min_size": min_size,
+        "draws": split.draws,
+        "dataset": rows.fingerprint(),
+        "sizes": [len(c) for c in split.clients],
+        "proportions": split.proportions,
+        "category_counts": category_counts(split, labels) if labels is not None else None,
+        "clients": split.clients,
+    }
+
+
 def run(opts: PartitionOptions) -> dict:
     """Load the rows, split them, write the partition JSON atomically; returns its content."""
     task = get_task(opts.task)
@@ -120,36 +154,9 @@ def run(opts: PartitionOptions) -> dict:
     if opts.by and opts.iid:
         raise UserError("--by and --iid exclude each other")
     rows = load_rows(task, opts.data, opts.synthetic, seed=opts.seed)
-    labels = None
-    if opts.by:
-        missing = sum(1 for r in rows.rows if opts.by not in r)
-        if missing:
-            raise UserError(f"--by {opts.by}: {missing} of {len(rows.rows)} rows lack that field")
-        labels = [rows.rows[i][opts.by] for i in range(len(rows.rows))]
-    split = split_rows(
-        len(rows.rows), opts.clients, opts.beta, opts.seed, opts.min_size, labels=labels, iid=opts.iid
+    result = make_partition(
+        task.name, rows, opts.clients, opts.beta, opts.seed, opts.min_size, by=opts.by, iid=opts.iid
     )
-    result = {
-        "task": task.name,
-        "scheme": "iid" if opts.iid else ("label_dirichlet" if opts.by else "dirichlet"),
-        "clients_n": opts.clients,
-        "beta": None if opts.iid else opts.beta,
-        "seed": opts.seed,
-        "by": opts.by,
-        "min_size": opts.min_size,
-        "draws": split.draws,
-        "dataset": rows.fingerprint(),
-        "sizes": [len(c) for c in split.clients],
-        "proportions": split.proportions,
-        "category_counts": category_counts(split, labels) if labels is not None else None,
-        "clients": split.clients,
-    }
-    write_json_atomic(opts.out, result)
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(opts.out, result, indent=None)
     return result
-
-
-def write_json_atomic(path: Path, content: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content) + "\n")
-    os.replace(tmp, path)

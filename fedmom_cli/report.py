@@ -144,9 +144,9 @@ def _cell(values: list[float], errors: list[float | None], spread: str) -> Cell:
     return Cell(mean, error, len(values))
 
 
-def marks(values: dict[str, float | None], higher_is_better: bool = True) -> dict[str, str]:
-    """'bold' for the best value(s), 'underline' for the second; rows compared at 2 decimals."""
-    rounded = {k: round(v, 2) for k, v in values.items() if v is not None}
+def marks(values: dict[str, float | None], higher_is_better: bool = True, digits: int = 2) -> dict[str, str]:
+    """'bold' for the best value(s), 'underline' for the second; compared as displayed (digits)."""
+    rounded = {k: round(v, digits) for k, v in values.items() if v is not None}
     distinct = sorted(set(rounded.values()), reverse=higher_is_better)
     out = {}
     for k, v in rounded.items():

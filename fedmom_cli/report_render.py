@@ -26,11 +26,13 @@ def _fmt(cell: Cell, digits: int, compare: bool, max_seeds: int) -> str:
 
 
 def markdown(table: Table, compare: bool = False) -> str:
-    digits = 2 if table.key != "table8" else 3
+    digits = 2 if table.key != "table8" else 4
     max_seeds = max((c.seeds for row in table.rows.values() for c in row.values()), default=0)
     ranked = {
         col: marks(
-            {m: row[col].mean for m, row in table.rows.items() if m != "pretrained"}, table.higher_is_better
+            {m: row[col].mean for m, row in table.rows.items() if m != "pretrained"},
+            table.higher_is_better,
+            digits,
         )
         for col in table.columns
     }

@@ -34,8 +34,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_json(path: Path, content) -> None:
-    atomic_write_bytes(path, (json.dumps(content, indent=2) + "\n").encode())
+def atomic_write_json(path: Path, content, indent: int | None = 2) -> None:
+    """JSON written whole or not at all; indent=None for large files (partitions)."""
+    atomic_write_bytes(path, (json.dumps(content, indent=indent) + "\n").encode())
 
 
 def atomic_torch_save(path: Path, obj) -> None:

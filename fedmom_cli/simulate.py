@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from fedmom_cli import results
 from fedmom_cli.adapters import delta_key
-from fedmom_cli.client import Sampler, train_client
+from fedmom_cli.client import Sampler, collate, train_client
 from fedmom_cli.config import TrainConfig
 from fedmom_cli.data import load_rows
 from fedmom_cli.errors import UserError
@@ -40,8 +40,8 @@ from fedmom_cli.model import (
     set_factors,
     set_trainable,
 )
-from fedmom_cli.partition import split_rows
-from fedmom_cli.tasks import encode, get_task
+from fedmom_cli.partition import make_partition
+from fedmom_cli.tasks import IGNORE_INDEX, encode, get_task
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -89,6 +89,7 @@ class Simulation:
         self.method = build_method(cfg.method, lora, seed=cfg.seed, **options)
         self.samplers = [Sampler(rows, cfg.seed, k) for k, rows in enumerate(self.partition["clients"])]
         self.encoded: dict[int, dict] = {}
+        self.validation = self._validation_rows()
         self.round = 0
 
     # ---- data -----------------------------------------------------------------------------------
@@ -109,22 +110,47 @@ class Simulation:
                     f"partition {path} has {len(part['clients'])} clients, config says {cfg.clients}"
                 )
             return part
-        split = split_rows(len(self.rows.rows), cfg.clients, cfg.beta, cfg.seed, cfg.min_client_size)
-        return {
-            "task": cfg.task,
-            "scheme": "dirichlet",
-            "clients_n": cfg.clients,
-            "beta": cfg.beta,
-            "seed": cfg.seed,
-            "by": None,
-            "min_size": cfg.min_client_size,
-            "draws": split.draws,
-            "dataset": self.rows.fingerprint(),
-            "sizes": [len(c) for c in split.clients],
-            "proportions": split.proportions,
-            "category_counts": None,
-            "clients": split.clients,
-        }
+        return make_partition(cfg.task, self.rows, cfg.clients, cfg.beta, cfg.seed, cfg.min_client_size)
+
+    def _validation_rows(self) -> list[dict]:
+        """The first val_rows held-out rows, encoded once (the same rows every round and method)."""
+        cfg = self.cfg
+        if cfg.val_rows <= 0:
+            return []
+        if cfg.val_data is not None:
+            rows = load_rows(self.task, Path(cfg.val_data)).rows
+        elif cfg.synthetic is not None:
+            rows = self.task.synthetic(cfg.val_rows, 10_000 + cfg.seed)  # another stream than training
+        else:
+            raise UserError("val_rows > 0 needs val_data (a held-out file in the task's schema)")
+        return [encode(self.task, r, self.tokenizer, cfg.cutoff_len) for r in rows[: cfg.val_rows]]
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """Mean loss per response token of the current global model on the held-out rows."""
+        if not self.validation:
+            return None
+        total, tokens = 0.0, 0
+        size = self.cfg.val_batch_size
+        for i in range(0, len(self.validation), size):
+            batch = collate(
+                self.validation[i : i + size], self.tokenizer.pad_token_id, self.accelerator.device
+            )
+            with self.accelerator.autocast():
+                logits = self.model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).logits
+            labels = batch["labels"][:, 1:]
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                    labels.reshape(-1),
+                    ignore_index=IGNORE_INDEX,
+                    reduction="sum",
+                )
+            )
+            tokens += int((labels != IGNORE_INDEX).sum())
+        return total / max(tokens, 1)
 
     def _examples(self, sampler: Sampler):
         def take(n: int) -> list[dict]:
@@ -148,45 +174,64 @@ class Simulation:
             int(c) for c in np.random.default_rng([self.cfg.seed, round_idx]).choice(n, k, replace=False)
         )
 
+    def train_one(self, round_idx: int, k: int, sampler: Sampler | None = None) -> tuple[dict, float, dict]:
+        """Client k's local training from the current global factors: its factors, mean loss, timings.
+
+        `sampler` replaces client k's own (a deployed site that trains on all of its local rows).
+        """
+        cfg = self.cfg
+        start = time.perf_counter()
+        set_factors(self.modules, self.global_factors)
+        params = set_trainable(self.modules, self.method.trainable(round_idx))
+        torch.manual_seed(zlib.crc32(f"{cfg.seed}/{round_idx}/{k}".encode()))
+        swap = time.perf_counter() - start
+        stats = train_client(
+            self.model,
+            params,
+            self._examples(sampler or self.samplers[k]),
+            steps=cfg.local_steps,
+            batch_size=cfg.batch_size,
+            grad_accum=cfg.grad_accum,
+            lr=lr_at(cfg, round_idx),
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            pad_id=self.tokenizer.pad_token_id,
+            accelerator=self.accelerator,
+            label=f"round {round_idx} client {k}",
+        )
+        start = time.perf_counter()
+        factors = get_factors(self.modules)
+        swap += time.perf_counter() - start
+        return factors, stats.mean_loss, {"client_compute": stats.compute_seconds, "adapter_swap": swap}
+
     def train_clients(self, round_idx: int, progress=None) -> tuple[list[int], dict, dict, dict]:
-        cfg, lr = self.cfg, lr_at(self.cfg, round_idx)
         clients = self.sampled_clients(round_idx)
         trained: dict[int, dict[str, LoraFactors]] = {}
         losses: dict[int, float] = {}
         seconds = {"client_compute": 0.0, "adapter_swap": 0.0}
         for k in clients:
-            start = time.perf_counter()
-            set_factors(self.modules, self.global_factors)
-            params = set_trainable(self.modules, self.method.trainable(round_idx))
-            torch.manual_seed(zlib.crc32(f"{cfg.seed}/{round_idx}/{k}".encode()))
-            seconds["adapter_swap"] += time.perf_counter() - start
-            stats = train_client(
-                self.model,
-                params,
-                self._examples(self.samplers[k]),
-                steps=cfg.local_steps,
-                batch_size=cfg.batch_size,
-                grad_accum=cfg.grad_accum,
-                lr=lr,
-                weight_decay=cfg.weight_decay,
-                max_grad_norm=cfg.max_grad_norm,
-                pad_id=self.tokenizer.pad_token_id,
-                accelerator=self.accelerator,
-                label=f"round {round_idx} client {k}",
-            )
-            start = time.perf_counter()
-            trained[k] = get_factors(self.modules)
-            seconds["adapter_swap"] += time.perf_counter() - start
-            seconds["client_compute"] += stats.compute_seconds
-            losses[k] = stats.mean_loss
+            trained[k], losses[k], spent = self.train_one(round_idx, k)
+            for key, value in spent.items():
+                seconds[key] += value
             if progress is not None:
-                progress.client_done(k, stats.mean_loss)
+                progress.client_done(k, losses[k])
         return clients, trained, losses, seconds
 
     def run_round(self, round_idx: int, progress=None) -> dict:
         wall = time.perf_counter()
         clients, trained, losses, seconds = self.train_clients(round_idx, progress)
-        sizes = [len(self.partition["clients"][k]) for k in clients]
+        return self.aggregate_round(round_idx, clients, trained, losses, seconds, wall)
+
+    def aggregate_round(
+        self, round_idx, clients, trained, losses, seconds, wall, sent=None, sizes=None
+    ) -> dict:
+        """Aggregate the clients' factors, apply the base delta, log and checkpoint the round.
+
+        `sent` = (bytes up, bytes down) per client as actually transmitted by an engine that
+        transmits (Flower); the sequential engine reports the method's Appendix C accounting.
+        """
+        # Sample counts: the partition's, or what each (deployed) client reported of its own data.
+        sizes = [sizes[k] if sizes else len(self.partition["clients"][k]) for k in clients]
         weights = sizes if self.cfg.client_weights == "samples" else [1.0] * len(clients)
         self.last_round = {"clients": clients, "trained": trained, "weights": weights}  # for inspection
         start = time.perf_counter()
@@ -195,6 +240,7 @@ class Simulation:
         )
         seconds["aggregation"] = time.perf_counter() - start
         start = time.perf_counter()
+        self.last_outcome = outcome  # the round's deltas in their own (low-rank or dense) form
         with_delta = [m for m, r in outcome.modules.items() if r.delta is not None]
         for m in with_delta:
             self.base.add(m, outcome.modules[m].delta.to_dense())
@@ -206,17 +252,21 @@ class Simulation:
         seconds["update"] = time.perf_counter() - start
         self.round = round_idx + 1
         stats = {m: r.stats for m, r in outcome.modules.items()}
+        start = time.perf_counter()
+        val_loss = self.validation_loss()
+        seconds["validation"] = time.perf_counter() - start
         record = {
             "round": round_idx,
             "lr": lr_at(self.cfg, round_idx),
             "loss": float(np.average([losses[k] for k in clients], weights=weights)),
             "client_loss": {str(k): losses[k] for k in clients},
+            "val_loss": val_loss,
             "clients": clients,
             "weights": [w / sum(weights) for w in weights],
             "aggregation_seconds": seconds["aggregation"],
             "update_seconds": seconds["update"],
-            "bytes_up_per_client": outcome.bytes_up,
-            "bytes_down_per_client": outcome.bytes_down,
+            "bytes_up_per_client": sent[0] if sent else outcome.bytes_up,
+            "bytes_down_per_client": sent[1] if sent else outcome.bytes_down,
             "stats": summarise(stats),
             "module_stats": stats,
             "seconds": seconds,

@@ -126,7 +126,7 @@ def estimate(cells: list[Cell]) -> str:
 def ensure_partition(cell: Cell) -> None:
     """Make the seed's shared client split once, from the cell's data and federation settings."""
     from fedmom_cli.data import load_rows
-    from fedmom_cli.partition import split_rows
+    from fedmom_cli.partition import make_partition
     from fedmom_cli.tasks import get_task
 
     path = Path(cell.config.partition)
@@ -134,25 +134,11 @@ def ensure_partition(cell: Cell) -> None:
         return
     cfg = cell.config
     rows = load_rows(get_task(cfg.task), Path(cfg.data) if cfg.data else None, cfg.synthetic, seed=cfg.seed)
-    split = split_rows(len(rows.rows), cfg.clients, cfg.beta, cfg.seed, cfg.min_client_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     results.atomic_write_json(
         path,
-        {
-            "task": cfg.task,
-            "scheme": "dirichlet",
-            "clients_n": cfg.clients,
-            "beta": cfg.beta,
-            "seed": cfg.seed,
-            "by": None,
-            "min_size": cfg.min_client_size,
-            "draws": split.draws,
-            "dataset": rows.fingerprint(),
-            "sizes": [len(c) for c in split.clients],
-            "proportions": split.proportions,
-            "category_counts": None,
-            "clients": split.clients,
-        },
+        make_partition(cfg.task, rows, cfg.clients, cfg.beta, cfg.seed, cfg.min_client_size),
+        indent=None,
     )
 
 

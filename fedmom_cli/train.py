@@ -25,6 +25,8 @@ class TrainOptions:
     force: bool = False
     save_merged: bool = False
     progress: bool | None = None  # None: bars on a terminal, plain lines otherwise
+    engine: str = "sequential"  # sequential | flower (not a setting: both give the same run)
+    grid: object | None = None  # a deployed Flower ServerApp's grid (engine flower)
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -72,6 +74,14 @@ def _prepare(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool) -> str:
 def run(opts: TrainOptions) -> dict:
     cfg = opts.config
     run_dir = Path(opts.out) if opts.out is not None else default_run_dir(cfg)
+    if opts.engine not in ("sequential", "flower"):
+        raise UserError(f"--engine must be sequential or flower, got {opts.engine!r}")
+    if opts.engine == "flower":
+        from fedmom_cli.flower_engine import require_flower
+
+        require_flower()
+        if cfg.clients_per_round not in (None, cfg.clients):
+            raise UserError("--engine flower trains every client each round (clients_per_round: null)")
     action = _prepare(run_dir, cfg, opts.resume, opts.force)
     if action == "done":
         print(f"{run_dir} is already finished (use --force to train it again)")
@@ -86,7 +96,7 @@ def run(opts: TrainOptions) -> dict:
         records = [r for r in results.read_metrics(metrics_path) if r["round"] < sim.round - 1] + [last]
     else:
         results.atomic_write_bytes(run_dir / "config.yaml", cfgmod.to_yaml(cfg).encode())
-        results.atomic_write_json(run_dir / "partition.json", sim.partition)
+        results.atomic_write_json(run_dir / "partition.json", sim.partition, indent=None)
         records = []
     results.write_metrics(metrics_path, records)
     result = {
@@ -118,15 +128,24 @@ def run(opts: TrainOptions) -> dict:
 
     try:
         with RoundProgress(cfg.rounds, len(sim.sampled_clients(0)), sim.round, opts.progress) as progress:
-            for t in range(sim.round, cfg.rounds):
-                progress.round_started(t)
-                record = sim.run_round(t, progress)
+
+            def finish_round(record: dict) -> None:
                 records.append(record)
                 results.write_metrics(metrics_path, records)
                 progress.round_done(record)
                 save("running")
+                progress.round_started(record["round"] + 1)
+
+            progress.round_started(sim.round)
+            if opts.engine == "flower":
+                from fedmom_cli import flower_engine
+
+                flower_engine.run(sim, sim.round, finish_round, grid=opts.grid)
+            else:
+                for t in range(sim.round, cfg.rounds):
+                    finish_round(sim.run_round(t, progress))
         sim.save_outputs(opts.save_merged)
-    except NonFiniteLoss as exc:
+    except (NonFiniteLoss, UserError) as exc:
         save("failed", error=str(exc))
         raise
     except KeyboardInterrupt:

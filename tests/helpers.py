@@ -40,3 +40,19 @@ def dense_M(clients: list[LoraFactors], weights: list[float]) -> torch.Tensor:
 
 def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.double() - ref.double()).norm() / ref.double().norm())
+
+
+def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """`fedmom ARGS...` in this process: exit code, stdout, stderr."""
+    import sys
+
+    from fedmom_cli.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fedmom", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

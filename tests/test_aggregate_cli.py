@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_main
 from safetensors.torch import load_file
-
-from fedmom_cli.cli import main
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -54,14 +52,7 @@ def clients(tmp_path_factory) -> list[Path]:
 
 
 def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["fedmom", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_main(monkeypatch, capsys, *args)
 
 
 def effective_weights(base_model, out: Path) -> dict[str, torch.Tensor]:

@@ -7,7 +7,9 @@ import pytest
 from fedmom_cli import config as cfgmod
 from fedmom_cli.errors import UserError
 
-RECIPES = sorted(p.stem for p in cfgmod.RECIPES_DIR.glob("*.yaml"))
+RECIPES = sorted(
+    str(p.relative_to(cfgmod.RECIPES_DIR).with_suffix("")) for p in cfgmod.RECIPES_DIR.rglob("*.yaml")
+)
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -16,6 +18,8 @@ def test_every_shipped_recipe_loads_and_validates(name):
     assert cfg.lora_r >= 1 and cfg.rounds >= 1
     assert cfgmod.from_yaml(cfgmod.to_yaml(cfg)) == cfg  # what config.yaml stores reads back equal
     first = (cfgmod.RECIPES_DIR / f"{name}.yaml").read_text().splitlines()[0]
+    if name == "mini/math":
+        assert (cfg.model, cfg.clients, cfg.beta, cfg.lora_r, cfg.val_rows) == ("smollm2-135m", 5, 0.5, 8, 24)
     assert first.startswith("#")  # each recipe says what it is for
 
 

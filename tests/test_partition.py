@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import run_main
 
-from fedmom_cli.cli import main
 from fedmom_cli.errors import UserError
 from fedmom_cli.partition import split_rows
 
@@ -92,13 +92,8 @@ def test_impossible_splits_are_user_errors(args, match):
 
 
 def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["fedmom", "partition", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr()
+    code, out, err = run_main(monkeypatch, capsys, "partition", *args)
+    return code, SimpleNamespace(out=out, err=err)
 
 
 def test_partition_file_contents(tmp_path, monkeypatch, capsys):

@@ -9,18 +9,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import run_main
 from safetensors.torch import load_file
 
 from fedmom_cli import config as cfgmod
 from fedmom_cli import train as tr
-from fedmom_cli.cli import main
 from fedmom_cli.client import NonFiniteLoss
 from fedmom_cli.errors import UserError
 from fedmom_cli.methods import METHODS
 from fedmom_cli.simulate import Simulation
+from fedmom_cli.tasks import TASKS
 
 SMOKE = {"clients": 3, "rounds": 2, "local_steps": 2, "synthetic": 120, "lr": 1e-2}
 
@@ -222,13 +224,8 @@ def test_kill_9_and_resume_equals_uninterrupted(tmp_path):
 
 
 def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["fedmom", "train", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr()
+    code, out, err = run_main(monkeypatch, capsys, "train", *args)
+    return code, SimpleNamespace(out=out, err=err)
 
 
 @pytest.mark.parametrize(
@@ -247,3 +244,15 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys,
     code, cap = run_cli(monkeypatch, capsys, *args, "--out", out)
     assert code == 2 and match in cap.err and cap.err.count("\n") == 1
     assert not out.exists()
+
+
+def test_validation_loss_is_measured_every_round(tmp_path):
+    cfg = smoke_config("fedmomentum", val_rows=6, val_batch_size=4)
+    tr.run(tr.TrainOptions(cfg, out=tmp_path / "run", progress=False))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["val_loss"] is not None and r["val_loss"] > 0 for r in records)
+    assert records[-1]["val_loss"] < records[0]["val_loss"] + 0.05  # same rows every round: comparable
+    data = tmp_path / "rows.jsonl"  # a real (non-synthetic) data file and no val_data
+    data.write_text("".join(json.dumps(r) + "\n" for r in TASKS["math"].synthetic(40, 0)))
+    with pytest.raises(UserError, match="val_rows > 0 needs val_data"):
+        Simulation(smoke_config("fedit", val_rows=4, synthetic=None, data=str(data)), tmp_path)

@@ -1,0 +1,41 @@
+"""Flower App entry points for a deployment: `flwr run` against a SuperLink with one SuperNode per site.
+
+pyproject.toml of the Flower App (see the README's "Scaling out"):
+
+    [tool.flwr.app.components]
+    serverapp = "fedmom_cli.flower_app:serverapp"
+    clientapp = "fedmom_cli.flower_app:clientapp"
+    [tool.flwr.app.config]
+    recipe = "smoke"          # any fedmom recipe (name or path on the server)
+    method = "fedmomentum"
+    out = "results/flower/fedmomentum"
+    set = ""                  # fedmom settings, "key=value;key=value"
+
+Each SuperNode runs with `--node-config "partition-id=K num-partitions=N"` (train partition K of the
+run's dataset) and optionally `data="/site/rows.jsonl"` (train on the site's own file instead).
+The ServerApp writes the same run folder as `fedmom train`, resuming an interrupted run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.serverapp import ServerApp
+
+from fedmom_cli import config as cfgmod
+from fedmom_cli.flower_engine import client_app
+
+clientapp = client_app()
+serverapp = ServerApp()
+
+
+@serverapp.main()
+def main(grid, context) -> None:
+    from fedmom_cli import train as tr
+
+    rc = context.run_config
+    sets = [item for item in str(rc.get("set", "")).split(";") if item.strip()]
+    overrides = {**cfgmod.parse_set(sets), "method": str(rc.get("method", "fedmomentum"))}
+    cfg = cfgmod.resolve(str(rc.get("recipe", "smoke")), rc.get("task"), overrides)
+    out = Path(str(rc.get("out", f"results/flower/{cfg.method}")))
+    tr.run(tr.TrainOptions(cfg, out=out, resume=True, engine="flower", grid=grid, progress=False))

@@ -1,0 +1,82 @@
+"""`fedmom train --engine flower` equals the sequential engine; a failing client fails the run.
+
+Each run starts a local Ray (loopback only) and takes ~10-20 s; skipped without `fedmom[flower]`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+pytest.importorskip("flwr")
+
+METHODS = [
+    "fedit",
+    "flora",
+    "ffa_lora",
+    "rolora",
+    "fedex_lora",
+    "fedmomentum",
+    "fedmomentum_no_balance",
+    "fedmomentum_no_residual",
+]
+ENV = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1")
+
+
+def train(out, method, *extra, env=ENV):
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedmom_cli",
+        "train",
+        "--recipe",
+        "smoke",
+        "--method",
+        method,
+        "--set",
+        "rounds=2",
+        "--set",
+        "local_steps=2",
+        "--set",
+        "clients=3",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+def ray_processes() -> str:
+    return subprocess.run(["pgrep", "-f", "raylet|gcs_server|ray::"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_flower_engine_equals_sequential(tmp_path, method):
+    seq = train(tmp_path / "seq", method)
+    flw = train(tmp_path / "flw", method, "--engine", "flower")
+    assert seq.returncode == 0, seq.stderr[-2000:]
+    assert flw.returncode == 0, flw.stderr[-2000:]
+    for name in ("adapter/adapter_model.safetensors", "base_delta.safetensors"):
+        a, b = load_file(tmp_path / "seq" / name), load_file(tmp_path / "flw" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert (a[key] - b[key]).abs().max() <= 1e-5 * max(1.0, float(a[key].abs().max())), key
+    metrics = [json.loads(line) for line in (tmp_path / "flw" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == [0, 1] and all(m["bytes_down_per_client"] > 0 for m in metrics)
+    assert not ray_processes().strip()  # nothing left running
+
+
+def test_a_failing_client_fails_the_run_with_its_error(tmp_path):
+    env = dict(ENV, FEDMOM_FAULT_CLIENT="1")
+    proc = train(tmp_path / "run", "fedmomentum", "--engine", "flower", env=env)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: client on node") and "injected fault in client 1" in last
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"
+    assert not ray_processes().strip()

@@ -317,6 +317,50 @@ def table8(runs: list[Run], bench: dict | None) -> list[Table]:
     return tables
 
 
+def training_summary(runs: list[Run]) -> list[Table]:
+    """Per task and setting group: final training loss, final and best validation loss per method."""
+    tables = []
+    for family in ("math", "commonsense", "code"):
+        family_runs = [
+            r
+            for r in runs
+            if r.config.get("task") == family and r.metrics and r.result.get("status") == "finished"
+        ]
+        groups = sorted({r.settings for r in family_runs})
+        for group, label in zip(groups, _differences(groups)):
+            rows = {}
+            for method in [m for m in NAMES if m != "pretrained"]:
+                mine = [r for r in family_runs if r.settings == group and r.config.get("method") == method]
+                if not mine:
+                    continue
+                vals = [[m.get("val_loss") for m in r.metrics] for r in mine]
+                has_val = all(v is not None for vs in vals for v in vs)
+                rows[method] = {
+                    "train": _cell([r.metrics[-1]["loss"] for r in mine], [], "std"),
+                    "val": _cell([vs[-1] for vs in vals], [], "std") if has_val else Cell(),
+                    "best_val": _cell([min(vs) for vs in vals], [], "std") if has_val else Cell(),
+                }
+            rounds = sorted({len(r.metrics) for r in family_runs if r.settings == group})
+            caption = (
+                f"{family}: loss per response token after the last of {'/'.join(map(str, rounds))} "
+                f"round(s) (training: mean over clients; validation: the global model on held-out "
+                f"rows), mean over seeds, ± the standard deviation across seeds where there are several."
+            )
+            tables.append(
+                Table(
+                    "summary",
+                    "Training summary",
+                    label,
+                    ["train", "val", "best_val"],
+                    rows,
+                    [],
+                    caption,
+                    higher_is_better=False,
+                )
+            )
+    return tables
+
+
 def bench_dense_row(root: Path) -> dict | None:
     for path in sorted(root.rglob("aggregate*.json")):
         data = _json(path)

@@ -7,7 +7,14 @@ from pathlib import Path
 from fedmom_cli.errors import UserError
 from fedmom_cli.report import COLUMNS, DASH, NAMES, Cell, Table, marks
 
-HEADERS = {"avg": "Avg.", "aggregation": "Aggregation Time (s)", "update": "Updating Time (s)"}
+HEADERS = {
+    "avg": "Avg.",
+    "aggregation": "Aggregation Time (s)",
+    "update": "Updating Time (s)",
+    "train": "Final training loss",
+    "val": "Final validation loss",
+    "best_val": "Best validation loss",
+}
 ROW_NAMES = {**NAMES, "dense_svd": "w/ exact SVD"}
 
 
@@ -26,7 +33,7 @@ def _fmt(cell: Cell, digits: int, compare: bool, max_seeds: int) -> str:
 
 
 def markdown(table: Table, compare: bool = False) -> str:
-    digits = 2 if table.key != "table8" else 4
+    digits = {"table8": 4, "summary": 4}.get(table.key, 2)
     max_seeds = max((c.seeds for row in table.rows.values() for c in row.values()), default=0)
     ranked = {
         col: marks(
@@ -101,6 +108,7 @@ def run(
         raise UserError(f"no fedmom run folders (result.json + config.yaml) under {root}")
     tables = report.build_tables(runs, pretrained, spread, compare_paper)
     tables += report.table8(runs, report.bench_dense_row(root))
+    tables += report.training_summary(runs)
     out = out or root / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     finished = sum(r.result.get("status") == "finished" for r in runs)

@@ -191,3 +191,22 @@ def test_report_imports_no_torch_and_rejects_bad_input(results, tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "results folder not found" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_rank_figure_when_runs_differ_only_in_rank(tmp_path):
+    from fedmom_cli import figures
+
+    root = tmp_path / "ranks"
+    for r, acc in ((8, 0.2), (16, 0.3), (32, 0.35)):
+        make_run(root / f"r{r}", "fedmomentum", 0, {"gsm8k": (acc, 0.01)}, lora_r=r)
+    runs, _ = report.collect(root)
+    paths = figures.draw(runs, tmp_path / "figs")
+    assert tmp_path / "figs" / "fig6_rank_math.png" in paths
+    # and not when another setting differs too
+    make_run(tmp_path / "mixed", "fedmomentum", 0, {"gsm8k": (0.2, 0.01)}, lora_r=8, rounds=5)
+    make_run(tmp_path / "mixed2", "fedmomentum", 1, {"gsm8k": (0.3, 0.01)}, lora_r=16)
+    mixed, _ = report.collect(tmp_path)
+    assert not any(
+        p.name.startswith("fig6")
+        for p in figures.draw([r for r in mixed if "mixed" in str(r.path)], tmp_path / "figs2")
+    )

@@ -274,7 +274,7 @@ def train(
         "sequential",
         "--engine",
         help="sequential (all clients in this process) or flower (a Flower app; "
-        'needs pip install "fedmom[flower]").',
+        'needs pip install "fedmom\\[flower]").',
     ),
     progress: bool = typer.Option(
         None,

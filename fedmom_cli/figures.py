@@ -27,6 +27,16 @@ def _plt():
     return plt
 
 
+STYLES = ["-", "--", "-.", ":"]
+MARKERS = ["o", "s", "^", "v", "D", "x", "+", "*"]
+
+
+def _style(method: str) -> dict:
+    """Distinct line style and marker per method, so that curves that coincide stay visible."""
+    i = list(NAMES).index(method)
+    return {"linestyle": STYLES[i % len(STYLES)], "marker": MARKERS[i % len(MARKERS)], "ms": 4}
+
+
 def _save(fig, folder: Path, name: str) -> list[Path]:
     paths = [folder / f"{name}.png", folder / f"{name}.svg"]
     for p in paths:
@@ -63,7 +73,7 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
         for ax, (key, label) in zip(axes[0], panels):
             for m in methods:
                 runs_m = [r for r in main if r.config["method"] == m]
-                ax.plot(*_per_round(runs_m, lambda x, k=key: x.get(k)), marker="o", ms=3, label=NAMES[m])
+                ax.plot(*_per_round(runs_m, lambda x, k=key: x.get(k)), label=NAMES[m], **_style(m))
             ax.set(xlabel="communication round", ylabel=label, title=f"{label.split(' (')[0]} ({task})")
             ax.legend(fontsize=8)
         written += _save(fig, folder, f"fig4_loss_{task}")
@@ -75,9 +85,8 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
                     [r for r in main if r.config["method"] == m],
                     lambda x: x["bytes_up_per_client"] + x["bytes_down_per_client"],
                 ),
-                marker="o",
-                ms=3,
                 label=NAMES[m],
+                **_style(m),
             )
         ax.set(
             xlabel="communication round",
@@ -150,7 +159,7 @@ def _rank_figure(group: list[Run], folder: Path, task: str) -> list[Path]:
             if r.config["method"] == m and column in r.eval["tasks"]:
                 points[r.config["lora_r"]].append(100 * r.eval["tasks"][column]["value"])
         ranks = sorted(points)
-        ax.plot(ranks, [statistics.fmean(points[k]) for k in ranks], marker="o", label=NAMES[m])
+        ax.plot(ranks, [statistics.fmean(points[k]) for k in ranks], label=NAMES[m], **_style(m))
     ax.set(xlabel="LoRA rank", ylabel=f"{column} (%)", xscale="log", title=f"Accuracy vs rank ({task})")
     ax.legend(fontsize=8)
     return _save(fig, folder, f"fig6_rank_{task}")

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from safetensors.torch import load_file
@@ -53,7 +54,19 @@ def train(out, method, *extra, env=ENV):
 
 
 def ray_processes() -> str:
-    return subprocess.run(["pgrep", "-f", "raylet|gcs_server|ray::"], capture_output=True, text=True).stdout
+    """Live (not zombie) Ray processes, after a short grace period for Ray's own shutdown."""
+    live = ""
+    for _ in range(20):
+        ps = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
+        live = "\n".join(
+            line
+            for line in ps.splitlines()
+            if not line.lstrip().startswith("Z") and any(k in line for k in ("raylet", "gcs_server", "ray::"))
+        )
+        if not live:
+            return ""
+        time.sleep(0.5)
+    return live
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -258,9 +258,8 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
     return Table(key, title, label, columns + ["avg"], rows, notes, caption)
 
 
-def table8(runs: list[Run], bench: dict | None) -> list[Table]:
-    """Per-round aggregation and updating seconds per method, per task and setting group."""
-    tables = []
+def _metric_groups(runs: list[Run]):
+    """(family, setting label, {method: its finished runs with metrics}) per task and setting group."""
     for family in ("math", "commonsense", "code"):
         family_runs = [
             r
@@ -269,95 +268,83 @@ def table8(runs: list[Run], bench: dict | None) -> list[Table]:
         ]
         groups = sorted({r.settings for r in family_runs})
         for group, label in zip(groups, _differences(groups)):
-            rows = {}
-            for method in [m for m in NAMES if m != "pretrained"]:
-                records = [
-                    m
-                    for r in family_runs
-                    if r.settings == group and r.config.get("method") == method
-                    for m in r.metrics
-                ]
-                if records:
-                    seeds = len(
-                        {
-                            r.path
-                            for r in family_runs
-                            if r.settings == group and r.config.get("method") == method
-                        }
-                    )
-                    rows[method] = {
-                        "aggregation": Cell(
-                            statistics.fmean(m["aggregation_seconds"] for m in records), None, seeds
-                        ),
-                        "update": Cell(statistics.fmean(m["update_seconds"] for m in records), None, seeds),
-                    }
-            if bench and family == "math":
-                rows["dense_svd"] = {
-                    "aggregation": Cell(bench["dense_round_seconds"], None, 1),
-                    "update": Cell(),
-                }
-            caption = f"{family}: seconds per round, mean over rounds and seeds (finished runs)." + (
-                f" 'w/ exact SVD': fedmomentum's dense SVD per round, extrapolated from "
-                f"`fedmom bench aggregate` ({bench['note']})."
-                if bench and family == "math"
-                else ""
+            by_method = {
+                m: [r for r in family_runs if r.settings == group and r.config.get("method") == m]
+                for m in NAMES
+                if m != "pretrained"
+            }
+            yield family, label, {m: rs for m, rs in by_method.items() if rs}
+
+
+def table8(runs: list[Run], bench: dict | None) -> list[Table]:
+    """Per-round aggregation and updating seconds per method, per task and setting group."""
+    tables = []
+    for family, label, by_method in _metric_groups(runs):
+        rows = {}
+        for method, mine in by_method.items():
+            records = [m for r in mine for m in r.metrics]
+            seeds = len(mine)
+            rows[method] = {
+                "aggregation": Cell(statistics.fmean(m["aggregation_seconds"] for m in records), None, seeds),
+                "update": Cell(statistics.fmean(m["update_seconds"] for m in records), None, seeds),
+            }
+        if bench and family == "math":
+            rows["dense_svd"] = {
+                "aggregation": Cell(bench["dense_round_seconds"], None, 1),
+                "update": Cell(),
+            }
+        caption = f"{family}: seconds per round, mean over rounds and seeds (finished runs)." + (
+            f" 'w/ exact SVD': fedmomentum's dense SVD per round, extrapolated from "
+            f"`fedmom bench aggregate` ({bench['note']})."
+            if bench and family == "math"
+            else ""
+        )
+        tables.append(
+            Table(
+                "table8",
+                "Table 8",
+                label,
+                ["aggregation", "update"],
+                rows,
+                [],
+                caption,
+                higher_is_better=False,
             )
-            tables.append(
-                Table(
-                    "table8",
-                    "Table 8",
-                    label,
-                    ["aggregation", "update"],
-                    rows,
-                    [],
-                    caption,
-                    higher_is_better=False,
-                )
-            )
+        )
     return tables
 
 
 def training_summary(runs: list[Run]) -> list[Table]:
     """Per task and setting group: final training loss, final and best validation loss per method."""
     tables = []
-    for family in ("math", "commonsense", "code"):
-        family_runs = [
-            r
-            for r in runs
-            if r.config.get("task") == family and r.metrics and r.result.get("status") == "finished"
-        ]
-        groups = sorted({r.settings for r in family_runs})
-        for group, label in zip(groups, _differences(groups)):
-            rows = {}
-            for method in [m for m in NAMES if m != "pretrained"]:
-                mine = [r for r in family_runs if r.settings == group and r.config.get("method") == method]
-                if not mine:
-                    continue
-                vals = [[m.get("val_loss") for m in r.metrics] for r in mine]
-                has_val = all(v is not None for vs in vals for v in vs)
-                rows[method] = {
-                    "train": _cell([r.metrics[-1]["loss"] for r in mine], [], "std"),
-                    "val": _cell([vs[-1] for vs in vals], [], "std") if has_val else Cell(),
-                    "best_val": _cell([min(vs) for vs in vals], [], "std") if has_val else Cell(),
-                }
-            rounds = sorted({len(r.metrics) for r in family_runs if r.settings == group})
-            caption = (
-                f"{family}: loss per response token after the last of {'/'.join(map(str, rounds))} "
-                f"round(s) (training: mean over clients; validation: the global model on held-out "
-                f"rows), mean over seeds, ± the standard deviation across seeds where there are several."
+    for family, label, by_method in _metric_groups(runs):
+        rows = {}
+        for method, mine in by_method.items():
+            vals = [[m.get("val_loss") for m in r.metrics] for r in mine]
+            has_val = all(v is not None for vs in vals for v in vs)
+            rows[method] = {
+                "train": _cell([r.metrics[-1]["loss"] for r in mine], [], "std"),
+                "val": _cell([vs[-1] for vs in vals], [], "std") if has_val else Cell(),
+                "best_val": _cell([min(vs) for vs in vals], [], "std") if has_val else Cell(),
+            }
+        rounds = sorted({len(r.metrics) for mine in by_method.values() for r in mine})
+        caption = (
+            f"{family}: loss per response token after the last of {'/'.join(map(str, rounds))} "
+            f"round(s) (training: mean over clients; validation: the global model on held-out "
+            f"rows), mean over seeds, ± the standard deviation across seeds where there are several."
+        )
+        tables.append(
+            Table(
+                "summary",
+                "Training summary",
+                label,
+                ["train", "val", "best_val"],
+                rows,
+                [],
+                caption,
+                higher_is_better=False,
             )
-            tables.append(
-                Table(
-                    "summary",
-                    "Training summary",
-                    label,
-                    ["train", "val", "best_val"],
-                    rows,
-                    [],
-                    caption,
-                    higher_is_better=False,
-                )
-            )
+        )
     return tables
 
 

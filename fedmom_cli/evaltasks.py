@@ -19,20 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmom_cli import answers, synthetic
+from fedmom_cli.benchmarks import COMMONSENSE
 from fedmom_cli.errors import UserError
 from fedmom_cli.sandbox import run_program
 from fedmom_cli.tasks import ALPACA, ALPACA_INPUT
 
-COMMONSENSE = [
-    "boolq",
-    "piqa",
-    "social_i_qa",
-    "hellaswag",
-    "winogrande",
-    "ARC-Easy",
-    "ARC-Challenge",
-    "openbookqa",
-]
 LOCAL_FILES = {  # task -> path under --data-dir, in the source's own format
     "gsm8k": "gsm8k/test.jsonl",  # openai/grade-school-math: question, answer ("#### N")
     "math": "MATH/test.jsonl",  # hendrycks MATH: problem, solution (\\boxed{...})
@@ -54,7 +45,6 @@ LM_EVAL_NAMES = {  # the same benchmarks under lm-eval's own task names (its own
     "humaneval": "humaneval",
     "mbpp": "mbpp",
 }
-FAMILY_TASKS = {"math": ["gsm8k", "math"], "commonsense": COMMONSENSE, "code": ["humaneval", "mbpp"]}
 CODE_STOPS = ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "\nassert"]
 
 

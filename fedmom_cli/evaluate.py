@@ -22,6 +22,7 @@ import torch
 from fedmom_cli import config as cfgmod
 from fedmom_cli import evaltasks, results
 from fedmom_cli.adapters import delta_key
+from fedmom_cli.benchmarks import FAMILY_TASKS
 from fedmom_cli.data import _hub_reachable
 from fedmom_cli.errors import UserError
 from fedmom_cli.model import check_model_source, load_base_model, load_tokenizer, lora_modules
@@ -68,7 +69,7 @@ def _task_names(opts: EvalOptions, cfg: cfgmod.TrainConfig) -> list[str]:
         return opts.tasks
     if cfg.synthetic is not None:
         return [evaltasks.SYNTHETIC[cfg.task]]
-    return evaltasks.FAMILY_TASKS[cfg.task]
+    return FAMILY_TASKS[cfg.task]
 
 
 def _task_specs(names: list[str], opts: EvalOptions, cfg, work: Path) -> tuple[list, dict]:

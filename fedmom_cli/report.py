@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from fedmom_cli.benchmarks import FAMILY_TASKS
+
 COLUMNS = {
     "gsm8k": "GSM8K",
     "math": "MATH",
@@ -34,20 +36,6 @@ COLUMNS = {
     "openbookqa": "OBQA",
     "humaneval": "HumanEval",
     "mbpp": "MBPP",
-}
-FAMILY_COLUMNS = {
-    "math": ["gsm8k", "math"],
-    "commonsense": [
-        "boolq",
-        "piqa",
-        "social_i_qa",
-        "hellaswag",
-        "winogrande",
-        "ARC-Easy",
-        "ARC-Challenge",
-        "openbookqa",
-    ],
-    "code": ["humaneval", "mbpp"],
 }
 NAMES = {
     "pretrained": "Pre-trained",
@@ -209,9 +197,9 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
     present = {t for r in finished for t in (r.eval or {}).get("tasks", {})} | {
         t for p in pre for t in p.get("tasks", {})
     }
-    columns = [c for c in FAMILY_COLUMNS[family] if c in present]
+    columns = [c for c in FAMILY_TASKS[family] if c in present]
     columns += sorted(present - set(COLUMNS))  # e.g. the smoke runs' synthetic tasks
-    columns = columns or FAMILY_COLUMNS[family]
+    columns = columns or FAMILY_TASKS[family]
     rows: dict[str, dict[str, Cell]] = {}
     for method in methods:
         sources = (

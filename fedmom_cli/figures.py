@@ -6,6 +6,8 @@
   with the range over modules, and the leading singular values (Figure 5).
 - fig6_rank_<task>: accuracy against LoRA rank, where runs differ only in rank (Figure 6).
 - bytes_<task>: bytes per client per round (up + down) per method (Appendix C).
+- seeds_<task>: where methods have several seeds, the validation (else training) loss per round:
+  the mean over seeds as a line, the range over seeds (min to max) as a band.
 """
 
 from __future__ import annotations
@@ -97,11 +99,44 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
         ax.legend(fontsize=8)
         written += _save(fig, folder, f"bytes_{task}")
 
+        if any(len({r.config.get("seed") for r in main if r.config["method"] == m}) > 1 for m in methods):
+            written += _seed_bands(main, methods, folder, task, "val_loss" if has_val else "loss")
+
         fm = [r for r in main if r.config["method"] == "fedmomentum"]
         if fm:
             written += _components(fm, folder, task)
         written += _rank_figure(group, folder, task)
     return written
+
+
+def _seed_bands(main: list[Run], methods: list[str], folder: Path, task: str, key: str) -> list[Path]:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in methods:
+        by_round = defaultdict(list)
+        for r in main:
+            if r.config["method"] == m:
+                for rec in r.metrics:
+                    if rec.get(key) is not None:
+                        by_round[rec["round"]].append(rec[key])
+        rounds = sorted(by_round)
+        x = [t + 1 for t in rounds]
+        line = ax.plot(x, [statistics.fmean(by_round[t]) for t in rounds], label=NAMES[m], **_style(m))[0]
+        ax.fill_between(
+            x,
+            [min(by_round[t]) for t in rounds],
+            [max(by_round[t]) for t in rounds],
+            color=line.get_color(),
+            alpha=0.12,
+        )
+    what = "validation loss (global model)" if key == "val_loss" else "training loss (mean over clients)"
+    seeds = sorted({r.config.get("seed") for r in main})
+    ax.set(
+        xlabel="communication round", ylabel=what, title=f"{what.split(' (')[0]} over seeds {seeds} ({task})"
+    )
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, folder, f"seeds_{task}")
 
 
 def _components(runs: list[Run], folder: Path, task: str) -> list[Path]:

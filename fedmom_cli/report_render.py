@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedmom_cli.errors import UserError
+from fedmom_cli.paired import paired_markdown
 from fedmom_cli.report import COLUMNS, DASH, NAMES, Cell, Table, marks
 
 HEADERS = {
@@ -119,6 +120,7 @@ def run(
         "",
     ]
     parts += [markdown(t, compare_paper) for t in tables]
+    parts += paired_markdown(runs)
     if figures:
         from fedmom_cli import figures as fig
 

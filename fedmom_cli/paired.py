@@ -1,0 +1,96 @@
+"""Paired comparisons across seeds for `fedmom report`. Reads result files only; imports no torch.
+
+Within one task and setting group, runs of the same seed share their partition and data order, so
+the difference between two methods *at the same seed* removes the seed's own luck. For every method
+and every quantity (final training loss, final and best validation loss, each evaluated benchmark)
+the table shows, against a reference method (FedMomentum):
+
+    mean ± std of d_s = value(method, seed s) - value(reference, seed s)   [k/n]
+
+over the n seeds where both runs are finished, and k = the number of those seeds in which the method
+is *better* than the reference (lower loss, higher accuracy). With n = 1 there is no std; a table is
+only drawn where some method has n >= 2. Accuracy differences are in percentage points.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from fedmom_cli.report import COLUMNS, DASH, NAMES, Run, _metric_groups
+
+REFERENCE = "fedmomentum"
+LOSSES = {
+    "train": ("Final training loss", lambda r: r.metrics[-1].get("loss")),
+    "val": ("Final validation loss", lambda r: r.metrics[-1].get("val_loss")),
+    "best_val": (
+        "Best validation loss",
+        lambda r: min(vs) if (vs := [m.get("val_loss") for m in r.metrics]) and None not in vs else None,
+    ),
+}
+
+
+@dataclass
+class Paired:
+    diffs: list[float]
+    better: int  # seeds in which the method beats the reference
+
+    def text(self, digits: int) -> str:
+        if not self.diffs:
+            return DASH
+        mean = round(statistics.fmean(self.diffs), digits) + 0.0  # + 0.0: no "-0.0000"
+        spread = f" ± {statistics.stdev(self.diffs):.{digits}f}" if len(self.diffs) > 1 else ""
+        return f"{mean:+.{digits}f}{spread} [{self.better}/{len(self.diffs)}]"
+
+
+def _accuracy(task: str):
+    def value(r: Run):
+        entry = ((r.eval or {}).get("tasks") or {}).get(task)
+        return 100 * entry["value"] if entry and entry.get("value") is not None else None
+
+    return value
+
+
+def pair(method_runs: list[Run], reference_runs: list[Run], value, lower_is_better: bool) -> Paired:
+    """Differences method - reference over the seeds both have (with a value)."""
+    ref = {r.config.get("seed"): value(r) for r in reference_runs}
+    diffs, better = [], 0
+    for r in sorted(method_runs, key=lambda r: r.config.get("seed")):
+        mine, theirs = value(r), ref.get(r.config.get("seed"))
+        if mine is None or theirs is None:
+            continue
+        d = mine - theirs
+        diffs.append(d)
+        better += d < 0 if lower_is_better else d > 0
+    return Paired(diffs, better)
+
+
+def paired_markdown(runs: list[Run], reference: str = REFERENCE) -> list[str]:
+    """One markdown table per task and setting group with several seeds of the reference."""
+    out = []
+    for family, label, by_method in _metric_groups(runs):
+        refs = by_method.get(reference, [])
+        if len({r.config.get("seed") for r in refs}) < 2:
+            continue
+        tasks = sorted(
+            {t for rs in by_method.values() for r in rs for t in ((r.eval or {}).get("tasks") or {})}
+        )
+        columns = [(h, f, True, 4) for h, f in LOSSES.values()]
+        columns += [(COLUMNS.get(t, t) + " (pp)", _accuracy(t), False, 2) for t in tasks]
+        heading = "### Paired differences to " + NAMES[reference] + (f" ({label})" if label else "")
+        lines = [heading, "", "| Method | " + " | ".join(c[0] for c in columns) + " |"]
+        lines.append("|---|" + "---|" * len(columns))
+        for method, mine in by_method.items():
+            if method == reference:
+                continue
+            cells = [pair(mine, refs, f, lower).text(d) for _, f, lower, d in columns]
+            lines.append(f"| {NAMES[method]} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            f"*{family}: per seed, the method's value minus {NAMES[reference]}'s at the same seed (same "
+            "partition and data order); mean ± standard deviation over seeds, and [k/n]: the method is "
+            f"better than {NAMES[reference]} (lower loss, higher accuracy) in k of the n paired seeds.*",
+            "",
+        ]
+        out.append("\n".join(lines))
+    return out

@@ -1,0 +1,64 @@
+"""Paired seed differences in `fedmom report`, checked against values computed by hand."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from fedmom_cli import report
+from fedmom_cli.paired import paired_markdown
+
+
+def _run(root, method, seed, val_losses, gsm8k=None):
+    folder = root / "math" / method / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"task": "math", "method": method, "seed": seed}))
+    (folder / "result.json").write_text(json.dumps({"status": "finished"}))
+    lines = [
+        {"round": t, "loss": 1.0 + v, "val_loss": v, "aggregation_seconds": 0, "update_seconds": 0}
+        for t, v in enumerate(val_losses)
+    ]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if gsm8k is not None:
+        tasks = {"gsm8k": {"metric": "exact_match", "value": gsm8k, "stderr": 0.01}}
+        (folder / "eval.json").write_text(json.dumps({"adapter": True, "tasks": tasks}))
+
+
+def test_paired_differences_by_hand(tmp_path):
+    # reference: final val 1.0, 1.2, 1.1; best = final except seed 1 (best 0.9)
+    for seed, vals, acc in [(0, [1.5, 1.0], 0.30), (1, [0.9, 1.2], 0.20), (2, [1.3, 1.1], 0.25)]:
+        _run(tmp_path, "fedmomentum", seed, vals, acc)
+    # fedit: final val 0.9, 1.4, 1.0 -> d = -0.1, +0.2, -0.1: mean 0.0, std 0.1732, better in 2/3
+    for seed, vals, acc in [(0, [1.4, 0.9], 0.35), (1, [1.6, 1.4], 0.22), (2, [1.2, 1.0], 0.31)]:
+        _run(tmp_path, "fedit", seed, vals, acc)
+    # flora: seed 2 missing -> pairs over seeds 0 and 1 only
+    for seed, vals in [(0, [1.2, 1.1]), (1, [1.3, 1.3])]:
+        _run(tmp_path, "flora", seed, vals)
+    runs, _ = report.collect(tmp_path)
+    (text,) = paired_markdown(runs)
+    rows = {
+        line.split(" | ")[0].strip("| "): line.split(" | ")[1:]
+        for line in text.splitlines()
+        if line.startswith("| ") and "---" not in line
+    }
+    header = rows.pop("Method")
+    assert header[:3] == ["Final training loss", "Final validation loss", "Best validation loss"]
+    fedit = rows["FedIT"]
+    assert fedit[0] == "+0.0000 ± 0.1732 [2/3]"  # training loss = 1 + val loss here
+    assert fedit[1] == "+0.0000 ± 0.1732 [2/3]"
+    # best: fedit 0.9, 1.4, 1.0 vs reference 1.0, 0.9, 1.1 -> -0.1, +0.5, -0.1: mean 0.1, std 0.3464
+    assert fedit[2] == "+0.1000 ± 0.3464 [2/3]"
+    # GSM8K in points: +5, +2, +6 -> mean 4.33, std 2.08, better in 3/3
+    assert fedit[3].rstrip(" |") == "+4.33 ± 2.08 [3/3]"
+    flora = rows["FLoRA"]
+    # final val 1.1, 1.3 vs 1.0, 1.2 -> +0.1, +0.1: never better; no eval -> dash
+    assert flora[1] == "+0.1000 ± 0.0000 [0/2]"
+    assert flora[3].rstrip(" |") == "–"
+
+
+def test_no_paired_table_with_one_seed(tmp_path):
+    _run(tmp_path, "fedmomentum", 0, [1.0])
+    _run(tmp_path, "fedit", 0, [1.1])
+    runs, _ = report.collect(tmp_path)
+    assert paired_markdown(runs) == []

@@ -6,6 +6,8 @@
   with the range over modules, and the leading singular values (Figure 5).
 - fig6_rank_<task>: accuracy against LoRA rank, where runs differ only in rank (Figure 6).
 - bytes_<task>: bytes per client per round (up + down) per method (Appendix C).
+- norms_<task>: the global factors' scale per round (mean row norm of A, mean column norm of B),
+  where runs logged it.
 - seeds_<task>: where methods have several seeds, the validation (else training) loss per round:
   the mean over seeds as a line, the range over seeds (min to max) as a band.
 """
@@ -102,11 +104,35 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
         if any(len({r.config.get("seed") for r in main if r.config["method"] == m}) > 1 for m in methods):
             written += _seed_bands(main, methods, folder, task, "val_loss" if has_val else "loss")
 
+        if any("factor_norms" in m for r in main for m in r.metrics):
+            written += _norms(main, methods, folder, task)
+
         fm = [r for r in main if r.config["method"] == "fedmomentum"]
         if fm:
             written += _components(fm, folder, task)
         written += _rank_figure(group, folder, task)
     return written
+
+
+def _norms(main: list[Run], methods: list[str], folder: Path, task: str) -> list[Path]:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in zip(
+        axes, ("A_row_norm_mean", "B_col_norm_mean"), ("row norm of A", "column norm of B")
+    ):
+        for m in methods:
+            runs_m = [r for r in main if r.config["method"] == m]
+            ax.plot(
+                *_per_round(runs_m, lambda x, k=key: (x.get("factor_norms") or {}).get(k)),
+                label=NAMES[m],
+                **_style(m),
+            )
+        ax.set(
+            xlabel="communication round", ylabel=f"mean {label}", title=f"Global factors: {label} ({task})"
+        )
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, folder, f"norms_{task}")
 
 
 def _seed_bands(main: list[Run], methods: list[str], folder: Path, task: str, key: str) -> list[Path]:

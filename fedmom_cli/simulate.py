@@ -63,6 +63,16 @@ def summarise(stats: dict[str, dict]) -> dict:
     return out
 
 
+def factor_norms(factors: dict[str, LoraFactors]) -> dict:
+    """Scale of the global factors the clients start from: mean over modules of the mean row norm
+    of A (r, in) and of the mean column norm of B (out, r). With a fresh AdamW per round, the size
+    of a step on W = B A grows with these norms, so methods that re-split the factors (FedMomentum's
+    balanced split) change the effective step size; the report can show it."""
+    a = [f.A.float().norm(dim=1).mean().item() for f in factors.values()]
+    b = [f.B.float().norm(dim=0).mean().item() for f in factors.values()]
+    return {"A_row_norm_mean": float(np.mean(a)), "B_col_norm_mean": float(np.mean(b))}
+
+
 class Simulation:
     def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
         from accelerate import Accelerator
@@ -269,6 +279,7 @@ class Simulation:
             "bytes_down_per_client": sent[1] if sent else outcome.bytes_down,
             "stats": summarise(stats),
             "module_stats": stats,
+            "factor_norms": factor_norms(self.global_factors),
             "seconds": seconds,
         }
         start = time.perf_counter()

@@ -256,3 +256,15 @@ def test_validation_loss_is_measured_every_round(tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in TASKS["math"].synthetic(40, 0)))
     with pytest.raises(UserError, match="val_rows > 0 needs val_data"):
         Simulation(smoke_config("fedit", val_rows=4, synthetic=None, data=str(data)), tmp_path)
+
+
+def test_factor_norms_by_hand():
+    from fedmom_cli.adapters import LoraFactors
+    from fedmom_cli.simulate import factor_norms
+
+    A = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]])  # row norms 5, 0 -> 2.5
+    B = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # column norms 1, 2 -> 1.5
+    A2 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # 1, 1 -> 1.0
+    B2 = torch.zeros(2, 2)  # 0
+    out = factor_norms({"m1": LoraFactors(A, B), "m2": LoraFactors(A2, B2)})
+    assert out == {"A_row_norm_mean": 1.75, "B_col_norm_mean": 0.75}

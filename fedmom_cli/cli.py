@@ -557,6 +557,49 @@ def bench_train(
         json_out.write_text(json.dumps(rows, indent=2) + "\n")
 
 
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", show_default=False, help="A finished run folder."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", show_default=False, help="Folder to write (must be new or empty)."
+    ),
+    adapter_only: bool = typer.Option(
+        False, "--adapter-only", help="Write the PEFT adapter alone (refused when the run has a base delta)."
+    ),
+    drop_base_delta: bool = typer.Option(
+        False,
+        "--drop-base-delta",
+        help="With --adapter-only: export the adapter although the run's base delta is not zero "
+        "(the adapter alone is then NOT the trained model).",
+    ),
+    precision: str = typer.Option(
+        None, "--precision", show_default="the run's", help="fp32, bf16 or fp16 weights of the merged model."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier fedmom export in --out."),
+) -> None:
+    """The trained model as a self-contained folder: base + base delta + s B A merged (default),
+    loadable with transformers alone, with tokenizer and model card."""
+    from fedmom_cli import export as exp
+
+    info = exp.export(run_dir, out, adapter_only, drop_base_delta, precision, force)
+    print(f"exported {info['kind']} model of {run_dir} to {out}")
+
+
+@app.command()
+def push(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", show_default=False, help="A finished run folder."),
+    repo: str = typer.Option(..., "--repo", show_default=False, help="Hub repository id, OWNER/NAME."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+    adapter_only: bool = typer.Option(
+        False, "--adapter-only", help="Upload the PEFT adapter instead of the merged model (see export)."
+    ),
+) -> None:
+    """Upload a run's export (merged model, or adapter) with its model card to the Hugging Face Hub."""
+    from fedmom_cli import hub
+
+    print(f"pushed {run_dir} to {hub.push(run_dir, repo, private, adapter_only)}")
+
+
 def main() -> None:
     # transformers' own deprecation notices (raised inside PEFT calls) mean nothing to a user here.
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")

@@ -328,15 +328,25 @@ class Simulation:
         self.round = ckpt["round"]
         return ckpt["record"]
 
+    def _describe_adapter(self, folder: Path, has_delta: bool) -> None:
+        """A real model card instead of PEFT's template, and no machine path in the config."""
+        from fedmom_cli.export import fix_adapter_config, model_card
+
+        fix_adapter_config(folder, self.cfg)
+        result = {"rounds_completed": self.round}
+        kind = "adapter-without-delta" if has_delta else "adapter"
+        (folder / "README.md").write_text(model_card(self.cfg, result, None, kind))
+
     # ---- final outputs --------------------------------------------------------------------------
     def save_outputs(self, save_merged: bool) -> None:
         set_factors(self.modules, self.global_factors)
         tmp = self.run_dir / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.save_pretrained(tmp)
+        deltas = {delta_key(m): d.contiguous() for m, d in self.base.delta.items()}
+        self._describe_adapter(tmp, any(bool(d.abs().max() > 0) for d in deltas.values() if d.numel()))
         shutil.rmtree(self.run_dir / "adapter", ignore_errors=True)
         tmp.rename(self.run_dir / "adapter")
-        deltas = {delta_key(m): d.contiguous() for m, d in self.base.delta.items()}
         save_file(deltas, self.run_dir / ".base_delta.tmp", metadata={"format": "pt"})
         (self.run_dir / ".base_delta.tmp").replace(self.run_dir / "base_delta.safetensors")
         if save_merged:

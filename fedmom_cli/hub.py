@@ -1,0 +1,51 @@
+"""`fedmom push RUN_DIR --repo ID`: share a run's export on the Hugging Face Hub, with its card.
+
+The export (merged model by default, or `--adapter-only`) is written to a temporary folder with
+`fedmom_cli.export.export` and uploaded with `huggingface_hub.HfApi.upload_folder` (one commit).
+Offline (HF_HUB_OFFLINE=1, no token, or no connection) it fails in one line before exporting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from fedmom_cli.errors import UserError
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _check_online():
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise UserError("HF_HUB_OFFLINE is set: cannot push to the Hugging Face Hub offline")
+    from huggingface_hub import HfApi, get_token
+
+    if not get_token():
+        raise UserError("no Hugging Face token: run `hf auth login` or set HF_TOKEN, then push again")
+    api = HfApi()
+    try:
+        api.whoami()
+    except Exception as exc:  # noqa: BLE001 - connection, auth: all mean "cannot push now"
+        raise UserError(
+            f"cannot reach the Hugging Face Hub ({type(exc).__name__}): {str(exc)[:160]}"
+        ) from None
+    return api
+
+
+def push(run_dir: Path, repo: str, private: bool = False, adapter_only: bool = False) -> str:
+    from fedmom_cli import export
+
+    if not REPO_ID.match(repo):
+        raise UserError(f"--repo must look like OWNER/NAME, got {repo!r}")
+    export.read_run(run_dir)  # a finished run, before anything else
+    api = _check_online()
+    with tempfile.TemporaryDirectory(prefix="fedmom-push-") as tmp:
+        out = Path(tmp) / "export"
+        export.export(run_dir, out, adapter_only=adapter_only)
+        api.create_repo(repo, private=private, exist_ok=True)
+        info = api.upload_folder(
+            folder_path=str(out), repo_id=repo, commit_message=f"fedmom export of {run_dir}"
+        )
+    return getattr(info, "commit_url", None) or f"https://huggingface.co/{repo}"

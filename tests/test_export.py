@@ -1,0 +1,191 @@
+"""`fedmom export` / `fedmom push`: the exported model is W_base + delta + s B A, loadable without fedmom."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_main
+from safetensors.torch import load_file
+
+from fedmom_cli import config as cfgmod
+from fedmom_cli import train as tr
+
+LOAD = r"""
+import json, sys, torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+assert "fedmom_cli" not in sys.modules
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+ids = torch.tensor([tok("What is 12 + 30? ### Response:")["input_ids"]])
+with torch.no_grad():
+    logits = model(ids).logits
+save_file({**{k: v.contiguous() for k, v in model.state_dict().items()}, "__logits": logits[0].contiguous(),
+           "__ids": ids[0]}, sys.argv[2])
+print("fedmom_cli" in sys.modules)
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for method in ("flora", "fedit"):
+        cfg = cfgmod.resolve("smoke", "math", {"rounds": 2, "local_steps": 2, "method": method})
+        tr.run(tr.TrainOptions(cfg, out=root / method, progress=False))
+        out[method] = root / method
+    return out
+
+
+def test_merged_export_equals_base_plus_delta_plus_sBA(runs, tmp_path, monkeypatch, capsys):
+    run = runs["flora"]  # FLoRA's whole update lives in the base delta: its adapter's B is 0
+    code, _, err = run_main(
+        monkeypatch, capsys, "export", run, "--out", tmp_path / "exp", "--precision", "fp32"
+    )
+    assert code == 0, err
+    dump = tmp_path / "dump.safetensors"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD, str(tmp_path / "exp"), str(dump)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"  # loaded with transformers alone
+    exported = load_file(dump)
+
+    # Independent reference: the base weights, the run's delta file and adapter tensors, by hand.
+    from fedmom_cli.model import load_base_model, load_tokenizer
+
+    cfg = cfgmod.from_yaml((run / "config.yaml").read_text())
+    base = load_base_model(cfg, load_tokenizer(cfg)).state_dict()
+    delta = load_file(run / "base_delta.safetensors")
+    adapter = load_file(run / "adapter" / "adapter_model.safetensors")
+    acfg = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    s = acfg["lora_alpha"] / acfg["r"]
+    assert delta and any(d.abs().max() > 0 for d in delta.values())
+    checked = 0
+    for key, d in delta.items():
+        name = key.removeprefix("base_model.model.")  # model.layers.0.self_attn.q_proj.weight
+        module = key.removesuffix(".weight")
+        A = adapter[module + ".lora_A.weight"].double()
+        B = adapter[module + ".lora_B.weight"].double()
+        ref = base[name].double() + d.double() + s * (B @ A)
+        rel = (exported[name].double() - ref).norm() / ref.norm()
+        assert rel <= 1e-5, (name, float(rel))
+        checked += 1
+    assert checked == 4  # the smoke tiny Llama: 2 layers x (q_proj, v_proj)
+
+    # The logits equal those of fedmom's in-memory evaluation model (base + delta + adapter).
+    from fedmom_cli.export import load_run
+
+    model, _, _ = load_run(run, "fp32")
+    with torch.no_grad():
+        mine = model(exported["__ids"][None]).logits[0]
+    assert torch.allclose(mine, exported["__logits"], atol=1e-4, rtol=1e-4)
+
+
+def test_run_adapter_has_a_card_and_no_machine_path(runs):
+    acfg = json.loads((runs["flora"] / "adapter" / "adapter_config.json").read_text())
+    assert acfg["base_model_name_or_path"] == "tiny"
+    card = (runs["flora"] / "adapter" / "README.md").read_text()
+    assert "not the trained model" in card and "FLoRA" in card
+    card = (runs["fedit"] / "adapter" / "README.md").read_text()
+    assert "not the trained model" not in card and "FedIT" in card
+
+
+def test_adapter_only_export(runs, tmp_path, monkeypatch, capsys):
+    code, _, _ = run_main(
+        monkeypatch, capsys, "export", runs["fedit"], "--out", tmp_path / "a", "--adapter-only"
+    )
+    assert code == 0
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+    from peft import PeftConfig
+
+    assert PeftConfig.from_pretrained(tmp_path / "a").base_model_name_or_path == "tiny"
+    # FLoRA: refused without --drop-base-delta, written with it
+    code, _, err = run_main(
+        monkeypatch, capsys, "export", runs["flora"], "--out", tmp_path / "b", "--adapter-only"
+    )
+    assert code == 2 and err.startswith("error:") and "not the trained model" in err
+    assert not (tmp_path / "b").exists()
+    code, _, _ = run_main(
+        monkeypatch,
+        capsys,
+        "export",
+        runs["flora"],
+        "--out",
+        tmp_path / "b",
+        "--adapter-only",
+        "--drop-base-delta",
+    )
+    assert code == 0 and "not the trained model" in (tmp_path / "b" / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "case, args, fragment",
+    [
+        ("not a run", ["{tmp}/nope", "--out", "{tmp}/o"], "not a finished fedmom run folder"),
+        ("user folder", ["{fedit}", "--out", "{tmp}/user"], "already exists and is not empty"),
+        ("force on user folder", ["{fedit}", "--out", "{tmp}/user", "--force"], "is not a fedmom export"),
+        ("bad precision", ["{fedit}", "--out", "{tmp}/o", "--precision", "int4"], "--precision"),
+        ("drop without adapter-only", ["{fedit}", "--out", "{tmp}/o", "--drop-base-delta"], "only applies"),
+        ("out is a file", ["{fedit}", "--out", "{tmp}/user/thesis.tex"], "not a folder"),
+    ],
+)
+def test_export_bad_input(runs, tmp_path, monkeypatch, capsys, case, args, fragment):
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "thesis.tex").write_text("precious")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    args = [a.format(tmp=tmp_path, fedit=runs["fedit"]) for a in args]
+    code, _, err = run_main(monkeypatch, capsys, "export", *args)
+    assert code == 2 and err.startswith("error:") and fragment in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "user" / "thesis.tex").read_text() == "precious"
+
+
+def test_export_force_replaces_only_an_earlier_export(runs, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "exp"
+    assert run_main(monkeypatch, capsys, "export", runs["fedit"], "--out", out, "--adapter-only")[0] == 0
+    assert run_main(monkeypatch, capsys, "export", runs["fedit"], "--out", out, "--adapter-only")[0] == 2
+    assert (
+        run_main(monkeypatch, capsys, "export", runs["fedit"], "--out", out, "--adapter-only", "--force")[0]
+        == 0
+    )
+
+
+def test_push_offline_is_one_line(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_main(monkeypatch, capsys, "push", runs["fedit"], "--repo", "me/fedit-smoke")
+    assert code == 2 and err.startswith("error:") and "offline" in err
+    code, _, err = run_main(monkeypatch, capsys, "push", runs["fedit"], "--repo", "not a repo")
+    assert code == 2 and "OWNER/NAME" in err
+
+
+def test_push_uploads_the_export_with_its_card(runs, monkeypatch):
+    """The upload path with huggingface_hub's client replaced by a recorder (no network here)."""
+    from fedmom_cli import hub
+
+    seen = {}
+
+    class FakeApi:
+        def create_repo(self, repo, private, exist_ok):
+            seen["repo"] = (repo, private, exist_ok)
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            seen["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            seen["card"] = (Path(folder_path) / "README.md").read_text()
+
+    monkeypatch.setattr(hub, "_check_online", lambda: FakeApi())
+    hub.push(runs["fedit"], "me/fedit-smoke", private=True, adapter_only=True)
+    assert seen["repo"] == ("me/fedit-smoke", True, True)
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= set(seen["files"])
+    assert "FedIT" in seen["card"]

@@ -32,7 +32,7 @@ def load_tokenizer(cfg: TrainConfig):
         return tiny_tokenizer()
     from transformers import AutoTokenizer
 
-    name = models.resolve(cfg.tokenizer or cfg.model)
+    name = source(cfg.tokenizer or cfg.model)
     tok = _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # Llama-2 has no pad token; padded positions are masked anyway
@@ -42,14 +42,28 @@ def load_tokenizer(cfg: TrainConfig):
 HINT = "use --recipe smoke (the tiny offline model) or --model PATH to a local model folder"
 
 
+def source(name: str) -> str:
+    """Where to load `name` from, following the Hub libraries' rules: a fedmom short name -> its
+    prepared folder; a local folder as is; a Hub id -> itself while the Hub is reachable, else the
+    snapshot in the Hugging Face cache (HF_HOME / HF_HUB_CACHE), loaded with no network at all."""
+    name = models.resolve(name)
+    if name == "tiny" or Path(name).exists() or _hub_reachable():
+        return name
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or not a valid id): the caller's one-line error
+        return name
+
+
 def check_model_source(cfg: TrainConfig) -> None:
     """Fail in seconds, before any data is loaded, when the model cannot be had."""
     for what, name in (("model", cfg.model), ("tokenizer", cfg.tokenizer)):
-        if name:
-            name = models.resolve(name)
-        if name and name != "tiny" and not Path(name).exists() and not _hub_reachable():
+        if name and name != "tiny" and not Path(source(name)).exists() and not _hub_reachable():
             raise UserError(
-                f"cannot load {what} {name!r}: no such local folder and the Hub is not reachable; {HINT}"
+                f"cannot load {what} {name!r}: no such local folder, not in the Hugging Face cache, and "
+                f"the Hub is not reachable; {HINT}"
             )
 
 
@@ -84,7 +98,7 @@ def load_base_model(cfg: TrainConfig, tokenizer):
     from transformers import AutoModelForCausalLM
 
     return _from_pretrained(
-        AutoModelForCausalLM.from_pretrained, models.resolve(cfg.model), "model", dtype=dtype
+        AutoModelForCausalLM.from_pretrained, source(cfg.model), "model", dtype=dtype
     )
 
 

@@ -270,6 +270,12 @@ def train(
         "--set target_modules=q_proj,v_proj --set lr_schedule=cosine.",
     ),
     save_merged: bool = typer.Option(False, "--save-merged", help="Also save the merged full model."),
+    report_to: str = typer.Option(
+        None,
+        "--report-to",
+        show_default="the recipe's report_to, else none",
+        help="Experiment tracking: tensorboard (RUN_DIR/tensorboard), wandb, mlflow or none.",
+    ),
     engine: str = typer.Option(
         "sequential",
         "--engine",
@@ -313,6 +319,7 @@ def train(
             save_merged=save_merged,
             progress=progress,
             engine=engine,
+            report_to=report_to or cfgmod.recipe_report_to(recipe or task or "math"),
         )
     )
     console.print(
@@ -451,6 +458,12 @@ def sweep(
         show_default="bars on a terminal",
         help="Progress bars, or plain log lines.",
     ),
+    report_to: str = typer.Option(
+        None,
+        "--report-to",
+        show_default="the recipe's report_to, else none",
+        help="Experiment tracking: tensorboard (RUN_DIR/tensorboard), wandb, mlflow or none.",
+    ),
 ) -> None:
     """Train, evaluate and report every cell of a recipe's grid; resumes where it stopped."""
     from fedmom_cli import config as cfgmod
@@ -465,6 +478,7 @@ def sweep(
         cfgmod.parse_set(set_ or []),
         progress,
         log=lambda line: console.print(line, soft_wrap=True, highlight=False),
+        report_to=report_to,
     )
     if text:
         print(text, end="")

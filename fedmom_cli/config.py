@@ -170,9 +170,16 @@ def read_recipe(path: Path) -> dict:
     return data
 
 
+def recipe_report_to(name: str | None) -> str:
+    """A recipe's `report_to` (experiment tracking backend), default none."""
+    value = read_recipe(recipe_path(name)).get("report_to", "none") if name else "none"
+    return str(value) if value is not None else "none"
+
+
 def read_yaml(path: Path) -> dict:
-    """A recipe's training settings (its `sweep:` section, used by `fedmom sweep`, is left out)."""
-    data = {k: v for k, v in read_recipe(path).items() if k != "sweep"}
+    """A recipe's training settings (its `sweep:` section, used by `fedmom sweep`, and the run-level
+    `report_to`, which is no setting of the run, are left out)."""
+    data = {k: v for k, v in read_recipe(path).items() if k not in ("sweep", "report_to")}
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise UserError(f"recipe {path}: unknown key(s) {', '.join(unknown)}")

@@ -151,6 +151,7 @@ def run(
     overrides: dict | None = None,
     progress: bool | None = None,
     log=print,
+    report_to: str | None = None,
 ) -> str | None:
     from fedmom_cli import evaluate as ev
     from fedmom_cli import report_render
@@ -175,7 +176,15 @@ def run(
         if state != "trained":
             log(f"[{i}/{len(cells)}] {cell.run_dir}: training ({state})")
             ensure_partition(cell)
-            tr.run(tr.TrainOptions(cell.config, out=cell.run_dir, resume=True, progress=progress))
+            tr.run(
+                tr.TrainOptions(
+                    cell.config,
+                    out=cell.run_dir,
+                    resume=True,
+                    progress=progress,
+                    report_to=report_to or cfgmod.recipe_report_to(recipe),
+                )
+            )
         if eval_tasks != []:
             log(f"[{i}/{len(cells)}] {cell.run_dir}: evaluating")
             ev.run(ev.EvalOptions(run_dir=cell.run_dir, tasks=eval_tasks, data_dir=data_dir))

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import results
+from fedmom_cli import results, tracking
 from fedmom_cli.client import NonFiniteLoss
 from fedmom_cli.config import TrainConfig
 from fedmom_cli.errors import UserError
@@ -27,6 +27,7 @@ class TrainOptions:
     progress: bool | None = None  # None: bars on a terminal, plain lines otherwise
     engine: str = "sequential"  # sequential | flower (not a setting: both give the same run)
     grid: object | None = None  # a deployed Flower ServerApp's grid (engine flower)
+    report_to: str = "none"  # experiment tracking (not a setting: metrics.jsonl is the source of truth)
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -82,6 +83,7 @@ def run(opts: TrainOptions) -> dict:
         require_flower()
         if cfg.clients_per_round not in (None, cfg.clients):
             raise UserError("--engine flower trains every client each round (clients_per_round: null)")
+    tracking.check(opts.report_to)
     action = _prepare(run_dir, cfg, opts.resume, opts.force)
     if action == "done":
         print(f"{run_dir} is already finished (use --force to train it again)")
@@ -126,12 +128,14 @@ def run(opts: TrainOptions) -> dict:
         )
         results.atomic_write_json(run_dir / "result.json", result)
 
+    tracker = tracking.Tracker(opts.report_to, run_dir, cfg, resume=action == "resume")
     try:
         with RoundProgress(cfg.rounds, len(sim.sampled_clients(0)), sim.round, opts.progress) as progress:
 
             def finish_round(record: dict) -> None:
                 records.append(record)
                 results.write_metrics(metrics_path, records)
+                tracker.log_round(record)
                 progress.round_done(record)
                 save("running")
                 progress.round_started(record["round"] + 1)
@@ -151,6 +155,8 @@ def run(opts: TrainOptions) -> dict:
     except KeyboardInterrupt:
         save("interrupted")
         raise
+    finally:
+        tracker.close()
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
     save("finished", finished=_now(), final_loss=records[-1]["loss"] if records else None)
     return result

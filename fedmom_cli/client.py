@@ -95,8 +95,47 @@ def train_client(
     accelerator,
     label: str,
 ) -> ClientStats:
-    """Run `steps` optimizer steps; each step's loss is the mean over its response tokens."""
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    """Run `steps` optimizer steps; each step's loss is the mean over its response tokens.
+
+    The optimizer goes through `accelerator.prepare_optimizer`, so with fp16 on a GPU (a GradScaler)
+    the loss is scaled in `accelerator.backward`, `accelerator.clip_grad_norm_` unscales the gradients
+    before clipping (the norm is that of the true gradients), and a step whose gradients overflowed is
+    skipped by the scaler. `free_memory` drops the accelerator's reference to this client's optimizer.
+    """
+    optimizer = accelerator.prepare_optimizer(
+        torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay), device_placement=False
+    )
+    try:
+        return _steps(
+            model,
+            params,
+            examples,
+            optimizer,
+            steps,
+            batch_size,
+            grad_accum,
+            max_grad_norm,
+            pad_id,
+            accelerator,
+            label,
+        )
+    finally:
+        accelerator.free_memory()
+
+
+def _steps(
+    model,
+    params,
+    examples,
+    optimizer,
+    steps,
+    batch_size,
+    grad_accum,
+    max_grad_norm,
+    pad_id,
+    accelerator,
+    label,
+) -> ClientStats:
     model.train()
     micro = batch_size // grad_accum
     losses, compute = [], 0.0
@@ -127,7 +166,7 @@ def train_client(
                 f"its last checkpoint (try a lower lr)"
             )
         if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            accelerator.clip_grad_norm_(params, max_grad_norm)  # unscales first under a GradScaler
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         compute += time.perf_counter() - start

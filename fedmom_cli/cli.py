@@ -282,6 +282,15 @@ def train(
         help="sequential (all clients in this process) or flower (a Flower app; "
         'needs pip install "fedmom\\[flower]").',
     ),
+    client_cpus: float = typer.Option(
+        1.0, "--client-cpus", help="With --engine flower (simulation): CPU cores Ray reserves per client."
+    ),
+    client_gpus: float = typer.Option(
+        0.0,
+        "--client-gpus",
+        help="With --engine flower (simulation): GPU share per client (fractional, e.g. 0.25 puts four "
+        "clients on one GPU); 0 trains the clients on the CPU.",
+    ),
     progress: bool = typer.Option(
         None,
         "--progress/--no-progress",
@@ -319,6 +328,9 @@ def train(
             save_merged=save_merged,
             progress=progress,
             engine=engine,
+            client_resources=None
+            if (client_cpus, client_gpus) == (1.0, 0.0)
+            else {"num_cpus": client_cpus, "num_gpus": client_gpus},
             report_to=report_to or cfgmod.recipe_report_to(recipe or task or "math"),
         )
     )

@@ -27,6 +27,7 @@ class TrainOptions:
     progress: bool | None = None  # None: bars on a terminal, plain lines otherwise
     engine: str = "sequential"  # sequential | flower (not a setting: both give the same run)
     grid: object | None = None  # a deployed Flower ServerApp's grid (engine flower)
+    client_resources: dict | None = None  # engine flower, simulation: Ray resources per client
     report_to: str = "none"  # experiment tracking (not a setting: metrics.jsonl is the source of truth)
 
 
@@ -72,15 +73,34 @@ def _prepare(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool) -> str:
     return "fresh"
 
 
+def check_client_resources(resources: dict | None) -> None:
+    """Ray waits forever for resources no node has: refuse them before anything starts."""
+    if not resources:
+        return
+    cpus, gpus = resources.get("num_cpus", 1), resources.get("num_gpus", 0.0)
+    if not cpus > 0:
+        raise UserError(f"--client-cpus must be > 0, got {cpus}")
+    if not gpus >= 0 or (gpus > 1 and gpus != int(gpus)):
+        raise UserError(f"--client-gpus must be a fraction in [0, 1] or a whole number, got {gpus}")
+    if gpus > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--client-gpus {gpus}: this machine has no CUDA GPU (Ray would wait forever)")
+
+
 def run(opts: TrainOptions) -> dict:
     cfg = opts.config
     run_dir = Path(opts.out) if opts.out is not None else default_run_dir(cfg)
     if opts.engine not in ("sequential", "flower"):
         raise UserError(f"--engine must be sequential or flower, got {opts.engine!r}")
+    if opts.client_resources and opts.engine != "flower":
+        raise UserError("--client-cpus / --client-gpus apply to --engine flower only")
     if opts.engine == "flower":
         from fedmom_cli.flower_engine import require_flower
 
         require_flower()
+        check_client_resources(opts.client_resources)
         if cfg.clients_per_round not in (None, cfg.clients):
             raise UserError("--engine flower trains every client each round (clients_per_round: null)")
     tracking.check(opts.report_to)
@@ -144,7 +164,9 @@ def run(opts: TrainOptions) -> dict:
             if opts.engine == "flower":
                 from fedmom_cli import flower_engine
 
-                flower_engine.run(sim, sim.round, finish_round, grid=opts.grid)
+                flower_engine.run(
+                    sim, sim.round, finish_round, grid=opts.grid, client_resources=opts.client_resources
+                )
             else:
                 for t in range(sim.round, cfg.rounds):
                     finish_round(sim.run_round(t, progress))

@@ -93,3 +93,24 @@ def test_a_failing_client_fails_the_run_with_its_error(tmp_path):
     assert last.startswith("error: client on node") and "injected fault in client 1" in last
     assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "failed"
     assert not ray_processes().strip()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--engine", "flower", "--client-gpus", "0.5"], "no CUDA GPU"),
+        (["--engine", "flower", "--client-gpus", "-1"], "--client-gpus must be"),
+        (["--engine", "flower", "--client-gpus", "1.5"], "--client-gpus must be"),
+        (["--engine", "flower", "--client-cpus", "0"], "--client-cpus must be > 0"),
+        (["--client-cpus", "2"], "apply to --engine flower only"),
+    ],
+)
+def test_client_resources_refused_before_anything_starts(tmp_path, monkeypatch, capsys, args, fragment):
+    import torch
+    from helpers import run_main
+
+    if torch.cuda.is_available() and "no CUDA GPU" in fragment:
+        pytest.skip("this machine has a GPU")
+    code, _, err = run_main(monkeypatch, capsys, "train", "--recipe", "smoke", "--out", tmp_path / "r", *args)
+    assert code == 2 and err.startswith("error:") and fragment in err
+    assert not (tmp_path / "r").exists()

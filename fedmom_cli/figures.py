@@ -36,9 +36,29 @@ MARKERS = ["o", "s", "^", "v", "D", "x", "+", "*"]
 
 
 def _style(method: str) -> dict:
-    """Distinct line style and marker per method, so that curves that coincide stay visible."""
+    """Distinct line style and hollow marker per method, the later methods thinner and smaller, so
+    that curves which coincide (FedIT and FedEx-LoRA, FedMomentum and w/o residual) stay visible:
+    the earlier curve shows as a wider line and larger marker around the later one."""
     i = list(NAMES).index(method)
-    return {"linestyle": STYLES[i % len(STYLES)], "marker": MARKERS[i % len(MARKERS)], "ms": 4}
+    return {
+        "linestyle": STYLES[i % len(STYLES)],
+        "marker": MARKERS[i % len(MARKERS)],
+        "ms": 9.0 - 0.7 * i,
+        "markerfacecolor": "none",
+        "linewidth": 2.8 - 0.25 * i,
+        "zorder": 2 + i,
+    }
+
+
+def _rounds_axis(ax) -> None:
+    """Communication rounds are whole numbers."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend_outside(ax, **kwargs) -> None:
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
 
 
 def _save(fig, folder: Path, name: str) -> list[Path]:
@@ -79,7 +99,8 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
                 runs_m = [r for r in main if r.config["method"] == m]
                 ax.plot(*_per_round(runs_m, lambda x, k=key: x.get(k)), label=NAMES[m], **_style(m))
             ax.set(xlabel="communication round", ylabel=label, title=f"{label.split(' (')[0]} ({task})")
-            ax.legend(fontsize=8)
+            _rounds_axis(ax)
+        _legend_outside(axes[0][-1])
         written += _save(fig, folder, f"fig4_loss_{task}")
 
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -98,7 +119,8 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
             yscale="log",
             title=f"Communication per round ({task})",
         )
-        ax.legend(fontsize=8)
+        _rounds_axis(ax)
+        _legend_outside(ax)
         written += _save(fig, folder, f"bytes_{task}")
 
         if any(len({r.config.get("seed") for r in main if r.config["method"] == m}) > 1 for m in methods):
@@ -130,8 +152,8 @@ def _norms(main: list[Run], methods: list[str], folder: Path, task: str) -> list
         ax.set(
             xlabel="communication round", ylabel=f"mean {label}", title=f"Global factors: {label} ({task})"
         )
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        _rounds_axis(ax)
+    _legend_outside(axes[1])
     return _save(fig, folder, f"norms_{task}")
 
 
@@ -160,14 +182,14 @@ def _seed_bands(main: list[Run], methods: list[str], folder: Path, task: str, ke
     ax.set(
         xlabel="communication round", ylabel=what, title=f"{what.split(' (')[0]} over seeds {seeds} ({task})"
     )
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _rounds_axis(ax)
+    _legend_outside(ax)
     return _save(fig, folder, f"seeds_{task}")
 
 
 def _components(runs: list[Run], folder: Path, task: str) -> list[Path]:
     plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"wspace": 0.55})
     rounds, major = _per_round(runs, lambda m: m["stats"].get("r_mean"))
     _, residual = _per_round(runs, lambda m: m["stats"].get("s_res_mean"))
     _, low = _per_round(runs, lambda m: min(s["s_res"] for s in m["module_stats"].values()))
@@ -176,7 +198,8 @@ def _components(runs: list[Run], folder: Path, task: str) -> list[Path]:
     a.plot(rounds, residual, label="residual components (mean s_res)")
     a.fill_between(rounds, low, high, alpha=0.2, label="s_res range over modules")
     a.set(xlabel="communication round", ylabel="components", title="FedMomentum components")
-    a.legend(fontsize=8)
+    _rounds_axis(a)
+    a.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     k = max(len(s["singular_values"]) for r in runs for m in r.metrics for s in m["module_stats"].values())
     for j in range(min(k, 8)):
         rounds_j, sigma = _per_round(
@@ -188,11 +211,12 @@ def _components(runs: list[Run], folder: Path, task: str) -> list[Path]:
         b.plot(rounds_j, sigma, label=f"σ{j + 1}")
     b.set(
         xlabel="communication round",
-        ylabel="singular value (mean over modules)",
+        ylabel="singular value\n(mean over modules)",
         title="Leading singular values",
         yscale="log",
     )
-    b.legend(fontsize=7, ncol=2)
+    _rounds_axis(b)
+    _legend_outside(b)
     return _save(fig, folder, f"fig5_components_{task}")
 
 
@@ -222,5 +246,5 @@ def _rank_figure(group: list[Run], folder: Path, task: str) -> list[Path]:
         ranks = sorted(points)
         ax.plot(ranks, [statistics.fmean(points[k]) for k in ranks], label=NAMES[m], **_style(m))
     ax.set(xlabel="LoRA rank", ylabel=f"{column} (%)", xscale="log", title=f"Accuracy vs rank ({task})")
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     return _save(fig, folder, f"fig6_rank_{task}")

@@ -171,6 +171,20 @@ class BaseWeights:
         d = delta.detach().to("cpu", torch.float32)
         self.delta[name] = self.delta[name] + d if name in self.delta else d.clone()
 
+    def rounding_loss(self, name: str, delta: torch.Tensor, dtype: torch.dtype) -> float | None:
+        """How much of this round's `delta` the weights of `dtype` fail to show, relative:
+        ||(cast(W0 + D + d) - cast(W0 + D)) - d|| / ||d|| (0: all of it arrives; 1: none of it).
+        None in float32, where nothing is lost beyond float32 rounding."""
+        if dtype == torch.float32:
+            return None
+        d = delta.detach().to("cpu", torch.float32)
+        norm = float(d.norm())
+        if norm == 0.0:
+            return 0.0
+        before = self.effective(name)
+        shown = (before + d).to(dtype).float() - before.to(dtype).float()
+        return float((shown - d).norm()) / norm
+
     @torch.no_grad()
     def apply(self, modules: dict, names=None) -> None:
         """Set weight = original + accumulated delta (cast once) for the given modules."""

@@ -252,14 +252,22 @@ class Simulation:
         start = time.perf_counter()
         self.last_outcome = outcome  # the round's deltas in their own (low-rank or dense) form
         with_delta = [m for m, r in outcome.modules.items() if r.delta is not None]
+        dtype = self.modules[next(iter(self.modules))].base_layer.weight.dtype
+        measuring = 0.0  # a diagnostic, not part of the update: kept out of update_seconds
         for m in with_delta:
-            self.base.add(m, outcome.modules[m].delta.to_dense())
+            dense = outcome.modules[m].delta.to_dense()
+            t0 = time.perf_counter()
+            lost = self.base.rounding_loss(m, dense, dtype)  # bf16/fp16 weights may not show it all
+            measuring += time.perf_counter() - t0
+            if lost is not None:
+                outcome.modules[m].stats["delta_lost_to_rounding"] = lost
+            self.base.add(m, dense)
         self.base.apply(self.modules, with_delta)
         self.global_factors = {
             m: LoraFactors(r.factors.A.float(), r.factors.B.float()) for m, r in outcome.modules.items()
         }
         set_factors(self.modules, self.global_factors)
-        seconds["update"] = time.perf_counter() - start
+        seconds["update"] = time.perf_counter() - start - measuring
         self.round = round_idx + 1
         stats = {m: r.stats for m, r in outcome.modules.items()}
         start = time.perf_counter()

@@ -268,3 +268,26 @@ def test_factor_norms_by_hand():
     B2 = torch.zeros(2, 2)  # 0
     out = factor_norms({"m1": LoraFactors(A, B), "m2": LoraFactors(A2, B2)})
     assert out == {"A_row_norm_mean": 1.75, "B_col_norm_mean": 0.75}
+
+
+def test_rounding_loss_by_hand():
+    from fedmom_cli.model import BaseWeights
+
+    class Layer:
+        def __init__(self, w):
+            self.base_layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+            self.base_layer.weight.data = w
+
+    w0 = torch.full((2, 2), 1.0)  # bf16 spacing just above 1.0 is 2**-7
+    base = BaseWeights({"m": Layer(w0.clone())})
+    tiny = torch.full((2, 2), 2.0**-10)  # below half the spacing: bf16 weights do not move at all
+    assert base.rounding_loss("m", tiny, torch.bfloat16) == 1.0
+    exact = torch.full((2, 2), 2.0**-7)  # one spacing: arrives whole
+    assert base.rounding_loss("m", exact, torch.bfloat16) == 0.0
+    assert base.rounding_loss("m", tiny, torch.float32) is None
+    # Accumulated in float32, small deltas are not lost for good: W0 + 4 tiny = 1 + 2**-8 is a tie
+    # and rounds to even (1.0); W0 + 5 tiny rounds up to 1 + 2**-7. The fifth step shows 8 tiny
+    # against the intended 1 tiny: an error of 7 tiny, relative 7.
+    for _ in range(4):
+        base.add("m", tiny)
+    assert base.rounding_loss("m", tiny, torch.bfloat16) == 7.0

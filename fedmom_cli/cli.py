@@ -29,6 +29,8 @@ models_app = typer.Typer(
 bench_app = typer.Typer(help="Benchmarks (timings on this machine; not tests).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
+recipes_app = typer.Typer(help="The recipes that ship with fedmom: list, show, copy.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
 
 console = Console(stderr=True)
 
@@ -624,6 +626,38 @@ def push(
     from fedmom_cli import hub
 
     print(f"pushed {run_dir} to {hub.push(run_dir, repo, private, adapter_only)}")
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """Every shipped recipe with its first comment line."""
+    from fedmom_cli import recipebook
+
+    for name in recipebook.names():
+        print(f"{name:<20} {recipebook.describe(name)}")
+
+
+@recipes_app.command("show")
+def recipes_show(
+    name: str = typer.Argument(..., metavar="NAME", show_default=False, help="A recipe name."),
+) -> None:
+    """Print a recipe."""
+    from fedmom_cli import recipebook
+
+    print(recipebook.path(name).read_text(), end="")
+
+
+@recipes_app.command("copy")
+def recipes_copy(
+    name: str = typer.Argument(..., metavar="NAME", show_default=False, help="A recipe name."),
+    dest: Path = typer.Argument(
+        ..., metavar="DEST", show_default=False, help="A file or an existing folder."
+    ),
+) -> None:
+    """Copy a recipe to start your own (never overwrites); then `fedmom train --recipe DEST`."""
+    from fedmom_cli import recipebook
+
+    print(f"wrote {recipebook.copy(name, dest)}")
 
 
 def main() -> None:

@@ -20,7 +20,9 @@ import yaml
 
 from fedmom_cli.errors import UserError
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+# Recipes ship inside the package (package data), so a wheel or a site install has every one;
+# the repository's top-level recipes/ is a link to this folder.
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,48 @@
+"""`fedmom recipes list | show NAME | copy NAME DEST`: the recipes that ship inside the package.
+
+Recipes are package data (`fedmom_cli/recipes/`, read through importlib.resources), so a wheel or
+a site install has every one. `copy` writes a recipe as a starting point for your own (then
+`fedmom train --recipe ./my.yaml`); as torchtune's `tune cp`, it never overwrites a file.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from fedmom_cli.errors import UserError
+
+
+def root() -> Path:
+    return Path(str(resources.files("fedmom_cli").joinpath("recipes")))
+
+
+def names() -> list[str]:
+    base = root()
+    return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml"))
+
+
+def describe(name: str) -> str:
+    """The recipe's first comment line (every shipped recipe opens with what it reproduces)."""
+    first = (root() / f"{name}.yaml").read_text().splitlines()[0]
+    return first.lstrip("# ").strip()
+
+
+def path(name: str) -> Path:
+    p = root() / f"{name}.yaml"
+    if name not in names():
+        raise UserError(f"no shipped recipe {name!r} (known: {', '.join(names())})")
+    return p
+
+
+def copy(name: str, dest: Path) -> Path:
+    src = path(name)
+    dest = Path(dest)
+    if dest.is_dir():
+        dest = dest / src.name
+    if dest.exists():
+        raise UserError(f"{dest} already exists; recipes copy never overwrites a file")
+    if not dest.parent.is_dir():
+        raise UserError(f"folder {dest.parent} does not exist")
+    dest.write_text(src.read_text())
+    return dest

@@ -87,15 +87,21 @@ def _hub_reachable() -> bool:
 
 
 def load_hub(task: Task) -> list[dict]:
+    """The task's Hub dataset; offline (HF_HUB_OFFLINE=1 or no connection) `datasets` still loads a
+    copy prepared earlier in its cache, as the Hub libraries do: only a truly absent one is an error."""
     hint = f"pass --data PATH with a local JSON/JSONL/parquet copy of {task.hub_id}"
-    if not _hub_reachable():
-        raise UserError(f"the Hugging Face Hub is not reachable (offline) to load {task.hub_id}; {hint}")
+    online = _hub_reachable()
     import datasets
+    from huggingface_hub.utils import logging as hub_logging
 
+    if not online:  # the libraries' retry notices are no news to a user told to go offline
+        hub_logging.set_verbosity_error()
+        datasets.logging.set_verbosity_error()
     try:
         return list(datasets.load_dataset(task.hub_id, split=task.split))
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot load {task.hub_id} from the Hub ({type(exc).__name__}); {hint}") from None
+        where = "from the Hub" if online else "(the Hub is not reachable and it is not in the datasets cache)"
+        raise UserError(f"cannot load {task.hub_id} {where} ({type(exc).__name__}); {hint}") from None
 
 
 def load_rows(task: Task, data: Path | None = None, synthetic: int | None = None, seed: int = 0) -> Rows:

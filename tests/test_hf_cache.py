@@ -55,3 +55,14 @@ def test_absent_hub_model_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error:") and "not in the Hugging Face cache" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_hub_dataset_not_cached_is_one_line(tmp_path, monkeypatch, capsys):
+    from helpers import run_main
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "ds"))
+    code, _, err = run_main(
+        monkeypatch, capsys, "train", "--recipe", "smoke", "--set", "synthetic=null", "--out", tmp_path / "r"
+    )
+    assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1
+    assert "not in the datasets cache" in err and not (tmp_path / "r").exists()

@@ -1,0 +1,98 @@
+"""The harness inside the sandbox: runs one program and proves to the evaluator that it ran to the end.
+
+Not imported by fedmom: sandbox.py passes this file's text to `python -I -S -c` inside the sandbox,
+with the arguments PROGRAM PROOF RESULT_FD DONE_LINE.
+
+The proof of a completed run is a per-run secret (32 random bytes, hex) in the file PROOF, which the
+evaluator wrote and which nothing in this process reads until the end. An audit hook (PEP 578; it
+cannot be removed once added) lets the file be opened only while this module's own frame stands on
+line DONE_LINE, the line after `exec(program)` returned normally; there, on the event
+"fedmom.done", the hook copies the secret to RESULT_FD and exits 0. The evaluator counts a pass
+only if RESULT_FD carried the secret and the exit status is 0. So an early exit of any kind
+(sys.exit, SystemExit, os._exit, exec, atexit or excepthook hooks, signals, a crash) cannot pass:
+none of them reaches DONE_LINE, and the secret was never in this process's memory to steal.
+
+The hook also refuses what could read the file without it: running another program (exec, spawn,
+subprocess, and the modules that bypass their audit events: ctypes, _posixsubprocess), symbolic and
+hard links, trace functions (which can move a frame to another line), and opening a path-like
+object (whose __fspath__ could answer differently the second time). See docs/sandbox.md for what a
+deliberate program can still do.
+"""
+
+import os
+import sys
+
+me = sys._getframe()  # this module's frame, taken before any program code exists
+program, proof, result_fd, done_line = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+os.closerange(3, result_fd)  # nothing inherited but stdio and the result pipe
+os.closerange(result_fd + 1, 1 << 16)
+
+
+def _guard(me, proof, result_fd, done_line):
+    o_open, o_read, o_write, o_exit, fsdecode = os.open, os.read, os.write, os._exit, os.fsdecode
+    normpath, basename = os.path.normpath, os.path.basename
+    secret_name = basename(proof)
+    refused = frozenset(
+        {
+            "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.fork_exec", "subprocess.Popen",
+            "os.symlink", "os.link", "sys.settrace", "sys.setprofile",
+            "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.call_function",
+        }
+    )  # fmt: skip
+    refused_modules = frozenset(
+        {"ctypes", "_ctypes", "_posixsubprocess", "_testcapi", "_testinternalcapi", "_xxsubinterpreters"}
+    )
+
+    def at_the_end():
+        return me.f_lineno == done_line
+
+    def hook(event, args):
+        if type(event) is not str:
+            raise PermissionError("fedmom sandbox: odd audit event")
+        if event == "fedmom.done":
+            if len(args) == 1 and args[0] is me and at_the_end():
+                fd = o_open(proof, os.O_RDONLY)
+                o_write(result_fd, o_read(fd, 4096))
+                o_exit(0)
+            raise PermissionError("fedmom sandbox: only the harness may report completion")
+        if event in refused:
+            raise PermissionError(f"fedmom sandbox: {event} is not allowed")
+        if event == "import" and args and type(args[0]) is str:
+            if args[0].partition(".")[0] in refused_modules:
+                raise ImportError(f"fedmom sandbox: module {args[0]} is not allowed")
+        elif event == "open" and args:
+            path = args[0]
+            if type(path) is int:
+                return
+            if type(path) is bytes:
+                path = fsdecode(path)
+            elif type(path) is not str:
+                raise PermissionError("fedmom sandbox: open a str or bytes path")
+            if basename(normpath(path)) == secret_name and not at_the_end():
+                raise PermissionError("fedmom sandbox: not readable")
+
+    return hook
+
+
+sys.addaudithook(_guard(me, proof, result_fd, done_line))
+del _guard
+with open(program, encoding="utf-8") as f:
+    source = f.read()
+module = type(sys)("__main__")
+sys.modules["__main__"] = module
+exit_ = os._exit
+try:
+    exec(compile(source, "program.py", "exec"), module.__dict__)
+except BaseException as e:  # noqa: BLE001  the program failed; tell the evaluator how
+    mro = type.__dict__["__mro__"].__get__(type(e))  # no code of the program runs here
+    status = 3 if SystemExit in mro else 4 if AssertionError in mro else 5
+    try:
+        import traceback
+
+        traceback.print_exception(e, limit=-3)
+        sys.stderr.flush()
+    finally:
+        exit_(status)
+else:
+    sys.audit("fedmom.done", me)  # DONE_LINE: the hook writes the proof and exits 0
+exit_(6)  # the hook refused: never a pass

@@ -9,8 +9,7 @@ Isolation, first that works (`isolation()` probes once per process):
   mount namespaces; the root is a read-only tmpfs with read-only /usr, /etc (and the interpreter's
   prefix); fresh size-limited tmpfs on /tmp, /dev/shm and /sandbox (the working folder); no /proc,
   /home, /root, /run, /work; --die-with-parent, --new-session, no nested user namespaces. When fedmom
-  runs as root, bubblewrap itself runs as `nobody` (unprivileged), so the program's processes count
-  against nobody's process limit.
+  runs as root, bubblewrap itself runs unprivileged under a fresh random uid (see `_run_uid`).
 - "namespaces": fedmom's own equivalent (sandbox_setup.py via util-linux `unshare`), for machines
   without bubblewrap.
 - "none": a plain child process with resource limits; only with allow_unsandboxed=True, since a
@@ -58,10 +57,21 @@ class Outcome:
     isolation: str = ""
 
 
-def _drop_to_nobody() -> None:
+def _drop_to(uid: int) -> None:
     os.setgroups([])
-    os.setgid(NOBODY)
-    os.setuid(NOBODY)
+    os.setgid(uid)
+    os.setuid(uid)
+
+
+def _drop_to_nobody() -> None:
+    _drop_to(NOBODY)
+
+
+def _run_uid() -> int | None:
+    """Under root, each run gets its own unused uid (from 2**30 up; no account has one there): the
+    process limit counts per uid and root is exempt from it, so a fork bomb exhausts only its own
+    run's quota, and no run can signal or ptrace another. Without root: None (the user's own uid)."""
+    return (1 << 30) + secrets.randbelow(1 << 30) if os.geteuid() == 0 else None
 
 
 @lru_cache(maxsize=1)
@@ -99,7 +109,7 @@ def _binds(interpreter: str) -> list[str]:
     return [d for d in SYSTEM_DIRS if os.path.lexists(d)] + extra
 
 
-def _limits(memory_mb: int, cpu_seconds: int, nobody: bool):
+def _limits(memory_mb: int, cpu_seconds: int, uid: int | None):
     def apply() -> None:
         os.setsid()
         for limit, value in (
@@ -107,11 +117,11 @@ def _limits(memory_mb: int, cpu_seconds: int, nobody: bool):
             (resource.RLIMIT_CPU, cpu_seconds),
             (resource.RLIMIT_FSIZE, 16 << 20),
             (resource.RLIMIT_CORE, 0),
-            (resource.RLIMIT_NPROC, 256),  # not enforced for root, hence nobody
+            (resource.RLIMIT_NPROC, 256),  # per uid, and not enforced for root: hence _run_uid
         ):
             resource.setrlimit(limit, (value, value))
-        if nobody:
-            _drop_to_nobody()
+        if uid is not None:
+            _drop_to(uid)
 
     return apply
 
@@ -181,7 +191,8 @@ def run_program(
     """Run `code` as a fresh Python program; passed means it ran to its last line (see module doc)."""
     mode = isolation or require_isolation(allow_unsandboxed)
     interpreter = _interpreter(mode)
-    as_nobody = os.geteuid() == 0 and mode in ("bwrap", "none") and interpreter == _nobody_interpreter()
+    uid = _run_uid() if interpreter == _nobody_interpreter() else None
+    drop_first = uid if mode in ("bwrap", "none") else None  # namespaces: dropped inside, after setup
     secret = secrets.token_hex(32).encode()
     result_r, result_w = os.pipe()
     workdir = tempfile.mkdtemp(prefix=f"fedmom-sandbox-{os.getpid()}-")  # also names its processes
@@ -199,9 +210,9 @@ def run_program(
             program, proof = os.path.join(workdir, "program.py"), os.path.join(workdir, "proof")
             prefix = []
             if mode == "namespaces":
-                prefix = _unshare_command(workdir, interpreter)
+                prefix = _unshare_command(workdir, interpreter, uid)
                 program, proof = "/sandbox/program.py", "/run/fedmom/proof"
-            elif as_nobody:
+            elif drop_first is not None:
                 for path in (workdir, program, proof):
                     os.chmod(path, 0o755)
         cmd = [*prefix, interpreter, "-I", "-S", "-c", RUNNER, program, proof, str(result_w), str(DONE_LINE)]
@@ -215,7 +226,7 @@ def run_program(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=opened[1:],
-            preexec_fn=_limits(memory_mb, int(timeout) + 1, as_nobody),
+            preexec_fn=_limits(memory_mb, int(timeout) + 1, drop_first),
         )
         for fd in opened[1:]:
             os.close(fd)
@@ -223,9 +234,9 @@ def run_program(
         try:
             err, result, timed_out = _read_bounded(proc, result_r, time.monotonic() + timeout)
         finally:
-            _kill_group(proc)
-        proc.stdout.close()
-        proc.stderr.close()
+            proc.stdout.close()  # first, so that no writer of the run blocks on a full pipe
+            proc.stderr.close()
+            _kill_group(proc, namespaced=mode != "none")
         return _outcome(proc.returncode, err, result, secret, timed_out, timeout, mode)
     except OSError as exc:
         return Outcome(False, "error", str(exc), mode)
@@ -253,7 +264,33 @@ def _outcome(rc, err: bytes, result: bytes, secret: bytes, timed_out, timeout, m
     return Outcome(False, "failed", detail, mode)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # not a process, or gone
+            continue
+        if int(stat.rsplit(b")", 1)[1].split()[1]) == pid:  # after "pid (comm) state": ppid
+            found.append(int(entry))
+    return found
+
+
+def _kill_group(proc: subprocess.Popen, namespaced: bool) -> None:
+    """Kill the run. With a PID namespace, kill its first process (the child of bwrap or unshare):
+    the kernel then kills everything in the namespace and lets bwrap/unshare reap that process only
+    once the namespace is empty, so when they exit, nothing of the run is left."""
+    if namespaced and proc.poll() is None:
+        for child in _children(proc.pid):
+            try:
+                os.kill(child, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -261,10 +298,10 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _unshare_command(workdir: str, interpreter: str) -> list[str]:
+def _unshare_command(workdir: str, interpreter: str, uid: int | None) -> list[str]:
     cmd = ["unshare", "--fork", "--pid", "--kill-child", "--mount", "--net", "--ipc", "--uts"]
-    mode = "root"
-    if os.geteuid() != 0:
+    mode = str(uid)
+    if uid is None:
         cmd += ["--user", "--map-root-user"]
         mode = "userns"
     setup_python = os.path.realpath(sys.executable)

@@ -8,8 +8,8 @@ the namespace), in new mount, network, IPC and UTS namespaces. It builds a new r
 a small tmpfs holding read-only binds of the system folders (BINDS, colon-separated), /dev/null and
 friends, fresh size-limited tmpfs on /tmp, /var/tmp, /dev/shm and /sandbox (the working folder), and
 the program and the proof file read-only; no /proc, /home, /root, /run or /work. It enters it with
-chroot, then gives up every privilege (MODE "root": become nobody; MODE "userns": enter a further
-user namespace, which holds no capability over these mounts), sets no_new_privs, and execs the
+chroot, then gives up every privilege (MODE a uid: become that uid, with no capabilities; MODE
+"userns": enter a further user namespace, which holds no capability over these mounts), sets no_new_privs, and execs the
 harness (sandbox_runner.py) as INTERPRETER ARGS in a child, passing on its exit status.
 """
 
@@ -23,7 +23,7 @@ MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
 LOCKED = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
           "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}  # fmt: skip
 WRITABLE = {"/tmp": "64m", "/var/tmp": "16m", "/dev/shm": "64m", "/sandbox": "64m"}
-CLONE_NEWUSER, PR_SET_NO_NEW_PRIVS, NOBODY = 0x10000000, 38, 65534
+CLONE_NEWUSER, PR_SET_NO_NEW_PRIVS = 0x10000000, 38
 libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -83,10 +83,10 @@ def build_root(workdir, binds):
 
 
 def give_up_privileges(mode):
-    if mode == "root":
+    if mode.isdigit():
         os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+        os.setgid(int(mode))
+        os.setuid(int(mode))
     elif libc.unshare(CLONE_NEWUSER) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:

@@ -8,7 +8,8 @@ the namespace), in new mount, network, IPC and UTS namespaces. It builds a new r
 a small tmpfs holding read-only binds of the system folders (BINDS, colon-separated), /dev/null and
 friends, fresh size-limited tmpfs on /tmp, /var/tmp, /dev/shm and /sandbox (the working folder), and
 the program and the proof file read-only; no /proc, /home, /root, /run or /work. It enters it with
-chroot, then gives up every privilege (MODE a uid: become that uid, with no capabilities; MODE
+pivot_root and detaches the old root, so nothing outside is left in the mount namespace to escape
+to (chroot where pivot_root's number is not known), then gives up every privilege (MODE a uid: become that uid, with no capabilities; MODE
 "userns": enter a further user namespace, which holds no capability over these mounts), sets no_new_privs, and execs the
 harness (sandbox_runner.py) as INTERPRETER ARGS in a child, passing on its exit status.
 """
@@ -23,7 +24,8 @@ MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
 LOCKED = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
           "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}  # fmt: skip
 WRITABLE = {"/tmp": "64m", "/var/tmp": "16m", "/dev/shm": "64m", "/sandbox": "64m"}
-CLONE_NEWUSER, PR_SET_NO_NEW_PRIVS = 0x10000000, 38
+CLONE_NEWUSER, PR_SET_NO_NEW_PRIVS, MNT_DETACH = 0x10000000, 38, 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -78,7 +80,12 @@ def build_root(workdir, binds):
         keep = sum(LOCKED.get(o, 0) for o in options)
         mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
     os.chdir(root)
-    os.chroot(".")
+    number = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is not None:  # pivot_root(".", "."): the old root ends up on top, then goes
+        if libc.syscall(number, b".", b".") != 0 or libc.umount2(b".", MNT_DETACH) != 0:
+            raise OSError(ctypes.get_errno(), "pivot_root")
+    else:
+        os.chroot(".")
     os.chdir("/sandbox")
 
 

@@ -124,6 +124,11 @@ def hostile(host: Path, port: int) -> dict[str, str]:
         "stops itself": "    import os, signal\n    os.kill(os.getpid(), signal.SIGSTOP)\n" + TAIL,
         "closes its pipes and spins": "    import os\n    os.closerange(0, 256)\n    while True:\n        pass\n",
         "huge allocation": "    x = bytearray(64 * 1024**3)\n" + TAIL,
+        "chroot escape": (
+            "    import os\n    os.makedirs('/tmp/x', exist_ok=True)\n    os.chroot('/tmp/x')\n"
+            "    os.chdir('../../../../..')\n    os.chroot('.')\n"
+            f"    open({str(host / 'escaped.txt')!r}, 'w').write('out')\n" + TAIL
+        ),
     }
 
 
@@ -174,7 +179,8 @@ def test_hostile_completions_all_fail_and_leave_nothing(tmp_path, mode):
     assert passed == [], {n: outcomes[n] for n in passed}
     assert not survivors(), "a process of a finished run is still alive"
     time.sleep(1.7)  # past the moment the daemon would write, had it survived
-    assert not (host / "daemon.txt").exists() and (host / "victim.txt").read_text() == "keep me"
+    assert not (host / "daemon.txt").exists() and not (host / "escaped.txt").exists()
+    assert (host / "victim.txt").read_text() == "keep me"
     for d in ("/tmp", "/var/tmp", "/dev/shm"):
         assert not [p for p in os.listdir(d) if p.startswith(MARK)], d
     assert not Path("/etc/fedmom-hostile").exists()

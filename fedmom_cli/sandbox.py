@@ -346,8 +346,10 @@ def require_isolation(allow_unsandboxed: bool = False) -> str:
         return mode
     if allow_unsandboxed:
         return "none"
+    forced = os.environ.get("FEDMOM_SANDBOX")
+    why = f"FEDMOM_SANDBOX={forced}" if forced else "no working bubblewrap, no user or PID namespaces"
     raise UserError(
-        "cannot isolate generated code here (no working bubblewrap, no user or PID namespaces); "
+        f"cannot isolate generated code here ({why}); "
         "install bubblewrap (apt-get install bubblewrap), or pass --allow-unsandboxed-code to run "
         "it as a plain process that can damage this machine"
     )

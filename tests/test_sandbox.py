@@ -383,3 +383,18 @@ def test_all_164_canonical_humaneval_solutions_pass_via_generations(shared_data,
     assert len(canonical) == 164 and all(canonical) and not any(nothing)
     assert json.loads((tmp_path / "o" / "eval.json").read_text())["tasks"]["humaneval"]["value"] == 0.5
     print(f"328 HumanEval programs scored in {seconds:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", modes())
+def test_a_daemon_that_writes_10_s_later_never_writes(tmp_path, mode):
+    host = tmp_path / "host"
+    host.mkdir(mode=0o777)
+    os.chmod(tmp_path, 0o755)
+    daemon = hostile(host, 1)["double fork + setsid daemon writes a file later"].replace("sleep(1.5)", "sleep(10)")
+    assert "sleep(10)" in daemon
+    assert not codeexec.score_one("humaneval", ADD, daemon, 5.0, isolation=mode).passed
+    assert not survivors()
+    time.sleep(11)
+    assert not (host / "daemon.txt").exists()
+    assert not [p for p in os.listdir("/tmp") if p.startswith(MARK)]

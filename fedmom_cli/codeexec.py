@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedmom_cli import __version__, sandbox
+from fedmom_cli import __version__, sandbox, sandbox_modes
 from fedmom_cli.answers import pass_at_k
 from fedmom_cli.errors import UserError
 
@@ -97,7 +97,9 @@ def read_generations(path: Path, task: str, problems: dict[str, dict]) -> list[t
             )
         key = task_key(task, row["task_id"])
         if key not in problems:
-            raise UserError(f"--generations: {path} line {number}: task_id {row['task_id']!r} is not a {task} task")
+            raise UserError(
+                f"--generations: {path} line {number}: task_id {row['task_id']!r} is not a {task} task"
+            )
         samples.append((key, row["completion"]))
     if not samples:
         raise UserError(f"--generations: {path} holds no completions")
@@ -131,7 +133,10 @@ class GenerationsOptions:
 
 def run_generations(opts: GenerationsOptions) -> dict:
     if len(opts.tasks) != 1 or opts.tasks[0] not in CODE_FILES:
-        raise UserError(f"--generations scores one task at a time: --tasks humaneval or --tasks mbpp, got {','.join(opts.tasks)!r}")
+        raise UserError(
+            "--generations scores one task at a time: --tasks humaneval or --tasks mbpp, "
+            f"got {','.join(opts.tasks)!r}"
+        )
     task = opts.tasks[0]
     if opts.out is None:
         raise UserError("--generations needs --out DIR")
@@ -162,7 +167,7 @@ def run_generations(opts: GenerationsOptions) -> dict:
         "harness": HARNESS,
         "harness_version": __version__,
         "isolation": mode,
-        "isolation_detail": sandbox.describe(mode),
+        "isolation_detail": sandbox_modes.describe(mode),
         "timeout_s": opts.timeout,
         "results": dict(Counter(o.detail.split(":")[0] if not o.passed else "passed" for o in outcomes)),
         "shots": None,

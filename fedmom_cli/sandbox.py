@@ -9,7 +9,7 @@ Isolation, first that works (`isolation()` probes once per process):
   mount namespaces; the root is a read-only tmpfs with read-only /usr, /etc (and the interpreter's
   prefix); fresh size-limited tmpfs on /tmp, /dev/shm and /sandbox (the working folder); no /proc,
   /home, /root, /run, /work; --die-with-parent, --new-session, no nested user namespaces. When fedmom
-  runs as root, bubblewrap itself runs unprivileged under a fresh random uid (see `_run_uid`).
+  runs as root, bubblewrap itself runs unprivileged under a fresh random uid (see `sandbox_modes.run_uid`).
 - "namespaces": fedmom's own equivalent (sandbox_setup.py via util-linux `unshare`), for machines
   without bubblewrap.
 - "none": a plain child process with resource limits; only with allow_unsandboxed=True, since a
@@ -30,21 +30,18 @@ import selectors
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
+from fedmom_cli import sandbox_modes as modes
 from fedmom_cli.errors import UserError
 
 KEEP_BYTES = 1 << 20  # kept of stdout and of stderr each; the rest is read and dropped
-NOBODY = 65534
 ISOLATIONS = ("bwrap", "namespaces", "none")
-SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 RUNNER = resources.files("fedmom_cli").joinpath("sandbox_runner.py").read_text()
-SETUP = resources.files("fedmom_cli").joinpath("sandbox_setup.py").read_text()
 DONE_LINE = next(i for i, line in enumerate(RUNNER.splitlines(), 1) if 'sys.audit("fedmom.done"' in line)
 EXIT_REASON = {3: "early exit", 4: "assertion", 5: "exception", 6: "early exit"}
 
@@ -57,58 +54,6 @@ class Outcome:
     isolation: str = ""
 
 
-def _drop_to(uid: int) -> None:
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
-
-
-def _drop_to_nobody() -> None:
-    _drop_to(NOBODY)
-
-
-def _run_uid() -> int | None:
-    """Under root, each run gets its own unused uid (from 2**30 up; no account has one there): the
-    process limit counts per uid and root is exempt from it, so a fork bomb exhausts only its own
-    run's quota, and no run can signal or ptrace another. Without root: None (the user's own uid)."""
-    return (1 << 30) + secrets.randbelow(1 << 30) if os.geteuid() == 0 else None
-
-
-@lru_cache(maxsize=1)
-def _nobody_interpreter() -> str | None:
-    """A Python that `nobody` may execute (a venv under /root is not one); None if there is none."""
-    candidates = [sys.executable, getattr(sys, "_base_executable", ""), "/usr/bin/python3"]
-    for exe in dict.fromkeys(os.path.realpath(c) for c in candidates if c and os.path.exists(c)):
-        try:
-            proc = subprocess.run(
-                [exe, "-I", "-S", "-c", "import hashlib, math"],
-                capture_output=True,
-                timeout=20,
-                preexec_fn=_drop_to_nobody,
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if proc.returncode == 0:
-            return exe
-    return None
-
-
-def _interpreter(isolation: str) -> str:
-    """The Python that runs programs; under root it must be one that nobody may execute."""
-    if os.geteuid() != 0 or isolation == "none" and _nobody_interpreter() is None:
-        return os.path.realpath(sys.executable)
-    exe = _nobody_interpreter()
-    if exe is None:
-        raise RuntimeError("no Python that the user nobody may execute (install python3)")
-    return exe
-
-
-def _binds(interpreter: str) -> list[str]:
-    prefix = os.path.dirname(os.path.dirname(interpreter))
-    extra = [prefix] if not prefix.startswith(("/usr", "/bin", "/lib")) and prefix != "/" else []
-    return [d for d in SYSTEM_DIRS if os.path.lexists(d)] + extra
-
-
 def _limits(memory_mb: int, cpu_seconds: int, uid: int | None):
     def apply() -> None:
         os.setsid()
@@ -117,29 +62,13 @@ def _limits(memory_mb: int, cpu_seconds: int, uid: int | None):
             (resource.RLIMIT_CPU, cpu_seconds),
             (resource.RLIMIT_FSIZE, 16 << 20),
             (resource.RLIMIT_CORE, 0),
-            (resource.RLIMIT_NPROC, 256),  # per uid, and not enforced for root: hence _run_uid
+            (resource.RLIMIT_NPROC, 256),  # per uid, and not enforced for root: hence run_uid
         ):
             resource.setrlimit(limit, (value, value))
         if uid is not None:
-            _drop_to(uid)
+            modes.drop_to(uid)
 
     return apply
-
-
-def _bwrap_command(interpreter: str, program_fd: int, proof_fd: int) -> list[str]:
-    cmd = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"]
-    cmd += ["--new-session", "--cap-drop", "ALL"]
-    for path in _binds(interpreter):
-        if os.path.islink(path):
-            cmd += ["--symlink", os.readlink(path), path]
-        else:
-            cmd += ["--ro-bind", path, path]
-    cmd += ["--dev", "/dev", "--size", str(64 << 20), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
-    for path, size in (("/tmp", 64), ("/var/tmp", 16), ("/sandbox", 64)):
-        cmd += ["--size", str(size << 20), "--tmpfs", path]
-    cmd += ["--ro-bind-data", str(program_fd), "/sandbox/program.py"]
-    cmd += ["--ro-bind-data", str(proof_fd), "/run/fedmom/proof", "--remount-ro", "/"]
-    return cmd + ["--chdir", "/sandbox", "--setenv", "HOME", "/sandbox", "--setenv", "TMPDIR", "/tmp"]
 
 
 def _memfd(data: bytes) -> int:
@@ -190,8 +119,8 @@ def run_program(
 ) -> Outcome:
     """Run `code` as a fresh Python program; passed means it ran to its last line (see module doc)."""
     mode = isolation or require_isolation(allow_unsandboxed)
-    interpreter = _interpreter(mode)
-    uid = _run_uid() if interpreter == _nobody_interpreter() else None
+    interpreter = modes.interpreter(mode)
+    uid = modes.run_uid() if interpreter == modes.nobody_interpreter() else None
     drop_first = uid if mode in ("bwrap", "none") else None  # namespaces: dropped inside, after setup
     secret = secrets.token_hex(32).encode()
     result_r, result_w = os.pipe()
@@ -200,7 +129,7 @@ def run_program(
     try:
         if mode == "bwrap":
             opened += [_memfd(code.encode()), _memfd(secret)]
-            prefix = _bwrap_command(interpreter, opened[2], opened[3])
+            prefix = modes.bwrap_command(interpreter, opened[2], opened[3])
             program, proof = "/sandbox/program.py", "/run/fedmom/proof"
         else:
             for name, data in (("program.py", code.encode()), ("proof", secret)):
@@ -210,7 +139,7 @@ def run_program(
             program, proof = os.path.join(workdir, "program.py"), os.path.join(workdir, "proof")
             prefix = []
             if mode == "namespaces":
-                prefix = _unshare_command(workdir, interpreter, uid)
+                prefix = modes.unshare_command(workdir, interpreter, uid)
                 program, proof = "/sandbox/program.py", "/run/fedmom/proof"
             elif drop_first is not None:
                 for path in (workdir, program, proof):
@@ -298,21 +227,15 @@ def _kill_group(proc: subprocess.Popen, namespaced: bool) -> None:
     proc.wait()
 
 
-def _unshare_command(workdir: str, interpreter: str, uid: int | None) -> list[str]:
-    cmd = ["unshare", "--fork", "--pid", "--kill-child", "--mount", "--net", "--ipc", "--uts"]
-    mode = str(uid)
-    if uid is None:
-        cmd += ["--user", "--map-root-user"]
-        mode = "userns"
-    setup_python = os.path.realpath(sys.executable)
-    binds = ":".join(_binds(interpreter))
-    return [*cmd, setup_python, "-I", "-S", "-c", SETUP, workdir, mode, binds, "--"]
-
-
-@lru_cache(maxsize=None)
+@cache
 def works(mode: str) -> bool:
     """Whether `mode` runs a trivial program here (and still refuses an early exit)."""
-    if mode == "bwrap" and shutil.which("bwrap") is None or mode == "namespaces" and not shutil.which("unshare"):
+    if (
+        mode == "bwrap"
+        and shutil.which("bwrap") is None
+        or mode == "namespaces"
+        and not shutil.which("unshare")
+    ):
         return False
     try:
         good = run_program("x = 1\n", timeout=20, isolation=mode)
@@ -353,13 +276,3 @@ def require_isolation(allow_unsandboxed: bool = False) -> str:
         "install bubblewrap (apt-get install bubblewrap), or pass --allow-unsandboxed-code to run "
         "it as a plain process that can damage this machine"
     )
-
-
-def describe(mode: str) -> str:
-    """A line for eval.json: which isolation scored the numbers."""
-    if mode == "bwrap":
-        version = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.strip()
-        return f"{version or 'bubblewrap'}: user, pid, net, ipc, uts, mount namespaces; read-only root"
-    if mode == "namespaces":
-        return "fedmom namespaces (util-linux unshare): pid, net, ipc, uts, mount; chroot; read-only root"
-    return "none: a plain process with resource limits (--allow-unsandboxed-code)"

@@ -9,9 +9,10 @@ a small tmpfs holding read-only binds of the system folders (BINDS, colon-separa
 friends, fresh size-limited tmpfs on /tmp, /var/tmp, /dev/shm and /sandbox (the working folder), and
 the program and the proof file read-only; no /proc, /home, /root, /run or /work. It enters it with
 pivot_root and detaches the old root, so nothing outside is left in the mount namespace to escape
-to (chroot where pivot_root's number is not known), then gives up every privilege (MODE a uid: become that uid, with no capabilities; MODE
-"userns": enter a further user namespace, which holds no capability over these mounts), sets no_new_privs, and execs the
-harness (sandbox_runner.py) as INTERPRETER ARGS in a child, passing on its exit status.
+to (chroot where pivot_root's number is not known), then gives up every privilege (MODE a uid:
+become that uid, with no capabilities; MODE "userns": enter a further user namespace, which holds
+no capability over these mounts), sets no_new_privs, and execs the harness (sandbox_runner.py) as
+INTERPRETER ARGS in a child, passing on its exit status.
 """
 
 import ctypes
@@ -75,7 +76,7 @@ def build_root(workdir, binds):
         touch(root + dst)
         mount(os.path.join(workdir, src), root + dst, None, MS_BIND)
     for point, options in mounts_under(root):
-        if point[len(root):] in WRITABLE:
+        if point[len(root) :] in WRITABLE:
             continue
         keep = sum(LOCKED.get(o, 0) for o in options)
         mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -63,8 +62,8 @@ def hostile(host: Path, port: int) -> dict[str, str]:
             "    s = os.read(os.open('proof', os.O_RDONLY, dir_fd=d), 999)\n" + send_proof
         ),
         "symlink to the proof": (
-            "    import os\n    os.symlink('/run/fedmom/proof', '/tmp/p')\n    s = open('/tmp/p', 'rb').read()\n"
-            + send_proof
+            "    import os\n    os.symlink('/run/fedmom/proof', '/tmp/p')\n"
+            "    s = open('/tmp/p', 'rb').read()\n" + send_proof
         ),
         "cat the proof": (
             "    import subprocess, os\n    s = subprocess.run(['cat', '/run/fedmom/proof'], "
@@ -73,7 +72,8 @@ def hostile(host: Path, port: int) -> dict[str, str]:
         "ctypes": "    import ctypes\n    ctypes.CDLL(None).exit(0)\n",
         "_posixsubprocess": "    import _posixsubprocess\n" + TAIL,
         "program, argv, environ and fds as proof": (
-            "    import os, sys\n    s = (open(__file__ if '__file__' in globals() else '/sandbox/program.py', 'rb')"
+            "    import os, sys\n"
+            "    s = (open(__file__ if '__file__' in globals() else '/sandbox/program.py', 'rb')"
             ".read() + ' '.join(sys.argv).encode() + repr(dict(os.environ)).encode())\n"
             "    for fd in range(3, 256):\n        try:\n            s += os.read(fd, 4096)\n"
             "        except OSError:\n            pass\n" + send_proof
@@ -91,7 +91,8 @@ def hostile(host: Path, port: int) -> dict[str, str]:
         "garbage on every fd": "    import os\n    s = b'0' * 64\n" + send_proof,
         "double fork + setsid daemon writes a file later": (
             "    import os, time\n    if os.fork() == 0:\n        os.setsid()\n        if os.fork() == 0:\n"
-            f"            time.sleep(1.5)\n            open({str(host / 'daemon.txt')!r}, 'w').write('late')\n"
+            "            time.sleep(1.5)\n"
+            f"            open({str(host / 'daemon.txt')!r}, 'w').write('late')\n"
             f"            open('/tmp/{MARK}-daemon', 'w').write('late')\n" + TAIL
         ),
         "fork bomb (bounded)": (
@@ -114,7 +115,8 @@ def hostile(host: Path, port: int) -> dict[str, str]:
             "    import socket\n    s = socket.socket(socket.AF_UNIX)\n"
             f"    s.connect('\\0{MARK}')\n    s.send(b'hi')\n" + TAIL
         ),
-        "tcp to the host": f"    import socket\n    socket.create_connection(('127.0.0.1', {port}), 2)\n" + TAIL,
+        "tcp to the host": f"    import socket\n    socket.create_connection(('127.0.0.1', {port}), 2)\n"
+        + TAIL,
         "kill -9 of the parent": "    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n" + TAIL,
         "kill -9 of everything": "    import os, signal\n    os.kill(-1, signal.SIGKILL)\n" + TAIL,
         "setrlimit back up": (
@@ -122,7 +124,8 @@ def hostile(host: Path, port: int) -> dict[str, str]:
             "    resource.setrlimit(resource.RLIMIT_CPU, (inf, inf))\n    while True:\n        pass\n"
         ),
         "stops itself": "    import os, signal\n    os.kill(os.getpid(), signal.SIGSTOP)\n" + TAIL,
-        "closes its pipes and spins": "    import os\n    os.closerange(0, 256)\n    while True:\n        pass\n",
+        "closes its pipes and spins": "    import os\n    os.closerange(0, 256)\n    while True:\n"
+        "        pass\n",
         "huge allocation": "    x = bytearray(64 * 1024**3)\n" + TAIL,
         "chroot escape": (
             "    import os\n    os.makedirs('/tmp/x', exist_ok=True)\n    os.chroot('/tmp/x')\n"
@@ -173,7 +176,12 @@ def test_hostile_completions_all_fail_and_leave_nothing(tmp_path, mode):
     assert len(cases) >= 25
     with ThreadPoolExecutor(4) as pool:
         outcomes = dict(
-            zip(cases, pool.map(lambda c: codeexec.score_one("humaneval", ADD, c, 2.0, isolation=mode), cases.values()))
+            zip(
+                cases,
+                pool.map(
+                    lambda c: codeexec.score_one("humaneval", ADD, c, 2.0, isolation=mode), cases.values()
+                ),
+            )
         )
     passed = [name for name, o in outcomes.items() if o.passed]
     assert passed == [], {n: outcomes[n] for n in passed}
@@ -230,7 +238,7 @@ FLOOD_MB = 300
 def test_evaluator_memory_stays_bounded_during_a_300_mb_flood(mode):
     code = (
         "import resource, sys\nfrom fedmom_cli import sandbox\n"
-        f"o = sandbox.run_program('import sys\\nb = \"x\" * (1 << 20)\\nfor _ in range({FLOOD_MB}):\\n"
+        f'o = sandbox.run_program(\'import sys\\nb = "x" * (1 << 20)\\nfor _ in range({FLOOD_MB}):\\n'
         f"    sys.stderr.write(b)\\n    sys.stdout.write(b)\\n', timeout=60, isolation={mode!r})\n"
         "print(o.passed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
@@ -288,12 +296,18 @@ def test_pass_at_k_of_several_samples_equals_brute_force(tmp_path):
     assert saved["value"] == saved["pass_at_k"]["pass@1"] and "pass@100" not in saved["pass_at_k"]
     assert saved["n"] == 3 and saved["completions"] == 36 and saved["harness"] == "fedmom sandbox"
     assert saved["isolation"] in ("bwrap", "namespaces")
-    samples = [json.loads(x) for x in (tmp_path / "out" / "eval_samples" / "humaneval.jsonl").read_text().splitlines()]
+    samples = [
+        json.loads(x)
+        for x in (tmp_path / "out" / "eval_samples" / "humaneval.jsonl").read_text().splitlines()
+    ]
     assert len(samples) == 36 and sum(s["passed"] for s in samples) == sum(right)
     assert {s["result"] for s in samples} == {"passed", "assertion: AssertionError"}
     assert {(s["task_id"], s["completion"], s["passed"]) for s in samples} == {
-        (t, r["canonical_solution"] if ok else "    return x - 1\n", ok) for r in rows for t, v in truth.items()
-        if t == r["task_id"] for ok in v
+        (t, r["canonical_solution"] if ok else "    return x - 1\n", ok)
+        for r in rows
+        for t, v in truth.items()
+        if t == r["task_id"]
+        for ok in v
     }
     assert all(set(s) >= {"task_id", "completion", "passed", "result"} for s in samples)
 
@@ -303,7 +317,8 @@ def test_pass_at_k_of_several_samples_equals_brute_force(tmp_path):
     [
         ("", "holds no completions"),
         ("\n\n", "holds no completions"),
-        ('{"task_id": "HumanEval/0", "completion": "    return x\\n"}\n{"task_id": "HumanEval/9", "completion": ""}\n',
+        ('{"task_id": "HumanEval/0", "completion": "    return x\\n"}\n'
+         '{"task_id": "HumanEval/9", "completion": ""}\n',
          "line 2: task_id 'HumanEval/9' is not a humaneval task"),
         ('{"task_id": "HumanEval/0", "completion": "x"', "line 1 is not JSON"),
         ('{"task_id": "HumanEval/0"}\n', "line 1 needs an object with task_id and completion"),
@@ -336,22 +351,30 @@ def test_generations_bad_options(tmp_path):
         (base[:4] + ["--tasks", "humaneval"], "needs --out"),
     ]:  # fmt: skip
         proc = eval_cli(*args)
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, (args, proc.stderr)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, (
+            args,
+            proc.stderr,
+        )
         assert not (tmp_path / "out").exists()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), FEDMOM_SANDBOX="none")
-    proc = subprocess.run([sys.executable, "-m", "fedmom_cli", "eval", *map(str, base), "--tasks", "humaneval"],
+    cmd = [sys.executable, "-m", "fedmom_cli", "eval", *map(str, base), "--tasks", "humaneval"]
+    proc = subprocess.run(cmd,
                           capture_output=True, text=True, env=env)  # fmt: skip
-    assert proc.returncode == 2 and "--allow-unsandboxed-code" in proc.stderr and not (tmp_path / "out").exists()
-    proc = subprocess.run([sys.executable, "-m", "fedmom_cli", "eval", *map(str, base), "--tasks", "humaneval",
+    assert (
+        proc.returncode == 2 and "--allow-unsandboxed-code" in proc.stderr and not (tmp_path / "out").exists()
+    )
+    proc = subprocess.run([*cmd,
                            "--allow-unsandboxed-code"], capture_output=True, text=True, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((tmp_path / "out" / "eval.json").read_text())["tasks"]["humaneval"]["isolation"] == "none"
+    assert (
+        json.loads((tmp_path / "out" / "eval.json").read_text())["tasks"]["humaneval"]["isolation"] == "none"
+    )
 
 
 def test_mbpp_ids_and_setup_code(tmp_path):
     (tmp_path / "data" / "mbpp").mkdir(parents=True)
     row = {"task_id": 11, "text": "Double x.", "code": "def dbl(x):\n    return 2 * x",
-           "test_list": ["assert dbl(K) == 6"], "test_setup_code": "K = 3", "challenge_test_list": []}  # fmt: skip
+           "test_list": ["assert dbl(K) == 6"], "test_setup_code": "K = 3"}  # fmt: skip
     (tmp_path / "data" / "mbpp" / "mbpp.jsonl").write_text(json.dumps(row) + "\n")
     lines = [{"task_id": t, "completion": row["code"]} for t in (11, "11", "Mbpp/11")]
     lines.append({"task_id": 11, "completion": "def dbl(x):\n    return x"})
@@ -371,13 +394,17 @@ def test_all_164_canonical_humaneval_solutions_pass_via_generations(shared_data,
     with gzip.open(path, "rt") as f:
         rows = [json.loads(line) for line in f]
     samples = tmp_path / "samples.jsonl"
-    samples.write_text("".join(json.dumps({"task_id": r["task_id"], "completion": c}) + "\n"
-                               for r in rows for c in (r["canonical_solution"], "    return None\n")))  # fmt: skip
+    pairs = [(r["task_id"], c) for r in rows for c in (r["canonical_solution"], "    return None\n")]
+    samples.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in pairs))
     start = time.monotonic()
-    proc = eval_cli("--generations", samples, "--tasks", "humaneval", "--data-dir", shared_data, "--out", tmp_path / "o")
+    proc = eval_cli(
+        "--generations", samples, "--tasks", "humaneval", "--data-dir", shared_data, "--out", tmp_path / "o"
+    )
     seconds = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(x) for x in (tmp_path / "o" / "eval_samples" / "humaneval.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(x) for x in (tmp_path / "o" / "eval_samples" / "humaneval.jsonl").read_text().splitlines()
+    ]
     canonical = [x["passed"] for x in lines if x["completion"] != "    return None\n"]
     nothing = [x["passed"] for x in lines if x["completion"] == "    return None\n"]
     assert len(canonical) == 164 and all(canonical) and not any(nothing)
@@ -391,7 +418,9 @@ def test_a_daemon_that_writes_10_s_later_never_writes(tmp_path, mode):
     host = tmp_path / "host"
     host.mkdir(mode=0o777)
     os.chmod(tmp_path, 0o755)
-    daemon = hostile(host, 1)["double fork + setsid daemon writes a file later"].replace("sleep(1.5)", "sleep(10)")
+    daemon = hostile(host, 1)["double fork + setsid daemon writes a file later"].replace(
+        "sleep(1.5)", "sleep(10)"
+    )
     assert "sleep(10)" in daemon
     assert not codeexec.score_one("humaneval", ADD, daemon, 5.0, isolation=mode).passed
     assert not survivors()

@@ -126,7 +126,8 @@ def run(opts: EvalOptions) -> dict:
     if opts.protocol not in ("train-format", "lm-eval"):
         raise UserError(f"--protocol must be train-format or lm-eval, got {opts.protocol!r}")
     names = _task_names(opts, cfg)
-    code_tasks = {"humaneval", "mbpp", "synthetic_code"}.intersection(names)
+    ours = ("humaneval", "mbpp") if opts.protocol == "train-format" else ()  # lm-eval's use code_eval
+    code_tasks = {n for n in names if n == "synthetic_code" or n in ours}  # run in fedmom's sandbox
     if code_tasks:  # before anything is loaded or written
         isolation = sandbox.require_isolation(opts.allow_unsandboxed_code)
         if opts.allow_unsandboxed_code:

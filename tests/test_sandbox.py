@@ -228,7 +228,7 @@ def test_a_right_answer_passes_and_reasons_are_told(mode):
 def test_always_true_eq_is_a_cheat_that_remains():
     """Documented in docs/sandbox.md: the tests compare with ==, which the answer may define."""
     cheat = "    class Any:\n        def __eq__(self, other):\n            return True\n    return Any()\n"
-    assert codeexec.score_one("humaneval", ADD, cheat).passed
+    assert codeexec.score_one("humaneval", ADD, cheat, isolation=sandbox.isolation() or "none").passed
 
 
 FLOOD_MB = 300
@@ -268,6 +268,8 @@ def fake_humaneval(root: Path, n: int = 3) -> list[dict]:
 
 
 def eval_cli(*args) -> subprocess.CompletedProcess:
+    """`fedmom eval ...`; where no isolation works here, with --allow-unsandboxed-code."""
+    args = [*args, *([] if sandbox.isolation() else ["--allow-unsandboxed-code"])]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
     return subprocess.run([sys.executable, "-m", "fedmom_cli", "eval", *map(str, args)],
                           capture_output=True, text=True, env=env)  # fmt: skip
@@ -295,7 +297,7 @@ def test_pass_at_k_of_several_samples_equals_brute_force(tmp_path):
         assert saved["pass_at_k"][f"pass@{k}"] == pytest.approx(brute, abs=1e-12)
     assert saved["value"] == saved["pass_at_k"]["pass@1"] and "pass@100" not in saved["pass_at_k"]
     assert saved["n"] == 3 and saved["completions"] == 36 and saved["harness"] == "fedmom sandbox"
-    assert saved["isolation"] in ("bwrap", "namespaces")
+    assert saved["isolation"] == (sandbox.isolation() or "none")
     samples = [
         json.loads(x)
         for x in (tmp_path / "out" / "eval_samples" / "humaneval.jsonl").read_text().splitlines()
@@ -427,3 +429,25 @@ def test_a_daemon_that_writes_10_s_later_never_writes(tmp_path, mode):
     time.sleep(11)
     assert not (host / "daemon.txt").exists()
     assert not [p for p in os.listdir("/tmp") if p.startswith(MARK)]
+
+
+def test_generation_path_uses_the_same_scorer_and_refuses_without_isolation(tmp_path, monkeypatch):
+    from fedmom_cli import config as cfgmod
+    from fedmom_cli import evaltasks
+    from fedmom_cli import evaluate as ev
+    from fedmom_cli.errors import UserError
+
+    row = {**ADD, "canonical_solution": "    return a + b\n"}
+    for completion in ("    return a + b\n", "    import sys\n    sys.exit(0)\n", "    return a - b\n"):
+        assert evaltasks._code_program(row, completion) == codeexec.program("humaneval", row, completion)
+    if sandbox.isolation():  # the generation path refuses to run code without one (below)
+        score = evaltasks._task("humaneval").score
+        assert score(row, "    return a + b\n") and not score(row, "    import os\n    os._exit(0)\n")
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "config.yaml").write_text(cfgmod.to_yaml(cfgmod.resolve("smoke", "code", {})))
+    before = sorted(p.name for p in run.iterdir())
+    monkeypatch.setenv("FEDMOM_SANDBOX", "none")
+    with pytest.raises(UserError, match="--allow-unsandboxed-code"):
+        ev.run(ev.EvalOptions(run_dir=run, tasks=["humaneval"], data_dir=tmp_path))
+    assert sorted(p.name for p in run.iterdir()) == before  # refused before writing anything

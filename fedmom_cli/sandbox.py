@@ -128,11 +128,11 @@ def run_program(
     opened = [result_r, result_w]
     try:
         if mode == "bwrap":
-            opened += [_memfd(code.encode()), _memfd(secret)]
+            opened += [_memfd(code.encode("utf-8", "surrogatepass")), _memfd(secret)]
             prefix = modes.bwrap_command(interpreter, opened[2], opened[3])
             program, proof = "/sandbox/program.py", "/run/fedmom/proof"
         else:
-            for name, data in (("program.py", code.encode()), ("proof", secret)):
+            for name, data in (("program.py", code.encode("utf-8", "surrogatepass")), ("proof", secret)):
                 with open(os.path.join(workdir, name), "wb") as f:
                     f.write(data)
             os.mkdir(os.path.join(workdir, "root"))

@@ -76,12 +76,12 @@ def _guard(me, proof, result_fd, done_line):
 
 sys.addaudithook(_guard(me, proof, result_fd, done_line))
 del _guard
-with open(program, encoding="utf-8") as f:
-    source = f.read()
 module = type(sys)("__main__")
 sys.modules["__main__"] = module
 exit_ = os._exit
 try:
+    with open(program, encoding="utf-8") as f:
+        source = f.read()
     exec(compile(source, "program.py", "exec"), module.__dict__)
 except BaseException as e:  # noqa: BLE001  the program failed; tell the evaluator how
     mro = type.__dict__["__mro__"].__get__(type(e))  # no code of the program runs here

@@ -216,6 +216,9 @@ def test_a_right_answer_passes_and_reasons_are_told(mode):
         "crash": "    return a / 0\n",
         "no function": "    pass\ndel add\n",
         "syntax": "    return (a +\n",
+        "unicode": "    return a + b  # é ✓\n",
+        "lone surrogate": "    return a + b  # \ud800\n",
+        "nul": "    return a + b\x00\n",
     }
     got = {k: codeexec.score_one("humaneval", ADD, v, isolation=mode) for k, v in runs.items()}
     assert got["right"].passed and got["right"].isolation == mode
@@ -223,6 +226,9 @@ def test_a_right_answer_passes_and_reasons_are_told(mode):
     assert got["crash"].detail.startswith("exception: ZeroDivisionError")
     assert got["no function"].detail.startswith("exception: NameError")
     assert got["syntax"].detail.startswith("exception:") and "SyntaxError" in got["syntax"].detail
+    assert got["unicode"].passed
+    assert got["lone surrogate"].detail.startswith("exception: UnicodeDecodeError")
+    assert got["nul"].detail.startswith("exception:") and not got["nul"].passed
 
 
 def test_always_true_eq_is_a_cheat_that_remains():

@@ -81,7 +81,7 @@ def bwrap_command(python: str, program_fd: int, proof_fd: int) -> list[str]:
     for path, size in (("/tmp", 64), ("/var/tmp", 16), ("/sandbox", 64)):
         cmd += ["--size", str(size << 20), "--tmpfs", path]
     cmd += ["--ro-bind-data", str(program_fd), "/sandbox/program.py"]
-    cmd += ["--ro-bind-data", str(proof_fd), "/run/fedmom/proof", "--remount-ro", "/"]
+    cmd += ["--ro-bind-data", str(proof_fd), "/run/fedmom/fedmom-completion-proof", "--remount-ro", "/"]
     return cmd + ["--chdir", "/sandbox", "--setenv", "HOME", "/sandbox", "--setenv", "TMPDIR", "/tmp"]
 
 

@@ -12,10 +12,13 @@ only if RESULT_FD carried the secret and the exit status is 0. So an early exit 
 (sys.exit, SystemExit, os._exit, exec, atexit or excepthook hooks, signals, a crash) cannot pass:
 none of them reaches DONE_LINE, and the secret was never in this process's memory to steal.
 
-The hook also refuses what could read the file without it: running another program (exec, spawn,
-subprocess, and the modules that bypass their audit events: ctypes, _posixsubprocess), symbolic and
-hard links, trace functions (which can move a frame to another line), and opening a path-like
-object (whose __fspath__ could answer differently the second time). See docs/sandbox.md for what a
+The hook also refuses what could read the file without it, or change the hook: opening any path with
+a part named like the file, or a path-like object (whose __fspath__ could answer differently the
+second time); running another program (exec, spawn, subprocess, and the modules that bypass their
+audit events: ctypes, _posixsubprocess); symbolic and hard links; trace functions (which can move a
+frame to another line); gc's object-graph functions (the only way to reach the hook function);
+replacing a function's __code__. The hook itself calls only C functions captured before the
+program ran, and holds no function whose closure a program could rewrite. See docs/sandbox.md for what a
 deliberate program can still do.
 """
 
@@ -29,13 +32,19 @@ os.closerange(result_fd + 1, 1 << 16)
 
 
 def _guard(me, proof, result_fd, done_line):
-    o_open, o_read, o_write, o_exit, fsdecode = os.open, os.read, os.write, os._exit, os.fsdecode
-    normpath, basename = os.path.normpath, os.path.basename
-    secret_name = basename(proof)
+    # Only C functions and plain values from here on: a program can rewrite any Python function the
+    # hook would call (its __code__, its module's globals, builtins.type) and any closure cell it
+    # can reach, so the hook calls none and holds no function with cells of its own.
+    o_open, o_read, o_write, o_exit, rdonly = os.open, os.read, os.write, os._exit, os.O_RDONLY
+    str_, bytes_, int_, type_, len_ = str, bytes, int, type, len
+    refuse, refuse_import = PermissionError, ImportError
+    name = proof.rsplit("/", 1)[1]
+    name_bytes = name.encode()
     refused = frozenset(
         {
-            "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.fork_exec", "subprocess.Popen",
+            "os.exec", "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen",
             "os.symlink", "os.link", "sys.settrace", "sys.setprofile",
+            "gc.get_objects", "gc.get_referrers", "gc.get_referents",
             "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.call_function",
         }
     )  # fmt: skip
@@ -43,37 +52,48 @@ def _guard(me, proof, result_fd, done_line):
         {"ctypes", "_ctypes", "_posixsubprocess", "_testcapi", "_testinternalcapi", "_xxsubinterpreters"}
     )
 
-    def at_the_end():
-        return me.f_lineno == done_line
-
     def hook(event, args):
-        if type(event) is not str:
-            raise PermissionError("fedmom sandbox: odd audit event")
+        if type_(event) is not str_:
+            raise refuse("fedmom sandbox: odd audit event")
         if event == "fedmom.done":
-            if len(args) == 1 and args[0] is me and at_the_end():
-                fd = o_open(proof, os.O_RDONLY)
+            if len_(args) == 1 and args[0] is me and me.f_lineno == done_line:
+                fd = o_open(proof, rdonly)
                 o_write(result_fd, o_read(fd, 4096))
                 o_exit(0)
-            raise PermissionError("fedmom sandbox: only the harness may report completion")
+            raise refuse("fedmom sandbox: only the harness may report completion")
         if event in refused:
-            raise PermissionError(f"fedmom sandbox: {event} is not allowed")
-        if event == "import" and args and type(args[0]) is str:
+            raise refuse("fedmom sandbox: " + event + " is not allowed")
+        if event == "import" and args and type_(args[0]) is str_:
             if args[0].partition(".")[0] in refused_modules:
-                raise ImportError(f"fedmom sandbox: module {args[0]} is not allowed")
+                raise refuse_import("fedmom sandbox: module " + args[0] + " is not allowed")
+        elif event == "object.__setattr__" and len_(args) > 1 and type_(args[1]) is str_:
+            if args[1] == "__code__":
+                raise refuse("fedmom sandbox: replacing a function's code is not allowed")
         elif event == "open" and args:
             path = args[0]
-            if type(path) is int:
+            if type_(path) is int_:
                 return
-            if type(path) is bytes:
-                path = fsdecode(path)
-            elif type(path) is not str:
-                raise PermissionError("fedmom sandbox: open a str or bytes path")
-            if basename(normpath(path)) == secret_name and not at_the_end():
-                raise PermissionError("fedmom sandbox: not readable")
+            if type_(path) is str_:
+                hit = name in path.split("/")
+            elif type_(path) is bytes_:
+                hit = name_bytes in path.split(b"/")
+            else:  # a path-like object could name another file when it is asked again
+                raise refuse("fedmom sandbox: open a str or bytes path")
+            if hit and me.f_lineno != done_line:
+                raise refuse("fedmom sandbox: not readable")
 
     return hook
 
 
+def _no_signal_handlers(*args):
+    raise PermissionError("fedmom sandbox: signal handlers are not allowed")
+
+
+# A signal handler receives the running frame, which may be the hook's; from Python 3.13 on, its
+# f_locals write through to the hook's closure. (A program can still rebuild _signal with _imp.)
+import _signal  # noqa: E402  (loaded at start-up already)
+
+_signal.signal = _no_signal_handlers
 sys.addaudithook(_guard(me, proof, result_fd, done_line))
 del _guard
 module = type(sys)("__main__")

@@ -30,6 +30,7 @@ ADD = {
     "entry_point": "add",
 }
 MARK = f"fedmom-hostile-{os.getpid()}"
+PROOF = "/run/fedmom/fedmom-completion-proof"  # where the per-run secret lies inside the sandbox
 TAIL = "    return a - b\n"  # a wrong answer after each attack, in case the attack does nothing
 
 
@@ -56,17 +57,17 @@ def hostile(host: Path, port: int) -> dict[str, str]:
             "    import threading, os, time\n    threading.Thread(target=lambda: os._exit(0)).start()\n"
             "    time.sleep(5)\n"
         ),
-        "read the proof file": "    import os\n    s = open('/run/fedmom/proof', 'rb').read()\n" + send_proof,
+        "read the proof file": f"    import os\n    s = open({PROOF!r}, 'rb').read()\n" + send_proof,
         "read the proof by dir_fd": (
             "    import os\n    d = os.open('/run/fedmom', os.O_RDONLY)\n"
-            "    s = os.read(os.open('proof', os.O_RDONLY, dir_fd=d), 999)\n" + send_proof
+            "    s = os.read(os.open('fedmom-completion-proof', os.O_RDONLY, dir_fd=d), 999)\n" + send_proof
         ),
         "symlink to the proof": (
-            "    import os\n    os.symlink('/run/fedmom/proof', '/tmp/p')\n"
+            f"    import os\n    os.symlink({PROOF!r}, '/tmp/p')\n"
             "    s = open('/tmp/p', 'rb').read()\n" + send_proof
         ),
         "cat the proof": (
-            "    import subprocess, os\n    s = subprocess.run(['cat', '/run/fedmom/proof'], "
+            f"    import subprocess, os\n    s = subprocess.run(['cat', {PROOF!r}], "
             "capture_output=True).stdout\n" + send_proof
         ),
         "ctypes": "    import ctypes\n    ctypes.CDLL(None).exit(0)\n",
@@ -86,6 +87,23 @@ def hostile(host: Path, port: int) -> dict[str, str]:
         "raise it with the harness's frame": (
             "    import sys\n    f = sys._getframe()\n    while f.f_back is not None:\n        f = f.f_back\n"
             "    sys.audit('fedmom.done', f)\n" + TAIL
+        ),
+        "rewrite the hook's closure": (
+            "    import gc, sys\n    f = sys._getframe()\n    while f.f_back is not None:\n"
+            "        f = f.f_back\n    for o in gc.get_objects():\n"
+            "        for c in getattr(o, '__closure__', None) or ():\n"
+            "            if type(c.cell_contents) is int:\n                c.cell_contents = f.f_lineno\n"
+            "    sys.audit('fedmom.done', f)\n" + TAIL
+        ),
+        "signal handler reads the hook's frame": (
+            "    import signal, sys\n    seen = {}\n    def grab(signum, frame):\n"
+            "        while frame is not None:\n            if 'o_open' in frame.f_locals:\n"
+            "                seen.update(frame.f_locals)\n            frame = frame.f_back\n"
+            "    signal.signal(signal.SIGALRM, grab)\n"
+            "    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)\n    for _ in range(300000):\n"
+            "        sys.audit('fedmom.poke')\n        if seen:\n            break\n"
+            "    signal.setitimer(signal.ITIMER_REAL, 0)\n"
+            "    s = seen['o_read'](seen['o_open'](seen['proof'], 0), 999) if seen else b''\n" + send_proof
         ),
         "trace function skips the asserts": "    import sys\n    sys.settrace(lambda *a: None)\n" + TAIL,
         "garbage on every fd": "    import os\n    s = b'0' * 64\n" + send_proof,
@@ -195,7 +213,7 @@ def test_hostile_completions_all_fail_and_leave_nothing(tmp_path, mode):
         with pytest.raises(BlockingIOError):
             s.accept()  # nobody connected
         s.close()
-    for name in ("sys.exit(0)", "os._exit(0)", "top-level exit after the function", "signal handler exits 0",
+    for name in ("sys.exit(0)", "os._exit(0)", "top-level exit after the function",
                  "thread exits 0", "garbage on every fd"):  # fmt: skip
         assert outcomes[name].detail.startswith("early exit"), (name, outcomes[name])
     for name in ("atexit os._exit", "excepthook os._exit"):  # the hooks never run: the tests failed first

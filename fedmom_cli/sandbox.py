@@ -43,7 +43,7 @@ KEEP_BYTES = 1 << 20  # kept of stdout and of stderr each; the rest is read and 
 ISOLATIONS = ("bwrap", "namespaces", "none")
 RUNNER = resources.files("fedmom_cli").joinpath("sandbox_runner.py").read_text()
 DONE_LINE = next(i for i, line in enumerate(RUNNER.splitlines(), 1) if 'sys.audit("fedmom.done"' in line)
-PROOF_NAME = "fedmom-completion-proof"  # the harness refuses to open any path with a part so named
+PROOF_NAME = modes.PROOF_PATH.rsplit("/", 1)[1]  # the harness refuses any path with a part so named
 EXIT_REASON = {3: "early exit", 4: "assertion", 5: "exception", 6: "early exit"}
 
 
@@ -131,7 +131,7 @@ def run_program(
         if mode == "bwrap":
             opened += [_memfd(code.encode("utf-8", "surrogatepass")), _memfd(secret)]
             prefix = modes.bwrap_command(interpreter, opened[2], opened[3])
-            program, proof = "/sandbox/program.py", "/run/fedmom/fedmom-completion-proof"
+            program, proof = modes.PROGRAM_PATH, modes.PROOF_PATH
         else:
             program, proof = os.path.join(workdir, "program.py"), os.path.join(workdir, PROOF_NAME)
             for path, data in ((program, code.encode("utf-8", "surrogatepass")), (proof, secret)):
@@ -141,7 +141,7 @@ def run_program(
             prefix = []
             if mode == "namespaces":
                 prefix = modes.unshare_command(workdir, interpreter, uid)
-                program, proof = "/sandbox/program.py", "/run/fedmom/fedmom-completion-proof"
+                program, proof = modes.PROGRAM_PATH, modes.PROOF_PATH
             elif drop_first is not None:
                 for path in (workdir, program, proof):
                     os.chmod(path, 0o755)

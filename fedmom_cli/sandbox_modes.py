@@ -14,6 +14,8 @@ from importlib import resources
 
 NOBODY = 65534
 SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+PROOF_PATH = "/run/fedmom/fedmom-completion-proof"  # inside; sandbox_setup.py binds the same path
+PROGRAM_PATH = "/sandbox/program.py"
 SETUP = resources.files("fedmom_cli").joinpath("sandbox_setup.py").read_text()
 
 
@@ -80,8 +82,8 @@ def bwrap_command(python: str, program_fd: int, proof_fd: int) -> list[str]:
     cmd += ["--dev", "/dev", "--size", str(64 << 20), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
     for path, size in (("/tmp", 64), ("/var/tmp", 16), ("/sandbox", 64)):
         cmd += ["--size", str(size << 20), "--tmpfs", path]
-    cmd += ["--ro-bind-data", str(program_fd), "/sandbox/program.py"]
-    cmd += ["--ro-bind-data", str(proof_fd), "/run/fedmom/fedmom-completion-proof", "--remount-ro", "/"]
+    cmd += ["--ro-bind-data", str(program_fd), PROGRAM_PATH]
+    cmd += ["--ro-bind-data", str(proof_fd), PROOF_PATH, "--remount-ro", "/"]
     return cmd + ["--chdir", "/sandbox", "--setenv", "HOME", "/sandbox", "--setenv", "TMPDIR", "/tmp"]
 
 

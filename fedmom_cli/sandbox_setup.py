@@ -72,7 +72,8 @@ def build_root(workdir, binds):
     for path, size in WRITABLE.items():
         os.makedirs(root + path, exist_ok=True)
         mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
-    for src, dst in (("program.py", "/sandbox/program.py"), ("fedmom-completion-proof", "/run/fedmom/fedmom-completion-proof")):
+    proof = "fedmom-completion-proof"  # sandbox_modes.PROOF_PATH (this script imports nothing of fedmom)
+    for src, dst in (("program.py", "/sandbox/program.py"), (proof, f"/run/fedmom/{proof}")):
         touch(root + dst)
         mount(os.path.join(workdir, src), root + dst, None, MS_BIND)
     for point, options in mounts_under(root):

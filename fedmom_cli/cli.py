@@ -383,9 +383,47 @@ def eval_(
     task: str = typer.Option(
         None, "--task", show_default="math", help="With --model: the task family whose benchmarks to run."
     ),
-    out: Path = typer.Option(None, "--out", show_default="RUN_DIR", help="With --model: output folder."),
+    out: Path = typer.Option(
+        None, "--out", show_default="RUN_DIR", help="With --model or --generations: output folder."
+    ),
+    generations: Path = typer.Option(
+        None,
+        "--generations",
+        show_default="none",
+        help="Score these completions instead of generating (JSONL: task_id, completion; several "
+        "per task give pass@k); needs --tasks humaneval or mbpp, --data-dir and --out; loads no model.",
+    ),
+    timeout: float = typer.Option(10.0, "--timeout", help="With --generations: seconds per program."),
+    workers: int = typer.Option(2, "--workers", help="With --generations: programs run at a time."),
+    allow_unsandboxed_code: bool = typer.Option(
+        False,
+        "--allow-unsandboxed-code",
+        help="Where neither bubblewrap nor namespaces work, run generated code as a plain process "
+        "anyway (it can then damage this machine; see docs/sandbox.md).",
+    ),
 ) -> None:
-    """Evaluate a run (base + delta + adapter, in memory) or a plain model; write eval.json."""
+    """Evaluate a run (base + delta + adapter, in memory) or a plain model, or score given code
+    completions (--generations); write eval.json."""
+    if generations is not None:
+        from fedmom_cli import codeexec
+
+        if run_dir is not None or model is not None:
+            raise UserError("--generations scores given completions: give no RUN_DIR and no --model")
+        result = codeexec.run_generations(
+            codeexec.GenerationsOptions(
+                generations=generations,
+                tasks=[t.strip() for t in tasks.split(",")] if tasks else [],
+                out=out,
+                data_dir=data_dir,
+                timeout=timeout,
+                workers=workers,
+                allow_unsandboxed=allow_unsandboxed_code,
+            )
+        )
+        for name, t in result["tasks"].items():
+            scores = ", ".join(f"{k} = {v:.4f}" for k, v in t["pass_at_k"].items())
+            print(f"{name}: {scores} (n={t['n']}, {t['completions']} completions, {t['isolation']})")
+        return
     from fedmom_cli import evaluate as ev
 
     result = ev.run(
@@ -401,6 +439,7 @@ def eval_(
             device=device,
             data_dir=data_dir,
             shots=shots,
+            allow_unsandboxed_code=allow_unsandboxed_code,
         )
     )
     for name, t in result["tasks"].items():

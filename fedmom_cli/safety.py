@@ -65,16 +65,14 @@ def check_out(path: Path, kind: str = "dir", option: str = "--out") -> None:
         raise UserError(f"{option} {path} is a file, not a folder")
     if kind == "file" and path.is_dir():
         raise UserError(f"{option} {path} is a folder, not a file")
-    parent = path.parent if not path.exists() else path
+    parent = path if kind == "dir" and path.exists() else path.parent
     while not parent.exists():
         if parent.is_symlink():  # a dangling link: creating under it would fail
             raise UserError(f"{option} {path}: {parent} is a broken link")
         parent = parent.parent
     if not parent.is_dir():
         raise UserError(f"{option} {path}: {parent} is a file, not a folder")
-    target = path if path.exists() else parent
-    if kind == "file" and path.exists():
-        target = path.parent
+    target = path if kind == "dir" and path.exists() else parent
     if not os.access(target, os.W_OK | os.X_OK):
         raise UserError(f"{option} {path}: cannot write in {target} (permission denied)")
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
 from fedmom_cli import config as cfgmod
 from fedmom_cli import results, safety
 from fedmom_cli.client import NonFiniteLoss
@@ -36,15 +38,24 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def settings_diff(run_dir: Path, cfg: TrainConfig) -> list[str]:
+    """How the settings in run_dir/config.yaml differ from cfg ('key: old there, new now')."""
+    path = run_dir / "config.yaml"
+    try:
+        old = cfgmod.from_yaml(path.read_text())
+    except (OSError, ValueError, TypeError, AttributeError, UserError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read {path} ({str(exc).splitlines()[0]}); --force starts over") from None
+    return [
+        f"{k}: {getattr(old, k)!r} there, {getattr(cfg, k)!r} now"
+        for k in cfgmod.FIELDS
+        if getattr(old, k) != getattr(cfg, k)
+    ]
+
+
 def _same_settings(run_dir: Path, cfg: TrainConfig, what: str) -> None:
     """A run folder only stands for the settings it was made with."""
-    old = cfgmod.from_yaml((run_dir / "config.yaml").read_text())
-    if old != cfg:
-        diff = [
-            f"{k}: {getattr(old, k)!r} there, {getattr(cfg, k)!r} now"
-            for k in cfgmod.FIELDS
-            if getattr(old, k) != getattr(cfg, k)
-        ]
+    diff = settings_diff(run_dir, cfg)
+    if diff:
         raise UserError(
             f"{run_dir} {what} with other settings ({'; '.join(diff[:4])}"
             f"{'; ...' if len(diff) > 4 else ''}); use --out for a new folder or --force"

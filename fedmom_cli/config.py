@@ -224,7 +224,10 @@ def parse_set(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or key.strip() not in FIELDS:
             raise UserError(f"--set expects KEY=VALUE with a known key, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:  # not a YAML scalar (e.g. ",", "[a"): the text itself, typed later
+            out[key.strip()] = value
     return out
 
 
@@ -234,6 +237,10 @@ def resolve(recipe: str | None, task: str | None, overrides: dict) -> TrainConfi
     defaults = RECIPES_DIR / "defaults.yaml"
     if defaults.is_file():
         values.update(read_yaml(defaults))
+    if recipe is None and task is not None:
+        from fedmom_cli.tasks import get_task
+
+        get_task(task)  # `--task physics` is an unknown task, not an unknown recipe
     name = recipe or task or "math"
     values.update(read_yaml(recipe_path(name)))
     if task is not None:

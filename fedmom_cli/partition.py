@@ -88,7 +88,7 @@ def split_rows(
         if min(len(c) for c in clients) >= max(min_size, 1):  # never an empty client
             return Split([sorted(c) for c in clients], proportions, draw)
     raise UserError(
-        f"no Dirichlet({beta}) draw in {MAX_DRAWS} gave every client {min_size} rows; "
+        f"no Dirichlet({beta}) draw in {MAX_DRAWS} gave every client {max(min_size, 1)} rows; "
         f"raise --beta or lower --min-size / --clients"
     )
 

@@ -231,28 +231,27 @@ def run(
     from fedmom_cli import train as tr
 
     spec, cells, root = plan(recipe, only, out, overrides or {})
+    conflicts = {c.run_dir: d for c in cells if (d := conflict(c))}
+    if not dry_run:  # a sweep that cannot finish stops here, before its plan and before training
+        if conflicts:
+            first, diff = next(iter(conflicts.items()))
+            raise UserError(
+                f"{len(conflicts)} cell(s) conflict with what their folders hold, e.g. {first} "
+                f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}); nothing trained; "
+                f"use another --out (--dry-run lists them)"
+            )
+        preflight(spec, cells, root)
     log(f"sweep {recipe}: {len(cells)} cell(s) under {root}")
-    conflicts = {}
     for c in cells:
         log(
             f"  {c.config.method:<24} seed {c.config.seed} {c.label or '':<24} "
             f"{cell_state(c):<22} {c.run_dir}"
         )
-        diff = conflict(c)
-        if diff:
-            conflicts[c.run_dir] = diff
-            log(f"    conflict: {c.run_dir} holds a run with other settings: {'; '.join(diff)}")
+        if c.run_dir in conflicts:
+            log(f"    conflict: {c.run_dir}: {'; '.join(conflicts[c.run_dir])}")
     log(estimate(cells))
     if dry_run:
         return None
-    if conflicts:
-        first, diff = next(iter(conflicts.items()))
-        raise UserError(
-            f"{len(conflicts)} cell(s) hold runs with other settings, e.g. {first} "
-            f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}); nothing trained; "
-            f"use another --out (see --dry-run)"
-        )
-    preflight(spec, cells, root)
     eval_tasks = spec.get("eval_tasks")
     for i, cell in enumerate(cells, 1):
         state = cell_state(cell)

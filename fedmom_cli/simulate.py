@@ -316,7 +316,7 @@ class Simulation:
             if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
                 raise ValueError("not a fedmom checkpoint")
         except Exception as exc:  # noqa: BLE001 - truncated, garbage or foreign: the user's file
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0].split(". ")[0][:160]
             raise UserError(
                 f"{path} cannot be read ({reason}); it was left as it is; --force starts over"
             ) from None

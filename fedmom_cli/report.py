@@ -92,6 +92,9 @@ def _json(path: Path):
         return None
 
 
+EXAMPLES_MARKER = ".fedmom-examples"
+
+
 def _read(path: Path, parse, kind):
     """A file under the results folder, parsed; malformed is a one-line UserError naming the file."""
     try:
@@ -119,16 +122,22 @@ def collect(root: Path) -> tuple[list[Run], list[dict]]:
     missing from a table would be worse).
     """
     runs, pretrained = [], []
+    # Committed example runs (results/examples/) join a report only when it is asked for them.
+    examples = [m.parent for m in root.rglob(EXAMPLES_MARKER) if m.parent != root]
+
+    def elsewhere(path: Path) -> bool:
+        return any(e in path.parents for e in examples)
+
     for result_path in sorted(root.rglob("result.json")):
         folder = result_path.parent
-        if not (folder / "config.yaml").is_file():
+        if not (folder / "config.yaml").is_file() or elsewhere(result_path):
             continue
         config = _read(folder / "config.yaml", yaml.safe_load, dict)
         result = _read(result_path, json.loads, dict)
         evaluated = _read(folder / "eval.json", json.loads, dict) if (folder / "eval.json").is_file() else None
         runs.append(Run(folder, config, result, evaluated, _metrics(folder / "metrics.jsonl")))
     for eval_path in sorted(root.rglob("eval.json")):
-        if (eval_path.parent / "config.yaml").is_file():
+        if (eval_path.parent / "config.yaml").is_file() or elsewhere(eval_path):
             continue
         data = _read(eval_path, json.loads, dict)
         if data and not data.get("adapter"):

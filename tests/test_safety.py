@@ -841,3 +841,13 @@ def test_sweep_recipes_never_write_under_the_committed_examples():
         out = Path((spec.get("sweep") or {}).get("out") or "results")
         assert examples not in (cfgmod.RECIPES_DIR.parent / out).resolve().parents
         assert (cfgmod.RECIPES_DIR.parent / out).resolve() != examples
+
+
+def test_a_report_above_the_examples_leaves_them_out(tmp_path):
+    from fedmom_cli import report
+
+    root = tmp_path / "results"
+    shutil.copytree(cfgmod.RECIPES_DIR.parent / "results" / "examples", root / "examples")
+    assert report.collect(root) == ([], [])
+    runs, _ = report.collect(root / "examples" / "mini")  # on request: all eight example runs
+    assert len(runs) == 8

@@ -178,7 +178,11 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("min_client_size", cfg.min_client_size >= 1, ">= 1 (an empty client cannot train)"),
         ("synthetic", cfg.synthetic is None or cfg.synthetic >= 1, ">= 1 or null"),
         ("target_modules", bool(cfg.target_modules), "a non-empty list"),
-        ("device", bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device)), "auto, cpu, cuda, cuda:N or mps"),
+        (
+            "device",
+            bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device)),
+            "auto, cpu, cuda, cuda:N or mps",
+        ),
     ]
     for key, ok, rule in checks:
         if not ok:

@@ -164,7 +164,9 @@ def check_partition(part, path, n_rows: int, clients: int, min_size: int) -> Non
         raise UserError(f"partition {path} has {len(part['clients'])} clients, config says {clients}")
     seen: set[int] = set()
     for k, rows in enumerate(part["clients"]):
-        if not isinstance(rows, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in rows):
+        if not isinstance(rows, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in rows
+        ):
             raise UserError(f"partition {path}: client {k} is not a list of row indices")
         bad = [i for i in rows if not 0 <= i < n_rows]
         if bad:

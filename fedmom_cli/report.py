@@ -134,7 +134,9 @@ def collect(root: Path) -> tuple[list[Run], list[dict]]:
             continue
         config = _read(folder / "config.yaml", yaml.safe_load, dict)
         result = _read(result_path, json.loads, dict)
-        evaluated = _read(folder / "eval.json", json.loads, dict) if (folder / "eval.json").is_file() else None
+        evaluated = (
+            _read(folder / "eval.json", json.loads, dict) if (folder / "eval.json").is_file() else None
+        )
         runs.append(Run(folder, config, result, evaluated, _metrics(folder / "metrics.jsonl")))
     for eval_path in sorted(root.rglob("eval.json")):
         if (eval_path.parent / "config.yaml").is_file() or elsewhere(eval_path):

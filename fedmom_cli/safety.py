@@ -122,7 +122,9 @@ def check_replaceable(folder: Path, force: bool, recognise: Callable[[Path], boo
     if not recognise(folder):
         foreign = foreign_names(folder, RUN_NAMES | AGGREGATE_NAMES)
         hint = f" (it holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})" if foreign else ""
-        raise UserError(f"--out {folder} is not {what}{hint}; --force only replaces one; choose another --out")
+        raise UserError(
+            f"--out {folder} is not {what}{hint}; --force only replaces one; choose another --out"
+        )
 
 
 def clear_run_folder(folder: Path) -> None:
@@ -176,7 +178,8 @@ def probe_lock(folder: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise UserError(f"{folder} is being written by {_holder(lock)}; wait for it or choose another --out")
+        message = f"{folder} is being written by {_holder(lock)}; wait for it or choose another --out"
+        raise UserError(message) from None
     finally:
         os.close(fd)
 

@@ -113,7 +113,7 @@ def _check_spec(recipe: str, spec: dict) -> None:
 
 
 def conflict(cell: Cell) -> list[str] | None:
-    """Why the cell's folder cannot hold this cell (its settings differ, or it is not a run); None if it can."""
+    """Why the cell's folder cannot hold this cell (other settings, not a run); None if it can."""
     from fedmom_cli.train import settings_diff
 
     folder = cell.run_dir

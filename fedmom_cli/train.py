@@ -80,7 +80,11 @@ def _prepare(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool, probe: 
             foreign = safety.foreign_names(run_dir, safety.RUN_NAMES)
             raise UserError(
                 f"{run_dir} is not a fedmom run folder"
-                + (f" (it holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})" if foreign else "")
+                + (
+                    f" (it holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})"
+                    if foreign
+                    else ""
+                )
                 + "; --force only replaces a fedmom run folder; choose another --out"
             )
         return "force"

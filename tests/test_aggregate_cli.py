@@ -192,7 +192,11 @@ def test_existing_output_is_never_overwritten_without_force(tmp_path, monkeypatc
     assert code == 2 and "already exists" in err and (out / "keep.txt").read_text() == "precious"
     # Issue 12: --force replaces only an earlier `fedmom aggregate` output, never a user's folder.
     code, _, err = cli(monkeypatch, capsys, "aggregate", "-m", "fedit", *clients, "--out", out, "--force")
-    assert code == 2 and "not a `fedmom aggregate` output" in err and (out / "keep.txt").read_text() == "precious"
+    assert (
+        code == 2
+        and "not a `fedmom aggregate` output" in err
+        and (out / "keep.txt").read_text() == "precious"
+    )
     (out / "keep.txt").unlink()
     code, _, _ = cli(monkeypatch, capsys, "aggregate", "-m", "fedit", *clients, "--out", out)
     assert code == 0 and (out / "adapter").is_dir()

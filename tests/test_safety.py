@@ -183,7 +183,9 @@ def _recipes(root: Path) -> None:
         (root / f"{name}.yaml").write_text(f"# test recipe\n{base}{text}")
     (root / "sw_notmapping.yaml").write_text("- a\n- b\n")
     (root / "sw_badyaml.yaml").write_text("sweep: [unclosed\n")
-    (root / "sw_unknownkey.yaml").write_text(f"{base}learning_rate: 1\nsweep:\n  grid:\n    method: [fedit]\n")
+    (root / "sw_unknownkey.yaml").write_text(
+        f"{base}learning_rate: 1\nsweep:\n  grid:\n    method: [fedit]\n"
+    )
     (root / "sw_good.yaml").write_text(f"# test recipe\n{base}sweep:\n  grid:\n    method: [fedit]\n")
 
 
@@ -245,7 +247,7 @@ def template(tmp_path_factory) -> Path:
         (folder / "checkpoint.pt").write_bytes(data[: len(data) // 2] if content is None else content)
     for name in ("metrics_garbage", "metrics_missing", "metrics_gap", "result_garbage"):
         shutil.copytree(root / "run_part", root / name)
-    (root / "metrics_garbage" / "metrics.jsonl").write_text("{\"round\": 0}\nnot json\n")
+    (root / "metrics_garbage" / "metrics.jsonl").write_text('{"round": 0}\nnot json\n')
     (root / "metrics_missing" / "metrics.jsonl").unlink()
     first = (root / "metrics_gap" / "metrics.jsonl").read_text().splitlines()[1]
     (root / "metrics_gap" / "metrics.jsonl").write_text(first + "\n")
@@ -356,7 +358,9 @@ TRAIN = [
     ("--device tpu", "device must be auto, cpu, cuda, cuda:N or mps"),
     ("--device bogus", "device must be auto, cpu, cuda, cuda:N or mps"),
     ("--device cuda:x", "device must be auto, cpu, cuda, cuda:N or mps"),
-    pytest.param("--device cuda", "CUDA is not available", marks=pytest.mark.skipif(not NO_CUDA, reason="GPU")),
+    pytest.param(
+        "--device cuda", "CUDA is not available", marks=pytest.mark.skipif(not NO_CUDA, reason="GPU")
+    ),
     pytest.param("--device cuda:3", "CUDA", marks=pytest.mark.skipif(not NO_CUDA, reason="GPU")),
     # data files
     ("--set synthetic=null --data /nope.jsonl", "data file not found"),
@@ -556,7 +560,10 @@ REPORT = [
     ("run_done --out afile/r.md", "afile is a file, not a folder"),
     ("run_done --out userdir/thesis.tex", "exists and is not a fedmom report"),
     ("rep_ok", "rep_ok/report.md exists and is not a fedmom report"),
-    ("rep_ok --out rep_ok/other.md --format csv --no-figures", "other.csv exists and is not a fedmom report csv"),
+    (
+        "rep_ok --out rep_ok/other.md --format csv --no-figures",
+        "other.csv exists and is not a fedmom report csv",
+    ),
     ("run_done --out x.csv --format csv", "give the markdown path"),
     ("rep_badyaml", "cannot read rep_badyaml/math/fedit/seed0/config.yaml"),
     ("rep_cfglist", "config.yaml does not hold a dict"),
@@ -639,7 +646,9 @@ def test_sweep_conflict_dry_run_shows_differences_and_real_sweep_trains_nothing(
     line = next(x for x in err.splitlines() if "conflict:" in x)
     assert "rounds: 1 there" not in line and "synthetic: 120 there, 60 now" in line  # the differing settings
     assert "partition: None there" in line
-    code, _, err = run_main(monkeypatch, capsys, "sweep", "sw_good.yaml", "--out", "sweepres", "--no-progress")
+    code, _, err = run_main(
+        monkeypatch, capsys, "sweep", "sw_good.yaml", "--out", "sweepres", "--no-progress"
+    )
     assert code == 2 and err.startswith("error: 1 cell(s) conflict with what their folders hold")
     assert "nothing trained" in err and " done" not in err
     assert snapshot(world) == before
@@ -766,25 +775,52 @@ def test_force_on_a_user_folder_keeps_every_file(world, monkeypatch, capsys):
 def test_force_replaces_a_run_folder_only_after_validation(world, monkeypatch, capsys):
     (world / "run_done" / ".fedmom.lock").write_text("")
     code, _, err = run_main(
-        monkeypatch, capsys, "train", "--recipe", "smoke", *shlex.split(FAST), "--set", "rounds=1",
-        "--set", "local_steps=2", "--force", "--out", "run_done", "--no-progress",
+        monkeypatch,
+        capsys,
+        "train",
+        "--recipe",
+        "smoke",
+        *shlex.split(FAST),
+        "--set",
+        "rounds=1",
+        "--set",
+        "local_steps=2",
+        "--force",
+        "--out",
+        "run_done",
+        "--no-progress",
     )
     assert code == 0, err
     cfg = cfgmod.from_yaml((world / "run_done" / "config.yaml").read_text())
-    assert cfg.local_steps == 2 and json.loads((world / "run_done" / "result.json").read_text())["status"] == "finished"
+    assert (
+        cfg.local_steps == 2
+        and json.loads((world / "run_done" / "result.json").read_text())["status"] == "finished"
+    )
 
 
 # ---- locks ---------------------------------------------------------------------------------------
 def test_a_held_lock_is_named_and_nothing_is_written(world, monkeypatch, capsys):
     with safety.RunLock(world / "run_part"):
         check_case(
-            world, monkeypatch, capsys, "train",
-            f"--recipe smoke {FAST} --out run_part --resume --no-progress", f"pid {os.getpid()}",
+            world,
+            monkeypatch,
+            capsys,
+            "train",
+            f"--recipe smoke {FAST} --out run_part --resume --no-progress",
+            f"pid {os.getpid()}",
         )
     # Released: the same command now resumes and finishes.
     code, _, err = run_main(
-        monkeypatch, capsys, "train", "--recipe", "smoke", *shlex.split(FAST), "--out", "run_part",
-        "--resume", "--no-progress",
+        monkeypatch,
+        capsys,
+        "train",
+        "--recipe",
+        "smoke",
+        *shlex.split(FAST),
+        "--out",
+        "run_part",
+        "--resume",
+        "--no-progress",
     )
     assert code == 0, err
     assert [r["round"] for r in results.read_metrics(world / "run_part" / "metrics.jsonl")] == [0, 1, 2]
@@ -794,8 +830,23 @@ def test_a_held_lock_is_named_and_nothing_is_written(world, monkeypatch, capsys)
 def test_two_trains_on_one_folder_one_finishes_the_other_exits_2_at_once(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    base = [sys.executable, "-m", "fedmom_cli", "train", "--recipe", "smoke", "--method", "fedit",
-            "--out", str(out), "--no-progress", "--set", "rounds=6", "--set", "local_steps=4"]
+    base = [
+        sys.executable,
+        "-m",
+        "fedmom_cli",
+        "train",
+        "--recipe",
+        "smoke",
+        "--method",
+        "fedit",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "rounds=6",
+        "--set",
+        "local_steps=4",
+    ]
     first = subprocess.Popen(base + ["--lr", "0.01"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "result.json").is_file():

@@ -58,11 +58,14 @@ def read_adapter(path: Path) -> Adapter:
             raise UserError(f"{path} is not a PEFT adapter folder: {name} is missing")
     try:
         config = json.loads((path / CONFIG_FILE).read_text())
-        tensors = load_file(path / WEIGHTS_FILE)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read adapter {path}: {exc}") from None
-    if config.get("peft_type", "LORA") != "LORA" or "r" not in config:
-        raise UserError(f"{path}: not a LoRA adapter config")
+        raise UserError(f"cannot read {path / CONFIG_FILE}: {str(exc).splitlines()[0]}") from None
+    _check_config(path, config)
+    try:
+        tensors = load_file(path / WEIGHTS_FILE)
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error type: truncated, empty, garbage
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+        raise UserError(f"cannot read {path / WEIGHTS_FILE} ({reason})") from None
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise UserError(f"{path}: per-module rank_pattern/alpha_pattern is not supported")
     modules = {}
@@ -74,7 +77,45 @@ def read_adapter(path: Path) -> Adapter:
             modules[module] = LoraFactors(A=tensors[key], B=tensors[module + B_SUFFIX])
     if not modules:
         raise UserError(f"{path}: no LoRA factors in {WEIGHTS_FILE}")
+    for module, f in modules.items():
+        _check_factors(path, module, f, int(config["r"]))
     return Adapter(path=path, config=config, modules=modules)
+
+
+def _check_config(path: Path, config) -> None:
+    """The adapter_config.json fields fedmom relies on, with their types and ranges."""
+    if not isinstance(config, dict):
+        raise UserError(f"{path / CONFIG_FILE}: expected a JSON object, got {type(config).__name__}")
+    if config.get("peft_type", "LORA") != "LORA" or "r" not in config:
+        raise UserError(f"{path}: not a LoRA adapter config")
+    for key in ("r", "lora_alpha"):
+        value = config.get(key)
+        if value is None:
+            raise UserError(f"{path / CONFIG_FILE} lacks {key}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise UserError(f"{path / CONFIG_FILE}: {key} must be a positive number, got {value!r}")
+    if not float(config["r"]).is_integer():
+        raise UserError(f"{path / CONFIG_FILE}: r must be an integer, got {config['r']!r}")
+
+
+FLOAT_DTYPES = {"torch.float32", "torch.float16", "torch.bfloat16", "torch.float64"}
+
+
+def _check_factors(path: Path, module: str, f: LoraFactors, r: int) -> None:
+    """Shapes (r, in) / (out, r) with the config's r, floating dtypes, finite values."""
+    for name, t in (("lora_A", f.A), ("lora_B", f.B)):
+        if str(t.dtype) not in FLOAT_DTYPES or t.dim() != 2:
+            raise UserError(
+                f"{path}: {module}.{name} is {str(t.dtype).replace('torch.', '')} of {t.dim()} dims; "
+                "LoRA factors are 2-D floating-point tensors"
+            )
+        if not bool(t.isfinite().all()):
+            raise UserError(f"{path}: {module}.{name} holds NaN or infinite values")
+    if f.A.shape[0] != r or f.B.shape[1] != r:
+        raise UserError(
+            f"{path}: {module} has A {tuple(f.A.shape)}, B {tuple(f.B.shape)}, but adapter_config.json "
+            f"says r={r}"
+        )
 
 
 def check_compatible(adapters: list[Adapter]) -> None:
@@ -125,13 +166,14 @@ def write_adapter(folder: Path, config: dict, tensors: dict[str, Tensor]) -> Non
 def fresh_output_dir(out: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `out`; on success it replaces `out` in one rename.
 
-    An existing non-empty `out` is an error unless `force`; on any failure nothing is left behind.
+    An existing non-empty `out` is an error unless `force`, and --force only replaces an earlier
+    `fedmom aggregate` output (safety.check_replaceable); on any failure nothing is left behind.
     """
+    from fedmom_cli import safety
+
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {out} already exists and is not empty (use --force to replace it)")
+    safety.check_out(out, "dir")
+    safety.check_replaceable(out, force, safety.is_aggregate_folder, "a `fedmom aggregate` output folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from fedmom_cli import safety
 from fedmom_cli.adapters import (
     adapter_tensors,
     check_compatible,
@@ -59,6 +60,10 @@ def run(opts: AggregateOptions) -> dict:
         raise UserError("give at least one client adapter folder")
     if opts.round_idx < 0:
         raise UserError(f"--round must be >= 0, got {opts.round_idx}")
+    safety.check_out(opts.out, "dir")  # before the maths: a bad --out fails at once
+    safety.check_replaceable(
+        opts.out, opts.force, safety.is_aggregate_folder, "a `fedmom aggregate` output folder"
+    )
     adapters = [read_adapter(p) for p in opts.clients]
     check_compatible(adapters)
     first = adapters[0]

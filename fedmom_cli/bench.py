@@ -44,6 +44,31 @@ class BenchOptions:
     seed: int = 0
 
 
+def check_options(opts: BenchOptions) -> None:
+    for name in ("clients", "rank", "layers", "repeat"):
+        if getattr(opts, name) < 1:
+            raise UserError(f"--{name} must be >= 1, got {getattr(opts, name)}")
+
+
+def _is_bench_json(path: Path, kind: str) -> bool:
+    from fedmom_cli.safety import read_json_or_none
+
+    data = read_json_or_none(path)
+    if kind == "aggregate":
+        return isinstance(data, dict) and {"options", "rows", "environment"} <= set(data)
+    return isinstance(data, list) and all(isinstance(r, dict) and "round_seconds" in r for r in data)
+
+
+def check_json_out(path: Path | None, force: bool, kind: str) -> None:
+    """--json FILE: created, or replaced with --force when it is an earlier `fedmom bench KIND` file."""
+    from fedmom_cli import safety
+
+    if path is not None:
+        safety.check_file_out(
+            path, force, lambda p: _is_bench_json(p, kind), f"a `fedmom bench {kind}` JSON file", "--json"
+        )
+
+
 def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
     try:
         shapes = tuple(tuple(int(x) for x in s.lower().split("x")) for s in text.split(","))
@@ -133,6 +158,7 @@ def bench_shape(opts: BenchOptions, out_f: int, in_f: int, console: Console) -> 
 
 
 def run(opts: BenchOptions) -> dict:
+    check_options(opts)
     console = Console(stderr=True)
     torch.manual_seed(opts.seed)
     rows = [bench_shape(opts, o, i, console) for o, i in opts.shapes]
@@ -218,9 +244,13 @@ def train_overhead(recipe: str, methods: list[str], overrides: dict, task: str |
     from fedmom_cli import results
     from fedmom_cli import train as tr
 
+    if not methods or not all(methods):
+        raise UserError("--methods must name at least one method, comma-separated")
+    if overrides.get("rounds", 1) < 1:
+        raise UserError(f"--rounds must be >= 1, got {overrides['rounds']}")
+    configs = {m: cfgmod.resolve(recipe, task, {**overrides, "method": m}) for m in methods}  # all first
     rows = []
-    for method in methods:
-        cfg = cfgmod.resolve(recipe, task, {**overrides, "method": method})
+    for method, cfg in configs.items():
         with tempfile.TemporaryDirectory(prefix="fedmom-bench-") as tmp:
             tr.run(tr.TrainOptions(cfg, out=Path(tmp) / "run", progress=False))
             for record in results.read_metrics(Path(tmp) / "run" / "metrics.jsonl"):

@@ -576,10 +576,12 @@ def bench_aggregate(
     json_out: Path = typer.Option(
         None, "--json", show_default="none", help="Also write the measurements as JSON to this file."
     ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file of this benchmark."),
 ) -> None:
     """Time every method on the paper's module shapes, and fedmomentum's SVD paths against each other."""
     from fedmom_cli import bench
 
+    bench.check_json_out(json_out, force, "aggregate")
     rows = bench.run(
         bench.BenchOptions(
             clients=clients,
@@ -606,11 +608,13 @@ def bench_train(
     rounds: int = typer.Option(3, "--rounds", help="Rounds per method."),
     set_: list[str] = typer.Option(None, "--set", show_default="none", help="Override: KEY=VALUE."),
     json_out: Path = typer.Option(None, "--json", show_default="none", help="Write the rows as JSON."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --json file of this benchmark."),
 ) -> None:
     """Time what a training round spends outside the clients' forward/backward passes."""
     from fedmom_cli import bench
     from fedmom_cli import config as cfgmod
 
+    bench.check_json_out(json_out, force, "train")
     overrides = cfgmod.parse_set(set_ or [])
     overrides.update(
         {
@@ -702,8 +706,28 @@ def recipes_copy(
 def main() -> None:
     # transformers' own deprecation notices (raised inside PEFT calls) mean nothing to a user here.
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    import click
+
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come back here instead of a boxed message
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        print(exc.format_message(), file=sys.stderr)
+        sys.exit(2)
+    except click.UsageError as exc:
+        where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+        print(f"error: {where}{_one_line(exc.format_message())}", file=sys.stderr)
+        sys.exit(2)
+    except click.ClickException as exc:
+        print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -33,6 +33,8 @@ class Sampler:
         return [self.rows[i] for i in rng.permutation(len(self.rows))]
 
     def take(self, n: int) -> list[int]:
+        if not self.rows:  # would loop forever: every caller checks sizes first, this is the backstop
+            raise UserError(f"client {self.client} has no rows to train on")
         out = []
         while len(out) < n:
             if not self._order:

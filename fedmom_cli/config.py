@@ -146,7 +146,49 @@ def _check(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"clients_per_round must be in 1..{cfg.clients}, got {cfg.clients_per_round}")
     if not 0 < cfg.tau <= 1:
         raise UserError(f"tau must be in (0, 1], got {cfg.tau}")
+    _check_ranges(cfg)
     return cfg
+
+
+MIN_CUTOFF_LEN = 16  # below this no task's prompt leaves room for one response token
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    """Values that parse but make no sense (each once gave a wrong result or a hang)."""
+    import math
+    import re
+
+    def bad(key: str, rule: str) -> UserError:
+        return UserError(f"{key} must be {rule}, got {getattr(cfg, key)!r}")
+
+    for key in ("lr", "lora_alpha", "min_lr", "weight_decay", "lora_dropout", "beta", "tau"):
+        if not math.isfinite(getattr(cfg, key)):
+            raise bad(key, "a finite number")
+    if cfg.max_grad_norm is not None and not (math.isfinite(cfg.max_grad_norm) and cfg.max_grad_norm > 0):
+        raise bad("max_grad_norm", "> 0 or null (a negative norm flips the gradient)")
+    if cfg.cutoff_len < MIN_CUTOFF_LEN:
+        raise bad("cutoff_len", f">= {MIN_CUTOFF_LEN} (shorter leaves no response token to learn)")
+    checks = [
+        ("lora_alpha", cfg.lora_alpha > 0, "> 0"),
+        ("seed", cfg.seed >= 0, ">= 0"),
+        ("val_batch_size", cfg.val_batch_size >= 1, ">= 1"),
+        ("val_rows", cfg.val_rows >= 0, ">= 0"),
+        ("weight_decay", cfg.weight_decay >= 0, ">= 0"),
+        ("lora_dropout", 0 <= cfg.lora_dropout < 1, "in [0, 1)"),
+        ("min_lr", 0 <= cfg.min_lr <= cfg.lr, f"in [0, lr={cfg.lr}]"),
+        ("beta", cfg.beta > 0, "> 0"),
+        ("min_client_size", cfg.min_client_size >= 1, ">= 1 (an empty client cannot train)"),
+        ("synthetic", cfg.synthetic is None or cfg.synthetic >= 1, ">= 1 or null"),
+        ("target_modules", bool(cfg.target_modules), "a non-empty list"),
+        (
+            "device",
+            bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device)),
+            "auto, cpu, cuda, cuda:N or mps",
+        ),
+    ]
+    for key, ok, rule in checks:
+        if not ok:
+            raise bad(key, rule)
 
 
 def recipe_path(name: str) -> Path:
@@ -195,7 +237,10 @@ def parse_set(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or key.strip() not in FIELDS:
             raise UserError(f"--set expects KEY=VALUE with a known key, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:  # not a YAML scalar (e.g. ",", "[a"): the text itself, typed later
+            out[key.strip()] = value
     return out
 
 
@@ -205,6 +250,10 @@ def resolve(recipe: str | None, task: str | None, overrides: dict) -> TrainConfi
     defaults = RECIPES_DIR / "defaults.yaml"
     if defaults.is_file():
         values.update(read_yaml(defaults))
+    if recipe is None and task is not None:
+        from fedmom_cli.tasks import get_task
+
+        get_task(task)  # `--task physics` is an unknown task, not an unknown recipe
     name = recipe or task or "math"
     values.update(read_yaml(recipe_path(name)))
     if task is not None:

@@ -118,4 +118,26 @@ def load_rows(task: Task, data: Path | None = None, synthetic: int | None = None
         raw, source = load_hub(task), task.hub_id
     if not raw:
         raise UserError(f"{source}: no rows")
-    return Rows([task.to_schema(r) for r in raw], source, task.split)
+    rows = [task.to_schema(r) for r in raw]
+    for i, row in enumerate(rows):
+        problem = _type_problem(task, row)
+        if problem:
+            raise UserError(f"{source}: row {i} {problem}")
+    return Rows(rows, source, task.split)
+
+
+def _type_problem(task: Task, row: dict) -> str | None:
+    """What is wrong with the types of one row in the task's schema (None: nothing)."""
+    for name in task.fields:
+        value = row[name]
+        if name == "messages":
+            if not isinstance(value, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in value
+            ):
+                return "has `messages` that is not a list of {role, content} strings"
+        elif not isinstance(value, str):
+            return f"has `{name}` of type {type(value).__name__}, not a string"
+    if "input" in row and not isinstance(row["input"], (str, type(None))):
+        return f"has `input` of type {type(row['input']).__name__}, not a string"
+    return None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedmom_cli import safety
 from fedmom_cli.data import load_rows
 from fedmom_cli.errors import UserError
 from fedmom_cli.results import atomic_write_json
@@ -84,10 +85,10 @@ def split_rows(
             proportions[category] = p.tolist()
             for k, part in enumerate(_cut(rng.permutation(idx), p)):
                 clients[k].extend(int(i) for i in part)
-        if min(len(c) for c in clients) >= min_size:
+        if min(len(c) for c in clients) >= max(min_size, 1):  # never an empty client
             return Split([sorted(c) for c in clients], proportions, draw)
     raise UserError(
-        f"no Dirichlet({beta}) draw in {MAX_DRAWS} gave every client {min_size} rows; "
+        f"no Dirichlet({beta}) draw in {MAX_DRAWS} gave every client {max(min_size, 1)} rows; "
         f"raise --beta or lower --min-size / --clients"
     )
 
@@ -122,6 +123,8 @@ def make_partition(
     iid: bool = False,
 ) -> dict:
     """Split `rows` (a data.Rows) and describe the split as the partition file holds it."""
+    if min_size < 1 and 1 <= clients <= len(rows.rows):
+        raise UserError(f"--min-size must be >= 1 (an empty client cannot train), got {min_size}")
     labels = None
     if by:
         missing = sum(1 for r in rows.rows if by not in r)
@@ -146,11 +149,46 @@ def make_partition(
     }
 
 
+def is_partition_file(path: Path) -> bool:
+    data = safety.read_json_or_none(path)
+    return isinstance(data, dict) and {"clients", "dataset", "sizes", "scheme"} <= set(data)
+
+
+def check_partition(part, path, n_rows: int, clients: int, min_size: int) -> None:
+    """A partition file's schema and content: lists of in-range row indices, none empty or too small."""
+    if not isinstance(part, dict) or not isinstance(part.get("clients"), list):
+        raise UserError(f"partition {path} is not a `fedmom partition` file (no list of clients)")
+    if not isinstance(part.get("dataset"), dict) or "sha256" not in part["dataset"]:
+        raise UserError(f"partition {path} is not a `fedmom partition` file (no dataset fingerprint)")
+    if len(part["clients"]) != clients:
+        raise UserError(f"partition {path} has {len(part['clients'])} clients, config says {clients}")
+    seen: set[int] = set()
+    for k, rows in enumerate(part["clients"]):
+        if not isinstance(rows, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in rows
+        ):
+            raise UserError(f"partition {path}: client {k} is not a list of row indices")
+        bad = [i for i in rows if not 0 <= i < n_rows]
+        if bad:
+            raise UserError(f"partition {path}: client {k} has row index {bad[0]}, outside 0..{n_rows - 1}")
+        if len(rows) < max(min_size, 1):
+            raise UserError(
+                f"partition {path}: client {k} has {len(rows)} rows, fewer than min_client_size "
+                f"{max(min_size, 1)}"
+            )
+        if seen.intersection(rows) or len(set(rows)) != len(rows):
+            raise UserError(f"partition {path}: client {k} repeats a row index (clients must be disjoint)")
+        seen.update(rows)
+
+
 def run(opts: PartitionOptions) -> dict:
     """Load the rows, split them, write the partition JSON atomically; returns its content."""
     task = get_task(opts.task)
+    safety.check_out(opts.out, "file")
     if opts.out.exists() and not opts.force:
         raise UserError(f"--out {opts.out} already exists (use --force to replace it)")
+    if opts.out.exists() and not is_partition_file(opts.out):
+        raise UserError(f"--out {opts.out} is not a `fedmom partition` file; --force only replaces one")
     if opts.by and opts.iid:
         raise UserError("--by and --iid exclude each other")
     rows = load_rows(task, opts.data, opts.synthetic, seed=opts.seed)

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from fedmom_cli.benchmarks import FAMILY_TASKS
+from fedmom_cli.errors import UserError
 
 COLUMNS = {
     "gsm8k": "GSM8K",
@@ -91,27 +92,57 @@ def _json(path: Path):
         return None
 
 
+EXAMPLES_MARKER = ".fedmom-examples"
+
+
+def _read(path: Path, parse, kind):
+    """A file under the results folder, parsed; malformed is a one-line UserError naming the file."""
+    try:
+        data = parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}; fix or move that folder") from None
+    if not isinstance(data, kind):
+        raise UserError(f"{path} does not hold a {kind.__name__}; fix or move that folder")
+    return data
+
+
+def _metrics(path: Path) -> list[dict]:
+    from fedmom_cli.results import read_metrics
+
+    try:
+        return read_metrics(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}; fix or move that run folder") from None
+
+
 def collect(root: Path) -> tuple[list[Run], list[dict]]:
-    """Every run folder (result.json + config.yaml) and every pre-trained eval.json under root."""
+    """Every run folder (result.json + config.yaml) and every pre-trained eval.json under root.
+
+    A malformed file of a run folder stops the report with one line naming it (a run silently
+    missing from a table would be worse).
+    """
     runs, pretrained = [], []
+    # Committed example runs (results/examples/) join a report only when it is asked for them.
+    examples = [m.parent for m in root.rglob(EXAMPLES_MARKER) if m.parent != root]
+
+    def elsewhere(path: Path) -> bool:
+        return any(e in path.parents for e in examples)
+
     for result_path in sorted(root.rglob("result.json")):
         folder = result_path.parent
-        config = (
-            yaml.safe_load((folder / "config.yaml").read_text())
-            if (folder / "config.yaml").is_file()
-            else None
-        )
-        if config is None:
+        if not (folder / "config.yaml").is_file() or elsewhere(result_path):
             continue
-        metrics = (
-            [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-            if (folder / "metrics.jsonl").is_file()
-            else []
+        config = _read(folder / "config.yaml", yaml.safe_load, dict)
+        result = _read(result_path, json.loads, dict)
+        evaluated = (
+            _read(folder / "eval.json", json.loads, dict) if (folder / "eval.json").is_file() else None
         )
-        runs.append(Run(folder, config, _json(result_path) or {}, _json(folder / "eval.json"), metrics))
+        runs.append(Run(folder, config, result, evaluated, _metrics(folder / "metrics.jsonl")))
     for eval_path in sorted(root.rglob("eval.json")):
-        data = _json(eval_path)
-        if data and not data.get("adapter") and not (eval_path.parent / "config.yaml").is_file():
+        if (eval_path.parent / "config.yaml").is_file() or elsewhere(eval_path):
+            continue
+        data = _read(eval_path, json.loads, dict)
+        if data and not data.get("adapter"):
             pretrained.append(dict(data, path=str(eval_path.parent)))
     return runs, pretrained
 

@@ -87,6 +87,55 @@ def long_form(tables: list[Table]):
     return pd.DataFrame.from_records(records)
 
 
+REPORT_HEADING = "# fedmom report"
+LONG_COLUMNS = ["table", "setting", "row", "column", "mean", "error", "seeds", "paper"]
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().startswith(REPORT_HEADING)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _is_long_form(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    if path.suffix == ".csv":
+        return text.splitlines()[:1] == [",".join(LONG_COLUMNS)]
+    from fedmom_cli.safety import read_json_or_none
+
+    data = read_json_or_none(path)
+    return isinstance(data, list) and all(isinstance(r, dict) and set(r) == set(LONG_COLUMNS) for r in data)
+
+
+def check_report_targets(out: Path, fmt: str, figures: bool) -> None:
+    """A report is regenerated in place; any other existing file at its paths is refused.
+
+    The report is derived output that fedmom recognises (its first line, the long-form header), so
+    running `fedmom report` again replaces it without --force; a file of anything else is never
+    overwritten (a run's result.json, a user's notes).
+    """
+    from fedmom_cli import safety
+
+    targets = [(out, _is_report, "a fedmom report")]
+    if fmt != "md":
+        targets.append((out.with_suffix(f".{fmt}"), _is_long_form, f"a fedmom report {fmt} file"))
+    for path, recognise, what in targets:
+        if path.suffix.lower() in (".yaml", ".jsonl", ".safetensors", ".pt") or path.name == "result.json":
+            raise UserError(f"--out {path}: refusing to write a report over a run file; choose a .md path")
+        safety.check_out(path, "file")
+        if path.exists() and not recognise(path):
+            raise UserError(f"--out {path} exists and is not {what}; choose another --out (nothing written)")
+    if out.with_suffix(f".{fmt}") == out and fmt != "md":
+        raise UserError(f"--out {out} ends in .{fmt}; give the markdown path (e.g. report.md)")
+    if figures:
+        safety.check_out(out.parent / "figures", "dir", "figures folder")
+
+
 def run(
     root: Path,
     out: Path | None = None,
@@ -104,13 +153,20 @@ def run(
         raise UserError(f"--spread must be stderr or std, got {spread!r}")
     if fmt not in ("md", "csv", "json"):
         raise UserError(f"--format must be md, csv or json, got {fmt!r}")
+    out = out or root / "report.md"
+    check_report_targets(out, fmt, figures)
     runs, pretrained = report.collect(root)
     if not runs and not pretrained:
         raise UserError(f"no fedmom run folders (result.json + config.yaml) under {root}")
-    tables = report.build_tables(runs, pretrained, spread, compare_paper)
-    tables += report.table8(runs, report.bench_dense_row(root))
-    tables += report.training_summary(runs)
-    out = out or root / "report.md"
+    try:  # files that parse but hold other shapes (a hand-edited eval.json, a foreign result.json)
+        tables = report.build_tables(runs, pretrained, spread, compare_paper)
+        tables += report.table8(runs, report.bench_dense_row(root))
+        tables += report.training_summary(runs)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise UserError(
+            f"a file under {root} has an unexpected shape ({type(exc).__name__}: {exc}); "
+            f"check its run folders' result.json, eval.json and metrics.jsonl"
+        ) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     finished = sum(r.result.get("status") == "finished" for r in runs)
     parts = [

@@ -27,11 +27,14 @@ PACKAGES = ("fedmom", "torch", "transformers", "peft", "accelerate", "datasets",
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when os.replace failed
 
 
 def atomic_write_json(path: Path, content, indent: int | None = 2) -> None:
@@ -91,9 +94,21 @@ def device_info(device: torch.device) -> dict:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """One record per line; a line that is not a JSON object is a ValueError naming its number."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise ValueError(f"line {n} is not JSON") from None
+        if not isinstance(record, dict) or not isinstance(record.get("round"), int):
+            raise ValueError(f"line {n} is not a round record")
+        records.append(record)
+    return records
 
 
 def write_metrics(path: Path, records: list[dict]) -> None:

@@ -40,10 +40,11 @@ from fedmom_cli.model import (
     set_factors,
     set_trainable,
 )
-from fedmom_cli.partition import make_partition
+from fedmom_cli.partition import check_partition, make_partition
 from fedmom_cli.tasks import IGNORE_INDEX, encode, get_task
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_KEYS = {"round", "config_hash", "global", "delta", "method_state", "samplers", "record", "rng"}
 
 
 def lr_at(cfg: TrainConfig, round_idx: int) -> float:
@@ -83,6 +84,7 @@ class Simulation:
         self.rows = load_rows(self.task, Path(cfg.data) if cfg.data else None, cfg.synthetic, seed=cfg.seed)
         self.partition = self._partition()
         self.tokenizer = load_tokenizer(cfg)
+        self._check_cutoff()
         use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
         mixed = {"bf16": "bf16", "fp16": "fp16"}.get(cfg.precision, "no") if not use_cpu else "no"
         self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed)
@@ -106,21 +108,31 @@ class Simulation:
     def _partition(self) -> dict:
         cfg, path = self.cfg, self.cfg.partition
         if path is not None:
-            part = results.read_json(Path(path))
-            if part is None:
+            if not Path(path).is_file():
                 raise UserError(f"partition file not found: {path}")
+            try:
+                part = results.read_json(Path(path))
+            except (OSError, ValueError) as exc:
+                raise UserError(f"partition {path} cannot be read: {str(exc).splitlines()[0]}") from None
+            check_partition(part, path, len(self.rows.rows), cfg.clients, cfg.min_client_size)
             fp = self.rows.fingerprint()
             if part["dataset"]["sha256"] != fp["sha256"]:
                 raise UserError(
                     f"partition {path} was made for another dataset ({part['dataset']['source']}, "
                     f"{part['dataset']['rows']} rows), not {fp['source']} ({fp['rows']} rows)"
                 )
-            if len(part["clients"]) != cfg.clients:
-                raise UserError(
-                    f"partition {path} has {len(part['clients'])} clients, config says {cfg.clients}"
-                )
             return part
         return make_partition(cfg.task, self.rows, cfg.clients, cfg.beta, cfg.seed, cfg.min_client_size)
+
+    def _check_cutoff(self, sample: int = 32) -> None:
+        """cutoff_len must leave response tokens to learn from (else the loss is 0 and nothing trains)."""
+        rows = self.rows.rows[:sample]
+        encoded = [encode(self.task, r, self.tokenizer, self.cfg.cutoff_len) for r in rows]
+        if not any(any(x != IGNORE_INDEX for x in e["labels"][1:]) for e in encoded):
+            raise UserError(
+                f"cutoff_len {self.cfg.cutoff_len} cuts every response of the first {len(rows)} rows "
+                f"(the prompts alone fill it); raise cutoff_len"
+            )
 
     def _validation_rows(self) -> list[dict]:
         """The first val_rows held-out rows, encoded once (the same rows every round and method)."""
@@ -317,7 +329,16 @@ class Simulation:
         )
 
     def load_checkpoint(self) -> dict:
-        ckpt = torch.load(self.run_dir / CHECKPOINT, weights_only=False)
+        path = self.run_dir / CHECKPOINT
+        try:
+            ckpt = torch.load(path, weights_only=False)
+            if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+                raise ValueError("not a fedmom checkpoint")
+        except Exception as exc:  # noqa: BLE001 - truncated, garbage or foreign: the user's file
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0].split(". ")[0][:160]
+            raise UserError(
+                f"{path} cannot be read ({reason}); it was left as it is; --force starts over"
+            ) from None
         if ckpt["config_hash"] != self.cfg.hash():
             raise UserError("the checkpoint was made with other settings; use --force to start over")
         device = self.accelerator.device

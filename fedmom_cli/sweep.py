@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import results
+from fedmom_cli import results, safety
 from fedmom_cli.errors import UserError
 
 PARAMS = {"tiny": 0.1e6, "smollm2-135m": 134.5e6, "meta-llama/Llama-2-7b-hf": 6.74e9}
@@ -53,13 +53,9 @@ def plan(recipe: str, only: dict, out: Path | None, overrides: dict) -> tuple[di
         raise UserError(
             f"recipe {recipe!r} has no `sweep: grid:` section; `fedmom train --recipe {recipe}` runs it once"
         )
-    unknown = set(spec) - {"grid", "eval_tasks", "pretrained", "out"}
-    if unknown or set(spec["grid"]) - {"method", "seed", "settings"}:
-        raise UserError(
-            f"recipe {recipe!r}: unknown sweep key(s) "
-            f"{', '.join(sorted(unknown | (set(spec['grid']) - {'method', 'seed', 'settings'})))}"
-        )
+    _check_spec(recipe, spec)
     root = Path(out or spec.get("out") or "results")
+    safety.check_out(root, "dir")
     base = cfgmod.resolve(str(path), None, overrides)
     grid = spec["grid"]
     cells = []
@@ -83,8 +79,64 @@ def plan(recipe: str, only: dict, out: Path | None, overrides: dict) -> tuple[di
     return spec, cells, root
 
 
+def _check_spec(recipe: str, spec: dict) -> None:
+    """The `sweep:` section's shape: a grid mapping of lists, known keys, typed values."""
+    unknown = set(spec) - {"grid", "eval_tasks", "pretrained", "out"}
+    grid = spec["grid"]
+    if not isinstance(grid, dict):
+        raise UserError(f"recipe {recipe!r}: `sweep: grid:` must be a mapping (method, seed, settings)")
+    if unknown or set(grid) - {"method", "seed", "settings"}:
+        raise UserError(
+            f"recipe {recipe!r}: unknown sweep key(s) "
+            f"{', '.join(sorted(map(str, unknown | (set(grid) - {'method', 'seed', 'settings'}))))}"
+        )
+    kinds = {"method": str, "seed": int, "settings": dict}
+    for key, kind in kinds.items():
+        values = grid.get(key)
+        if key in grid and (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values)
+        ):
+            raise UserError(f"recipe {recipe!r}: `grid: {key}:` must be a non-empty list of {kind.__name__}s")
+    for variant in grid.get("settings") or []:
+        bad = sorted(set(variant) - set(cfgmod.FIELDS))
+        if bad:
+            raise UserError(f"recipe {recipe!r}: grid setting(s) with unknown key(s) {', '.join(bad)}")
+    tasks = spec.get("eval_tasks")
+    if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks)):
+        raise UserError(f"recipe {recipe!r}: `eval_tasks:` must be a list of benchmark names")
+    if not isinstance(spec.get("pretrained", False), bool):
+        raise UserError(f"recipe {recipe!r}: `pretrained:` must be true or false")
+    if spec.get("out") is not None and not isinstance(spec["out"], str):
+        raise UserError(f"recipe {recipe!r}: `out:` must be a folder path")
+
+
+def conflict(cell: Cell) -> list[str] | None:
+    """Why the cell's folder cannot hold this cell (other settings, not a run); None if it can."""
+    from fedmom_cli.train import settings_diff
+
+    folder = cell.run_dir
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        return ["a file, not a folder"]
+    if not (folder / "config.yaml").is_file():
+        other = [p.name for p in folder.iterdir() if p.name != safety.LOCK_FILE]
+        return ["not a fedmom run folder"] if other else None
+    try:
+        return settings_diff(folder, cell.config) or None
+    except UserError as exc:
+        return [str(exc)]
+
+
 def cell_state(cell: Cell) -> str:
-    result = results.read_json(cell.run_dir / "result.json") or {}
+    diff = conflict(cell)
+    if diff:
+        return "conflict"
+    result = safety.read_json_or_none(cell.run_dir / "result.json") or {}
+    if not isinstance(result, dict):
+        result = {}
     if result.get("status") == "finished":
         return "done" if (cell.run_dir / "eval.json").is_file() else "trained"
     if (cell.run_dir / "checkpoint.pt").is_file():
@@ -94,7 +146,9 @@ def cell_state(cell: Cell) -> str:
 
 def estimate(cells: list[Cell]) -> str:
     """Client steps, training tokens (upper bound: cut-off length) and ~6 N D FLOPs of what is left."""
-    todo = [c for c in cells if cell_state(c) not in ("done", "trained")]
+    states = {c.run_dir: cell_state(c) for c in cells}
+    todo = [c for c in cells if states[c.run_dir] not in ("done", "trained", "conflict")]
+    clash = sum(s == "conflict" for s in states.values())
     steps = sum(
         c.config.rounds * (c.config.clients_per_round or c.config.clients) * c.config.local_steps
         for c in todo
@@ -118,8 +172,10 @@ def estimate(cells: list[Cell]) -> str:
         for c in todo
     )
     known = all(c.config.model in PARAMS for c in todo)
-    return f"{len(todo)} cell(s) to train: {steps:,} client steps, <= {tokens:,} tokens" + (
-        f", <= {flops / 1e15:,.1f} PFLOP (6 N D)" if known and todo else ""
+    return (
+        f"{len(todo)} cell(s) to train: {steps:,} client steps, <= {tokens:,} tokens"
+        + (f", <= {flops / 1e15:,.1f} PFLOP (6 N D)" if known and todo else "")
+        + (f"; {clash} cell(s) in conflict (the sweep stops before training)" if clash else "")
     )
 
 
@@ -142,6 +198,24 @@ def ensure_partition(cell: Cell) -> None:
     )
 
 
+def preflight(spec: dict, cells: list[Cell], root: Path) -> None:
+    """What would fail late (after hours of training) checked before the first cell trains."""
+    from fedmom_cli import report_render
+
+    for cell in cells:
+        safety.check_device(cell.config.device)
+        part = Path(cell.config.partition)
+        if part.exists():
+            data = safety.read_json_or_none(part)
+            want = {"clients_n": cell.config.clients, "seed": cell.config.seed}
+            if not isinstance(data, dict) or any(data.get(k) != v for k, v in want.items()):
+                raise UserError(
+                    f"{part} is not this sweep's client split (want {want}); nothing trained; "
+                    f"use another --out"
+                )
+    report_render.check_report_targets(root / "report.md", "md", True)
+
+
 def run(
     recipe: str,
     only: dict,
@@ -158,12 +232,24 @@ def run(
     from fedmom_cli import train as tr
 
     spec, cells, root = plan(recipe, only, out, overrides or {})
+    conflicts = {c.run_dir: d for c in cells if (d := conflict(c))}
+    if not dry_run:  # a sweep that cannot finish stops here, before its plan and before training
+        if conflicts:
+            first, diff = next(iter(conflicts.items()))
+            raise UserError(
+                f"{len(conflicts)} cell(s) conflict with what their folders hold, e.g. {first} "
+                f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}); nothing trained; "
+                f"use another --out (--dry-run lists them)"
+            )
+        preflight(spec, cells, root)
     log(f"sweep {recipe}: {len(cells)} cell(s) under {root}")
     for c in cells:
         log(
             f"  {c.config.method:<24} seed {c.config.seed} {c.label or '':<24} "
             f"{cell_state(c):<22} {c.run_dir}"
         )
+        if c.run_dir in conflicts:
+            log(f"    conflict: {c.run_dir}: {'; '.join(conflicts[c.run_dir])}")
     log(estimate(cells))
     if dry_run:
         return None

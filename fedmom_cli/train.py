@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
 from fedmom_cli import config as cfgmod
-from fedmom_cli import results, tracking
+from fedmom_cli import results, safety, tracking
 from fedmom_cli.client import NonFiniteLoss
 from fedmom_cli.config import TrainConfig
 from fedmom_cli.errors import UserError
@@ -39,27 +40,59 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def settings_diff(run_dir: Path, cfg: TrainConfig) -> list[str]:
+    """How the settings in run_dir/config.yaml differ from cfg ('key: old there, new now')."""
+    path = run_dir / "config.yaml"
+    try:
+        old = cfgmod.from_yaml(path.read_text())
+    except (OSError, ValueError, TypeError, AttributeError, UserError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read {path} ({str(exc).splitlines()[0]}); --force starts over") from None
+    return [
+        f"{k}: {getattr(old, k)!r} there, {getattr(cfg, k)!r} now"
+        for k in cfgmod.FIELDS
+        if getattr(old, k) != getattr(cfg, k)
+    ]
+
+
 def _same_settings(run_dir: Path, cfg: TrainConfig, what: str) -> None:
     """A run folder only stands for the settings it was made with."""
-    old = cfgmod.from_yaml((run_dir / "config.yaml").read_text())
-    if old != cfg:
-        diff = [
-            f"{k}: {getattr(old, k)!r} there, {getattr(cfg, k)!r} now"
-            for k in cfgmod.FIELDS
-            if getattr(old, k) != getattr(cfg, k)
-        ]
+    diff = settings_diff(run_dir, cfg)
+    if diff:
         raise UserError(
             f"{run_dir} {what} with other settings ({'; '.join(diff[:4])}"
             f"{'; ...' if len(diff) > 4 else ''}); use --out for a new folder or --force"
         )
 
 
-def _prepare(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool) -> str:
-    """Decide what to do with the folder: 'fresh', 'resume' or 'done'."""
-    result = results.read_json(run_dir / "result.json")
-    if run_dir.exists() and force:
-        shutil.rmtree(run_dir)
-        return "fresh"
+def _has_content(run_dir: Path) -> bool:
+    return run_dir.is_dir() and any(p.name != safety.LOCK_FILE for p in run_dir.iterdir())
+
+
+def _prepare(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool, probe: bool = True) -> str:
+    """Decide what to do with the folder: 'fresh', 'restart', 'force', 'resume' or 'done' (reads only).
+
+    --force only replaces a fedmom run folder (safety.is_run_folder), never `.` or a parent of it.
+    """
+    safety.check_out(run_dir, "dir")
+    if run_dir.is_dir() and probe:
+        safety.probe_lock(run_dir)
+    if force and _has_content(run_dir):
+        safety.refuse_cwd(run_dir)
+        if not safety.is_run_folder(run_dir):
+            foreign = safety.foreign_names(run_dir, safety.RUN_NAMES)
+            raise UserError(
+                f"{run_dir} is not a fedmom run folder"
+                + (
+                    f" (it holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})"
+                    if foreign
+                    else ""
+                )
+                + "; --force only replaces a fedmom run folder; choose another --out"
+            )
+        return "force"
+    if _has_content(run_dir) and not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} exists and is not a fedmom run folder; choose another --out")
+    result = _read_result(run_dir)
     if result is not None and result.get("status") == "finished":
         _same_settings(run_dir, cfg, "holds a finished run")
         return "done"
@@ -68,8 +101,10 @@ def _prepare(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool) -> str:
             raise UserError(f"{run_dir} holds an unfinished run; --resume continues it, --force starts over")
         _same_settings(run_dir, cfg, "holds an unfinished run")
         return "resume"
-    if run_dir.exists() and any(run_dir.iterdir()) and result is None:
-        raise UserError(f"{run_dir} exists and is not a fedmom run folder; choose another --out")
+    if run_dir.is_dir() and (run_dir / "config.yaml").is_file():
+        # Started but never checkpointed (killed in round 0, or a failed start): nothing to keep.
+        _same_settings(run_dir, cfg, "holds the start of a run")
+        return "restart"
     return "fresh"
 
 
@@ -89,6 +124,16 @@ def check_client_resources(resources: dict | None) -> None:
             raise UserError(f"--client-gpus {gpus}: this machine has no CUDA GPU (Ray would wait forever)")
 
 
+def _read_result(run_dir: Path) -> dict | None:
+    path = run_dir / "result.json"
+    if not path.is_file():
+        return None
+    data = safety.read_json_or_none(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not valid JSON; --force starts the run over")
+    return data
+
+
 def run(opts: TrainOptions) -> dict:
     cfg = opts.config
     run_dir = Path(opts.out) if opts.out is not None else default_run_dir(cfg)
@@ -104,22 +149,46 @@ def run(opts: TrainOptions) -> dict:
         if cfg.clients_per_round not in (None, cfg.clients):
             raise UserError("--engine flower trains every client each round (clients_per_round: null)")
     tracking.check(opts.report_to)
+    safety.check_device(cfg.device)
     action = _prepare(run_dir, cfg, opts.resume, opts.force)
     if action == "done":
         print(f"{run_dir} is already finished (use --force to train it again)")
-        return results.read_json(run_dir / "result.json")
+        return _read_result(run_dir)
     sim = Simulation(cfg, run_dir)  # loads data and model: user errors surface before any write
-    run_dir.mkdir(parents=True, exist_ok=True)
+    last = sim.load_checkpoint() if action == "resume" else None  # a bad checkpoint: before writes
     metrics_path = run_dir / "metrics.jsonl"
-    previous = results.read_json(run_dir / "result.json") or {}
     if action == "resume":
-        last = sim.load_checkpoint()
-        # Keep exactly the completed rounds: drop lines past the checkpoint, restore a missing last one.
-        records = [r for r in results.read_metrics(metrics_path) if r["round"] < sim.round - 1] + [last]
-    else:
+        records = _completed_records(metrics_path, sim.round, last)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with safety.RunLock(run_dir):
+        if _prepare(run_dir, cfg, opts.resume, opts.force, probe=False) != action:  # changed while we loaded
+            raise UserError(f"{run_dir} changed while this run was loading; run the command again")
+        if action in ("force", "restart"):
+            safety.clear_run_folder(run_dir)
+        return _train(opts, cfg, run_dir, sim, action, records if action == "resume" else [])
+
+
+def _completed_records(metrics_path: Path, round_: int, last: dict) -> list[dict]:
+    """Exactly the completed rounds: lines past the checkpoint dropped, a missing last one restored."""
+    try:
+        records = results.read_metrics(metrics_path)
+    except ValueError as exc:
+        raise UserError(f"{metrics_path}: {exc}; --force starts the run over") from None
+    records = [r for r in records if r["round"] < round_ - 1] + [last]
+    if [r["round"] for r in records] != list(range(round_)):
+        raise UserError(
+            f"{metrics_path} lacks some of rounds 0..{round_ - 2} (the checkpoint is at round {round_}); "
+            f"resuming would lose their records; --force starts the run over"
+        )
+    return records
+
+
+def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str, records) -> dict:
+    metrics_path = run_dir / "metrics.jsonl"
+    previous = (_read_result(run_dir) or {}) if action == "resume" else {}
+    if action != "resume":
         results.atomic_write_bytes(run_dir / "config.yaml", cfgmod.to_yaml(cfg).encode())
         results.atomic_write_json(run_dir / "partition.json", sim.partition, indent=None)
-        records = []
     results.write_metrics(metrics_path, records)
     result = {
         "status": "running",

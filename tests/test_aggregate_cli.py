@@ -190,8 +190,20 @@ def test_existing_output_is_never_overwritten_without_force(tmp_path, monkeypatc
     (out / "keep.txt").write_text("precious")
     code, _, err = cli(monkeypatch, capsys, "aggregate", "-m", "fedit", *clients, "--out", out)
     assert code == 2 and "already exists" in err and (out / "keep.txt").read_text() == "precious"
-    code, _, _ = cli(monkeypatch, capsys, "aggregate", "-m", "fedit", *clients, "--out", out, "--force")
-    assert code == 0 and not (out / "keep.txt").exists() and (out / "adapter").is_dir()
+    # Issue 12: --force replaces only an earlier `fedmom aggregate` output, never a user's folder.
+    code, _, err = cli(monkeypatch, capsys, "aggregate", "-m", "fedit", *clients, "--out", out, "--force")
+    assert (
+        code == 2
+        and "not a `fedmom aggregate` output" in err
+        and (out / "keep.txt").read_text() == "precious"
+    )
+    (out / "keep.txt").unlink()
+    code, _, _ = cli(monkeypatch, capsys, "aggregate", "-m", "fedit", *clients, "--out", out)
+    assert code == 0 and (out / "adapter").is_dir()
+    stamp = (out / "aggregation.json").stat().st_mtime_ns
+    code, _, _ = cli(monkeypatch, capsys, "aggregate", "-m", "flora", *clients, "--out", out, "--force")
+    assert code == 0 and (out / "aggregation.json").stat().st_mtime_ns != stamp
+    assert json.loads((out / "aggregation.json").read_text())["method"] == "flora"
 
 
 def test_help_lists_the_commands(monkeypatch, capsys):

@@ -1,0 +1,247 @@
+"""Output safety: where a command may write, what `--force` may replace, and who writes a run folder.
+
+Every command follows one order: validate every input (options, recipes, files, devices), then check
+the output path with `check_out`, then create folders and write. The rules, set out in
+docs/safety.md:
+
+- `--out` must be writable where it will be created: no part of it may be a file, the first
+  existing folder on its way must be writable, and a folder target must not be a file (or the
+  reverse).
+- `--force` replaces only a fedmom output *of the same kind* (`is_run_folder`,
+  `is_aggregate_folder`, a recogniser for single files), never the current folder or one of its
+  parents, and it deletes only the names fedmom itself writes there (`clear_run_folder`); a folder
+  holding anything else is refused, so nothing outside fedmom's own files is ever deleted.
+- A run folder is written by one process at a time: `RunLock` holds an exclusive `fcntl.flock` on
+  `<run>/.fedmom.lock` (the holder's pid written inside). The kernel drops the lock when the
+  process dies, so a crash (even kill -9) leaves no stale lock; the file itself stays and is part
+  of the run folder. `probe_lock` checks, without writing, that nobody holds it, so a second
+  writer fails at once rather than after loading its model. Where `fcntl` does not exist
+  (Windows) there is no lock.
+
+Nothing here imports torch: `fedmom report` uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from fedmom_cli.errors import UserError
+
+try:  # POSIX only
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_FILE = ".fedmom.lock"
+# Every name `fedmom train` (and `fedmom eval` on a run) writes inside a run folder.
+RUN_NAMES = {
+    "config.yaml",
+    "partition.json",
+    "metrics.jsonl",
+    "checkpoint.pt",
+    "adapter",
+    "base_delta.safetensors",
+    "result.json",
+    "merged",
+    "eval.json",
+    "eval_samples",
+    "eval_data",
+    "tensorboard",  # --report-to tensorboard
+    "tracking.json",  # --report-to wandb / mlflow: the tracking run's id, for --resume
+    LOCK_FILE,
+}
+AGGREGATE_NAMES = {"adapter", "base_delta.safetensors", "aggregation.json"}
+TMP_NAME = re.compile(r"^\..+\.tmp$|^\..+\.[A-Za-z0-9_]{8}$")  # atomic writes, mkdtemp folders
+
+
+# ---- paths ---------------------------------------------------------------------------------------
+def check_out(path: Path, kind: str = "dir", option: str = "--out") -> None:
+    """`path` can be created (or replaced) as a `kind` ('dir' or 'file'), with nothing written yet."""
+    path = Path(path)
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is a file, not a folder")
+    if kind == "file" and path.is_dir():
+        raise UserError(f"{option} {path} is a folder, not a file")
+    parent = path if kind == "dir" and path.exists() else path.parent
+    while not parent.exists():
+        if parent.is_symlink():  # a dangling link: creating under it would fail
+            raise UserError(f"{option} {path}: {parent} is a broken link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{option} {path}: {parent} is a file, not a folder")
+    target = path if kind == "dir" and path.exists() else parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: cannot write in {target} (permission denied)")
+
+
+def refuse_cwd(path: Path, option: str = "--out") -> None:
+    """`--force` never replaces the current folder or any folder that contains it."""
+    here, target = Path.cwd().resolve(), Path(path).resolve()
+    if target == here or target in here.parents:
+        raise UserError(f"{option} {path} is the current folder or contains it; --force never deletes it")
+
+
+def foreign_names(folder: Path, names: set[str]) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in names and not TMP_NAME.match(p.name))
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder `fedmom train` made: a config.yaml of TrainConfig keys, only fedmom's file names."""
+    folder = Path(folder)
+    if not folder.is_dir() or foreign_names(folder, RUN_NAMES):
+        return False
+    try:
+        import yaml
+
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and {"method", "task", "seed", "lora_r"} <= set(config)
+
+
+def is_aggregate_folder(folder: Path) -> bool:
+    """A folder `fedmom aggregate` wrote: aggregation.json (with its keys) and its other outputs only."""
+    folder = Path(folder)
+    if not folder.is_dir() or foreign_names(folder, AGGREGATE_NAMES):
+        return False
+    data = read_json_or_none(folder / "aggregation.json")
+    return isinstance(data, dict) and {"method", "round", "modules"} <= set(data)
+
+
+def check_replaceable(folder: Path, force: bool, recognise: Callable[[Path], bool], what: str) -> None:
+    """An existing non-empty `folder` is only ever replaced with --force, and only if `what`."""
+    folder = Path(folder)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if not force:
+        raise UserError(f"--out {folder} already exists and is not empty (use --force to replace it)")
+    refuse_cwd(folder)
+    if not recognise(folder):
+        foreign = foreign_names(folder, RUN_NAMES | AGGREGATE_NAMES)
+        hint = f" (it holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})" if foreign else ""
+        raise UserError(
+            f"--out {folder} is not {what}{hint}; --force only replaces one; choose another --out"
+        )
+
+
+def clear_run_folder(folder: Path) -> None:
+    """Delete what fedmom wrote in a run folder (never its lock, never anything else)."""
+    for entry in Path(folder).iterdir():
+        if entry.name == LOCK_FILE or (entry.name not in RUN_NAMES and not TMP_NAME.match(entry.name)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def check_file_out(path: Path, force: bool, recognise: Callable[[Path], bool], what: str, option="--out"):
+    """A single output file: created if absent; replaced only with --force and only if `what`."""
+    path = Path(path)
+    check_out(path, "file", option)
+    if not path.exists():
+        return
+    if not force:
+        raise UserError(f"{option} {path} already exists (use --force to replace it)")
+    if not recognise(path):
+        raise UserError(f"{option} {path} is not {what}; --force only replaces one; choose another path")
+
+
+def read_json_or_none(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ---- run-folder lock -----------------------------------------------------------------------------
+def _holder(lock: Path) -> str:
+    try:
+        pid = lock.read_text().strip()
+    except OSError:
+        pid = ""
+    return f"pid {pid}" if pid.isdigit() else "another process"
+
+
+def probe_lock(folder: Path) -> None:
+    """Fail now, writing nothing, if another process holds the folder's lock."""
+    lock = Path(folder) / LOCK_FILE
+    if fcntl is None or not lock.is_file():
+        return
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        message = f"{folder} is being written by {_holder(lock)}; wait for it or choose another --out"
+        raise UserError(message) from None
+    finally:
+        os.close(fd)
+
+
+class RunLock:
+    """Exclusive, non-blocking flock on <folder>/.fedmom.lock for as long as the context is open."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        if fcntl is None:  # pragma: no cover
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(
+                f"{self.path.parent} is being written by {_holder(self.path)}; "
+                f"wait for it or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+# ---- values --------------------------------------------------------------------------------------
+def check_device(spec: str) -> None:
+    """auto, cpu, cuda, cuda:N or mps, and only one that exists on this machine."""
+    import torch
+
+    match = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if spec in ("auto", "cpu"):
+        return
+    if match:
+        if not torch.cuda.is_available():
+            raise UserError(f"device {spec!r}: CUDA is not available on this machine (use cpu or auto)")
+        if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+            raise UserError(f"device {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return
+    if spec == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UserError("device 'mps' is not available on this machine (use cpu or auto)")
+        return
+    raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, got {spec!r}")
+
+
+def check_range(name: str, value, low=None, high=None, low_open=False) -> None:
+    """`name` within [low, high] (or (low, high] with low_open); one line naming the bound."""
+    if value is None:
+        return
+    if low is not None and (value <= low if low_open else value < low):
+        raise UserError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise UserError(f"{name} must be <= {high}, got {value}")

@@ -1,0 +1,904 @@
+"""Issue 12: every user mistake is one `error:` line, exit 2, and the file system left as it was.
+
+One table of bad inputs per command. Each case runs `fedmom ARGS` in this process inside a copy of
+a prepared folder (`world`: user files, data files, partition files, adapters, a finished run, an
+unfinished run, recipes), and compares a snapshot of that whole tree (paths, kinds, bytes) before
+and after. The concurrency test runs two real processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import run_main
+from safetensors.torch import load_file, save_file
+
+from fedmom_cli import config as cfgmod
+from fedmom_cli import results, safety
+from fedmom_cli.partition import make_partition
+from fedmom_cli.simulate import Simulation
+from fedmom_cli.tasks import TASKS
+
+TINY = {"method": "fedit", "clients": 3, "rounds": 3, "local_steps": 1, "synthetic": 120, "lr": 1e-2}
+FAST = " ".join(f"--set {k}={v}" for k, v in TINY.items())
+
+
+def tiny_config(**overrides) -> cfgmod.TrainConfig:
+    return cfgmod.resolve("smoke", "math", {"method": "fedit", **TINY, **overrides})
+
+
+# ---- the prepared folder -------------------------------------------------------------------------
+def _write_jsonl(path: Path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _run_folder(folder: Path, cfg: cfgmod.TrainConfig, rounds_done: int, finished: bool) -> None:
+    """A run folder exactly as `fedmom train` leaves it after `rounds_done` rounds."""
+    folder.mkdir(parents=True)
+    sim = Simulation(cfg, folder)
+    (folder / "config.yaml").write_text(cfgmod.to_yaml(cfg))
+    results.atomic_write_json(folder / "partition.json", sim.partition, indent=None)
+    records = [sim.run_round(t) for t in range(rounds_done)]
+    results.write_metrics(folder / "metrics.jsonl", records)
+    status = "finished" if finished else "running"
+    if finished:
+        sim.save_outputs(False)
+        (folder / "checkpoint.pt").unlink()
+    result = {"status": status, "method": cfg.method, "task": cfg.task, "seed": cfg.seed}
+    result.update(rounds=cfg.rounds, rounds_completed=rounds_done, config_hash=cfg.hash())
+    results.atomic_write_json(folder / "result.json", result)
+
+
+def _adapters(root: Path) -> None:
+    from test_aggregate_cli import save_client
+
+    for i in range(2):
+        save_client(root / f"c{i}", seed=i)
+
+    def variant(name: str, config=None, tensors=None, raw: bytes | None = None) -> None:
+        folder = root / name
+        shutil.copytree(root / "c0", folder)
+        if config is not None:
+            text = config if isinstance(config, str) else json.dumps(config)
+            (folder / "adapter_config.json").write_text(text)
+        if tensors is not None:
+            save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+        if raw is not None:
+            (folder / "adapter_model.safetensors").write_bytes(raw)
+
+    good = json.loads((root / "c0" / "adapter_config.json").read_text())
+    weights = load_file(root / "c0" / "adapter_model.safetensors")
+    first_a = next(k for k in weights if k.endswith("lora_A.weight"))
+    blob = (root / "c0" / "adapter_model.safetensors").read_bytes()
+    variant("a_trunc", raw=blob[: len(blob) // 2])
+    variant("a_empty", raw=b"")
+    variant("a_garbage", raw=b"\x00garbage" * 10)
+    variant("a_cfglist", config=[good])
+    variant("a_cfgjson", config="{not json")
+    variant("a_rstr", config={**good, "r": "4"})
+    variant("a_r0", config={**good, "r": 0})
+    variant("a_rfloat", config={**good, "r": 4.5})
+    variant("a_noalpha", config={k: v for k, v in good.items() if k != "lora_alpha"})
+    variant("a_alphaneg", config={**good, "lora_alpha": -8})
+    variant("a_rank", config={**good, "r": 8})  # tensors are rank 4
+    variant("a_notlora", config={**good, "peft_type": "PREFIX_TUNING"})
+    variant("a_nan", tensors={**weights, first_a: weights[first_a] * float("nan")})
+    variant("a_inf", tensors={**weights, first_a: weights[first_a] * float("inf")})
+    variant("a_int32", tensors={k: v.to(torch.int32) for k, v in weights.items()})
+    variant("a_noB", tensors={k: v for k, v in weights.items() if "lora_B" not in k})
+    variant("a_nofactors", tensors={"other.weight": torch.zeros(2, 2)})
+    variant("a_3d", tensors={**weights, first_a: weights[first_a][None]})
+    (root / "a_nocfg").mkdir()
+    shutil.copy(root / "c0" / "adapter_model.safetensors", root / "a_nocfg")
+    (root / "a_noweights").mkdir()
+    shutil.copy(root / "c0" / "adapter_config.json", root / "a_noweights")
+
+
+def _partitions(root: Path) -> None:
+    cfg = tiny_config()
+    from fedmom_cli.data import load_rows
+
+    rows = load_rows(TASKS["math"], None, cfg.synthetic, seed=0)
+    part = make_partition("math", rows, 3, 0.5, 0, 4)
+    results.atomic_write_json(root / "part.json", part)
+
+    def variant(name: str, clients=None, **changes) -> None:
+        data = {**part, **changes}
+        if clients is not None:
+            data["clients"] = clients
+        (root / name).write_text(json.dumps(data))
+
+    c = part["clients"]
+    variant("part_neg.json", [c[0][:-1] + [-1], c[1], c[2]])
+    variant("part_oob.json", [c[0] + [10**6], c[1], c[2]])
+    variant("part_empty.json", [[], c[1] + c[0], c[2]])
+    variant("part_small.json", [c[0][:1], c[1] + c[0][1:], c[2]])
+    variant("part_dup.json", [c[0], c[1] + c[0][:1], c[2]])
+    variant("part_str.json", [[str(i) for i in c[0]], c[1], c[2]])
+    variant("part_float.json", [[float(i) for i in c[0]], c[1], c[2]])
+    variant("part_two.json", [c[0] + c[1], c[2]])
+    variant("part_notlist.json", {"0": c[0]})
+    variant("part_nodataset.json", dataset=None)
+    (root / "part_list.json").write_text(json.dumps(c))
+    (root / "part_trunc.json").write_text(json.dumps(part)[:200])
+    (root / "part_empty_file.json").write_text("")
+    other = load_rows(TASKS["math"], None, 120, seed=1)
+    results.atomic_write_json(root / "part_other.json", make_partition("math", other, 3, 0.5, 0, 4))
+
+
+def _data(root: Path) -> None:
+    good = TASKS["math"].synthetic(60, 0)
+    _write_jsonl(root / "rows.jsonl", good)
+    _write_jsonl(root / "badtypes.jsonl", [{**good[0], "query": 5}] + good[1:])
+    _write_jsonl(root / "nullresp.jsonl", good[:5] + [{**good[5], "response": None}])
+    _write_jsonl(root / "listquery.jsonl", [{**good[0], "query": ["a"]}])
+    _write_jsonl(root / "wrongfields.jsonl", [{"foo": "bar"}])
+    _write_jsonl(root / "scalars.jsonl", [1, 2, 3])
+    (root / "empty.jsonl").write_text("")
+    (root / "garbage.jsonl").write_text("this is not json\n")
+    (root / "half.jsonl").write_text(json.dumps(good[0]) + "\n" + json.dumps(good[1])[:20] + "\n")
+    (root / "dict.json").write_text(json.dumps({"a": 1}))
+    (root / "data.csv").write_text("query,response\nq,r\n")
+    (root / "binary.jsonl").write_bytes(b"\xff\xfe\x00\x01")
+    code = TASKS["code"].synthetic(5, 0)
+    _write_jsonl(root / "badcode.jsonl", [{**code[0], "messages": "hello"}] + code[1:])
+    _write_jsonl(root / "badcode2.jsonl", [{"messages": [{"role": "user", "content": 5}]}])
+
+
+def _recipes(root: Path) -> None:
+    base = "model: tiny\nprecision: fp32\nsynthetic: 60\ncutoff_len: 128\nlora_r: 4\nlora_alpha: 8\n"
+    base += "clients: 3\nmin_client_size: 4\nrounds: 1\nlocal_steps: 1\nbatch_size: 4\n"
+    sweeps = {
+        "sw_gridnull": "sweep:\n  grid: null\n",
+        "sw_gridlist": "sweep:\n  grid: [fedit]\n",
+        "sw_gridstr": "sweep:\n  grid: fedit\n",
+        "sw_methodstr": "sweep:\n  grid:\n    method: fedit\n",
+        "sw_methodempty": "sweep:\n  grid:\n    method: []\n",
+        "sw_methodnum": "sweep:\n  grid:\n    method: [1]\n",
+        "sw_seedstr": "sweep:\n  grid:\n    seed: [a]\n",
+        "sw_seedbool": "sweep:\n  grid:\n    seed: [true]\n",
+        "sw_settingsdict": "sweep:\n  grid:\n    settings: {lr: 0.1}\n",
+        "sw_settingskey": "sweep:\n  grid:\n    settings: [{learning_rate: 0.1}]\n",
+        "sw_unknown": "sweep:\n  grid:\n    method: [fedit]\n  evals: []\n",
+        "sw_gridkey": "sweep:\n  grid:\n    methods: [fedit]\n",
+        "sw_evaltasks": "sweep:\n  grid:\n    method: [fedit]\n  eval_tasks: 5\n",
+        "sw_pretrained": "sweep:\n  grid:\n    method: [fedit]\n  pretrained: maybe\n",
+        "sw_out": "sweep:\n  grid:\n    method: [fedit]\n  out: [a]\n",
+        "sw_nosweep": "",
+        "sw_sweepnull": "sweep: null\n",
+        "sw_badvalue": "sweep:\n  grid:\n    method: [fedavg]\n",
+        "sw_badsetting": "sweep:\n  grid:\n    settings: [{lr: -1}]\n",
+    }
+    for name, text in sweeps.items():
+        (root / f"{name}.yaml").write_text(f"# test recipe\n{base}{text}")
+    (root / "sw_notmapping.yaml").write_text("- a\n- b\n")
+    (root / "sw_badyaml.yaml").write_text("sweep: [unclosed\n")
+    (root / "sw_unknownkey.yaml").write_text(
+        f"{base}learning_rate: 1\nsweep:\n  grid:\n    method: [fedit]\n"
+    )
+    (root / "sw_good.yaml").write_text(f"# test recipe\n{base}sweep:\n  grid:\n    method: [fedit]\n")
+
+
+def _reports(root: Path, run: Path) -> None:
+    cases = {
+        "rep_badyaml": ("config.yaml", "a: [unclosed\n"),
+        "rep_cfglist": ("config.yaml", "- 1\n- 2\n"),
+        "rep_badresult": ("result.json", "{nope"),
+        "rep_resultlist": ("result.json", "[1, 2]"),
+        "rep_badmetrics": ("metrics.jsonl", None),
+        "rep_metricslist": ("metrics.jsonl", "[1, 2]\n"),
+        "rep_badeval": ("eval.json", "{"),
+        "rep_evallist": ("eval.json", "[]"),
+        "rep_evaltasks": ("eval.json", json.dumps({"tasks": [1, 2], "adapter": True})),
+        "rep_binary": ("result.json", b"\xff\xfe\x00"),
+    }
+    for name, (file, content) in cases.items():
+        folder = root / name / "math" / "fedit" / "seed0"
+        shutil.copytree(run, folder)
+        if content is None:
+            lines = (folder / file).read_text().splitlines()
+            content = lines[0] + "\ngarbage line\n"
+        if isinstance(content, bytes):
+            (folder / file).write_bytes(content)
+        else:
+            (folder / file).write_text(content)
+    pre = root / "rep_badpre" / "pretrained"
+    pre.mkdir(parents=True)
+    (pre / "eval.json").write_text("{broken")
+    (root / "rep_none").mkdir()
+    (root / "rep_none" / "notes.txt").write_text("no runs here")
+    shutil.copytree(run, root / "rep_ok" / "math" / "fedit" / "seed0")
+    (root / "rep_ok" / "report.md").write_text("my own notes, not a fedmom report\n")
+    (root / "rep_ok" / "other.csv").write_text("a,b\n1,2\n")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("world")
+    (root / "userdir" / "notes").mkdir(parents=True)
+    (root / "userdir" / "thesis.tex").write_text("precious")
+    (root / "userdir" / "notes" / "a.txt").write_text("more")
+    (root / "afile").write_text("x")
+    (root / "emptydir").mkdir()
+    _data(root)
+    _partitions(root)
+    _adapters(root)
+    _recipes(root)
+    _run_folder(root / "run_done", tiny_config(rounds=1), 1, finished=True)
+    _run_folder(root / "run_part", tiny_config(), 2, finished=False)
+    run_foreign = root / "run_foreign"
+    shutil.copytree(root / "run_done", run_foreign)
+    (run_foreign / "thesis.tex").write_text("precious too")
+    _reports(root, root / "run_done")
+    for name, content in {"garbage": b"garbage", "empty": b"", "trunc": None, "json": b"{}"}.items():
+        folder = root / f"ckpt_{name}"
+        shutil.copytree(root / "run_part", folder)
+        data = (folder / "checkpoint.pt").read_bytes()
+        (folder / "checkpoint.pt").write_bytes(data[: len(data) // 2] if content is None else content)
+    for name in ("metrics_garbage", "metrics_missing", "metrics_gap", "result_garbage"):
+        shutil.copytree(root / "run_part", root / name)
+    (root / "metrics_garbage" / "metrics.jsonl").write_text('{"round": 0}\nnot json\n')
+    (root / "metrics_missing" / "metrics.jsonl").unlink()
+    first = (root / "metrics_gap" / "metrics.jsonl").read_text().splitlines()[1]
+    (root / "metrics_gap" / "metrics.jsonl").write_text(first + "\n")
+    (root / "result_garbage" / "result.json").write_text("{oops")
+    # The sweep conflict: a finished run with other settings in a cell's folder.
+    cell = root / "sweepres" / "math" / "fedit" / "seed0"
+    shutil.copytree(root / "run_done", cell)
+    usercell = root / "sweepuser" / "math" / "fedit" / "seed0"
+    usercell.mkdir(parents=True)
+    (usercell / "thesis.tex").write_text("precious")
+    (root / "sweeprep" / "math").mkdir(parents=True)
+    (root / "sweeprep" / "report.md").write_text("my notes\n")
+    (root / "bench_user.json").write_text('{"mine": true}')
+    return root
+
+
+def snapshot(root: Path) -> dict[str, bytes | str]:
+    """Every path under root: a file's bytes, 'dir', or a link's target."""
+    out: dict[str, bytes | str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = f"link:{os.readlink(path)}"
+        elif path.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = path.read_bytes()
+    return out
+
+
+@pytest.fixture
+def world(template, tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "w"
+    shutil.copytree(template, root, symlinks=True)
+    monkeypatch.chdir(root)
+    return root
+
+
+def check_case(world: Path, monkeypatch, capsys, command: str, args: str, fragment: str) -> None:
+    before = snapshot(world)
+    code, out, err = run_main(monkeypatch, capsys, *shlex.split(f"{command} {args}"))
+    assert code == 2, (code, out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert fragment in err, err
+    after = snapshot(world)
+    assert after.keys() == before.keys(), set(after) ^ set(before)
+    changed = [k for k in before if before[k] != after[k]]
+    assert not changed, changed
+
+
+# ---- train ---------------------------------------------------------------------------------------
+NO_CUDA = not torch.cuda.is_available()
+TRAIN = [
+    # config values
+    ("--set max_grad_norm=-1", "max_grad_norm must be > 0 or null"),
+    ("--set max_grad_norm=0", "max_grad_norm must be > 0 or null"),
+    ("--set max_grad_norm=.nan", "max_grad_norm must be > 0 or null"),
+    ("--set cutoff_len=1", "cutoff_len must be >= 16"),
+    ("--set cutoff_len=0", "cutoff_len must be >= 1"),
+    ("--set cutoff_len=16", "cuts every response"),
+    ("--set lora_alpha=-8", "lora_alpha must be > 0"),
+    ("--set lora_alpha=0", "lora_alpha must be > 0"),
+    ("--seed -1", "seed must be >= 0"),
+    ("--set seed=-3", "seed must be >= 0"),
+    ("--set val_batch_size=0", "val_batch_size must be >= 1"),
+    ("--set val_rows=-1", "val_rows must be >= 0"),
+    ("--set weight_decay=-1", "weight_decay must be >= 0"),
+    ("--set weight_decay=.inf", "weight_decay must be a finite number"),
+    ("--set lora_dropout=1", "lora_dropout must be in [0, 1)"),
+    ("--set lora_dropout=-0.1", "lora_dropout must be in [0, 1)"),
+    ("--set min_lr=-1", "min_lr must be in [0, lr="),
+    ("--set min_lr=1", "min_lr must be in [0, lr="),
+    ("--set beta=0", "beta must be > 0"),
+    ("--set beta=-1", "beta must be > 0"),
+    ("--set min_client_size=0", "min_client_size must be >= 1"),
+    ("--set min_client_size=0 --set beta=0.01 --clients 10", "min_client_size must be >= 1"),
+    ("--set synthetic=0", "synthetic must be >= 1 or null"),
+    ("--synthetic -5", "synthetic must be >= 1 or null"),
+    ("--set target_modules=", "cannot be null"),
+    ("--set target_modules=,", "target_modules must be a non-empty list"),
+    ("--lr 0", "lr must be > 0"),
+    ("--lr -1", "lr must be > 0"),
+    ("--set lr=.nan", "lr must be > 0"),
+    ("--rounds 0", "rounds must be >= 1"),
+    ("--clients 0", "clients must be >= 1"),
+    ("--local-steps 0", "local_steps must be >= 1"),
+    ("--batch-size 0", "batch_size must be >= 1"),
+    ("--set grad_accum=0", "grad_accum must be >= 1"),
+    ("--set grad_accum=3", "not divisible"),
+    ("--set lora_r=0", "lora_r must be >= 1"),
+    ("--set tau=0", "tau must be in (0, 1]"),
+    ("--set tau=2", "tau must be in (0, 1]"),
+    ("--set clients_per_round=0", "clients_per_round must be in 1..3"),
+    ("--set clients_per_round=9", "clients_per_round must be in 1..3"),
+    ("--set precision=fp8", "precision must be one of"),
+    ("--set lr_schedule=linear", "lr_schedule must be one of"),
+    ("--set svd=foo", "svd must be one of"),
+    ("--set client_weights=foo", "client_weights must be one of"),
+    ("--method fedavg", "unknown method 'fedavg'"),
+    ("--set task=physics", "unknown task 'physics'"),
+    ("--set rounds=two", "config key 'rounds' expects"),
+    ("--set rounds=1.5", "config key 'rounds' expects"),
+    ("--set use_rslora=maybe", "config key 'use_rslora' expects"),
+    ("--set nokey=1", "--set expects KEY=VALUE with a known key"),
+    ("--set lr", "--set expects KEY=VALUE"),
+    ("--engine magic", "--engine must be sequential or flower"),
+    # devices
+    ("--device tpu", "device must be auto, cpu, cuda, cuda:N or mps"),
+    ("--device bogus", "device must be auto, cpu, cuda, cuda:N or mps"),
+    ("--device cuda:x", "device must be auto, cpu, cuda, cuda:N or mps"),
+    pytest.param(
+        "--device cuda", "CUDA is not available", marks=pytest.mark.skipif(not NO_CUDA, reason="GPU")
+    ),
+    pytest.param("--device cuda:3", "CUDA", marks=pytest.mark.skipif(not NO_CUDA, reason="GPU")),
+    # data files
+    ("--set synthetic=null --data /nope.jsonl", "data file not found"),
+    ("--set synthetic=null --data userdir", "data file not found"),
+    ("--set synthetic=null --data badtypes.jsonl", "row 0 has `query` of type int"),
+    ("--set synthetic=null --data nullresp.jsonl", "row 5 has `response` of type NoneType"),
+    ("--set synthetic=null --data listquery.jsonl", "row 0 has `query` of type list"),
+    ("--set synthetic=null --data wrongfields.jsonl", "a row lacks the fields"),
+    ("--set synthetic=null --data scalars.jsonl", "expected a list of JSON objects"),
+    ("--set synthetic=null --data empty.jsonl", "no rows"),
+    ("--set synthetic=null --data garbage.jsonl", "cannot read data file"),
+    ("--set synthetic=null --data half.jsonl", "cannot read data file"),
+    ("--set synthetic=null --data binary.jsonl", "cannot read data file"),
+    ("--set synthetic=null --data dict.json", "expected a list of JSON objects"),
+    ("--set synthetic=null --data data.csv", "unsupported data format"),
+    ("--data rows.jsonl", "give either --data or --synthetic"),
+    ("--set task=code --set synthetic=null --data badcode.jsonl", "`messages` that is not a list"),
+    ("--set task=code --set synthetic=null --data badcode2.jsonl", "`messages` that is not a list"),
+    ("--set synthetic=null --data rows.jsonl --set val_rows=4", "val_rows > 0 needs val_data"),
+    ("--set val_rows=2 --set val_data=/nope.jsonl", "data file not found"),
+    # partition files
+    ("--partition /nope.json", "partition file not found"),
+    ("--partition part_neg.json", "client 0 has row index -1"),
+    ("--partition part_oob.json", "client 0 has row index 1000000"),
+    ("--partition part_empty.json", "client 0 has 0 rows"),
+    ("--partition part_small.json", "client 0 has 1 rows, fewer than min_client_size 4"),
+    ("--partition part_dup.json", "client 1 repeats a row index"),
+    ("--partition part_str.json", "client 0 is not a list of row indices"),
+    ("--partition part_float.json", "client 0 is not a list of row indices"),
+    ("--partition part_two.json", "has 2 clients, config says 3"),
+    ("--partition part_notlist.json", "not a `fedmom partition` file"),
+    ("--partition part_nodataset.json", "no dataset fingerprint"),
+    ("--partition part_list.json", "not a `fedmom partition` file"),
+    ("--partition part_trunc.json", "cannot be read"),
+    ("--partition part_empty_file.json", "cannot be read"),
+    ("--partition part_other.json", "was made for another dataset"),
+    ("--partition userdir", "partition file not found"),
+    # --out and --force
+    ("--out afile", "is a file, not a folder"),
+    ("--out afile/run", "afile is a file, not a folder"),
+    ("--out userdir", "not a fedmom run folder"),
+    ("--out userdir --force", "not a fedmom run folder (it holds notes, thesis.tex)"),
+    ("--out userdir --force --set synthetic=null --data /nope.jsonl", "not a fedmom run folder"),
+    ("--out . --force", "is the current folder or contains it"),
+    ("--out . --force --set synthetic=null --data /nope.jsonl", "is the current folder"),
+    ("--out userdir/.. --force", "is the current folder or contains it"),
+    ("--out run_foreign --force", "(it holds thesis.tex)"),
+    ("--out run_done --lr 0.5", "holds a finished run with other settings"),
+    ("--out run_done --force --set synthetic=null --data /nope.jsonl", "data file not found"),
+    ("--out run_done --force --set synthetic=null --data badtypes.jsonl", "of type int"),
+    ("--out run_done --force --partition part_neg.json", "row index -1"),
+    ("--out run_done --force --set cutoff_len=16", "cuts every response"),
+    ("--out run_done --force --device tpu", "device must be"),
+    # resume
+    ("--out run_part", "holds an unfinished run; --resume continues it"),
+    ("--out run_part --resume --lr 0.5", "holds an unfinished run with other settings"),
+    ("--out ckpt_garbage --resume", "checkpoint.pt cannot be read"),
+    ("--out ckpt_empty --resume", "checkpoint.pt cannot be read"),
+    ("--out ckpt_trunc --resume", "checkpoint.pt cannot be read"),
+    ("--out ckpt_json --resume", "checkpoint.pt cannot be read"),
+    ("--out metrics_garbage --resume", "metrics.jsonl: line 2 is not JSON"),
+    ("--out metrics_missing --resume", "lacks some of rounds 0..0"),
+    ("--out metrics_gap --resume", "lacks some of rounds 0..0"),
+    ("--out result_garbage --resume", "result.json is not valid JSON"),
+    # recipes and tasks
+    ("--recipe nonsense", "recipe 'nonsense' not found"),
+    ("--recipe sw_badyaml.yaml", "cannot read recipe"),
+    ("--recipe sw_notmapping.yaml", "must be a mapping of settings"),
+    ("--recipe sw_unknownkey.yaml", "unknown key(s) learning_rate"),
+    ("--task physics", "unknown task 'physics'"),
+    ("--model /no/such/model", "model"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", TRAIN)
+def test_train_bad_input(world, monkeypatch, capsys, args, fragment):
+    recipe = "" if "--recipe" in args or "--task" in args else "--recipe smoke"
+    out = "" if "--out" in args else "--out newrun"
+    check_case(world, monkeypatch, capsys, "train", f"{recipe} {FAST} --no-progress {out} {args}", fragment)
+
+
+# ---- partition -----------------------------------------------------------------------------------
+PARTITION = [
+    ("--task physics --synthetic 100", "unknown task 'physics'"),
+    ("--task math --synthetic 100 --clients 0", "--clients must be >= 1"),
+    ("--task math --synthetic 100 --clients -1", "--clients must be >= 1"),
+    ("--task math --synthetic 5", "more clients (10) than rows (5)"),
+    ("--task math --synthetic 100 --beta 0", "--beta must be > 0"),
+    ("--task math --synthetic 100 --beta -1", "--beta must be > 0"),
+    ("--task math --synthetic 100 --min-size 0", "--min-size must be >= 1"),
+    ("--task math --synthetic 100 --min-size 0 --beta 0.01", "--min-size must be >= 1"),
+    ("--task math --synthetic 100 --min-size -1", "--min-size must be >= 1"),
+    ("--task math --synthetic 100 --min-size 11", "need 110 rows"),
+    ("--task math --synthetic 100 --beta 0.001 --min-size 9", "no Dirichlet"),
+    ("--task math --synthetic 100 --by type --iid", "--by and --iid exclude each other"),
+    ("--task math --synthetic 100 --by colour", "--by colour: 100 of 100 rows lack that field"),
+    ("--task math --synthetic 0", "--synthetic must be a positive number"),
+    ("--task math --synthetic -3", "--synthetic must be a positive number"),
+    ("--task math --data /nope.jsonl", "data file not found"),
+    ("--task math --data garbage.jsonl", "cannot read data file"),
+    ("--task math --data badtypes.jsonl --clients 3 --min-size 1", "of type int"),
+    ("--task math --data wrongfields.jsonl", "a row lacks the fields"),
+    ("--task math --data empty.jsonl", "no rows"),
+    ("--task math --data data.csv", "unsupported data format"),
+    ("--task math --data rows.jsonl --synthetic 100", "give either --data or --synthetic"),
+    ("--task math --synthetic 100 --out-of-place", "No such option"),
+]
+PARTITION_OUT = [
+    ("--out afile", "already exists (use --force"),
+    ("--out afile --force", "is not a `fedmom partition` file"),
+    ("--out run_done/result.json --force", "is not a `fedmom partition` file"),
+    ("--out part.json", "already exists (use --force"),
+    ("--out userdir", "is a folder, not a file"),
+    ("--out userdir --force", "is a folder, not a file"),
+    ("--out afile/p.json", "afile is a file, not a folder"),
+    ("--out afile/deeper/p.json", "afile is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", PARTITION + PARTITION_OUT)
+def test_partition_bad_input(world, monkeypatch, capsys, args, fragment):
+    extra = "" if "--out" in args else "--out new.json"
+    task = "" if "--task" in args else "--task math --synthetic 100"
+    check_case(world, monkeypatch, capsys, "partition", f"{task} {args} {extra}", fragment)
+
+
+# ---- aggregate -----------------------------------------------------------------------------------
+AGGREGATE = [
+    ("a_trunc", "cannot read a_trunc/adapter_model.safetensors"),
+    ("a_empty", "cannot read a_empty/adapter_model.safetensors"),
+    ("a_garbage", "cannot read a_garbage/adapter_model.safetensors"),
+    ("a_cfglist", "expected a JSON object, got list"),
+    ("a_cfgjson", "cannot read a_cfgjson/adapter_config.json"),
+    ("a_rstr", "r must be a positive number, got '4'"),
+    ("a_r0", "r must be a positive number, got 0"),
+    ("a_rfloat", "r must be an integer"),
+    ("a_noalpha", "lacks lora_alpha"),
+    ("a_alphaneg", "lora_alpha must be a positive number"),
+    ("a_rank", "says r=8"),
+    ("a_notlora", "not a LoRA adapter config"),
+    ("a_nan", "holds NaN or infinite values"),
+    ("a_inf", "holds NaN or infinite values"),
+    ("a_int32", "is int32"),
+    ("a_noB", "has lora_A but no lora_B"),
+    ("a_nofactors", "no LoRA factors"),
+    ("a_3d", "2-D floating-point"),
+    ("a_nocfg", "adapter_config.json is missing"),
+    ("a_noweights", "adapter_model.safetensors is missing"),
+    ("nope", "adapter folder not found"),
+    ("afile", "adapter folder not found"),
+]
+AGGREGATE_OPTIONS = [
+    ("-m fedit c0 c1 --weights a,b", "--weights must be comma-separated numbers"),
+    ("-m fedit c0 c1 --weights 1", "got 1 weights for 2 clients"),
+    ("-m fedit c0 c1 --weights 1,-1", "weights must be finite and non-negative"),
+    ("-m fedit c0 c1 --weights 0,0", "weights must not all be zero"),
+    ("-m fedit c0 c1 --weights nan,1", "weights must be finite"),
+    ("-m fedit c0 c1 --round -1", "--round must be >= 0"),
+    ("-m fedavg c0 c1", "unknown method 'fedavg'"),
+    ("-m fedmomentum c0 c1 --tau 2", "tau"),
+    ("-m fedit c0 c1 --tau 0.5", "does not take option"),
+    ("-m fedit c0 c1 --out afile", "is a file, not a folder"),
+    ("-m fedit c0 c1 --out afile/sub", "afile is a file, not a folder"),
+    ("-m fedit c0 c1 --out userdir", "already exists and is not empty"),
+    ("-m fedit c0 c1 --out userdir --force", "is not a `fedmom aggregate` output folder"),
+    ("-m fedit c0 c1 --out run_done --force", "is not a `fedmom aggregate` output folder"),
+    ("-m fedit c0 c1 --out . --force", "is the current folder"),
+    ("-m fedit c0 a_nan --out agg --force", "holds NaN"),
+    ("-m fedit c0 a_nan --out run_done --force", "is not a `fedmom aggregate` output folder"),
+    ("-m fedit c0 c1 --svd fast", "Invalid value for '--svd'"),
+]
+
+
+@pytest.mark.parametrize("bad,fragment", AGGREGATE)
+def test_aggregate_bad_adapter(world, monkeypatch, capsys, bad, fragment):
+    check_case(world, monkeypatch, capsys, "aggregate", f"-m fedmomentum c0 {bad} --out agg", fragment)
+
+
+@pytest.mark.parametrize("args,fragment", AGGREGATE_OPTIONS)
+def test_aggregate_bad_options(world, monkeypatch, capsys, args, fragment):
+    out = "" if "--out" in args else "--out agg"
+    check_case(world, monkeypatch, capsys, "aggregate", f"{args} {out}", fragment)
+
+
+# ---- report --------------------------------------------------------------------------------------
+REPORT = [
+    ("nope", "results folder not found"),
+    ("afile", "results folder not found"),
+    ("emptydir", "no fedmom run folders"),
+    ("rep_none", "no fedmom run folders"),
+    ("run_done --spread iqr", "--spread must be stderr or std"),
+    ("run_done --format xlsx", "--format must be md, csv or json"),
+    ("run_done --out afile", "exists and is not a fedmom report"),
+    ("run_done --out run_done/result.json", "refusing to write a report over a run file"),
+    ("run_done --out run_done/config.yaml", "refusing to write a report over a run file"),
+    ("run_done --out userdir", "is a folder, not a file"),
+    ("run_done --out afile/r.md", "afile is a file, not a folder"),
+    ("run_done --out userdir/thesis.tex", "exists and is not a fedmom report"),
+    ("rep_ok", "rep_ok/report.md exists and is not a fedmom report"),
+    (
+        "rep_ok --out rep_ok/other.md --format csv --no-figures",
+        "other.csv exists and is not a fedmom report csv",
+    ),
+    ("run_done --out x.csv --format csv", "give the markdown path"),
+    ("rep_badyaml", "cannot read rep_badyaml/math/fedit/seed0/config.yaml"),
+    ("rep_cfglist", "config.yaml does not hold a dict"),
+    ("rep_badresult", "cannot read rep_badresult/math/fedit/seed0/result.json"),
+    ("rep_resultlist", "result.json does not hold a dict"),
+    ("rep_badmetrics", "metrics.jsonl: line 2 is not JSON"),
+    ("rep_metricslist", "metrics.jsonl: line 1 is not a round record"),
+    ("rep_badeval", "cannot read rep_badeval/math/fedit/seed0/eval.json"),
+    ("rep_evallist", "eval.json does not hold a dict"),
+    ("rep_evaltasks", "has an unexpected shape"),
+    ("rep_binary", "cannot read rep_binary/math/fedit/seed0/result.json"),
+    ("rep_badpre", "cannot read rep_badpre/pretrained/eval.json"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", REPORT)
+def test_report_bad_input(world, monkeypatch, capsys, args, fragment):
+    check_case(world, monkeypatch, capsys, "report", args, fragment)
+
+
+def test_report_regenerates_its_own_report_in_place(world, monkeypatch, capsys):
+    for _ in range(2):  # the second run replaces the first report: same kind, derived output
+        code, _, err = run_main(monkeypatch, capsys, "report", "run_done", "--no-figures", "--format", "csv")
+        assert code == 0, err
+    assert (world / "run_done" / "report.md").read_text().startswith("# fedmom report")
+    assert (world / "run_done" / "report.csv").is_file()
+
+
+# ---- sweep ---------------------------------------------------------------------------------------
+SWEEP = [
+    ("sw_gridnull.yaml", "must be a mapping (method, seed, settings)"),
+    ("sw_gridlist.yaml", "must be a mapping (method, seed, settings)"),
+    ("sw_gridstr.yaml", "must be a mapping (method, seed, settings)"),
+    ("sw_methodstr.yaml", "`grid: method:` must be a non-empty list of strs"),
+    ("sw_methodempty.yaml", "`grid: method:` must be a non-empty list"),
+    ("sw_methodnum.yaml", "`grid: method:` must be a non-empty list"),
+    ("sw_seedstr.yaml", "`grid: seed:` must be a non-empty list of ints"),
+    ("sw_seedbool.yaml", "`grid: seed:` must be a non-empty list of ints"),
+    ("sw_settingsdict.yaml", "`grid: settings:` must be a non-empty list of dicts"),
+    ("sw_settingskey.yaml", "unknown key(s) learning_rate"),
+    ("sw_unknown.yaml", "unknown sweep key(s) evals"),
+    ("sw_gridkey.yaml", "unknown sweep key(s) methods"),
+    ("sw_evaltasks.yaml", "`eval_tasks:` must be a list"),
+    ("sw_pretrained.yaml", "`pretrained:` must be true or false"),
+    ("sw_out.yaml", "`out:` must be a folder path"),
+    ("sw_nosweep.yaml", "has no `sweep: grid:` section"),
+    ("sw_sweepnull.yaml", "has no `sweep: grid:` section"),
+    ("sw_notmapping.yaml", "must be a mapping of settings"),
+    ("sw_badyaml.yaml", "cannot read recipe"),
+    ("sw_unknownkey.yaml", "unknown key(s) learning_rate"),
+    ("sw_badvalue.yaml", "unknown method 'fedavg'"),
+    ("sw_badsetting.yaml", "lr must be > 0"),
+    ("nonsense", "recipe 'nonsense' not found"),
+    ("math", "has no `sweep: grid:` section"),
+    ("sw_good.yaml --out afile", "is a file, not a folder"),
+    ("sw_good.yaml --out afile/res", "afile is a file, not a folder"),
+    ("sw_good.yaml --out res --only colour=red", "--only colour=...: unknown key"),
+    ("sw_good.yaml --out res --only method=fedavg", "no cell of the grid matches"),
+    ("sw_good.yaml --out res --only method", "--only expects KEY=VALUE"),
+    ("sw_good.yaml --out res --set nokey=1", "--set expects KEY=VALUE with a known key"),
+    ("sw_good.yaml --out res --set lr=-1", "lr must be > 0"),
+    ("sw_good.yaml --out res --set device=cuda:7", "device 'cuda:7'"),
+    ("sw_good.yaml --out res --set device=tpu", "device must be auto, cpu"),
+    ("sw_good.yaml --out sweepres", "conflict with what their folders hold"),
+    ("sw_good.yaml --out sweepuser", "not a fedmom run folder"),
+    ("sw_good.yaml --out sweeprep", "report.md exists and is not a fedmom report"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", SWEEP)
+def test_sweep_bad_input(world, monkeypatch, capsys, args, fragment):
+    out = "" if "--out" in args else "--out res"
+    check_case(world, monkeypatch, capsys, "sweep", f"{args} {out} --no-progress", fragment)
+
+
+def test_sweep_conflict_dry_run_shows_differences_and_real_sweep_trains_nothing(world, monkeypatch, capsys):
+    before = snapshot(world)
+    code, out, err = run_main(monkeypatch, capsys, "sweep", "sw_good.yaml", "--out", "sweepres", "--dry-run")
+    assert code == 0 and "conflict" in err
+    line = next(x for x in err.splitlines() if "conflict:" in x)
+    assert "rounds: 1 there" not in line and "synthetic: 120 there, 60 now" in line  # the differing settings
+    assert "partition: None there" in line
+    code, _, err = run_main(
+        monkeypatch, capsys, "sweep", "sw_good.yaml", "--out", "sweepres", "--no-progress"
+    )
+    assert code == 2 and err.startswith("error: 1 cell(s) conflict with what their folders hold")
+    assert "nothing trained" in err and " done" not in err
+    assert snapshot(world) == before
+
+
+# ---- bench ---------------------------------------------------------------------------------------
+BENCH = [
+    ("aggregate --clients 0", "--clients must be >= 1"),
+    ("aggregate --clients -2", "--clients must be >= 1"),
+    ("aggregate --rank 0", "--rank must be >= 1"),
+    ("aggregate --layers 0", "--layers must be >= 1"),
+    ("aggregate --repeat 0", "--repeat must be >= 1"),
+    ("aggregate --shapes 4096", "--shapes must look like"),
+    ("aggregate --shapes 0x4", "--shapes must look like"),
+    ("aggregate --shapes axb", "--shapes must look like"),
+    ("aggregate --shapes ''", "--shapes must look like"),
+    ("aggregate --json afile", "--json afile already exists (use --force"),
+    ("aggregate --json afile --force", "is not a `fedmom bench aggregate` JSON file"),
+    ("aggregate --json bench_user.json --force", "is not a `fedmom bench aggregate` JSON file"),
+    ("aggregate --json userdir", "is a folder, not a file"),
+    ("aggregate --json afile/b.json", "afile is a file, not a folder"),
+    ("aggregate --json run_done/result.json --force", "is not a `fedmom bench aggregate`"),
+    ("train --json afile", "--json afile already exists (use --force"),
+    ("train --json afile --force", "is not a `fedmom bench train` JSON file"),
+    ("train --json userdir", "is a folder, not a file"),
+    ("train --json afile/b.json", "afile is a file, not a folder"),
+    ("train --rounds 0", "--rounds must be >= 1"),
+    ("train --methods fedavg", "unknown method 'fedavg'"),
+    ("train --methods ''", "--methods must name at least one method"),
+    ("train --methods fedit,", "--methods must name at least one method"),
+    ("train --recipe nonsense", "recipe 'nonsense' not found"),
+    ("train --set nokey=1", "--set expects KEY=VALUE"),
+    ("train --task physics", "unknown task 'physics'"),
+    ("train --set lr=-1", "lr must be > 0"),
+    ("aggregate --clients x", "Invalid value for '--clients'"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", BENCH)
+def test_bench_bad_input(world, monkeypatch, capsys, args, fragment):
+    check_case(world, monkeypatch, capsys, "bench", args, fragment)
+
+
+# ---- eval (its internals belong to issue 16: only what fails before any write) -------------------
+EVAL = [
+    ("", "give RUN_DIR, or --model with --out"),
+    ("nope", "is not a finished fedmom run folder"),
+    ("userdir", "is not a finished fedmom run folder"),
+    ("afile", "is not a finished fedmom run folder"),
+    ("run_done --protocol magic", "--protocol must be train-format or lm-eval"),
+    ("--model tiny", "give RUN_DIR, or --model with --out"),
+    ("run_done --limit x", "Invalid value for '--limit'"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", EVAL)
+def test_eval_bad_input(world, monkeypatch, capsys, args, fragment):
+    check_case(world, monkeypatch, capsys, "eval", args, fragment)
+
+
+# ---- usage errors: typer's box reduced to one line -----------------------------------------------
+USAGE = [
+    ("train --bogus", "No such option"),
+    ("train --rounds x", "Invalid value for '--rounds'"),
+    ("train --seed", "requires an argument"),
+    ("aggregate -m fedit", "Missing argument"),
+    ("aggregate c0 --out agg", "Missing option '--method'"),
+    ("partition --out p.json", "Missing option '--task'"),
+    ("report", "Missing argument 'RESULTS_DIR'"),
+    ("sweep", "Missing argument 'RECIPE'"),
+    ("models get", "Missing argument 'NAME'"),
+    ("nope", "No such command 'nope'"),
+    ("bench nope", "No such command 'nope'"),
+    ("train --progress=maybe", "progress"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", USAGE)
+def test_usage_errors_are_one_line(world, monkeypatch, capsys, args, fragment):
+    check_case(world, monkeypatch, capsys, "", args, fragment)
+
+
+# ---- read-only --out, for each command (root ignores permissions: skipped as root) ---------------
+READ_ONLY = [
+    ("partition", "--task math --synthetic 100 --out ro/p.json"),
+    ("train", f"--recipe smoke {FAST} --out ro/run"),
+    ("aggregate", "-m fedit c0 c1 --out ro/agg"),
+    ("report", "run_done --out ro/report.md"),
+    ("sweep", "sw_good.yaml --out ro/res"),
+    ("bench", "aggregate --json ro/b.json"),
+]
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores permissions")
+@pytest.mark.parametrize("command,args", READ_ONLY)
+def test_read_only_out(world, monkeypatch, capsys, command, args):
+    (world / "ro").mkdir()
+    (world / "ro").chmod(0o555)
+    try:
+        check_case(world, monkeypatch, capsys, command, args, "permission denied")
+    finally:
+        (world / "ro").chmod(0o755)
+
+
+def test_check_out_names_an_unwritable_folder(tmp_path, monkeypatch):
+    """The permission branch, as root too: os.access says no."""
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    with pytest.raises(Exception, match="cannot write in .* \\(permission denied\\)"):
+        safety.check_out(tmp_path / "x", "dir")
+
+
+# ---- --force and user folders --------------------------------------------------------------------
+def test_force_on_a_user_folder_keeps_every_file(world, monkeypatch, capsys):
+    before = snapshot(world / "userdir")
+    for extra in ([], ["--set", "synthetic=null", "--data", "/nope.jsonl"]):  # without / with a later error
+        code, _, err = run_main(
+            monkeypatch, capsys, "train", "--recipe", "smoke", "--force", "--out", "userdir", *extra
+        )
+        assert code == 2 and "not a fedmom run folder" in err and err.count("\n") == 1
+        assert snapshot(world / "userdir") == before
+    assert (world / "userdir" / "thesis.tex").read_text() == "precious"
+
+
+def test_force_replaces_a_run_folder_only_after_validation(world, monkeypatch, capsys):
+    (world / "run_done" / ".fedmom.lock").write_text("")
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "train",
+        "--recipe",
+        "smoke",
+        *shlex.split(FAST),
+        "--set",
+        "rounds=1",
+        "--set",
+        "local_steps=2",
+        "--force",
+        "--out",
+        "run_done",
+        "--no-progress",
+    )
+    assert code == 0, err
+    cfg = cfgmod.from_yaml((world / "run_done" / "config.yaml").read_text())
+    assert (
+        cfg.local_steps == 2
+        and json.loads((world / "run_done" / "result.json").read_text())["status"] == "finished"
+    )
+
+
+# ---- locks ---------------------------------------------------------------------------------------
+def test_a_held_lock_is_named_and_nothing_is_written(world, monkeypatch, capsys):
+    with safety.RunLock(world / "run_part"):
+        check_case(
+            world,
+            monkeypatch,
+            capsys,
+            "train",
+            f"--recipe smoke {FAST} --out run_part --resume --no-progress",
+            f"pid {os.getpid()}",
+        )
+    # Released: the same command now resumes and finishes.
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "train",
+        "--recipe",
+        "smoke",
+        *shlex.split(FAST),
+        "--out",
+        "run_part",
+        "--resume",
+        "--no-progress",
+    )
+    assert code == 0, err
+    assert [r["round"] for r in results.read_metrics(world / "run_part" / "metrics.jsonl")] == [0, 1, 2]
+
+
+@pytest.mark.slow  # two real processes and a full training run: ~40 s on a busy 2-core machine
+def test_two_trains_on_one_folder_one_finishes_the_other_exits_2_at_once(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    base = [
+        sys.executable,
+        "-m",
+        "fedmom_cli",
+        "train",
+        "--recipe",
+        "smoke",
+        "--method",
+        "fedit",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "rounds=6",
+        "--set",
+        "local_steps=4",
+    ]
+    first = subprocess.Popen(base + ["--lr", "0.01"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "result.json").is_file():
+        time.sleep(0.02)
+    assert first.poll() is None, "the first run ended before the second started"
+    start = time.perf_counter()
+    second = subprocess.run(base + ["--lr", "0.02"], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    still_running = first.poll() is None
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert second.returncode == 2 and second.stderr.count("\n") == 1
+    assert f"is being written by pid {first.pid}" in second.stderr
+    assert still_running, "the second command waited for the first"
+    print(f"second writer refused after {seconds:.2f} s (process start included)")
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "finished" and result["rounds_completed"] == 6
+    assert cfgmod.from_yaml((out / "config.yaml").read_text()).lr == 0.01
+
+
+# ---- clients that would never advance ------------------------------------------------------------
+def test_sampler_refuses_an_empty_client():
+    from fedmom_cli.client import Sampler
+    from fedmom_cli.errors import UserError
+
+    with pytest.raises(UserError, match="client 4 has no rows"):
+        Sampler([], 0, 4).take(3)
+    assert Sampler([7], 0, 0).take(3) == [7, 7, 7]  # one row cycles: progress every call
+
+
+def test_no_partition_ever_has_an_empty_client():
+    from fedmom_cli.partition import split_rows
+
+    for seed in range(20):  # 92% of first draws leave a client empty here; min_size 0 redraws them
+        split = split_rows(50, 10, 0.5, seed, 0)
+        assert min(len(c) for c in split.clients) >= 1 and sum(map(len, split.clients)) == 50
+
+
+def test_sweep_recipes_never_write_under_the_committed_examples():
+    examples = (cfgmod.RECIPES_DIR.parent / "results" / "examples").resolve()
+    for path in cfgmod.RECIPES_DIR.rglob("*.yaml"):
+        spec = yaml.safe_load(path.read_text()) or {}
+        out = Path((spec.get("sweep") or {}).get("out") or "results")
+        assert examples not in (cfgmod.RECIPES_DIR.parent / out).resolve().parents
+        assert (cfgmod.RECIPES_DIR.parent / out).resolve() != examples
+
+
+def test_a_report_above_the_examples_leaves_them_out(tmp_path):
+    from fedmom_cli import report
+
+    root = tmp_path / "results"
+    shutil.copytree(cfgmod.RECIPES_DIR.parent / "results" / "examples", root / "examples")
+    assert report.collect(root) == ([], [])
+    runs, _ = report.collect(root / "examples" / "mini")  # on request: all eight example runs
+    assert len(runs) == 8

@@ -163,17 +163,25 @@ def write_adapter(folder: Path, config: dict, tensors: dict[str, Tensor]) -> Non
 
 
 @contextmanager
-def fresh_output_dir(out: Path, force: bool = False) -> Iterator[Path]:
+def fresh_output_dir(
+    out: Path, force: bool = False, recognise=None, what: str | None = None
+) -> Iterator[Path]:
     """Yield a temporary folder beside `out`; on success it replaces `out` in one rename.
 
     An existing non-empty `out` is an error unless `force`, and --force only replaces an earlier
-    `fedmom aggregate` output (safety.check_replaceable); on any failure nothing is left behind.
+    output of the same kind (`recognise`; default: a `fedmom aggregate` output); on any failure
+    nothing is left behind.
     """
     from fedmom_cli import safety
 
     out = Path(out)
     safety.check_out(out, "dir")
-    safety.check_replaceable(out, force, safety.is_aggregate_folder, "a `fedmom aggregate` output folder")
+    safety.check_replaceable(
+        out,
+        force,
+        recognise or safety.is_aggregate_folder,
+        what or "a `fedmom aggregate` output folder",
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

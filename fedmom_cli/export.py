@@ -170,14 +170,18 @@ def model_card(cfg: cfgmod.TrainConfig, result: dict, evals: dict | None, kind: 
     return "\n".join(lines) + "\n"
 
 
+def is_export(folder: Path) -> bool:
+    return (Path(folder) / MARKER).is_file()
+
+
+WHAT = "a `fedmom export` folder"
+
+
 def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise UserError(f"--out {out} already exists and is not empty (use --force to replace an export)")
-        if not (out / MARKER).is_file():
-            raise UserError(f"--out {out} is not a fedmom export (no {MARKER}); --force replaces only those")
+    from fedmom_cli import safety
+
+    safety.check_out(out, "dir")
+    safety.check_replaceable(out, force, is_export, WHAT)
 
 
 def export(
@@ -208,7 +212,7 @@ def export(
     _check_out(out, force)
     evals = _read_eval(run_dir)
     info = {"run_dir": str(run_dir), "method": cfg.method, "task": cfg.task, "config_hash": cfg.hash()}
-    with fresh_output_dir(out, force=True) as tmp:
+    with fresh_output_dir(out, force=force, recognise=is_export, what=WHAT) as tmp:
         if adapter_only:
             shutil.copytree(run_dir / "adapter", tmp, dirs_exist_ok=True)
             fix_adapter_config(tmp, cfg)

@@ -135,7 +135,7 @@ def test_adapter_only_export(runs, tmp_path, monkeypatch, capsys):
     [
         ("not a run", ["{tmp}/nope", "--out", "{tmp}/o"], "not a finished fedmom run folder"),
         ("user folder", ["{fedit}", "--out", "{tmp}/user"], "already exists and is not empty"),
-        ("force on user folder", ["{fedit}", "--out", "{tmp}/user", "--force"], "is not a fedmom export"),
+        ("force on user folder", ["{fedit}", "--out", "{tmp}/user", "--force"], "not a `fedmom export`"),
         ("bad precision", ["{fedit}", "--out", "{tmp}/o", "--precision", "int4"], "--precision"),
         ("drop without adapter-only", ["{fedit}", "--out", "{tmp}/o", "--drop-base-delta"], "only applies"),
         ("out is a file", ["{fedit}", "--out", "{tmp}/user/thesis.tex"], "not a folder"),

@@ -886,7 +886,7 @@ def test_no_partition_ever_has_an_empty_client():
 
 
 def test_sweep_recipes_never_write_under_the_committed_examples():
-    examples = (cfgmod.RECIPES_DIR.parent / "results" / "examples").resolve()
+    examples = (Path(__file__).resolve().parents[1] / "results" / "examples").resolve()
     for path in cfgmod.RECIPES_DIR.rglob("*.yaml"):
         spec = yaml.safe_load(path.read_text()) or {}
         out = Path((spec.get("sweep") or {}).get("out") or "results")
@@ -898,7 +898,7 @@ def test_a_report_above_the_examples_leaves_them_out(tmp_path):
     from fedmom_cli import report
 
     root = tmp_path / "results"
-    shutil.copytree(cfgmod.RECIPES_DIR.parent / "results" / "examples", root / "examples")
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "examples", root / "examples")
     assert report.collect(root) == ([], [])
     runs, _ = report.collect(root / "examples" / "mini")  # on request: all eight example runs
     assert len(runs) == 8

@@ -46,6 +46,12 @@ LM_EVAL_NAMES = {  # the same benchmarks under lm-eval's own task names (its own
     "mbpp": "mbpp",
 }
 CODE_STOPS = ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "\nassert"]
+# bigcode-evaluation-harness's mbpp.py: stop words, and the test split = task_id 11-510 (500 problems).
+MBPP_STOPS = ["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"]
+MBPP_TEST_IDS = range(11, 511)
+# Train-format math: the fine-tuned answer ends with EOS (HFLM stops there); a base model instead
+# invents the next Alpaca block, so generation also stops where a new block would begin.
+TRAIN_FORMAT_STOPS = ["### Instruction", "\n\n\n", "Below is an instruction that describes"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ def _task(name: str) -> EvalTask:
             "exact_match",
             _math_prompt,
             lambda d, g: answers.gsm8k_correct(g, answers.gsm8k_gold(d["answer"])),
-            [],
+            TRAIN_FORMAT_STOPS,
             256,
         )
     if name == "math":
@@ -98,7 +104,7 @@ def _task(name: str) -> EvalTask:
             "exact_match",
             _math_prompt,
             lambda d, g: answers.math_correct(g, answers.math_boxed(d["solution"])),
-            [],
+            TRAIN_FORMAT_STOPS,
             512,
         )
     if name in COMMONSENSE:
@@ -125,7 +131,7 @@ def _task(name: str) -> EvalTask:
             "pass@1",
             _mbpp_prompt,
             lambda d, g: run_program(_code_program(dict(d, prompt=""), g)).passed,
-            CODE_STOPS,
+            MBPP_STOPS,
             512,
         )
     if name == "synthetic_math":
@@ -190,8 +196,26 @@ def read_local(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def lm_eval_config(name: str, jsonl: Path, shots: int = 0, max_gen_cap: int | None = None) -> dict:
-    """An lm-eval generate_until task over a JSONL file, scored by fedmom's own answer parsing."""
+def select_rows(name: str, rows: list[dict], path: Path) -> list[dict]:
+    """MBPP: the 500 test problems (task_id 11-510) that bigcode scores; other sets unchanged."""
+    if name != "mbpp":
+        return rows
+    by_id = {r.get("task_id"): r for r in rows if isinstance(r, dict)}
+    missing = [i for i in MBPP_TEST_IDS if i not in by_id]
+    if missing:
+        raise UserError(
+            f"mbpp: {path} lacks {len(missing)} of the 500 test problems (task_id 11-510, first "
+            f"missing {missing[0]}); give google-research's full mbpp.jsonl (task_id 1-974)"
+        )
+    chosen = [by_id[i] for i in MBPP_TEST_IDS]
+    for r in chosen:
+        if not isinstance(r.get("text"), str) or not isinstance(r.get("test_list"), list) or not r["test_list"]:
+            raise UserError(f"mbpp: task_id {r.get('task_id')} in {path} lacks text or test_list")
+    return chosen
+
+
+def lm_eval_config(name: str, jsonl: Path, max_gen_cap: int | None = None) -> dict:
+    """An lm-eval generate_until task over a JSONL file, scored by fedmom's own answer parsing (zero-shot)."""
     task = _task(name)
 
     def process_results(doc, results):
@@ -212,6 +236,6 @@ def lm_eval_config(name: str, jsonl: Path, shots: int = 0, max_gen_cap: int | No
             "max_gen_toks": min(task.max_gen_toks, max_gen_cap or task.max_gen_toks),
         },
         "metric_list": [{"metric": task.metric, "aggregation": "mean", "higher_is_better": True}],
-        "num_fewshot": shots,
+        "num_fewshot": 0,
         "metadata": {"version": 1.0},
     }

@@ -364,6 +364,12 @@ def eval_(
         help="Few-shot examples per prompt (lm-eval's num_fewshot, drawn from the few-shot split).",
     ),
     force: bool = typer.Option(False, "--force", help="Replace tasks already in eval.json."),
+    precision: str = typer.Option(
+        None,
+        "--precision",
+        show_default="the run's (the recipe's: bf16)",
+        help="Weights' dtype for evaluation: fp32, bf16 or fp16 (recorded as dtype in eval.json).",
+    ),
     model: str = typer.Option(
         None,
         "--model",
@@ -392,6 +398,7 @@ def eval_(
             data_dir=data_dir,
             shots=shots,
             force=force,
+            precision=precision,
         )
     )
     for name, t in result["tasks"].items():

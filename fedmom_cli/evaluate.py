@@ -20,6 +20,7 @@ write: a failed eval leaves the folder as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -55,6 +56,7 @@ class EvalOptions:
     data_dir: Path | None = None
     shots: int | None = None  # None: the protocol's own (lmeval_tasks.PAPER, else the task's)
     force: bool = False
+    precision: str | None = None  # weights' dtype (fp32/bf16/fp16); None: the run's or recipe's
 
 
 def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
@@ -135,6 +137,10 @@ def run(opts: EvalOptions) -> dict:
             raise UserError("give RUN_DIR, or --model with --out")
         cfg = cfgmod.resolve(None, opts.task or "math", {"model": opts.model})
         out = opts.out
+    if opts.precision is not None:
+        if opts.precision not in ("fp32", "bf16", "fp16"):
+            raise UserError(f"--precision must be fp32, bf16 or fp16, got {opts.precision!r}")
+        cfg = dataclasses.replace(cfg, precision=opts.precision)
     if opts.protocol not in PROTOCOLS:
         raise UserError(f"--protocol must be lm-eval or train-format, got {opts.protocol!r}")
     if opts.limit is not None and opts.limit < 1:

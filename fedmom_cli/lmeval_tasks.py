@@ -84,7 +84,7 @@ def lm_name(name: str) -> str:
     if target not in tm.task_index:
         close = difflib.get_close_matches(target, tm.all_tasks, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UserError(f"no lm-eval task, group or tag named {name!r}{hint}")
+        raise UserError(f"unknown eval task {name!r}: no lm-eval task, group or tag of that name{hint}")
     return target
 
 

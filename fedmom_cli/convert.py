@@ -74,7 +74,10 @@ def _gold(row: dict, word: str, k: int) -> int:
     return int(m.group(1)) - 1
 
 
-MC = r"Please choose the correct answer to the question: (.*)\n\n(Answer1: .*)\n\nAnswer format: answer1(?:/answer\d)+"
+MC = (
+    r"Please choose the correct answer to the question: (.*)\n\n(Answer1: .*)"
+    r"\n\nAnswer format: answer1(?:/answer\d)+"
+)
 
 
 def _arc(row: dict, i: int, prefix: str, question_key: str = "question") -> dict:
@@ -196,7 +199,7 @@ def run(src: Path, out: Path, sets: list[str] | None = None, force: bool = False
         if target.exists() and not force:
             raise UserError(f"{target} exists; pass --force to overwrite it")
         converted[s] = (target, convert_rows(s, rows))
-    for s, (target, rows) in converted.items():
+    for target, rows in converted.values():
         target.parent.mkdir(parents=True, exist_ok=True)
         results.atomic_write_bytes(target, "".join(json.dumps(r) + "\n" for r in rows).encode())
     skipped = {s: REFUSED[s] for s in REFUSED if sets is None and (src / f"{s}.json").is_file()}

@@ -209,7 +209,11 @@ def select_rows(name: str, rows: list[dict], path: Path) -> list[dict]:
         )
     chosen = [by_id[i] for i in MBPP_TEST_IDS]
     for r in chosen:
-        if not isinstance(r.get("text"), str) or not isinstance(r.get("test_list"), list) or not r["test_list"]:
+        if (
+            not isinstance(r.get("text"), str)
+            or not isinstance(r.get("test_list"), list)
+            or not r["test_list"]
+        ):
             raise UserError(f"mbpp: task_id {r.get('task_id')} in {path} lacks text or test_list")
     return chosen
 

@@ -269,17 +269,16 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
             else Cell()
         )
         avg.limited = any(rows[method][c].limited for c in columns)
-        if paper and not any(rows[method][c].paper is None and rows[method][c].mean is not None
-                             for c in columns):
+        if paper and not any(
+            rows[method][c].paper is None and rows[method][c].mean is not None for c in columns
+        ):
             avg.paper = paper["rows"].get(NAMES[method], {}).get("Avg.", {}).get("value")
         rows[method]["avg"] = avg
     for col in columns:  # a column never mixes protocols, metrics or limits without saying so
         found = [t for s in _sources(methods, pre, finished) for t in [s["tasks"].get(col)] if t]
         kinds = sorted({_kind(t) for t in found})
         if len(kinds) > 1:
-            notes.append(
-                f"{COLUMNS.get(col, col)} mixes " + ", ".join(f"{p} / {m}" for p, m in kinds)
-            )
+            notes.append(f"{COLUMNS.get(col, col)} mixes " + ", ".join(f"{p} / {m}" for p, m in kinds))
         if len({bool(t.get("limit")) for t in found}) > 1:
             notes.append(f"{COLUMNS.get(col, col)} mixes limited and full evaluations (limited: not ranked)")
     seeds = sorted({c.seeds for row in rows.values() for c in row.values() if c.seeds})

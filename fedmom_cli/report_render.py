@@ -39,11 +39,7 @@ def markdown(table: Table, compare: bool = False) -> str:
     max_seeds = max((c.seeds for row in table.rows.values() for c in row.values()), default=0)
     ranked = {
         col: marks(
-            {
-                m: row[col].mean
-                for m, row in table.rows.items()
-                if m != "pretrained" and not row[col].limited
-            },
+            {m: row[col].mean for m, row in table.rows.items() if m != "pretrained" and not row[col].limited},
             table.higher_is_better,
             digits,
         )

@@ -12,12 +12,11 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import run_main
 
 from fedmom_cli import convert, evaltasks, lmeval_tasks
 from fedmom_cli import evaluate as ev
 from fedmom_cli.errors import UserError
-
-from helpers import run_main
 
 SIX = {  # LLM-Adapters file -> (lm-eval task, its YAML under lm_eval/tasks, fedmom's eval.json key)
     "ARC-Easy": ("arc_easy", "arc/arc_easy.yaml", "ARC-Easy"),
@@ -99,7 +98,7 @@ def test_converted_rows_give_lm_evals_own_prompt_and_gold(converted):
     """On one row per set: lm-eval's own doc_to_text/target/choice work on the HF schema."""
     from lm_eval.api.task import ConfigurableTask
 
-    for name, (task, rel, _) in SIX.items():
+    for task, rel, _ in SIX.values():
         cfg = _lm_eval_yaml(rel)
         split = cfg.get("test_split") or cfg.get("validation_split")
         for key in ("training_split", "validation_split", "test_split", "fewshot_split"):
@@ -176,7 +175,8 @@ def test_fedmom_offline_protocol_equals_lm_eval_on_its_own_config(converted, tmp
         assert entry["n"] == limit and entry["limit"] == limit and entry["shots"] == 0
         assert entry["n_full"] == ROWS[name]
         mine = [
-            json.loads(x) for x in (tmp_path / "pre" / "eval_samples" / f"{key}.jsonl").read_text().splitlines()
+            json.loads(x)
+            for x in (tmp_path / "pre" / "eval_samples" / f"{key}.jsonl").read_text().splitlines()
         ]
         ref = sorted(theirs["samples"][task], key=lambda s: s["doc_id"])
         mine = sorted(mine, key=lambda s: s["doc_id"])
@@ -268,7 +268,11 @@ def mbpp_file(tmp_path) -> Path:
             "task_id": i,
             "text": f"Write a function to add {i} to a number.",
             "code": f"def add_{i}(x):\n    return x + {i}",
-            "test_list": [f"assert add_{i}(1) == {1 + i}", f"assert add_{i}(0) == {i}", f"assert add_{i}(-1) == {i - 1}"],
+            "test_list": [
+                f"assert add_{i}(1) == {1 + i}",
+                f"assert add_{i}(0) == {i}",
+                f"assert add_{i}(-1) == {i - 1}",
+            ],
             "test_setup_code": "",
             "challenge_test_list": [],
         }
@@ -310,8 +314,14 @@ def test_eval_json_accumulates_and_force_replaces(converted, tmp_path):
 
 
 BAD = [  # (arguments after `fedmom eval --model tiny --task commonsense --out OUT`, stderr pattern)
-    (["--tasks", "arc_esay", "--data-dir", "{data}"], r"no lm-eval task, group or tag named 'arc_esay'; did you mean arc_easy"),
-    (["--tasks", "arc_easy", "--data-dir", "{data}", "--shots", "1"], r"arc_easy: .*arc_easy/train\.jsonl not found \(few-shot"),
+    (
+        ["--tasks", "arc_esay", "--data-dir", "{data}"],
+        r"unknown eval task 'arc_esay': no lm-eval task, group or tag of that name; did you mean arc_easy",
+    ),
+    (
+        ["--tasks", "arc_easy", "--data-dir", "{data}", "--shots", "1"],
+        r"arc_easy: .*arc_easy/train\.jsonl not found \(few-shot",
+    ),
     (["--tasks", "boolq", "--data-dir", "{data}"], r"boolq: .*boolq/validation\.jsonl not found"),
     (["--tasks", "hellaswag", "--data-dir", "{data}"], r"hellaswag/validation\.jsonl not found"),
     (["--tasks", "arc_easy"], r"needs the Hub.*pass --data-dir DIR holding arc_easy/test\.jsonl"),
@@ -321,13 +331,18 @@ BAD = [  # (arguments after `fedmom eval --model tiny --task commonsense --out O
     (["--tasks", "arc_easy,ARC-Easy", "--data-dir", "{data}"], r"names one benchmark twice"),
     (["--tasks", "arc_easy", "--data-dir", "{data}/nope"], r"is not a folder"),
     (["--tasks", "arc_easy", "--protocol", "harness", "--data-dir", "{data}"], r"--protocol must be"),
-    (["--tasks", "ARC-Easy", "--protocol", "train-format", "--shots", "2", "--data-dir", "{data}"], r"zero-shot"),
+    (
+        ["--tasks", "ARC-Easy", "--protocol", "train-format", "--shots", "2", "--data-dir", "{data}"],
+        r"zero-shot",
+    ),
     (["--tasks", "mbpp", "--data-dir", "{data}"], r"mbpp: .*mbpp/mbpp\.jsonl not found"),
 ]
 
 
 @pytest.mark.parametrize("args,pattern", BAD)
-def test_bad_eval_input_one_line_exit_2_nothing_written(monkeypatch, capsys, converted, tmp_path, args, pattern):
+def test_bad_eval_input_one_line_exit_2_nothing_written(
+    monkeypatch, capsys, converted, tmp_path, args, pattern
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "out"
     argv = [a.replace("{data}", str(converted)) for a in args]
@@ -358,10 +373,17 @@ BAD_CONVERT = [  # (files in SRC, --sets, stderr pattern)
     ({}, None, r"holds none of"),
     ({"ARC-Easy.json": "{not json"}, None, r"not valid JSON"),
     ({"ARC-Easy.json": {"a": 1}}, None, r"expected a non-empty JSON list"),
-    ({"ARC-Easy.json": [ARC_ROW, {**ARC_ROW, "instruction": "What is 2+2?"}]}, None, r"row 1 cannot be mapped"),
+    (
+        {"ARC-Easy.json": [ARC_ROW, {**ARC_ROW, "instruction": "What is 2+2?"}]},
+        None,
+        r"row 1 cannot be mapped",
+    ),
     ({"ARC-Easy.json": [{**ARC_ROW, "answer": "answer7"}]}, None, r"row 0 .*answer 'answer7'"),
-    ({"ARC-Easy.json": [{**ARC_ROW, "instruction": ARC_ROW["instruction"].replace("Answer2", "Answer3")}]},
-     None, r"row 0 .*markers are not"),
+    (
+        {"ARC-Easy.json": [{**ARC_ROW, "instruction": ARC_ROW["instruction"].replace("Answer2", "Answer3")}]},
+        None,
+        r"row 0 .*markers are not",
+    ),
     ({"piqa.json": [{**ARC_ROW, "answer": "solution1"}]}, None, r"piqa: row 0 .*layout"),
     ({"ARC-Easy.json": [ARC_ROW], "piqa.json": [ARC_ROW]}, None, r"piqa: row 0"),  # nothing written at all
 ]
@@ -387,8 +409,12 @@ def test_convert_refuses_to_overwrite_without_force(monkeypatch, capsys, tmp_pat
     out = tmp_path / "out"
     assert run_main(monkeypatch, capsys, "data", "convert", src, "--out", out)[0] == 0
     row = json.loads((out / "arc_easy" / "test.jsonl").read_text())
-    assert row == {"id": "ARC-Easy-0", "question": "Q?", "choices": {"text": ["a", "b"], "label": ["A", "B"]},
-                   "answerKey": "B"}
+    assert row == {
+        "id": "ARC-Easy-0",
+        "question": "Q?",
+        "choices": {"text": ["a", "b"], "label": ["A", "B"]},
+        "answerKey": "B",
+    }
     code, _, err = run_main(monkeypatch, capsys, "data", "convert", src, "--out", out)
     assert code == 2 and "pass --force" in err
     assert run_main(monkeypatch, capsys, "data", "convert", src, "--out", out, "--force")[0] == 0

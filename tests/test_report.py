@@ -51,7 +51,10 @@ def make_run(
     ]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if evals is not None:
-        tasks = {k: {"metric": "exact_match", "value": v, "stderr": e, **PROTOCOL[k]} for k, (v, e) in evals.items()}
+        tasks = {
+            k: {"metric": "exact_match", "value": v, "stderr": e, **PROTOCOL[k]}
+            for k, (v, e) in evals.items()
+        }
         (folder / "eval.json").write_text(json.dumps({"adapter": True, "method": method, "tasks": tasks}))
     return folder
 

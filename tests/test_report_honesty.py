@@ -41,10 +41,20 @@ def test_limited_cells_are_marked_and_never_ranked(tmp_path):
 def test_compare_paper_only_where_benchmark_protocol_and_metric_match(tmp_path):
     cases = {  # method -> its GSM8K entry; only fedmomentum's matches the paper's protocol
         "fedmomentum": {"value": 0.33, "stderr": 0.013, "n": 1319, **PAPER_GSM8K},
-        "fedit": {"value": 0.10, "stderr": 0.008, "n": 1319, "protocol": "train-format",
-                  "metric_key": "exact_match,none"},
-        "flora": {"value": 0.29, "stderr": 0.012, "n": 1319, "protocol": "lm-eval",
-                  "metric_key": "exact_match,strict-match"},
+        "fedit": {
+            "value": 0.10,
+            "stderr": 0.008,
+            "n": 1319,
+            "protocol": "train-format",
+            "metric_key": "exact_match,none",
+        },
+        "flora": {
+            "value": 0.29,
+            "stderr": 0.012,
+            "n": 1319,
+            "protocol": "lm-eval",
+            "metric_key": "exact_match,strict-match",
+        },
         "ffa_lora": {"value": 0.29, "stderr": 0.2, "n": 5, "limit": 5, **PAPER_GSM8K},
         "rolora": {"value": 0.2, "stderr": 0.01},  # an older eval.json: no protocol recorded
     }
@@ -55,7 +65,11 @@ def test_compare_paper_only_where_benchmark_protocol_and_metric_match(tmp_path):
     for method in ("fedit", "flora", "ffa_lora", "rolora"):
         assert table.rows[method]["gsm8k"].paper is None
     notes = "\n".join(table.notes)
-    assert "FedIT GSM8K: scored as train-format / exact_match,none, the paper as lm-eval / exact_match,flexible-extract" in notes
+    assert (
+        "FedIT GSM8K: scored as train-format / exact_match,none, "
+        "the paper as lm-eval / exact_match,flexible-extract"
+        in notes
+    )
     assert "FLoRA GSM8K: scored as lm-eval / exact_match,strict-match" in notes
     assert "FFA-LoRA GSM8K: evaluated with --limit, the paper on the full set" in notes
     assert "RoLoRA GSM8K: scored as not recorded / None" in notes

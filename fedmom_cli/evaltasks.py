@@ -50,8 +50,11 @@ CODE_STOPS = ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "\nassert"]
 MBPP_STOPS = ["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"]
 MBPP_TEST_IDS = range(11, 511)
 # Train-format math: the fine-tuned answer ends with EOS (HFLM stops there); a base model instead
-# invents the next Alpaca block, so generation also stops where a new block would begin.
-TRAIN_FORMAT_STOPS = ["### Instruction", "\n\n\n", "Below is an instruction that describes"]
+# invents the next Alpaca block ("### Instruction", "### Explanation", ...), so generation also
+# stops where a new block would begin. GSM8K also stops at a blank line: its worked answers are
+# single-spaced (4 of the 7,473 GSM8K train answers hold a blank line), MATH solutions are not.
+TRAIN_FORMAT_STOPS = ["### Instruction", "\n\n###", "\n\n\n", "Below is an instruction that describes"]
+GSM8K_STOPS = [*TRAIN_FORMAT_STOPS, "\n\n"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ def _task(name: str) -> EvalTask:
             "exact_match",
             _math_prompt,
             lambda d, g: answers.gsm8k_correct(g, answers.gsm8k_gold(d["answer"])),
-            TRAIN_FORMAT_STOPS,
+            GSM8K_STOPS,
             256,
         )
     if name == "math":

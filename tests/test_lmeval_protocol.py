@@ -418,3 +418,21 @@ def test_convert_refuses_to_overwrite_without_force(monkeypatch, capsys, tmp_pat
     code, _, err = run_main(monkeypatch, capsys, "data", "convert", src, "--out", out)
     assert code == 2 and "pass --force" in err
     assert run_main(monkeypatch, capsys, "data", "convert", src, "--out", out, "--force")[0] == 0
+
+
+@pytest.mark.parametrize(
+    "generation",
+    [
+        "Janet has 16 eggs.\nThe answer is: 18\n\n### Instruction:\nInvented.\n\n### Response:\nThe answer is: 99",
+        "Janet has 16 eggs.\nThe answer is: 18\n\nBelow is an instruction. The answer is: 99",
+        "Janet has 16 eggs.\nThe answer is: 18\n\n### Explanation:\nThe answer is: 99",
+    ],
+)
+def test_train_format_gsm8k_stops_before_invented_blocks(generation):
+    task = evaltasks._task("gsm8k")
+    doc = {"answer": "16 - 3 - 4 = 9 ... #### 18"}
+    assert not task.score(doc, generation)  # without stops the invented block's answer is taken
+    cut = generation
+    for term in task.until:  # as lm-eval's HFLM.generate_until applies `until`
+        cut = cut.split(term)[0]
+    assert cut == "Janet has 16 eggs.\nThe answer is: 18" and task.score(doc, cut)

@@ -420,19 +420,22 @@ def test_convert_refuses_to_overwrite_without_force(monkeypatch, capsys, tmp_pat
     assert run_main(monkeypatch, capsys, "data", "convert", src, "--out", out, "--force")[0] == 0
 
 
+HEAD = "Janet has 16 eggs.\nThe answer is: 18"
+
+
 @pytest.mark.parametrize(
-    "generation",
+    "invented",  # what a base model writes after its answer
     [
-        "Janet has 16 eggs.\nThe answer is: 18\n\n### Instruction:\nInvented.\n\n### Response:\nThe answer is: 99",
-        "Janet has 16 eggs.\nThe answer is: 18\n\nBelow is an instruction. The answer is: 99",
-        "Janet has 16 eggs.\nThe answer is: 18\n\n### Explanation:\nThe answer is: 99",
+        "\n\n### Instruction:\nInvented.\n\n### Response:\nThe answer is: 99",
+        "\n\nBelow is an instruction. The answer is: 99",
+        "\n\n### Explanation:\nThe answer is: 99",
     ],
 )
-def test_train_format_gsm8k_stops_before_invented_blocks(generation):
+def test_train_format_gsm8k_stops_before_invented_blocks(invented):
     task = evaltasks._task("gsm8k")
     doc = {"answer": "16 - 3 - 4 = 9 ... #### 18"}
-    assert not task.score(doc, generation)  # without stops the invented block's answer is taken
-    cut = generation
+    assert not task.score(doc, HEAD + invented)  # without stops the invented block's answer is taken
+    cut = HEAD + invented
     for term in task.until:  # as lm-eval's HFLM.generate_until applies `until`
         cut = cut.split(term)[0]
-    assert cut == "Janet has 16 eggs.\nThe answer is: 18" and task.score(doc, cut)
+    assert cut == HEAD and task.score(doc, cut)

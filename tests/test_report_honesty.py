@@ -67,8 +67,7 @@ def test_compare_paper_only_where_benchmark_protocol_and_metric_match(tmp_path):
     notes = "\n".join(table.notes)
     assert (
         "FedIT GSM8K: scored as train-format / exact_match,none, "
-        "the paper as lm-eval / exact_match,flexible-extract"
-        in notes
+        "the paper as lm-eval / exact_match,flexible-extract" in notes
     )
     assert "FLoRA GSM8K: scored as lm-eval / exact_match,strict-match" in notes
     assert "FFA-LoRA GSM8K: evaluated with --limit, the paper on the full set" in notes

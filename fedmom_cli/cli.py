@@ -367,7 +367,7 @@ def eval_(
     precision: str = typer.Option(
         None,
         "--precision",
-        show_default="the run's (the recipe's: bf16)",
+        show_default="the run's; bf16 with --model",
         help="Weights' dtype for evaluation: fp32, bf16 or fp16 (recorded as dtype in eval.json).",
     ),
     model: str = typer.Option(

@@ -90,7 +90,11 @@ def lm_name(name: str) -> str:
 
 def _raw(leaf: str) -> dict[str, Any]:
     tm = task_manager()
-    return tm._factory._load_full_config(tm.task_index[leaf], None)  # noqa: SLF001 (lm-eval's loader)
+    try:
+        return tm._factory._load_full_config(tm.task_index[leaf], None)  # noqa: SLF001 (lm-eval's loader)
+    except ImportError as exc:  # e.g. minerva_math needs lm-eval's [math] extra (sympy, math_verify)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"lm-eval's {leaf} cannot be loaded: {first}") from None
 
 
 def _leaves(name: str) -> tuple[str, list[str], dict | None]:
@@ -195,10 +199,12 @@ def plan(name: str, shots: int | None, data_dir: Path | None, online: bool) -> P
         specs.append(cfg)
         files[leaf] = leaf_files
     if kind == "group":
+        # Built here as a Group object: lm-eval (0.4.13) passes an inline group dict on to every
+        # member as task overrides (aggregate_metric_list included), which TaskConfig refuses.
+        tm = task_manager()
         group = {k: v for k, v in group_cfg.items() if k not in ("task", "metadata")}
-        group["group"] = target
         group["task"] = specs
-        specs = [group]
+        specs = [tm._factory._build_group(target, group, None, tm.task_index)]  # noqa: SLF001
     key = BENCHMARK_OF.get(target, target)
     return Planned(key, target, specs, leaves, shots, setting.metric if setting else None, files)
 

@@ -439,3 +439,65 @@ def test_train_format_gsm8k_stops_before_invented_blocks(invented):
     for term in task.until:  # as lm-eval's HFLM.generate_until applies `until`
         cut = cut.split(term)[0]
     assert cut == HEAD and task.score(doc, cut)
+
+
+class EchoLM:
+    """A stand-in model for hendrycks_math: answers "What is i+1?" with i+1 (or i+2 when wrong)."""
+
+    def __init__(self, wrong: bool):
+        from lm_eval.api.model import LM
+
+        class _LM(LM):
+            def loglikelihood(self, requests):
+                raise NotImplementedError
+
+            def loglikelihood_rolling(self, requests):
+                raise NotImplementedError
+
+            def generate_until(self, requests):
+                nums = [int(r.args[0].rsplit("What is ", 1)[1].split("+")[0]) for r in requests]
+                return [f" {i + 1 + wrong}" for i in nums]
+
+        self.lm = _LM()
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_a_flat_group_offline_is_lm_evals_group(tmp_path, wrong):
+    """hendrycks_math (7 subtasks) from local files: one entry, lm-eval's size-weighted aggregate."""
+    from lm_eval import simple_evaluate
+
+    sizes = dict(zip(["algebra", "counting_and_prob", "geometry", "intermediate_algebra"], [3, 1, 2, 1]))
+    sizes |= {"num_theory": 1, "prealgebra": 2, "precalc": 1}
+    for sub, n in sizes.items():
+        rows = [
+            {
+                "problem": f"What is {i}+1?",
+                "level": "Level 1",
+                "type": sub,
+                "solution": f"$\\boxed{{{i + 1}}}$",
+            }
+            for i in range(n)
+        ]
+        _write(tmp_path / f"hendrycks_math_{sub}" / "test.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    p = lmeval_tasks.plan("hendrycks_math", None, tmp_path, online=False)
+    assert p.key == "hendrycks_math" and len(p.leaves) == 7
+    output = simple_evaluate(
+        model=EchoLM(wrong).lm, tasks=p.spec, task_manager=lmeval_tasks.task_manager(), bootstrap_iters=0
+    )
+    entry = lmeval_tasks.summarise(p, output, limit=None)
+    assert entry["metric_key"] == "exact_match,none" and entry["n"] == sum(sizes.values()) == 11
+    assert entry["value"] == (0.0 if wrong else 1.0) and entry["lm_eval_subtasks"] == p.leaves
+    (tmp_path / "hendrycks_math_precalc" / "test.jsonl").unlink()
+    with pytest.raises(UserError, match=r"hendrycks_math_precalc: .*precalc/test\.jsonl not found"):
+        lmeval_tasks.plan("hendrycks_math", None, tmp_path, online=False)
+
+
+def test_minerva_math_without_lm_evals_math_extra_is_a_user_error(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("math_verify") is not None:
+        pytest.skip("lm-eval's [math] extra is installed here")
+    with pytest.raises(
+        UserError, match=r"lm-eval's minerva_math_algebra cannot be loaded: .*lm-eval\[math\]"
+    ):
+        lmeval_tasks.plan("math", None, tmp_path, online=False)

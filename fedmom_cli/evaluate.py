@@ -270,4 +270,4 @@ def run(opts: EvalOptions) -> dict:
         "tasks": {**(old["tasks"] if old else {}), **tasks},
     }
     results.atomic_write_json(out / "eval.json", result)
-    return result
+    return {**result, "tasks": tasks}  # this call's tasks; eval.json holds every task evaluated

@@ -248,7 +248,8 @@ def test_shots_are_solved_examples_from_the_few_shot_split(shared_data, tmp_path
     )
     assert result["tasks"]["gsm8k"]["shots"] == 2
     samples = [json.loads(x) for x in (tmp_path / "eval_samples" / "gsm8k.jsonl").read_text().splitlines()]
-    assert [s["doc_id"] for s in samples] == [0]
+    assert [s["doc_id"] for s in samples] == [0, 0]  # one record per lm-eval filter
+    assert {s["filter"] for s in samples} == {"strict-match", "flexible-extract"}
     for s in samples:
         blocks = s["prompt"].split("Question: ")[1:]
         assert len(blocks) == 3  # two solved examples, then the evaluated question

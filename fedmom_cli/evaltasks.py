@@ -4,8 +4,8 @@ The training-format protocol asks the question the way the model was fine-tuned 
 - gsm8k, math: the MetaMath/Alpaca prompt; the answer after "The answer is" (answers.py).
 - boolq ... openbookqa: the LLM-Adapters prompt; the first answer token of the dataset's kind.
 - humaneval, mbpp: plain code completion as the bigcode harness does (HumanEval's prompt; MBPP's
-  text and first test as a docstring), stop sequences, each completion run against the tests in
-  the sandbox; pass@1 of the greedy completion.
+  text and first test as a docstring, its stop words, the 500 test problems task_id 11-510), each
+  completion run against the tests in the sandbox; pass@1 of the greedy completion.
 - synthetic_math / synthetic_commonsense / synthetic_code: held-out synthetic rows for smoke runs.
 Files are read from a data folder in each source's own format (`--data-dir`); see LOCAL_FILES.
 """

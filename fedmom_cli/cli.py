@@ -31,6 +31,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
 recipes_app = typer.Typer(help="The recipes that ship with fedmom: list, show, copy.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
+data_app = typer.Typer(help="Evaluation data in lm-eval's offline layout.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 console = Console(stderr=True)
 
@@ -352,28 +354,43 @@ def eval_(
         None,
         "--tasks",
         show_default="the run's task family",
-        help="Comma-separated: gsm8k, math, boolq, piqa, social_i_qa, hellaswag, "
-        "winogrande, ARC-Easy, ARC-Challenge, openbookqa, humaneval, mbpp, "
-        "synthetic_math, synthetic_commonsense, synthetic_code.",
+        help="Comma-separated lm-eval task, group or tag names (arc_easy, gsm8k, minerva_math, "
+        "mmlu, ...); fedmom's spellings gsm8k, math, boolq, piqa, social_i_qa, hellaswag, "
+        "winogrande, ARC-Easy, ARC-Challenge, openbookqa map to the paper's lm-eval tasks; "
+        "humaneval, mbpp (bigcode's protocol) and synthetic_math/_commonsense/_code (train format).",
     ),
     protocol: str = typer.Option(
-        "train-format",
+        "lm-eval",
         "--protocol",
-        help="train-format (fedmom's zero-shot prompts in the training format) "
-        "or lm-eval (lm-eval's own tasks, from the Hub).",
+        help="lm-eval: lm-eval's own task definitions, the paper's shots and metric "
+        "(docs/evaluation.md); train-format: fedmom's zero-shot prompts in the fine-tuning format.",
     ),
-    limit: int = typer.Option(None, "--limit", show_default="all", help="At most N samples per task."),
+    limit: int = typer.Option(
+        None, "--limit", show_default="all", help="At most N documents per task (marked in eval.json)."
+    ),
     batch_size: int = typer.Option(8, "--batch-size", help="lm-eval batch size."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     data_dir: Path = typer.Option(
         None,
         "--data-dir",
-        show_default="none",
-        help="Folder with local copies: gsm8k/test.jsonl, MATH/test.jsonl, "
-        "commonsense_eval/<set>.json, humaneval/HumanEval.jsonl.gz, "
-        "mbpp/mbpp.jsonl.",
+        show_default="none (lm-eval: the Hub or the HF cache)",
+        help="Local data. lm-eval: DIR/<lm-eval task>/<split>.jsonl in the HF dataset's schema "
+        "(`fedmom data convert` writes it). train-format: gsm8k/test.jsonl, MATH/test.jsonl, "
+        "commonsense_eval/<set>.json; code: humaneval/HumanEval.jsonl.gz, mbpp/mbpp.jsonl.",
     ),
-    shots: int = typer.Option(0, "--shots", help="Few-shot examples per prompt."),
+    shots: int = typer.Option(
+        None,
+        "--shots",
+        show_default="the paper's per benchmark, else the lm-eval task's own",
+        help="Few-shot examples per prompt (lm-eval's num_fewshot, drawn from the few-shot split).",
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace tasks already in eval.json."),
+    precision: str = typer.Option(
+        None,
+        "--precision",
+        show_default="the run's; bf16 with --model",
+        help="Weights' dtype for evaluation: fp32, bf16 or fp16 (recorded as dtype in eval.json).",
+    ),
     model: str = typer.Option(
         None,
         "--model",
@@ -440,11 +457,41 @@ def eval_(
             data_dir=data_dir,
             shots=shots,
             allow_unsandboxed_code=allow_unsandboxed_code,
+            force=force,
+            precision=precision,
         )
     )
     for name, t in result["tasks"].items():
         err = f" ± {t['stderr']:.4f}" if t["stderr"] is not None else ""
-        print(f"{name}: {t['metric']} = {t['value']:.4f}{err} (n={t['n']}, {t['protocol']})")
+        lim = f", limit {t['limit']}" if t.get("limit") else ""
+        print(
+            f"{name}: {t.get('metric_key', t['metric'])} = {t['value']:.4f}{err} "
+            f"(n={t['n']}{lim}, {t['shots']}-shot, {t['protocol']})"
+        )
+
+
+@data_app.command("convert")
+def data_convert(
+    src: Path = typer.Argument(
+        ..., metavar="SRC_DIR", help="LLM-Adapters' commonsense_eval folder (<set>.json files)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder to write <lm-eval task>/<split>.jsonl into."),
+    sets: str = typer.Option(
+        None,
+        "--sets",
+        show_default="every convertible set present",
+        help="Comma-separated: ARC-Easy, ARC-Challenge, openbookqa, piqa, social_i_qa, winogrande.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite files already in --out."),
+) -> None:
+    """Turn LLM-Adapters' test files into lm-eval's offline layout, in the HF datasets' schema."""
+    from fedmom_cli import convert
+
+    done = convert.run(src, out, [s.strip() for s in sets.split(",")] if sets else None, force)
+    for name, w in done["written"].items():
+        print(f"{name}: {w['rows']} rows -> {w['file']}")
+    for name, why in done["skipped"].items():
+        print(f"{name}: not converted: {why}")
 
 
 @app.command()

@@ -4,8 +4,8 @@ The training-format protocol asks the question the way the model was fine-tuned 
 - gsm8k, math: the MetaMath/Alpaca prompt; the answer after "The answer is" (answers.py).
 - boolq ... openbookqa: the LLM-Adapters prompt; the first answer token of the dataset's kind.
 - humaneval, mbpp: plain code completion as the bigcode harness does (HumanEval's prompt; MBPP's
-  text and first test as a docstring), stop sequences, each completion run against the tests in
-  the sandbox; pass@1 of the greedy completion.
+  text and first test as a docstring, its stop words, the 500 test problems task_id 11-510), each
+  completion run against the tests in the sandbox; pass@1 of the greedy completion.
 - synthetic_math / synthetic_commonsense / synthetic_code: held-out synthetic rows for smoke runs.
 Files are read from a data folder in each source's own format (`--data-dir`); see LOCAL_FILES.
 """
@@ -46,6 +46,15 @@ LM_EVAL_NAMES = {  # the same benchmarks under lm-eval's own task names (its own
     "mbpp": "mbpp",
 }
 CODE_STOPS = ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "\nassert"]
+# bigcode-evaluation-harness's mbpp.py: stop words, and the test split = task_id 11-510 (500 problems).
+MBPP_STOPS = ["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"]
+MBPP_TEST_IDS = range(11, 511)
+# Train-format math: the fine-tuned answer ends with EOS (HFLM stops there); a base model instead
+# invents the next Alpaca block ("### Instruction", "### Explanation", ...), so generation also
+# stops where a new block would begin. GSM8K also stops at a blank line: its worked answers are
+# single-spaced (4 of the 7,473 GSM8K train answers hold a blank line), MATH solutions are not.
+TRAIN_FORMAT_STOPS = ["### Instruction", "\n\n###", "\n\n\n", "Below is an instruction that describes"]
+GSM8K_STOPS = [*TRAIN_FORMAT_STOPS, "\n\n"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,7 @@ def _task(name: str) -> EvalTask:
             "exact_match",
             _math_prompt,
             lambda d, g: answers.gsm8k_correct(g, answers.gsm8k_gold(d["answer"])),
-            [],
+            GSM8K_STOPS,
             256,
         )
     if name == "math":
@@ -96,7 +105,7 @@ def _task(name: str) -> EvalTask:
             "exact_match",
             _math_prompt,
             lambda d, g: answers.math_correct(g, answers.math_boxed(d["solution"])),
-            [],
+            TRAIN_FORMAT_STOPS,
             512,
         )
     if name in COMMONSENSE:
@@ -123,7 +132,7 @@ def _task(name: str) -> EvalTask:
             "pass@1",
             _mbpp_prompt,
             lambda d, g: run_program(_code_program(dict(d, prompt=""), g)).passed,
-            CODE_STOPS,
+            MBPP_STOPS,
             512,
         )
     if name == "synthetic_math":
@@ -188,8 +197,30 @@ def read_local(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def lm_eval_config(name: str, jsonl: Path, shots: int = 0, max_gen_cap: int | None = None) -> dict:
-    """An lm-eval generate_until task over a JSONL file, scored by fedmom's own answer parsing."""
+def select_rows(name: str, rows: list[dict], path: Path) -> list[dict]:
+    """MBPP: the 500 test problems (task_id 11-510) that bigcode scores; other sets unchanged."""
+    if name != "mbpp":
+        return rows
+    by_id = {r.get("task_id"): r for r in rows if isinstance(r, dict)}
+    missing = [i for i in MBPP_TEST_IDS if i not in by_id]
+    if missing:
+        raise UserError(
+            f"mbpp: {path} lacks {len(missing)} of the 500 test problems (task_id 11-510, first "
+            f"missing {missing[0]}); give google-research's full mbpp.jsonl (task_id 1-974)"
+        )
+    chosen = [by_id[i] for i in MBPP_TEST_IDS]
+    for r in chosen:
+        if (
+            not isinstance(r.get("text"), str)
+            or not isinstance(r.get("test_list"), list)
+            or not r["test_list"]
+        ):
+            raise UserError(f"mbpp: task_id {r.get('task_id')} in {path} lacks text or test_list")
+    return chosen
+
+
+def lm_eval_config(name: str, jsonl: Path, max_gen_cap: int | None = None) -> dict:
+    """An lm-eval generate_until task over a JSONL file, scored by fedmom's own answer parsing (zero-shot)."""
     task = _task(name)
 
     def process_results(doc, results):
@@ -210,6 +241,6 @@ def lm_eval_config(name: str, jsonl: Path, shots: int = 0, max_gen_cap: int | No
             "max_gen_toks": min(task.max_gen_toks, max_gen_cap or task.max_gen_toks),
         },
         "metric_list": [{"metric": task.metric, "aggregation": "mean", "higher_is_better": True}],
-        "num_fewshot": shots,
+        "num_fewshot": 0,
         "metadata": {"version": 1.0},
     }

@@ -1,15 +1,26 @@
 """`fedmom eval`: benchmarks through lm-evaluation-harness, with the model in memory.
 
-    fedmom eval RUN_DIR [--tasks gsm8k,math] [--protocol train-format|lm-eval] [--limit N]
+    fedmom eval RUN_DIR [--tasks arc_easy,gsm8k] [--data-dir DIR] [--shots K] [--limit N] [--force]
     fedmom eval --model ID_OR_PATH --task math --out DIR          # the tables' "Pre-trained" row
 
+Protocols (docs/evaluation.md):
+- lm-eval (default): lm-eval's own task definitions (lmeval_tasks.py), any task/group/tag by its
+  lm-eval name; offline from `--data-dir DIR/<task>/<split>.jsonl` in the HF schema. Per paper
+  benchmark, the shots and reported metric of lmeval_tasks.PAPER unless --shots is given.
+- train-format: fedmom's zero-shot prompts in the fine-tuning format (evaltasks.py), files in
+  each source's own format under --data-dir.
+humaneval/mbpp always take the bigcode-harness path (evaltasks.py; the paper scores code with
+bigcode) and synthetic_* the train-format path (they have no lm-eval definition).
+
 The model is the run's base model + base_delta.safetensors + adapter/ (a PeftModel; nothing merged
-is written to disk). Results go to RUN_DIR/eval.json (per task: metric, value in [0, 1], standard
-error, samples, harness and version, shots, protocol) and RUN_DIR/eval_samples/<task>.jsonl.
+is written to disk). eval.json accumulates one entry per task (re-evaluating one needs --force);
+per-document records go to eval_samples/<task>.jsonl. Everything is validated before the first
+write: a failed eval leaves the folder as it was.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -20,14 +31,15 @@ from pathlib import Path
 import torch
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import evaltasks, results, sandbox
+from fedmom_cli import evaltasks, lmeval_tasks, results, sandbox
 from fedmom_cli.adapters import delta_key
 from fedmom_cli.benchmarks import FAMILY_TASKS
-from fedmom_cli.data import _hub_reachable
 from fedmom_cli.errors import UserError
 from fedmom_cli.model import check_model_source, load_base_model, load_tokenizer, lora_modules
 
 SYNTHETIC_EVAL_ROWS = 40
+PROTOCOLS = ("lm-eval", "train-format")
+CODE = ("humaneval", "mbpp")
 
 
 @dataclass(frozen=True)
@@ -37,17 +49,18 @@ class EvalOptions:
     task: str | None = None  # task family for --model (math, commonsense, code)
     out: Path | None = None
     tasks: list[str] | None = None
-    protocol: str = "train-format"
+    protocol: str = "lm-eval"
     limit: int | None = None
     batch_size: int = 8
     device: str = "auto"
     data_dir: Path | None = None
-    shots: int = 0
+    shots: int | None = None  # None: the protocol's own (lmeval_tasks.PAPER, else the task's)
+    force: bool = False
+    precision: str | None = None  # weights' dtype (fp32/bf16/fp16); None: the run's or recipe's
     allow_unsandboxed_code: bool = False  # run generated code unisolated where no sandbox works
 
 
 def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
-    check_model_source(cfg)
     tokenizer = load_tokenizer(cfg)
     model = load_base_model(cfg, tokenizer)
     if opts.run_dir is None:
@@ -67,49 +80,51 @@ def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
 
 def _task_names(opts: EvalOptions, cfg: cfgmod.TrainConfig) -> list[str]:
     if opts.tasks:
+        if len(set(opts.tasks)) != len(opts.tasks) or "" in opts.tasks:
+            raise UserError(f"--tasks lists a task twice or an empty name: {','.join(opts.tasks)}")
         return opts.tasks
     if cfg.synthetic is not None:
         return [evaltasks.SYNTHETIC[cfg.task]]
     return FAMILY_TASKS[cfg.task]
 
 
-def _task_specs(names: list[str], opts: EvalOptions, cfg, work: Path) -> tuple[list, dict]:
-    """lm-eval task specs (dicts or names) and, per task, where its numbers come from."""
-    specs, meta = [], {}
-    for name in names:
-        if opts.protocol == "lm-eval" and not name.startswith("synthetic"):
-            if name not in evaltasks.LM_EVAL_NAMES:
-                raise UserError(f"no lm-eval task for {name!r}")
-            if not _hub_reachable():
-                raise UserError(
-                    f"lm-eval's {evaltasks.LM_EVAL_NAMES[name]} needs the Hub, which is not "
-                    f"reachable; use --protocol train-format with --data-dir DIR"
-                )
-            specs.append(evaltasks.LM_EVAL_NAMES[name])
-            meta[evaltasks.LM_EVAL_NAMES[name]] = (name, "lm-eval default prompt and data")
-            continue
-        if name.startswith("synthetic"):
-            family = name.removeprefix("synthetic_")
-            rows = evaltasks.synthetic_eval_rows(family, SYNTHETIC_EVAL_ROWS, cfg.seed)
-        else:
-            if name not in evaltasks.LOCAL_FILES:
-                raise UserError(f"unknown eval task {name!r}; known: {', '.join(evaltasks.LOCAL_FILES)}")
-            if opts.data_dir is None:
-                raise UserError(
-                    f"{name} needs local data: pass --data-dir DIR holding "
-                    f"{evaltasks.LOCAL_FILES[name]} (the source's own format)"
-                )
-            path = opts.data_dir / evaltasks.LOCAL_FILES[name]
-            if not path.is_file():
-                raise UserError(f"{name}: {path} not found under --data-dir")
-            rows = evaltasks.read_local(path)
-        jsonl = work / f"{name}.jsonl"
-        jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        # Leave room for the prompt in short-context models (the tiny one has 512 positions).
-        cap = cfg.cutoff_len if cfg.model == "tiny" else None
-        specs.append(evaltasks.lm_eval_config(name, jsonl, opts.shots, max_gen_cap=cap and cap // 2))
-        meta[f"fedmom_{name}"] = (name, "fedmom training format, zero-shot, greedy")
-    return specs, meta
+def _local_rows(name: str, opts: EvalOptions, cfg) -> list[dict]:
+    """Rows for fedmom's own (train-format / bigcode / synthetic) path; validated, not written."""
+    if name.startswith("synthetic_"):
+        family = name.removeprefix("synthetic_")
+        if family not in evaltasks.SYNTHETIC:
+            raise UserError(f"unknown eval task {name!r}")
+        return evaltasks.synthetic_eval_rows(family, SYNTHETIC_EVAL_ROWS, cfg.seed)
+    if name not in evaltasks.LOCAL_FILES:
+        raise UserError(f"unknown eval task {name!r}; known: {', '.join(evaltasks.LOCAL_FILES)}")
+    if opts.data_dir is None:
+        raise UserError(
+            f"{name} needs local data: pass --data-dir DIR holding "
+            f"{evaltasks.LOCAL_FILES[name]} (the source's own format)"
+        )
+    path = opts.data_dir / evaltasks.LOCAL_FILES[name]
+    if not path.is_file():
+        raise UserError(f"{name}: {path} not found under --data-dir")
+    try:
+        rows = evaltasks.read_local(path)
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{name}: {path} cannot be read ({exc.__class__.__name__})") from None
+    return evaltasks.select_rows(name, rows, path)
+
+
+def _existing(out: Path, cfg, opts: EvalOptions) -> dict | None:
+    path = out / "eval.json"
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{path} is not valid JSON; move it away or delete it") from None
+    if not isinstance(old, dict) or not isinstance(old.get("tasks"), dict):
+        raise UserError(f"{path} is not a fedmom eval.json; move it away or delete it")
+    if old.get("model") != cfg.model or old.get("adapter") != (opts.run_dir is not None):
+        raise UserError(f"{path} holds results of another model ({old.get('model')}); use another --out")
+    return old
 
 
 def run(opts: EvalOptions) -> dict:
@@ -123,21 +138,64 @@ def run(opts: EvalOptions) -> dict:
             raise UserError("give RUN_DIR, or --model with --out")
         cfg = cfgmod.resolve(None, opts.task or "math", {"model": opts.model})
         out = opts.out
-    if opts.protocol not in ("train-format", "lm-eval"):
-        raise UserError(f"--protocol must be train-format or lm-eval, got {opts.protocol!r}")
+    if opts.precision is not None:
+        if opts.precision not in ("fp32", "bf16", "fp16"):
+            raise UserError(f"--precision must be fp32, bf16 or fp16, got {opts.precision!r}")
+        cfg = dataclasses.replace(cfg, precision=opts.precision)
+    if opts.protocol not in PROTOCOLS:
+        raise UserError(f"--protocol must be lm-eval or train-format, got {opts.protocol!r}")
+    if opts.limit is not None and opts.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {opts.limit}")
+    if opts.shots is not None and opts.shots < 0:
+        raise UserError(f"--shots must be 0 or more, got {opts.shots}")
+    if opts.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    if opts.data_dir is not None and not opts.data_dir.is_dir():
+        raise UserError(f"--data-dir {opts.data_dir} is not a folder")
+    check_model_source(cfg)
     names = _task_names(opts, cfg)
-    ours = ("humaneval", "mbpp") if opts.protocol == "train-format" else ()  # lm-eval's use code_eval
-    code_tasks = {n for n in names if n == "synthetic_code" or n in ours}  # run in fedmom's sandbox
+
+    # Plan every task (no writes): lm-eval's own definitions, or fedmom's rows.
+    planned, local = [], {}
+    for name in names:
+        if name.startswith("synthetic") or name in CODE or opts.protocol == "train-format":
+            if opts.shots:
+                raise UserError(
+                    f"{name}: fedmom's {'code' if name in CODE else 'train-format'} path is "
+                    f"zero-shot (the fine-tuning format); --shots needs --protocol lm-eval"
+                )
+            local[name] = _local_rows(name, opts, cfg)
+        else:
+            planned.append(lmeval_tasks.plan(name, opts.shots, opts.data_dir, lmeval_tasks.online()))
+    code_tasks = {n for n in local if n == "synthetic_code" or n in CODE}  # run in fedmom's sandbox
     if code_tasks:  # before anything is loaded or written
         isolation = sandbox.require_isolation(opts.allow_unsandboxed_code)
         if opts.allow_unsandboxed_code:
             sandbox.permit_unsandboxed()
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / "eval_data"
-    work.mkdir(exist_ok=True)
-    specs, meta = _task_specs(names, opts, cfg, work)
-    model, tokenizer = _load_model(opts, cfg)
+    keys = [*local, *(p.key for p in planned)]
+    if len(set(keys)) != len(keys):
+        raise UserError(f"--tasks names one benchmark twice: {','.join(names)}")
+    old = _existing(out, cfg, opts)
+    if old and not opts.force and (again := [k for k in keys if k in old["tasks"]]):
+        raise UserError(f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace")
 
+    # From here on, files are written.
+    out.mkdir(parents=True, exist_ok=True)
+    specs, meta = [], {}
+    if local:
+        work = out / "eval_data"
+        work.mkdir(exist_ok=True)
+        cap = cfg.cutoff_len if cfg.model == "tiny" else None  # the tiny model has 512 positions
+        for name, rows in local.items():
+            jsonl = work / f"{name}.jsonl"
+            jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            specs.append(evaltasks.lm_eval_config(name, jsonl, max_gen_cap=cap and cap // 2))
+            kind = "bigcode" if name in CODE else "train-format"
+            meta[f"fedmom_{name}"] = (name, kind)
+    for p in planned:
+        specs.extend(p.spec)
+
+    model, tokenizer = _load_model(opts, cfg)
     # lm-eval warns that it was handed a model object rather than a name: that is the design here.
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     from lm_eval import simple_evaluate
@@ -145,6 +203,7 @@ def run(opts: EvalOptions) -> dict:
     from lm_eval.tasks import TaskManager
 
     device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     lm = HFLM(
         pretrained=model.to(device),
         tokenizer=tokenizer,
@@ -158,11 +217,11 @@ def run(opts: EvalOptions) -> dict:
         tasks=specs,
         limit=opts.limit,
         log_samples=True,
-        task_manager=TaskManager(include_defaults=opts.protocol == "lm-eval"),
+        task_manager=lmeval_tasks.task_manager() if planned else TaskManager(include_defaults=False),
         bootstrap_iters=1000,
     )
     seconds = time.perf_counter() - start
-    version = metadata.version("lm_eval")
+    common = {"dtype": dtype, "device": device, "seconds": round(seconds, 2), "batch_size": opts.batch_size}
     tasks, samples_dir = {}, out / "eval_samples"
     samples_dir.mkdir(exist_ok=True)
     for key, values in output["results"].items():
@@ -175,31 +234,38 @@ def run(opts: EvalOptions) -> dict:
         samples = output.get("samples", {}).get(key, [])
         tasks[name] = {
             "metric": metric,
+            "metric_key": metric_key,
             "value": float(values[metric_key]),
             "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
             "n": len(samples) or None,
+            "n_full": len(local[name]),
             "harness": "lm-eval",
-            "harness_version": version,
-            "shots": opts.shots,
+            "harness_version": metadata.version("lm_eval"),
+            "shots": 0,
             "protocol": protocol,
             "limit": opts.limit,
+            **common,
         }
         if name in code_tasks:  # generated by lm-eval, scored by codeexec.program in the sandbox
             tasks[name].update(scorer="fedmom sandbox", isolation=isolation)
-        with open(samples_dir / f"{name}.jsonl", "w") as f:
-            for s in samples:
-                f.write(
-                    json.dumps(
-                        {
-                            "doc_id": s.get("doc_id"),
-                            "prompt": s["arguments"][0][0] if s.get("arguments") else None,
-                            "generation": s["resps"][0][0] if s.get("resps") else None,
-                            metric: s.get(metric),
-                        },
-                        default=str,
-                    )
-                    + "\n"
-                )
+        rows = [
+            {
+                "doc_id": s.get("doc_id"),
+                "prompt": s["arguments"][0][0] if s.get("arguments") else None,
+                "generation": s["resps"][0][0] if s.get("resps") else None,
+                metric: s.get(metric),
+            }
+            for s in samples
+        ]
+        results.atomic_write_bytes(
+            samples_dir / f"{name}.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows).encode()
+        )
+    for p in planned:
+        tasks[p.key] = {**lmeval_tasks.summarise(p, output, opts.limit), **common}
+        rows = lmeval_tasks.sample_rows(p, output)
+        results.atomic_write_bytes(
+            samples_dir / f"{p.key}.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows).encode()
+        )
     result = {
         "run": str(opts.run_dir) if opts.run_dir else None,
         "model": cfg.model,
@@ -209,7 +275,7 @@ def run(opts: EvalOptions) -> dict:
         "seed": cfg.seed,
         "seconds": seconds,
         "device": device,
-        "tasks": tasks,
+        "tasks": {**(old["tasks"] if old else {}), **tasks},
     }
     results.atomic_write_json(out / "eval.json", result)
-    return result
+    return {**result, "tasks": tasks}  # this call's tasks; eval.json holds every task evaluated

@@ -23,6 +23,9 @@ import yaml
 
 from fedmom_cli.benchmarks import FAMILY_TASKS
 from fedmom_cli.errors import UserError
+from fedmom_cli.lmeval_tasks import PAPER as PAPER_PROTOCOL
+
+CODE_PROTOCOL = ("bigcode", "pass@1")  # the paper scores code with bigcode-evaluation-harness
 
 COLUMNS = {
     "gsm8k": "GSM8K",
@@ -83,6 +86,8 @@ class Cell:
     error: float | None = None
     seeds: int = 0
     paper: float | None = None
+    n: int | None = None  # documents evaluated (smallest over the cell's evaluations)
+    limited: bool = False  # an evaluation in this cell ran with --limit: marked, never ranked
 
 
 def _json(path: Path):
@@ -149,6 +154,32 @@ def collect(root: Path) -> tuple[list[Run], list[dict]]:
 
 def paper_tables() -> dict:
     return json.loads(resources.files("fedmom_cli").joinpath("data/paper_tables.json").read_text())
+
+
+def paper_protocol(col: str) -> tuple[str, str] | None:
+    """(protocol, metric key) the paper's column was scored with (docs/evaluation.md)."""
+    if col in PAPER_PROTOCOL:
+        return "lm-eval", PAPER_PROTOCOL[col].metric
+    return CODE_PROTOCOL if col in ("humaneval", "mbpp") else None
+
+
+def _kind(entry: dict) -> tuple[str, str]:
+    return str(entry.get("protocol", "not recorded")), str(entry.get("metric_key") or entry.get("metric"))
+
+
+def _not_comparable(col: str, found: list[dict]) -> str | None:
+    """Why a column's results cannot stand beside the paper's (None when they can)."""
+    want = paper_protocol(col)
+    if want is None:
+        return "the paper has no such column"
+    kinds = {_kind(t) for t in found}
+    wrong = sorted(k for k in kinds if k != want)
+    if wrong:
+        got = "; ".join(f"{p} / {m}" for p, m in wrong)
+        return f"scored as {got}, the paper as {want[0]} / {want[1]}"
+    if any(t.get("limit") for t in found):
+        return "evaluated with --limit, the paper on the full set"
+    return None
 
 
 def _cell(values: list[float], errors: list[float | None], spread: str) -> Cell:
@@ -246,8 +277,15 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
                 [100 * t["stderr"] if t.get("stderr") is not None else None for t in found],
                 spread,
             )
+            cell.limited = any(t.get("limit") for t in found)
+            ns = [t["n"] for t in found if isinstance(t.get("n"), int)]
+            cell.n = min(ns) if ns else None
             if paper and col in COLUMNS:
-                cell.paper = paper["rows"].get(NAMES[method], {}).get(COLUMNS[col], {}).get("value")
+                why = _not_comparable(col, found) if found else None
+                if why is None:
+                    cell.paper = paper["rows"].get(NAMES[method], {}).get(COLUMNS[col], {}).get("value")
+                else:
+                    notes.append(f"not compared with the paper: {NAMES[method]} {COLUMNS[col]}: {why}")
             rows[method][col] = cell
         missing = [COLUMNS.get(c, c) for c in columns if rows[method][c].mean is None]
         if missing and method != "pretrained":
@@ -261,9 +299,19 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
             if all(m is not None for m in means)
             else Cell()
         )
-        if paper:
+        avg.limited = any(rows[method][c].limited for c in columns)
+        if paper and not any(
+            rows[method][c].paper is None and rows[method][c].mean is not None for c in columns
+        ):
             avg.paper = paper["rows"].get(NAMES[method], {}).get("Avg.", {}).get("value")
         rows[method]["avg"] = avg
+    for col in columns:  # a column never mixes protocols, metrics or limits without saying so
+        found = [t for s in _sources(methods, pre, finished) for t in [s["tasks"].get(col)] if t]
+        kinds = sorted({_kind(t) for t in found})
+        if len(kinds) > 1:
+            notes.append(f"{COLUMNS.get(col, col)} mixes " + ", ".join(f"{p} / {m}" for p, m in kinds))
+        if len({bool(t.get("limit")) for t in found}) > 1:
+            notes.append(f"{COLUMNS.get(col, col)} mixes limited and full evaluations (limited: not ranked)")
     seeds = sorted({c.seeds for row in rows.values() for c in row.values() if c.seeds})
     what = (
         "standard deviation across seeds"
@@ -275,6 +323,10 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
         f"Avg. is computed from the columns. Best in bold, second underlined (Pre-trained not ranked)."
     )
     return Table(key, title, label, columns + ["avg"], rows, notes, caption)
+
+
+def _sources(methods, pre, finished) -> list[dict]:
+    return [*pre, *(r.eval for r in finished if r.eval and r.config.get("method") in methods)]
 
 
 def _metric_groups(runs: list[Run]):

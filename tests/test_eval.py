@@ -134,7 +134,11 @@ def test_eval_of_a_smoke_run_with_no_options(smoke_run):
 def test_eval_on_the_real_local_files(smoke_run, shared_data):
     result = ev.run(
         ev.EvalOptions(
-            run_dir=smoke_run, tasks=["gsm8k", "boolq", "humaneval"], limit=2, data_dir=shared_data
+            run_dir=smoke_run,
+            tasks=["gsm8k", "boolq", "humaneval"],
+            limit=2,
+            data_dir=shared_data,
+            protocol="train-format",  # the LLM-Adapters files (lm-eval, the default, needs its layout)
         )
     )
     assert set(result["tasks"]) == {"gsm8k", "boolq", "humaneval"}

@@ -51,9 +51,19 @@ def make_run(
     ]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if evals is not None:
-        tasks = {k: {"metric": "exact_match", "value": v, "stderr": e} for k, (v, e) in evals.items()}
+        tasks = {
+            k: {"metric": "exact_match", "value": v, "stderr": e, **PROTOCOL[k]}
+            for k, (v, e) in evals.items()
+        }
         (folder / "eval.json").write_text(json.dumps({"adapter": True, "method": method, "tasks": tasks}))
     return folder
+
+
+# Evaluated as the paper was (lm-eval, its metric): the only results --compare-paper sets beside it.
+PROTOCOL = {
+    "gsm8k": {"protocol": "lm-eval", "metric_key": "exact_match,flexible-extract"},
+    "math": {"protocol": "lm-eval", "metric_key": "exact_match,none"},
+}
 
 
 @pytest.fixture
@@ -86,8 +96,8 @@ def results(tmp_path) -> Path:
                 "model": BASE["model"],
                 "task": "math",
                 "tasks": {
-                    "gsm8k": {"value": 0.1387, "stderr": 0.0095},
-                    "math": {"value": 0.025, "stderr": 0.0022},
+                    "gsm8k": {"value": 0.1387, "stderr": 0.0095, **PROTOCOL["gsm8k"]},
+                    "math": {"value": 0.025, "stderr": 0.0022, **PROTOCOL["math"]},
                 },
             }
         )

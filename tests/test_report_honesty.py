@@ -1,0 +1,76 @@
+"""`fedmom report` is honest about what it compares: n and --limit in cells, protocol and metric."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from test_report import make_run
+
+from fedmom_cli import report, report_render
+
+PAPER_GSM8K = {"protocol": "lm-eval", "metric_key": "exact_match,flexible-extract"}
+PAPER_MATH = {"protocol": "lm-eval", "metric_key": "exact_match,none"}
+
+
+def _eval(folder: Path, tasks: dict) -> None:
+    (folder / "eval.json").write_text(json.dumps({"adapter": True, "tasks": tasks}))
+
+
+def _table(root: Path, compare: bool):
+    runs, pre = report.collect(root)
+    table = next(t for t in report.build_tables(runs, pre, compare_paper=compare) if t.title == "Table 2")
+    return table, report_render.markdown(table, compare=compare)
+
+
+def test_limited_cells_are_marked_and_never_ranked(tmp_path):
+    full = {"value": 0.30, "stderr": 0.01, "n": 1319, "limit": None, **PAPER_GSM8K}
+    limited = {"value": 0.80, "stderr": 0.2, "n": 5, "limit": 5, **PAPER_GSM8K}
+    math = {"value": 0.03, "stderr": 0.002, "n": 5000, "limit": None, **PAPER_MATH}
+    for method, gsm in (("fedit", {**full, "value": 0.20}), ("flora", full), ("fedmomentum", limited)):
+        _eval(make_run(tmp_path, method, 0, None), {"gsm8k": gsm, "math": math})
+    table, text = _table(tmp_path, compare=False)
+    fm = table.rows["fedmomentum"]
+    assert fm["gsm8k"].limited and fm["gsm8k"].n == 5 and fm["avg"].limited
+    row = next(line for line in text.splitlines() if line.startswith("| FedMomentum"))
+    assert "80.00 ± 20.00 (limit, n=5)" in row and "**80.00" not in row
+    assert "| FLoRA | **30.00 ± 1.00**" in text  # the best full result is bold, not the limited one
+    assert any("GSM8K mixes limited and full evaluations" in n for n in table.notes)
+
+
+def test_compare_paper_only_where_benchmark_protocol_and_metric_match(tmp_path):
+    cases = {  # method -> its GSM8K entry; only fedmomentum's matches the paper's protocol
+        "fedmomentum": {"value": 0.33, "stderr": 0.013, "n": 1319, **PAPER_GSM8K},
+        "fedit": {
+            "value": 0.10,
+            "stderr": 0.008,
+            "n": 1319,
+            "protocol": "train-format",
+            "metric_key": "exact_match,none",
+        },
+        "flora": {
+            "value": 0.29,
+            "stderr": 0.012,
+            "n": 1319,
+            "protocol": "lm-eval",
+            "metric_key": "exact_match,strict-match",
+        },
+        "ffa_lora": {"value": 0.29, "stderr": 0.2, "n": 5, "limit": 5, **PAPER_GSM8K},
+        "rolora": {"value": 0.2, "stderr": 0.01},  # an older eval.json: no protocol recorded
+    }
+    for method, gsm in cases.items():
+        _eval(make_run(tmp_path, method, 0, None), {"gsm8k": gsm})
+    table, text = _table(tmp_path, compare=True)
+    assert table.rows["fedmomentum"]["gsm8k"].paper == 34.22
+    for method in ("fedit", "flora", "ffa_lora", "rolora"):
+        assert table.rows[method]["gsm8k"].paper is None
+    notes = "\n".join(table.notes)
+    assert (
+        "FedIT GSM8K: scored as train-format / exact_match,none, "
+        "the paper as lm-eval / exact_match,flexible-extract" in notes
+    )
+    assert "FLoRA GSM8K: scored as lm-eval / exact_match,strict-match" in notes
+    assert "FFA-LoRA GSM8K: evaluated with --limit, the paper on the full set" in notes
+    assert "RoLoRA GSM8K: scored as not recorded / None" in notes
+    assert "GSM8K mixes " in notes
+    assert "[paper 34.22, Δ -1.22]" in text and "10.00 ± 0.80 [paper" not in text

@@ -155,6 +155,12 @@ def run(opts: EvalOptions) -> dict:
     check_model_source(cfg)
     names = _task_names(opts, cfg)
 
+    code_tasks = {n for n in names if n == "synthetic_code" or n in CODE}  # run in fedmom's sandbox
+    if code_tasks:  # before anything is loaded or written
+        isolation = sandbox.require_isolation(opts.allow_unsandboxed_code)
+        if opts.allow_unsandboxed_code:
+            sandbox.permit_unsandboxed()
+
     # Plan every task (no writes): lm-eval's own definitions, or fedmom's rows.
     planned, local = [], {}
     for name in names:
@@ -167,11 +173,6 @@ def run(opts: EvalOptions) -> dict:
             local[name] = _local_rows(name, opts, cfg)
         else:
             planned.append(lmeval_tasks.plan(name, opts.shots, opts.data_dir, lmeval_tasks.online()))
-    code_tasks = {n for n in local if n == "synthetic_code" or n in CODE}  # run in fedmom's sandbox
-    if code_tasks:  # before anything is loaded or written
-        isolation = sandbox.require_isolation(opts.allow_unsandboxed_code)
-        if opts.allow_unsandboxed_code:
-            sandbox.permit_unsandboxed()
     keys = [*local, *(p.key for p in planned)]
     if len(set(keys)) != len(keys):
         raise UserError(f"--tasks names one benchmark twice: {','.join(names)}")

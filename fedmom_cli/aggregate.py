@@ -69,10 +69,10 @@ def run(opts: AggregateOptions) -> dict:
         raise UserError("give at least one client adapter folder")
     if opts.round_idx < 0:
         raise UserError(f"--round must be >= 0, got {opts.round_idx}")
-    adapters = [read_adapter(p) for p in opts.clients]
-    check_compatible(adapters, heterogeneous=opts.heterogeneous)
     if not opts.heterogeneous and (opts.rank is not None or opts.alpha is not None):
         raise UserError("--rank and --alpha set the global adapter of a --heterogeneous round; add --heterogeneous")
+    adapters = [read_adapter(p) for p in opts.clients]
+    check_compatible(adapters, heterogeneous=opts.heterogeneous)
     first = adapters[0]
     specs = [a.lora for a in adapters]
     spec = hetero.global_spec(specs, opts.rank, opts.alpha)

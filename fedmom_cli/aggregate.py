@@ -10,7 +10,8 @@ With --heterogeneous, clients may differ in rank r and lora_alpha (`fedmom_cli.h
 --rank (default: the largest client rank) and alpha --alpha (default: the largest-rank client's
 scaling kept); each method says what it does with unequal ranks (its `heterogeneous` attribute,
 recorded in aggregation.json). Then OUT/clients/<k>/ also holds client k's share of the result
-for the next round: the first r_k global components at its own r_k and alpha_k.
+for the next round: the first r_k global components at its own r_k and alpha_k. For fedsa_lora
+OUT/clients/<k>/ is always written: client k's own model, the shared A with its own B.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def run(opts: AggregateOptions) -> dict:
     result = method.aggregate(clients, weights, opts.round_idx)
     seconds = time.perf_counter() - start
     shares = []
-    if mixed:
+    if hasattr(method, "client_factors"):  # fedsa_lora: each client keeps its own B
+        shares = [method.client_factors(k) for k in range(len(adapters))]
+    elif mixed:
         factors = {m: r.factors for m, r in result.modules.items()}
         shares = hetero.distribute(factors, specs, spec, method.trainable(opts.round_idx + 1))
 

@@ -67,7 +67,8 @@ def aggregate(
         "-m",
         show_default=False,
         help="Aggregation method: fedit, flora, ffa_lora, rolora, fedex_lora, "
-        "fedmomentum, fedmomentum_no_balance, fedmomentum_no_residual.",
+        "fedmomentum, fedmomentum_no_balance, fedmomentum_no_residual; beyond the paper: "
+        "flexlora, hetlora, fedsa_lora, fedsvd (docs/methods.md).",
     ),
     out: Path = typer.Option(
         ...,

@@ -103,6 +103,39 @@ def fedit_expected(clients):
     return out
 
 
+def flexlora_expected(clients):
+    """Base + the best rank-16 approximation of sum_i p_i s_i B_i A_i (dense float64 SVD)."""
+    base = {k: v.double() for k, v in tiny_llama().state_dict().items()}
+    p = [w / sum(WEIGHTS) for w in WEIGHTS]
+    out = {}
+    for m, ups in client_updates(clients).items():
+        U, S, Vh = torch.linalg.svd(sum(pi * s * BA for pi, (s, BA) in zip(p, ups)))
+        out[base_key(m)] = base[base_key(m)] + U[:, :16] * S[:16] @ Vh[:16]
+    return out
+
+
+def hetlora_expected(clients):
+    """Zero-padding with weights proportional to ||s_i B_i A_i||_F (per module)."""
+    base = {k: v.double() for k, v in tiny_llama().state_dict().items()}
+    s_global = ALPHAS[2] / RANKS[2]
+    tensors = [load_file(c / "adapter_model.safetensors") for c in clients]
+    out = {}
+    for key in tensors[0]:
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key[: -len(".lora_A.weight")]
+        Bk = module + ".lora_B.weight"
+        q = [float(((a / r) * t[Bk].double() @ t[key].double()).norm()) for t, r, a in zip(tensors, RANKS, ALPHAS)]
+        p = [x / sum(q) for x in q]
+        A = torch.zeros(16, tensors[0][key].shape[1], dtype=torch.float64)
+        B = torch.zeros(tensors[0][Bk].shape[0], 16, dtype=torch.float64)
+        for t, pi, r, a in zip(tensors, p, RANKS, ALPHAS):
+            A[:r] += pi * t[key].double()
+            B[:, :r] += pi * (a / r) / s_global * t[Bk].double()
+        out[base_key(module)] = base[base_key(module)] + s_global * B @ A
+    return out
+
+
 def aggregate(monkeypatch, capsys, clients, out, method, *extra):
     weights = ",".join(str(w) for w in WEIGHTS)
     code, _, err = run_main(
@@ -126,6 +159,8 @@ def compare(got: dict, want: dict) -> float:
         ("ffa_lora", [], "prefix_clients", exact_expected),
         ("rolora", [], "prefix_clients", exact_expected),
         ("fedit", [], "hetero_clients", fedit_expected),
+        ("flexlora", [], "hetero_clients", flexlora_expected),
+        ("hetlora", [], "hetero_clients", hetlora_expected),
     ],
 )
 def test_heterogeneous_round_on_peft_folders(tmp_path, monkeypatch, capsys, request, method, extra, fixture, expected):

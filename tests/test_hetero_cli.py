@@ -206,3 +206,22 @@ def test_heterogeneous_mistakes_are_one_line_and_write_nothing(
     code, _, err = run_main(monkeypatch, capsys, "aggregate", *args, *hetero_clients, "--out", tmp_path / "o")
     assert code == 2 and message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists() and not list(tmp_path.iterdir())
+
+
+def test_config_rank_that_does_not_match_the_tensors_is_refused(tmp_path, monkeypatch, capsys, hetero_clients):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(hetero_clients[0], bad)
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps({**cfg, "r": 8}))
+    code, _, err = run_main(
+        monkeypatch, capsys, "aggregate", "-m", "fedit", "--heterogeneous", bad, *hetero_clients[1:], "--out", tmp_path / "o"
+    )
+    assert code == 2 and "not rank r=8" in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("option", ["--layers", "--rank", "--clients", "--repeat"])
+def test_full_model_bench_rejects_non_positive_sizes(monkeypatch, capsys, option):
+    code, _, err = run_main(monkeypatch, capsys, "bench", "aggregate", "--full-model", option, "0")
+    assert code == 2 and err.startswith("error:") and err.count("\n") == 1

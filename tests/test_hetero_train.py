@@ -122,3 +122,15 @@ def test_heterogeneous_kill_9_and_resume_equals_uninterrupted(tmp_path, method):
     m_full = [json.loads(x)["loss"] for x in (full / "metrics.jsonl").read_text().splitlines()]
     m_killed = [json.loads(x)["loss"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
     assert m_full == m_killed
+
+
+def test_fedsa_lora_clients_continue_from_their_own_B(tmp_path):
+    sim = Simulation(smoke_config("fedsa_lora"), tmp_path)
+    sim.run_round(0)
+    trained = sim.last_round["trained"]
+    for k in sim.last_round["clients"]:
+        start = sim.client_start(k)
+        for m, f in start.items():
+            assert torch.equal(f.B.cpu(), trained[k][m].B.cpu())
+            assert torch.equal(f.A, sim.global_factors[m].A)  # the shared, averaged A
+    sim.run_round(1)

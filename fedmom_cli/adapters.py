@@ -92,10 +92,14 @@ def check_compatible(adapters: list[Adapter], heterogeneous: bool = False) -> No
                     f"not rank r={a.lora.r} as adapter_config.json says"
                 )
     for other in adapters[1:]:
-        checks = [] if heterogeneous else [
-            ("rank r", first.lora.r, other.lora.r),
-            ("lora_alpha", first.lora.alpha, other.lora.alpha),
-        ]
+        checks = (
+            []
+            if heterogeneous
+            else [
+                ("rank r", first.lora.r, other.lora.r),
+                ("lora_alpha", first.lora.alpha, other.lora.alpha),
+            ]
+        )
         for what, a, b in [
             *checks,
             ("use_rslora", first.lora.use_rslora, other.lora.use_rslora),
@@ -103,8 +107,11 @@ def check_compatible(adapters: list[Adapter], heterogeneous: bool = False) -> No
             ("modules", sorted(first.modules), sorted(other.modules)),
         ]:
             if a != b:
-                hint = " (pass --heterogeneous to aggregate clients of different ranks)" if what in (
-                    "rank r", "lora_alpha") else ""
+                hint = (
+                    " (pass --heterogeneous to aggregate clients of different ranks)"
+                    if what in ("rank r", "lora_alpha")
+                    else ""
+                )
                 raise UserError(
                     f"adapters disagree on {what}: {first.path} has {a}, {other.path} has {b}{hint}"
                 )

@@ -6,11 +6,12 @@ Writes OUT/adapter/ (the new global PEFT adapter), OUT/base_delta.safetensors (d
 (out, in) deltas keyed `<module>.weight`, already scaled by s; empty when the method has none) and
 OUT/aggregation.json (per-module statistics, bytes per client, seconds of aggregation maths).
 
-With --heterogeneous, clients may differ in rank r and lora_alpha (`fedmom_cli.hetero`): the global adapter has rank
---rank (default: the largest client rank) and alpha --alpha (default: the largest-rank client's
-scaling kept); each method says what it does with unequal ranks (its `heterogeneous` attribute,
-recorded in aggregation.json). Then OUT/clients/<k>/ also holds client k's share of the result
-for the next round: the first r_k global components at its own r_k and alpha_k. For fedsa_lora
+With --heterogeneous, clients may differ in rank r and lora_alpha (`fedmom_cli.hetero`): the
+global adapter has rank --rank (default: the largest client rank) and alpha --alpha (default:
+the largest-rank client's scaling kept); each method says what it does with unequal ranks
+(its `heterogeneous` attribute, recorded in aggregation.json). Then OUT/clients/<k>/ also
+holds client k's share of the result for the next round: the first r_k global components at its
+own r_k and alpha_k. For fedsa_lora
 OUT/clients/<k>/ is always written: client k's own model, the shared A with its own B.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from fedmom_cli import hetero
 from fedmom_cli.adapters import (
     adapter_tensors,
     check_compatible,
@@ -31,7 +33,6 @@ from fedmom_cli.adapters import (
     read_adapter,
     write_adapter,
 )
-from fedmom_cli import hetero
 from fedmom_cli.errors import UserError
 from fedmom_cli.methods import build_method
 
@@ -71,7 +72,9 @@ def run(opts: AggregateOptions) -> dict:
     if opts.round_idx < 0:
         raise UserError(f"--round must be >= 0, got {opts.round_idx}")
     if not opts.heterogeneous and (opts.rank is not None or opts.alpha is not None):
-        raise UserError("--rank and --alpha set the global adapter of a --heterogeneous round; add --heterogeneous")
+        raise UserError(
+            "--rank and --alpha set the global adapter of a --heterogeneous round; add --heterogeneous"
+        )
     adapters = [read_adapter(p) for p in opts.clients]
     check_compatible(adapters, heterogeneous=opts.heterogeneous)
     first = adapters[0]

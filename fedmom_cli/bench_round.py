@@ -62,7 +62,9 @@ def full_model_clients(opts: FullModelOptions) -> dict[str, list]:
     for layer in range(opts.layers):
         for i, (proj, (out_f, in_f)) in enumerate(LLAMA2_7B_MODULES.items()):
             name = f"model.layers.{layer}.self_attn.{proj}" if i < 4 else f"model.layers.{layer}.mlp.{proj}"
-            clients[name] = round_like_clients(opts.clients, opts.rank, out_f, in_f, opts.seed + 7 * layer + i)
+            clients[name] = round_like_clients(
+                opts.clients, opts.rank, out_f, in_f, opts.seed + 7 * layer + i
+            )
     return clients
 
 
@@ -113,7 +115,9 @@ def run(opts: FullModelOptions) -> dict:
     def product(res):
         return res.factors.B.double() @ res.factors.A.double()
 
-    agreement = max(float((product(new[m]) - product(old[m])).norm() / product(old[m]).norm()) for m in checked)
+    agreement = max(
+        float((product(new[m]) - product(old[m])).norm() / product(old[m]).norm()) for m in checked
+    )
     summary = {
         name: {
             "min": min(t),
@@ -157,7 +161,9 @@ def render(report: dict) -> str:
         f"old loop / new: {report['ratio_old_over_new_min']:.2f}x (min), "
         f"{report['ratio_old_over_new_median']:.2f}x (median)"
     )
-    lines.append(f"factorisations used: {report['factorisations']}; kept r+s_res: {report['kept_components']}")
+    lines.append(
+        f"factorisations used: {report['factorisations']}; kept r+s_res: {report['kept_components']}"
+    )
     worst = max(report["rank_k_error_vs_float64"].values())
     lines.append(
         f"rank-(r+s_res) update vs float64 reference, one module per shape: worst {worst:.1e}; "

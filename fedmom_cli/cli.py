@@ -517,7 +517,9 @@ def models_list() -> None:
 def bench_aggregate(
     clients: int = typer.Option(10, "--clients", "-n", help="Number of clients n."),
     rank: int = typer.Option(32, "--rank", "-r", help="LoRA rank r."),
-    layers: int = typer.Option(32, "--layers", help="Layers per round (q_proj and v_proj each; all seven modules with --full-model)."),
+    layers: int = typer.Option(
+        32, "--layers", help="Layers per round (q_proj and v_proj each; all seven modules with --full-model)."
+    ),
     shapes: str = typer.Option(
         "4096x4096,4096x11008,11008x4096",
         "--shapes",
@@ -543,7 +545,12 @@ def bench_aggregate(
     if full_model:
         from fedmom_cli import bench_round
 
-        for name, value in (("--clients", clients), ("--rank", rank), ("--layers", layers), ("--repeat", repeat)):
+        for name, value in (
+            ("--clients", clients),
+            ("--rank", rank),
+            ("--layers", layers),
+            ("--repeat", repeat),
+        ):
             if value < 1:
                 raise UserError(f"{name} must be >= 1, got {value}")
         report = bench_round.run(bench_round.FullModelOptions(clients, rank, layers, repeat))

@@ -216,7 +216,9 @@ class Simulation:
         - a method with per-client state (fedsa_lora) gives client k its own B."""
         factors = self.global_factors
         if hasattr(self.method, "client_factors") and self.round > 0:
-            factors = {m: LoraFactors(f.A, f.B.to(f.A.device)) for m, f in self.method.client_factors(k).items()}
+            factors = {
+                m: LoraFactors(f.A, f.B.to(f.A.device)) for m, f in self.method.client_factors(k).items()
+            }
         if self.cfg.client_ranks is None:
             return factors
         r = self.cfg.client_ranks[k]

@@ -86,7 +86,9 @@ def test_fedmomentum_global_is_best_rank_r_of_the_exact_sum_and_tau_residual():
     M = target(clients)
     U, S, Vh = torch.linalg.svd(M)
     spec, res = run("fedmomentum", clients, rank=8)
-    assert rel(spec.scaling * res.factors.B.double() @ res.factors.A.double(), U[:, :8] * S[:8] @ Vh[:8]) < 1e-5
+    assert (
+        rel(spec.scaling * res.factors.B.double() @ res.factors.A.double(), U[:, :8] * S[:8] @ Vh[:8]) < 1e-5
+    )
     k = res.stats["r"] + res.stats["s_res"]
     e = S**2 / (S**2).sum()
     assert float(e[:k].sum()) >= 0.9999 - 1e-9 and float(e[: k - 1].sum()) < 0.9999
@@ -179,12 +181,16 @@ def _stacks(n, r, out_f, in_f, spread, seed=0):
     A = torch.randn(r, in_f, generator=g, dtype=torch.float64)
     B = torch.randn(out_f, r, generator=g, dtype=torch.float64)
     w = [float(i + 1) for i in range(n)]
-    Bs = torch.cat([wi / sum(w) * (B + spread * torch.randn(out_f, r, generator=g, dtype=torch.float64)) for wi in w], 1)
+    Bs = torch.cat(
+        [wi / sum(w) * (B + spread * torch.randn(out_f, r, generator=g, dtype=torch.float64)) for wi in w], 1
+    )
     As = torch.cat([A + spread * torch.randn(r, in_f, generator=g, dtype=torch.float64) for _ in w], 0)
     return Bs.float(), As.float()
 
 
-@pytest.mark.parametrize("spread", [1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8])  # float32, float64 Gram, Householder
+@pytest.mark.parametrize(
+    "spread", [1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8]
+)  # float32, float64 Gram, Householder
 def test_cholesky_qr_matches_dense_or_falls_back(spread):
     Bs, As = _stacks(10, 8, 300, 200, spread)
     M = Bs.double() @ As.double()

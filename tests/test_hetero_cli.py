@@ -66,7 +66,9 @@ def client_updates(clients: list[Path]) -> dict[str, list[tuple[float, torch.Ten
         for key in t:
             if key.endswith(".lora_A.weight"):
                 module = key[: -len(".lora_A.weight")]
-                out.setdefault(module, []).append((s, t[module + ".lora_B.weight"].double() @ t[key].double()))
+                out.setdefault(module, []).append(
+                    (s, t[module + ".lora_B.weight"].double() @ t[key].double())
+                )
     return out
 
 
@@ -125,7 +127,10 @@ def hetlora_expected(clients):
             continue
         module = key[: -len(".lora_A.weight")]
         Bk = module + ".lora_B.weight"
-        q = [float(((a / r) * t[Bk].double() @ t[key].double()).norm()) for t, r, a in zip(tensors, RANKS, ALPHAS)]
+        q = [
+            float(((a / r) * t[Bk].double() @ t[key].double()).norm())
+            for t, r, a in zip(tensors, RANKS, ALPHAS)
+        ]
         p = [x / sum(q) for x in q]
         A = torch.zeros(16, tensors[0][key].shape[1], dtype=torch.float64)
         B = torch.zeros(tensors[0][Bk].shape[0], 16, dtype=torch.float64)
@@ -139,8 +144,18 @@ def hetlora_expected(clients):
 def aggregate(monkeypatch, capsys, clients, out, method, *extra):
     weights = ",".join(str(w) for w in WEIGHTS)
     code, _, err = run_main(
-        monkeypatch, capsys, "aggregate", "-m", method, "--heterogeneous", "--weights", weights,
-        *extra, *clients, "--out", out,
+        monkeypatch,
+        capsys,
+        "aggregate",
+        "-m",
+        method,
+        "--heterogeneous",
+        "--weights",
+        weights,
+        *extra,
+        *clients,
+        "--out",
+        out,
     )
     assert code == 0, err
     return json.loads((out / "aggregation.json").read_text())
@@ -163,7 +178,9 @@ def compare(got: dict, want: dict) -> float:
         ("hetlora", [], "hetero_clients", hetlora_expected),
     ],
 )
-def test_heterogeneous_round_on_peft_folders(tmp_path, monkeypatch, capsys, request, method, extra, fixture, expected):
+def test_heterogeneous_round_on_peft_folders(
+    tmp_path, monkeypatch, capsys, request, method, extra, fixture, expected
+):
     clients = request.getfixturevalue(fixture)
     summary = aggregate(monkeypatch, capsys, clients, tmp_path / "o", method, *extra)
     assert summary["lora"]["r"] == 16 and summary["lora"]["scaling"] == 3.0
@@ -184,7 +201,7 @@ def test_fedmomentum_shares_are_each_clients_best_rank(tmp_path, monkeypatch, ca
         M = sum(pi * s * BA for pi, (s, BA) in zip(p, ups))
         U, S, Vh = torch.linalg.svd(M)
         for k, r in enumerate(RANKS):
-            (s_k, BA_k), = client_updates([tmp_path / "o" / "clients" / str(k)])[module]
+            ((s_k, BA_k),) = client_updates([tmp_path / "o" / "clients" / str(k)])[module]
             best = U[:, :r] * S[:r] @ Vh[:r]
             assert float((s_k * BA_k - best).norm() / best.norm()) < 1e-5
 
@@ -208,7 +225,9 @@ def test_heterogeneous_mistakes_are_one_line_and_write_nothing(
     assert not (tmp_path / "o").exists() and not list(tmp_path.iterdir())
 
 
-def test_config_rank_that_does_not_match_the_tensors_is_refused(tmp_path, monkeypatch, capsys, hetero_clients):
+def test_config_rank_that_does_not_match_the_tensors_is_refused(
+    tmp_path, monkeypatch, capsys, hetero_clients
+):
     import shutil
 
     bad = tmp_path / "bad"
@@ -216,7 +235,16 @@ def test_config_rank_that_does_not_match_the_tensors_is_refused(tmp_path, monkey
     cfg = json.loads((bad / "adapter_config.json").read_text())
     (bad / "adapter_config.json").write_text(json.dumps({**cfg, "r": 8}))
     code, _, err = run_main(
-        monkeypatch, capsys, "aggregate", "-m", "fedit", "--heterogeneous", bad, *hetero_clients[1:], "--out", tmp_path / "o"
+        monkeypatch,
+        capsys,
+        "aggregate",
+        "-m",
+        "fedit",
+        "--heterogeneous",
+        bad,
+        *hetero_clients[1:],
+        "--out",
+        tmp_path / "o",
     )
     assert code == 2 and "not rank r=8" in err and not (tmp_path / "o").exists()
 

@@ -92,9 +92,28 @@ def test_client_ranks_from_the_command_line():
 
 def _cmd(out, method, rounds, *extra):
     return [
-        sys.executable, "-m", "fedmom_cli", "train", "--recipe", "smoke", "--method", method,
-        "--rounds", str(rounds), "--set", "local_steps=4", "--set", "synthetic=200", "--set", "lr=0.01",
-        "--set", "client_ranks=[1, 2, 4]", "--out", str(out), "--no-progress", *extra,
+        sys.executable,
+        "-m",
+        "fedmom_cli",
+        "train",
+        "--recipe",
+        "smoke",
+        "--method",
+        method,
+        "--rounds",
+        str(rounds),
+        "--set",
+        "local_steps=4",
+        "--set",
+        "synthetic=200",
+        "--set",
+        "lr=0.01",
+        "--set",
+        "client_ranks=[1, 2, 4]",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
     ]
 
 
@@ -105,7 +124,9 @@ def test_heterogeneous_kill_9_and_resume_equals_uninterrupted(tmp_path, method):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(_cmd(full, method, rounds), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(_cmd(killed, method, rounds), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(killed, method, rounds), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (killed / "checkpoint.pt").is_file():
         time.sleep(0.01)

@@ -8,7 +8,7 @@ import io
 import pytest
 import torch
 from helpers import make_clients, rel
-from test_hetero import IN, OUT, RANKS, WEIGHTS, make, specs, target
+from test_hetero import IN, OUT, WEIGHTS, make, specs, target
 
 from fedmom_cli import hetero
 from fedmom_cli.errors import UserError
@@ -30,7 +30,9 @@ def test_flexlora_is_the_truncated_svd_of_the_full_size_average(rank):
     spec, _, res = run("flexlora", clients, rank=rank)
     r = spec.r
     assert res.delta is None and res.factors.A.shape == (r, IN)
-    assert rel(spec.scaling * res.factors.B.double() @ res.factors.A.double(), U[:, :r] * S[:r] @ Vh[:r]) < 1e-5
+    assert (
+        rel(spec.scaling * res.factors.B.double() @ res.factors.A.double(), U[:, :r] * S[:r] @ Vh[:r]) < 1e-5
+    )
     if rank is None:
         shares = hetero.distribute({"m": res.factors}, specs(), spec, frozenset({"A", "B"}))
         for sp, share in zip(specs(), shares):

@@ -182,9 +182,7 @@ def round_result(
     return RoundResult(modules, numel_up, numel_down, bytes_per_number=first.element_size())
 
 
-def check_clients(
-    clients: Clients, weights: Sequence[float], max_rank: int | None = None
-) -> list[float]:
+def check_clients(clients: Clients, weights: Sequence[float], max_rank: int | None = None) -> list[float]:
     """Validate the round input (same client count and shapes per module) and normalise weights.
 
     With `max_rank` (methods that take heterogeneous ranks) clients may differ in rank r_i, up to
@@ -238,6 +236,7 @@ def prefix_frozen(factors: Sequence[LoraFactors], which: str, method: str, r: in
     """The frozen factor of a heterogeneous round: every client holds the first r_i components of
     the same rank-r factor (rows of A, columns of B); they must agree bit for bit where they overlap.
     Returns the factor of the client with the largest rank, which must be r."""
+
     def comps(f: LoraFactors) -> Tensor:
         t = getattr(f, which)
         return t if which == "A" else t.T

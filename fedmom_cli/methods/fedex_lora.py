@@ -37,10 +37,10 @@ from fedmom_cli.methods.base import (
     RoundResult,
     check_clients,
     exact_aggregate,
-    zero_pad,
     lora_numel,
     round_result,
     weighted_sum,
+    zero_pad,
 )
 
 

@@ -24,9 +24,9 @@ from fedmom_cli.methods.base import (
     RoundResult,
     check_clients,
     lora_numel,
-    zero_pad,
     round_result,
     weighted_sum,
+    zero_pad,
 )
 
 

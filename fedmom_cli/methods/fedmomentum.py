@@ -111,7 +111,6 @@ class FedMomentum:
 
     def aggregate(self, clients: Clients, weights: Sequence[float], round_idx: int) -> RoundResult:
         w = check_clients(clients, weights, max_rank=10**9)
-        r = self.lora.r
         names = list(clients)
         workers = self.workers if self.workers is not None else default_workers()
         results = parallel_map(lambda name: self._module(name, clients[name], w, round_idx), names, workers)

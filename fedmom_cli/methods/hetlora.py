@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
 from fedmom_cli.methods.base import (
     Clients,
     LoraFactors,
@@ -77,6 +76,3 @@ class HetLoRA:
 
     def load_state_dict(self, state: dict) -> None:
         self.weighting = str(state["weighting"])
-
-
-

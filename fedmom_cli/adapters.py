@@ -118,22 +118,51 @@ def _check_factors(path: Path, module: str, f: LoraFactors, r: int) -> None:
         )
 
 
-def check_compatible(adapters: list[Adapter]) -> None:
-    """All adapters must agree on rank, alpha, rsLoRA, target modules, module keys and shapes."""
+def check_compatible(adapters: list[Adapter], heterogeneous: bool = False) -> None:
+    """All adapters must agree on rank, alpha, rsLoRA, target modules, module keys and shapes.
+
+    With `heterogeneous`, rank r and lora_alpha may differ (each folder's own r for every module);
+    the modules' in and out features must still agree.
+    """
     first = adapters[0]
+    for a in adapters:
+        for module, f in a.modules.items():
+            if f.A.dim() != 2 or f.B.dim() != 2 or f.A.shape[0] != a.lora.r or f.B.shape[1] != a.lora.r:
+                raise UserError(
+                    f"{a.path}: {module} has A {tuple(f.A.shape)}, B {tuple(f.B.shape)}, "
+                    f"not rank r={a.lora.r} as adapter_config.json says"
+                )
     for other in adapters[1:]:
+        checks = (
+            []
+            if heterogeneous
+            else [
+                ("rank r", first.lora.r, other.lora.r),
+                ("lora_alpha", first.lora.alpha, other.lora.alpha),
+            ]
+        )
         for what, a, b in [
-            ("rank r", first.lora.r, other.lora.r),
-            ("lora_alpha", first.lora.alpha, other.lora.alpha),
+            *checks,
             ("use_rslora", first.lora.use_rslora, other.lora.use_rslora),
             ("target_modules", first.target_modules, other.target_modules),
             ("modules", sorted(first.modules), sorted(other.modules)),
         ]:
             if a != b:
-                raise UserError(f"adapters disagree on {what}: {first.path} has {a}, {other.path} has {b}")
+                hint = (
+                    " (pass --heterogeneous to aggregate clients of different ranks)"
+                    if what in ("rank r", "lora_alpha")
+                    else ""
+                )
+                raise UserError(
+                    f"adapters disagree on {what}: {first.path} has {a}, {other.path} has {b}{hint}"
+                )
         for module, f in first.modules.items():
             g = other.modules[module]
-            if f.A.shape != g.A.shape or f.B.shape != g.B.shape:
+            if heterogeneous:
+                same = f.B.shape[0] == g.B.shape[0] and f.A.shape[1] == g.A.shape[1]
+            else:
+                same = f.A.shape == g.A.shape and f.B.shape == g.B.shape
+            if not same:
                 raise UserError(
                     f"adapters disagree on the shape of {module}: {first.path} has "
                     f"A {tuple(f.A.shape)}, B {tuple(f.B.shape)}, {other.path} has "

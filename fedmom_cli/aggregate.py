@@ -5,6 +5,14 @@
 Writes OUT/adapter/ (the new global PEFT adapter), OUT/base_delta.safetensors (dense float32
 (out, in) deltas keyed `<module>.weight`, already scaled by s; empty when the method has none) and
 OUT/aggregation.json (per-module statistics, bytes per client, seconds of aggregation maths).
+
+With --heterogeneous, clients may differ in rank r and lora_alpha (`fedmom_cli.hetero`): the
+global adapter has rank --rank (default: the largest client rank) and alpha --alpha (default:
+the largest-rank client's scaling kept); each method says what it does with unequal ranks
+(its `heterogeneous` attribute, recorded in aggregation.json). Then OUT/clients/<k>/ also
+holds client k's share of the result for the next round: the first r_k global components at its
+own r_k and alpha_k. For fedsa_lora
+OUT/clients/<k>/ is always written: client k's own model, the shared A with its own B.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from fedmom_cli import safety
+from fedmom_cli import hetero, safety
 from fedmom_cli.adapters import (
     adapter_tensors,
     check_compatible,
@@ -42,6 +50,9 @@ class AggregateOptions:
     svd: str | None = None
     seed: int = 0
     force: bool = False
+    rank: int | None = None
+    alpha: float | None = None
+    heterogeneous: bool = False
 
 
 def parse_weights(text: str | None) -> list[float] | None:
@@ -64,12 +75,19 @@ def run(opts: AggregateOptions) -> dict:
     safety.check_replaceable(
         opts.out, opts.force, safety.is_aggregate_folder, "a `fedmom aggregate` output folder"
     )
+    if not opts.heterogeneous and (opts.rank is not None or opts.alpha is not None):
+        raise UserError(
+            "--rank and --alpha set the global adapter of a --heterogeneous round; add --heterogeneous"
+        )
     adapters = [read_adapter(p) for p in opts.clients]
-    check_compatible(adapters)
+    check_compatible(adapters, heterogeneous=opts.heterogeneous)
     first = adapters[0]
+    specs = [a.lora for a in adapters]
+    spec = hetero.global_spec(specs, opts.rank, opts.alpha)
+    mixed = any(s.r != spec.r or s.scaling != spec.scaling for s in specs)
     method = build_method(
         opts.method,
-        first.lora,
+        spec,
         seed=opts.seed,
         tau=opts.tau,
         balance=opts.balance,
@@ -78,10 +96,17 @@ def run(opts: AggregateOptions) -> dict:
     )
     weights = opts.weights if opts.weights is not None else [1.0] * len(adapters)
     clients = {m: [a.modules[m] for a in adapters] for m in first.modules}
+    clients = hetero.fold_scalings(clients, specs, spec, method.trainable(opts.round_idx))
 
     start = time.perf_counter()
     result = method.aggregate(clients, weights, opts.round_idx)
     seconds = time.perf_counter() - start
+    shares = []
+    if hasattr(method, "client_factors"):  # fedsa_lora: each client keeps its own B
+        shares = [method.client_factors(k) for k in range(len(adapters))]
+    elif mixed:
+        factors = {m: r.factors for m, r in result.modules.items()}
+        shares = hetero.distribute(factors, specs, spec, method.trainable(opts.round_idx + 1))
 
     deltas = {
         delta_key(m): r.delta.to_dense().float().contiguous()
@@ -95,23 +120,32 @@ def run(opts: AggregateOptions) -> dict:
         "clients": [str(p) for p in opts.clients],
         "weights": [w / total for w in weights],
         "lora": {
-            "r": first.lora.r,
-            "alpha": first.lora.alpha,
-            "use_rslora": first.lora.use_rslora,
-            "scaling": first.lora.scaling,
+            "r": spec.r,
+            "alpha": spec.alpha,
+            "use_rslora": spec.use_rslora,
+            "scaling": spec.scaling,
         },
+        "client_lora": [{"r": s.r, "alpha": s.alpha, "scaling": s.scaling} for s in specs],
+        "heterogeneous": getattr(method, "heterogeneous", None) if mixed else None,
         "seconds": seconds,
         "bytes_up_per_client": result.bytes_up,
         "bytes_down_per_client": result.bytes_down,
         "modules_with_base_delta": len(deltas),
         "modules": {m: r.stats for m, r in result.modules.items()},
     }
+    largest = max(adapters, key=lambda a: a.lora.r)
+    config = dict(largest.config)
+    if (config["r"], float(config["lora_alpha"])) != (spec.r, spec.alpha):
+        alpha = int(spec.alpha) if float(spec.alpha).is_integer() else spec.alpha
+        config.update(r=spec.r, lora_alpha=alpha)
     with fresh_output_dir(opts.out, force=opts.force) as tmp:
         write_adapter(
             tmp / "adapter",
-            first.config,
-            adapter_tensors({m: r.factors for m, r in result.modules.items()}, like=first),
+            config,
+            adapter_tensors({m: r.factors for m, r in result.modules.items()}, like=largest),
         )
+        for k, (adapter, share) in enumerate(zip(adapters, shares)):
+            write_adapter(tmp / "clients" / str(k), adapter.config, adapter_tensors(share, like=adapter))
         save_file(deltas, tmp / "base_delta.safetensors", metadata={"format": "pt"})
         (tmp / "aggregation.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -71,7 +71,8 @@ def aggregate(
         "-m",
         show_default=False,
         help="Aggregation method: fedit, flora, ffa_lora, rolora, fedex_lora, "
-        "fedmomentum, fedmomentum_no_balance, fedmomentum_no_residual.",
+        "fedmomentum, fedmomentum_no_balance, fedmomentum_no_residual; beyond the paper: "
+        "flexlora, hetlora, fedsa_lora, fedsvd (docs/methods.md).",
     ),
     out: Path = typer.Option(
         ...,
@@ -105,6 +106,23 @@ def aggregate(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for flora's re-init and the randomized sketch."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
+    heterogeneous: bool = typer.Option(
+        False,
+        "--heterogeneous",
+        help="Accept clients that differ in r and lora_alpha; writes OUT/clients/<k>/, each client's share.",
+    ),
+    rank: int = typer.Option(
+        None,
+        "--rank",
+        show_default="the largest client rank",
+        help="With --heterogeneous: rank r of the global adapter.",
+    ),
+    alpha: float = typer.Option(
+        None,
+        "--alpha",
+        show_default="the largest-rank client's alpha/r kept",
+        help="With --heterogeneous: lora_alpha of the global adapter.",
+    ),
 ) -> None:
     """Aggregate one round of client LoRA adapters with a method; write the new global adapter."""
     from fedmom_cli import aggregate as agg
@@ -122,6 +140,9 @@ def aggregate(
             svd=svd.value if svd else None,
             seed=seed,
             force=force,
+            rank=rank,
+            alpha=alpha,
+            heterogeneous=heterogeneous,
         )
     )
     console.print(
@@ -610,7 +631,9 @@ def models_list() -> None:
 def bench_aggregate(
     clients: int = typer.Option(10, "--clients", "-n", help="Number of clients n."),
     rank: int = typer.Option(32, "--rank", "-r", help="LoRA rank r."),
-    layers: int = typer.Option(32, "--layers", help="Layers per round (q_proj and v_proj each)."),
+    layers: int = typer.Option(
+        32, "--layers", help="Layers per round (q_proj and v_proj each; all seven modules with --full-model)."
+    ),
     shapes: str = typer.Option(
         "4096x4096,4096x11008,11008x4096",
         "--shapes",
@@ -624,11 +647,34 @@ def bench_aggregate(
         None, "--json", show_default="none", help="Also write the measurements as JSON to this file."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing --json file of this benchmark."),
+    full_model: bool = typer.Option(
+        False,
+        "--full-model",
+        help="Instead: whole rounds over q,k,v,o,gate,up,down x --layers of LLaMA2-7B (n, r as given): "
+        "fedmomentum's old per-module loop vs the new parallel Cholesky-QR round, and fedex_lora.",
+    ),
 ) -> None:
     """Time every method on the paper's module shapes, and fedmomentum's SVD paths against each other."""
     from fedmom_cli import bench
 
     bench.check_json_out(json_out, force, "aggregate")
+    if full_model:
+        from fedmom_cli import bench_round
+
+        for name, value in (
+            ("--clients", clients),
+            ("--rank", rank),
+            ("--layers", layers),
+            ("--repeat", repeat),
+        ):
+            if value < 1:
+                raise UserError(f"{name} must be >= 1, got {value}")
+        report = bench_round.run(bench_round.FullModelOptions(clients, rank, layers, repeat))
+        print(bench_round.render(report))
+        if json_out is not None:
+            json_out.write_text(json.dumps(report, indent=2) + "\n")
+        return
+
     rows = bench.run(
         bench.BenchOptions(
             clients=clients,

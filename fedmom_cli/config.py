@@ -72,9 +72,25 @@ class TrainConfig:
     # method options (fedmomentum)
     tau: float = 0.9999
     svd: str = "exact"
+    # heterogeneous client ranks: client k trains a rank-client_ranks[k] LoRA with the same scaling
+    # lora_alpha / lora_r (see fedmom_cli/hetero.py and docs/methods.md); lora_r is the global rank
+    client_ranks: list[int] | None = None
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(as_dict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: Keys added after runs were recorded: left out of hashes and config.yaml while unset, so that
+#: existing run folders keep their hash (and resume) unchanged.
+LATER_KEYS = ("client_ranks",)
+
+
+def as_dict(cfg: TrainConfig) -> dict:
+    data = dataclasses.asdict(cfg)
+    for key in LATER_KEYS:
+        if data.get(key) is None:
+            data.pop(key, None)
+    return data
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -98,6 +114,12 @@ def _coerce(key: str, value):
         raise UserError(f"config key {key!r} cannot be null")
     origin = typing.get_origin(base)
     try:
+        if origin is list and typing.get_args(base) == (int,):
+            if isinstance(value, str):
+                value = [yaml.safe_load(v) for v in value.strip("[]").split(",") if v.strip()]
+            if not isinstance(value, list) or not all(type(v) is int for v in value):
+                raise ValueError
+            return value
         if origin is list:
             if isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
@@ -147,6 +169,8 @@ def _check(cfg: TrainConfig) -> TrainConfig:
     if not 0 < cfg.tau <= 1:
         raise UserError(f"tau must be in (0, 1], got {cfg.tau}")
     _check_ranges(cfg)
+    if cfg.client_ranks is not None:
+        _check_client_ranks(cfg, METHODS)
     return cfg
 
 
@@ -189,6 +213,22 @@ def _check_ranges(cfg: TrainConfig) -> None:
     for key, ok, rule in checks:
         if not ok:
             raise bad(key, rule)
+
+
+def _check_client_ranks(cfg: TrainConfig, methods: dict) -> None:
+    ranks = cfg.client_ranks
+    if len(ranks) != cfg.clients:
+        raise UserError(f"client_ranks has {len(ranks)} entries for {cfg.clients} clients")
+    if any(r < 1 or r > cfg.lora_r for r in ranks):
+        raise UserError(f"client_ranks must be in 1..lora_r={cfg.lora_r}, got {ranks}")
+    method = methods[cfg.method]
+    if not hasattr(getattr(method, "func", method), "heterogeneous"):
+        raise UserError(f"method {cfg.method} does not support heterogeneous client ranks")
+    if cfg.method in ("ffa_lora", "rolora") and max(ranks) != cfg.lora_r:
+        raise UserError(
+            f"{cfg.method} shares a frozen factor of rank lora_r={cfg.lora_r}: the largest client rank "
+            f"must equal it, got {max(ranks)}"
+        )
 
 
 def recipe_path(name: str) -> Path:
@@ -264,7 +304,7 @@ def resolve(recipe: str | None, task: str | None, overrides: dict) -> TrainConfi
 
 
 def to_yaml(cfg: TrainConfig) -> str:
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+    return yaml.safe_dump(as_dict(cfg), sort_keys=False)
 
 
 def from_yaml(text: str) -> TrainConfig:

@@ -203,7 +203,7 @@ class Simulation:
         """
         cfg = self.cfg
         start = time.perf_counter()
-        set_factors(self.modules, self.global_factors)
+        set_factors(self.modules, self.client_start(k))
         params = set_trainable(self.modules, self.method.trainable(round_idx))
         torch.manual_seed(zlib.crc32(f"{cfg.seed}/{round_idx}/{k}".encode()))
         swap = time.perf_counter() - start
@@ -223,8 +223,34 @@ class Simulation:
         )
         start = time.perf_counter()
         factors = get_factors(self.modules)
+        if cfg.client_ranks is not None:  # the rank-r_k LoRA the client really trained
+            r = cfg.client_ranks[k]
+            factors = {m: LoraFactors(f.A[:r].clone(), f.B[:, :r].clone()) for m, f in factors.items()}
         swap += time.perf_counter() - start
         return factors, stats.mean_loss, {"client_compute": stats.compute_seconds, "adapter_swap": swap}
+
+    def client_start(self, k: int) -> dict[str, LoraFactors]:
+        """Client k's factors at the start of its round: the global ones, except that
+        - with client_ranks, a rank-r_k client gets the first r_k components (HetLoRA's truncation;
+          FedMomentum's and FlexLoRA's factors are ordered by singular value, so this is the best
+          rank-r_k part) and zeros beyond: zero rows of A and columns of B get zero gradients and
+          stay zero under AdamW, so the rank-r model is exactly a rank-r_k LoRA with the same scaling;
+        - a method with per-client state (fedsa_lora) gives client k its own B."""
+        factors = self.global_factors
+        if hasattr(self.method, "client_factors") and self.round > 0:
+            factors = {
+                m: LoraFactors(f.A, f.B.to(f.A.device)) for m, f in self.method.client_factors(k).items()
+            }
+        if self.cfg.client_ranks is None:
+            return factors
+        r = self.cfg.client_ranks[k]
+        out = {}
+        for m, f in factors.items():
+            A, B = f.A.clone(), f.B.clone()
+            A[r:] = 0
+            B[:, r:] = 0
+            out[m] = LoraFactors(A, B)
+        return out
 
     def train_clients(self, round_idx: int, progress=None) -> tuple[list[int], dict, dict, dict]:
         clients = self.sampled_clients(round_idx)
@@ -257,8 +283,9 @@ class Simulation:
         weights = sizes if self.cfg.client_weights == "samples" else [1.0] * len(clients)
         self.last_round = {"clients": clients, "trained": trained, "weights": weights}  # for inspection
         start = time.perf_counter()
+        extra = {"client_ids": clients} if hasattr(self.method, "client_factors") else {}
         outcome = self.method.aggregate(
-            {m: [trained[k][m] for k in clients] for m in self.modules}, weights, round_idx
+            {m: [trained[k][m] for k in clients] for m in self.modules}, weights, round_idx, **extra
         )
         seconds["aggregation"] = time.perf_counter() - start
         start = time.perf_counter()

@@ -53,7 +53,7 @@ def test_matrix_shapes_dtypes_and_determinism(name):
     clients = make_clients(3, 4, 48, 32, seed=1)
     if name == "ffa_lora":
         clients = shared_A(clients)
-    if name == "rolora":
+    if name in ("rolora", "fedsvd"):
         clients = shared_A(clients)
     w = [1.0, 2.0, 3.0]
     a = build_method(name, LORA, seed=7).aggregate({"m": clients}, w, 0)

@@ -18,8 +18,12 @@ from fedmom_cli.methods.base import LoraFactors, LoraSpec, Method, RoundResult
 from fedmom_cli.methods.fedex_lora import FedExLoRA
 from fedmom_cli.methods.fedit import FedIT
 from fedmom_cli.methods.fedmomentum import FedMomentum
+from fedmom_cli.methods.fedsa_lora import FedSALoRA
+from fedmom_cli.methods.fedsvd import FedSVD
 from fedmom_cli.methods.ffa_lora import FFALoRA
+from fedmom_cli.methods.flexlora import FlexLoRA
 from fedmom_cli.methods.flora import FLoRA
+from fedmom_cli.methods.hetlora import HetLoRA
 from fedmom_cli.methods.rolora import RoLoRA
 
 METHODS: dict[str, Callable[..., Method]] = {
@@ -31,6 +35,11 @@ METHODS: dict[str, Callable[..., Method]] = {
     "fedmomentum": FedMomentum,
     "fedmomentum_no_balance": functools.partial(FedMomentum, balance=False),
     "fedmomentum_no_residual": functools.partial(FedMomentum, residual=False),
+    # Beyond the paper (issue 14): heterogeneous-rank and selective-aggregation methods.
+    "flexlora": FlexLoRA,
+    "hetlora": HetLoRA,
+    "fedsa_lora": FedSALoRA,
+    "fedsvd": FedSVD,
 }
 
 

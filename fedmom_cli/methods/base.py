@@ -182,18 +182,77 @@ def round_result(
     return RoundResult(modules, numel_up, numel_down, bytes_per_number=first.element_size())
 
 
-def check_clients(clients: Clients, weights: Sequence[float]) -> list[float]:
-    """Validate the round input (same client count and shapes per module) and normalise weights."""
+def check_clients(clients: Clients, weights: Sequence[float], max_rank: int | None = None) -> list[float]:
+    """Validate the round input (same client count and shapes per module) and normalise weights.
+
+    With `max_rank` (methods that take heterogeneous ranks) clients may differ in rank r_i, up to
+    max_rank, but never in the module's out and in features.
+    """
     if not clients:
         raise UserError("no modules to aggregate")
     counts = {len(v) for v in clients.values()}
     if len(counts) != 1 or 0 in counts:
         raise UserError(f"every module needs the same, non-zero number of clients, got {counts}")
     for name, factors in clients.items():
-        shapes = {(tuple(f.A.shape), tuple(f.B.shape)) for f in factors}
-        if len(shapes) != 1:
-            raise UserError(f"module {name}: clients' factor shapes differ: {sorted(shapes)}")
-        ((a_shape, b_shape),) = shapes
-        if a_shape[0] != b_shape[1]:
-            raise UserError(f"module {name}: A {a_shape} and B {b_shape} disagree on the rank")
+        for f in factors:
+            if f.A.dim() != 2 or f.B.dim() != 2 or f.A.shape[0] != f.B.shape[1]:
+                raise UserError(
+                    f"module {name}: A {tuple(f.A.shape)} and B {tuple(f.B.shape)} disagree on the rank"
+                )
+        if max_rank is None:
+            shapes = {(tuple(f.A.shape), tuple(f.B.shape)) for f in factors}
+            if len(shapes) != 1:
+                raise UserError(f"module {name}: clients' factor shapes differ: {sorted(shapes)}")
+            continue
+        features = {(f.B.shape[0], f.A.shape[1]) for f in factors}
+        if len(features) != 1:
+            raise UserError(f"module {name}: clients' (out, in) features differ: {sorted(features)}")
+        too_big = [f.A.shape[0] for f in factors if f.A.shape[0] > max_rank]
+        if too_big:
+            raise UserError(
+                f"module {name}: client rank {max(too_big)} exceeds the global rank {max_rank}; "
+                "this method zero-pads client adapters to the global rank, so --rank must be at least "
+                "the largest client rank"
+            )
     return normalise_weights(weights, counts.pop())
+
+
+def is_heterogeneous(clients: Clients) -> bool:
+    return any(len({f.A.shape[0] for f in factors}) > 1 for factors in clients.values())
+
+
+def zero_pad(f: LoraFactors, r: int) -> LoraFactors:
+    """HetLoRA's zero-padding: A (r_i, in) -> (r, in) with zero rows, B (out, r_i) -> (out, r) with
+    zero columns; B A is unchanged."""
+    missing = r - f.A.shape[0]
+    if missing == 0:
+        return f
+    return LoraFactors(
+        torch.nn.functional.pad(f.A, (0, 0, 0, missing)), torch.nn.functional.pad(f.B, (0, missing))
+    )
+
+
+def prefix_frozen(factors: Sequence[LoraFactors], which: str, method: str, r: int) -> Tensor:
+    """The frozen factor of a heterogeneous round: every client holds the first r_i components of
+    the same rank-r factor (rows of A, columns of B); they must agree bit for bit where they overlap.
+    Returns the factor of the client with the largest rank, which must be r."""
+
+    def comps(f: LoraFactors) -> Tensor:
+        t = getattr(f, which)
+        return t if which == "A" else t.T
+
+    largest = max(factors, key=lambda f: f.A.shape[0])
+    full = comps(largest)
+    if full.shape[0] != r:
+        raise UserError(
+            f"{method}: the frozen {which} has rank {full.shape[0]} on the largest client but the "
+            f"global rank is {r}; with a frozen factor the global rank must equal the largest client rank"
+        )
+    for i, f in enumerate(factors):
+        mine = comps(f)
+        if not torch.equal(mine, full[: mine.shape[0]]):
+            raise UserError(
+                f"{method}: {which} is frozen this round and client {i}'s must equal the first "
+                f"{mine.shape[0]} components of the largest client's, but it differs"
+            )
+    return getattr(largest, which)

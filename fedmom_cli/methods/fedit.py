@@ -6,6 +6,10 @@ The product B A differs from sum_i w_i B_i A_i: that difference is the "aggregat
 FedMomentum paper (Section 2) attributes to FedIT. Follows FederatedGPT-Shepherd and OpenFedLLM's
 `fedavg` (weights = client sample counts, normalised); the FLoRA repository's FedIT baseline is
 buggy (it keeps client 0 only) and is not followed. Each client uploads and downloads A and B.
+
+Heterogeneous ranks (r_i <= r): HetLoRA's zero-padding, A = sum_i w_i pad(A_i), B = sum_i w_i pad(B_i)
+with A_i padded by zero rows and B_i by zero columns to the global rank r (`base.zero_pad`); clients'
+scalings s_i are folded into B_i by the caller (`fedmom_cli.hetero`). Same approximation as FedIT.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from fedmom_cli.methods.base import (
     lora_numel,
     round_result,
     weighted_sum,
+    zero_pad,
 )
 
 
 class FedIT:
     name = "fedit"
+    heterogeneous = "zero-padding (HetLoRA): FedAvg of the padded factors, approximate as FedIT"
 
     def __init__(self, lora: LoraSpec) -> None:
         self.lora = lora
@@ -35,13 +41,14 @@ class FedIT:
         return frozenset({"A", "B"})
 
     def aggregate(self, clients: Clients, weights: Sequence[float], round_idx: int) -> RoundResult:
-        w = check_clients(clients, weights)
+        w = check_clients(clients, weights, max_rank=self.lora.r)
         modules, numel = {}, 0
         for name, factors in clients.items():
-            A = weighted_sum([f.A for f in factors], w)
-            B = weighted_sum([f.B for f in factors], w)
+            padded = [zero_pad(f, self.lora.r) for f in factors]
+            A = weighted_sum([f.A for f in padded], w)
+            B = weighted_sum([f.B for f in padded], w)
             modules[name] = ModuleResult(LoraFactors(A, B))
-            numel += lora_numel(factors[0])
+            numel += lora_numel(padded[0])
         return round_result(modules, numel_up=numel, numel_down=numel, clients=clients)
 
     def state_dict(self) -> dict:

@@ -9,6 +9,10 @@ per client from the global RNG; fedmom draws A from a generator seeded by (seed,
 runs are reproducible and every client starts the round from the same A.
 Communication (Appendix C): up A and B; down the stacked rank-nr factors (n times a LoRA).
 The base delta is kept in that stacked low-rank form; it is made dense only when applied.
+
+Heterogeneous ranks: stacking needs no padding (Bs is out x sum_i r_i) and stays exact, with each
+client's scaling folded into B_i by the caller; the re-initialised adapter has the global rank r.
+(The official heter path only works for its default rank list, see the reference notes.)
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def reinit_seed(seed: int, round_idx: int, module: str) -> int:
 
 class FLoRA:
     name = "flora"
+    heterogeneous = "stacking of all ranks: exact"
 
     def __init__(self, lora: LoraSpec, seed: int = 0) -> None:
         self.lora = lora
@@ -49,17 +54,17 @@ class FLoRA:
         return frozenset({"A", "B"})
 
     def aggregate(self, clients: Clients, weights: Sequence[float], round_idx: int) -> RoundResult:
-        w = check_clients(clients, weights)
+        w = check_clients(clients, weights, max_rank=10**9)
         modules, up, down = {}, 0, 0
         for name, factors in clients.items():
             Bs, As = stacked_factors(factors, w)
             delta = BaseDelta(scaling=self.lora.scaling, up=Bs, down=As)
-            r, in_features = factors[0].A.shape
+            r, in_features = self.lora.r, factors[0].A.shape[1]
             g = torch.Generator().manual_seed(reinit_seed(self.seed, round_idx, name))
             A = peft_default_lora_A(r, in_features, g).to(Bs.device)  # drawn on the CPU
-            B = torch.zeros(factors[0].B.shape, device=Bs.device)
+            B = torch.zeros(factors[0].B.shape[0], r, device=Bs.device)
             modules[name] = ModuleResult(LoraFactors(A, B), delta, {"stacked_rank": As.shape[0]})
-            up += lora_numel(factors[0])
+            up += max(lora_numel(f) for f in factors)
             down += delta.numel_sent
         return round_result(modules, numel_up=up, numel_down=down, clients=clients)
 

@@ -7,6 +7,10 @@ With one factor shared and fixed, averaging the other is exact. Round 0 trains B
 supplement does (with PEFT's B = 0 init, training A first would see no gradient). The supplement uses
 SGD; the optimizer is the training loop's business, not this file's. The frozen factor must be
 identical on all clients. Communication: up and down the trained factor only.
+
+Heterogeneous ranks: the frozen factor is the largest client's (rank r = the global rank); every
+other client holds its leading r_i components (`base.prefix_frozen`); the trained factors are
+zero-padded to r (HetLoRA), which keeps the average exact, as in the homogeneous case.
 """
 
 from __future__ import annotations
@@ -21,13 +25,17 @@ from fedmom_cli.methods.base import (
     RoundResult,
     check_clients,
     frozen_factor,
+    is_heterogeneous,
+    prefix_frozen,
     round_result,
     weighted_sum,
+    zero_pad,
 )
 
 
 class RoLoRA:
     name = "rolora"
+    heterogeneous = "zero-padding of the trained factor against the shared frozen one: exact"
 
     def __init__(self, lora: LoraSpec) -> None:
         self.lora = lora
@@ -36,16 +44,21 @@ class RoLoRA:
         return frozenset({"B"} if round_idx % 2 == 0 else {"A"})
 
     def aggregate(self, clients: Clients, weights: Sequence[float], round_idx: int) -> RoundResult:
-        w = check_clients(clients, weights)
+        w = check_clients(clients, weights, max_rank=self.lora.r)
+        hetero = is_heterogeneous(clients)
         (trained,) = self.trainable(round_idx)
         frozen = "A" if trained == "B" else "B"
         modules, numel = {}, 0
         for name, factors in clients.items():
-            kept = frozen_factor(factors, frozen, self.name)
-            averaged = weighted_sum([getattr(f, trained) for f in factors], w)
+            if hetero:
+                kept = prefix_frozen(factors, frozen, self.name, self.lora.r)
+            else:
+                kept = frozen_factor(factors, frozen, self.name)
+            rank = kept.shape[0] if frozen == "A" else kept.shape[1]
+            averaged = weighted_sum([getattr(zero_pad(f, rank), trained) for f in factors], w)
             new = {trained: averaged, frozen: kept}
             modules[name] = ModuleResult(LoraFactors(**new), stats={"trained": trained})
-            numel += averaged.numel()
+            numel += max(getattr(f, trained).numel() for f in factors)
         return round_result(modules, numel_up=numel, numel_down=numel, clients=clients)
 
     def state_dict(self) -> dict:

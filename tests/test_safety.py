@@ -698,7 +698,7 @@ EVAL = [
     ("nope", "is not a finished fedmom run folder"),
     ("userdir", "is not a finished fedmom run folder"),
     ("afile", "is not a finished fedmom run folder"),
-    ("run_done --protocol magic", "--protocol must be train-format or lm-eval"),
+    ("run_done --protocol magic", "--protocol must be lm-eval or train-format"),
     ("--model tiny", "give RUN_DIR, or --model with --out"),
     ("run_done --limit x", "Invalid value for '--limit'"),
 ]

@@ -203,8 +203,11 @@ def fresh_output_dir(
     """
     from fedmom_cli import safety
 
-    out = Path(out)
-    safety.check_out(out, "dir")
+    safety.check_out(Path(out), "dir")
+    safety.refuse_cwd(out)  # `--out .` (or a parent of it) can never be swapped out from under us
+    if Path(out).is_symlink():
+        raise UserError(f"--out {out} is a symbolic link; name the folder itself")
+    out = Path(out).resolve()
     safety.check_replaceable(
         out,
         force,
@@ -213,11 +216,26 @@ def fresh_output_dir(
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old = None
     try:
         yield tmp
-        if out.exists():
-            shutil.rmtree(out)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: give it a normal folder's mode
+        if out.exists():  # swap: the old output aside, the new one in, then the old one deleted
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "x")
         os.replace(tmp, out)
+    except BaseException:
+        if old is not None and (old / "x").exists() and not out.exists():
+            os.replace(old / "x", out)  # put the old output back
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+        if old is not None and old.exists():
+            shutil.rmtree(old)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -739,13 +739,25 @@ def export(
     precision: str = typer.Option(
         None, "--precision", show_default="the run's", help="fp32, bf16 or fp16 weights of the merged model."
     ),
+    with_base_delta: bool = typer.Option(
+        False,
+        "--with-base-delta",
+        help="With --adapter-only: write base_delta.safetensors beside the adapter (the whole model, "
+        "loaded as docs/ecosystem.md shows).",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an earlier fedmom export in --out."),
 ) -> None:
     """The trained model as a self-contained folder: base + base delta + s B A merged (default),
     loadable with transformers alone, with tokenizer and model card."""
     from fedmom_cli import export as exp
 
-    info = exp.export(run_dir, out, adapter_only, drop_base_delta, precision, force)
+    info = exp.export(run_dir, out, adapter_only, drop_base_delta, precision, force, with_base_delta)
+    if "update_lost_to_rounding_mean" in info:
+        console.print(
+            f"note: in {info['precision']} the merged weights do not show "
+            f"{100 * info['update_lost_to_rounding_mean']:.1f}% of the training update on average "
+            f"(max {100 * info['update_lost_to_rounding_max']:.1f}%); the default fp32 keeps it all"
+        )
     print(f"exported {info['kind']} model of {run_dir} to {out}")
 
 
@@ -755,7 +767,10 @@ def push(
     repo: str = typer.Option(..., "--repo", show_default=False, help="Hub repository id, OWNER/NAME."),
     private: bool = typer.Option(False, "--private", help="Create the repository as private."),
     adapter_only: bool = typer.Option(
-        False, "--adapter-only", help="Upload the PEFT adapter instead of the merged model (see export)."
+        False,
+        "--adapter-only",
+        help="Upload the PEFT adapter (with base_delta.safetensors where the run has one) instead of "
+        "the merged model.",
     ),
 ) -> None:
     """Upload a run's export (merged model, or adapter) with its model card to the Hugging Face Hub."""

@@ -99,30 +99,33 @@ def train_client(
 ) -> ClientStats:
     """Run `steps` optimizer steps; each step's loss is the mean over its response tokens.
 
-    The optimizer goes through `accelerator.prepare_optimizer`, so with fp16 on a GPU (a GradScaler)
-    the loss is scaled in `accelerator.backward`, `accelerator.clip_grad_norm_` unscales the gradients
-    before clipping (the norm is that of the true gradients), and a step whose gradients overflowed is
-    skipped by the scaler. `free_memory` drops the accelerator's reference to this client's optimizer.
+    The optimizer is accelerate's `AcceleratedOptimizer` around a fresh AdamW with the accelerator's
+    GradScaler, so with fp16 on a GPU the loss is scaled in `accelerator.backward`,
+    `accelerator.unscale_gradients` unscales before clipping (the norm is that of the true gradients),
+    and a step whose gradients overflowed is skipped by the scaler. It is not registered on the
+    accelerator (`prepare_optimizer` would keep every client's optimizer alive, and releasing them
+    with `free_memory` costs a garbage collection per client).
     """
-    optimizer = accelerator.prepare_optimizer(
-        torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay), device_placement=False
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    optimizer = AcceleratedOptimizer(  # not registered on the accelerator: nothing to release per client
+        torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
+        device_placement=False,
+        scaler=accelerator.scaler,
     )
-    try:
-        return _steps(
-            model,
-            params,
-            examples,
-            optimizer,
-            steps,
-            batch_size,
-            grad_accum,
-            max_grad_norm,
-            pad_id,
-            accelerator,
-            label,
-        )
-    finally:
-        accelerator.free_memory()
+    return _steps(
+        model,
+        params,
+        examples,
+        optimizer,
+        steps,
+        batch_size,
+        grad_accum,
+        max_grad_norm,
+        pad_id,
+        accelerator,
+        label,
+    )
 
 
 def _steps(
@@ -168,7 +171,8 @@ def _steps(
                 f"its last checkpoint (try a lower lr)"
             )
         if max_grad_norm is not None:
-            accelerator.clip_grad_norm_(params, max_grad_norm)  # unscales first under a GradScaler
+            accelerator.unscale_gradients(optimizer)  # a no-op without a GradScaler
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         compute += time.perf_counter() - start

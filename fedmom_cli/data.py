@@ -74,10 +74,16 @@ def read_file(path: Path) -> list[dict]:
     return data
 
 
+def offline_env() -> bool:
+    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE read as huggingface_hub reads them (1/ON/YES/TRUE)."""
+    return any(
+        os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
 def _hub_reachable() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get(
-        "HF_DATASETS_OFFLINE", "0"
-    ) not in ("0", ""):
+    if offline_env():
         return False
     try:
         socket.create_connection((HUB_HOST, 443), timeout=3).close()

@@ -48,9 +48,14 @@ NAMES = {
 
 def base_model_id(model: str) -> str:
     """What an adapter's `base_model_name_or_path` should say: the Hub id or fedmom's short name,
-    never a path of this machine (a local folder is named by its last component)."""
-    path = Path(model)
-    return path.name if (path.is_absolute() or model.startswith(".")) and path.exists() else model
+    never a path of any machine: a Hugging Face cache snapshot gives its repo id, any other path its
+    last component."""
+    parts = Path(model).parts
+    for part in parts:  # .../models--ORG--NAME/snapshots/SHA
+        if part.startswith("models--") and "snapshots" in parts:
+            return part.removeprefix("models--").replace("--", "/")
+    looks_like_hub_id = len(parts) == 2 and not model.startswith((".", "/", "~")) and not Path(model).exists()
+    return model if looks_like_hub_id or len(parts) == 1 else Path(model).name
 
 
 def read_run(run_dir: Path) -> tuple[cfgmod.TrainConfig, dict]:
@@ -92,7 +97,7 @@ def apply_base_delta(model, delta: dict[str, torch.Tensor]) -> int:
     if modules:
         targets = {delta_key(n): m.base_layer.weight for n, m in modules.items()}
     else:  # a plain model: PEFT names are base_model.model.<name>
-        targets = {"base_model.model." + n: p for n, p in model.named_parameters()}
+        targets = {"base_model.model." + n: p for n, p in model.named_parameters(remove_duplicate=False)}
     missing = sorted(set(delta) - set(targets))
     if missing:
         raise UserError(f"base delta key {missing[0]!r} matches no weight of the model")
@@ -157,6 +162,11 @@ def model_card(cfg: cfgmod.TrainConfig, result: dict, evals: dict | None, kind: 
             "(`W += delta[<module>.weight]`) before attaching the adapter, or use `fedmom export` "
             "for a merged model."
         )
+        lines.append(
+            f" `{DELTA_FILE}` is in this folder."
+            if kind == "adapter+delta"
+            else " This export does NOT include it (exported with --drop-base-delta)."
+        )
     if cfg.model in ("smollm2-135m",):
         lines += [
             "",
@@ -191,9 +201,17 @@ def export(
     drop_base_delta: bool = False,
     precision: str | None = None,
     force: bool = False,
+    with_base_delta: bool = False,
 ) -> dict:
-    """Write the export into a temporary folder beside `out`, then rename it into place."""
+    """Write the export into a temporary folder beside `out`, then rename it into place.
+
+    The merge is done in float32 (base weights loaded in float32, delta added, s B A merged) and
+    cast once at the end; the default dtype is float32, because s B A and the residuals are often
+    below bf16's resolution at the weights' magnitude: with `--precision bf16|fp16` the fraction of
+    the update (delta + s B A) that the rounded weights do not show is measured and reported.
+    """
     from fedmom_cli.adapters import fresh_output_dir
+    from fedmom_cli.model import check_model_source
 
     run_dir, out = Path(run_dir), Path(out)
     cfg, result = read_run(run_dir)
@@ -201,32 +219,72 @@ def export(
         raise UserError(f"--precision must be fp32, bf16 or fp16, got {precision!r}")
     if drop_base_delta and not adapter_only:
         raise UserError("--drop-base-delta only applies with --adapter-only")
+    if with_base_delta and not adapter_only:
+        raise UserError("--with-base-delta only applies with --adapter-only")
+    if with_base_delta and drop_base_delta:
+        raise UserError("--with-base-delta and --drop-base-delta contradict each other")
     delta = read_delta(run_dir)
     nonzero = any(bool(d.abs().max() > 0) for d in delta.values() if d.numel())
-    if adapter_only and nonzero and not drop_base_delta:
+    if adapter_only and nonzero and not (drop_base_delta or with_base_delta):
         raise UserError(
             f"{NAMES.get(cfg.method, cfg.method)} put part of the update into the base weights "
             f"({DELTA_FILE} is not zero): the adapter alone is not the trained model; export the merged "
-            "model (no --adapter-only), or add --drop-base-delta to export the incomplete adapter knowingly"
+            "model (no --adapter-only), add --with-base-delta to ship the delta beside the adapter, or "
+            "--drop-base-delta to export the incomplete adapter knowingly"
         )
     _check_out(out, force)
+    if not adapter_only:
+        check_model_source(cfg)  # before any folder is made
     evals = _read_eval(run_dir)
-    info = {"run_dir": str(run_dir), "method": cfg.method, "task": cfg.task, "config_hash": cfg.hash()}
+    info = {"run": run_dir.name, "method": cfg.method, "task": cfg.task, "config_hash": cfg.hash()}
     with fresh_output_dir(out, force=force, recognise=is_export, what=WHAT) as tmp:
         if adapter_only:
             shutil.copytree(run_dir / "adapter", tmp, dirs_exist_ok=True)
             fix_adapter_config(tmp, cfg)
-            kind = "adapter" if not nonzero else "adapter-without-delta"
+            kind = (
+                "adapter" if not nonzero else "adapter+delta" if with_base_delta else "adapter-without-delta"
+            )
+            if with_base_delta and nonzero:
+                shutil.copyfile(run_dir / DELTA_FILE, tmp / DELTA_FILE)
             (tmp / "README.md").write_text(model_card(cfg, result, evals, kind))
-            info.update(kind=kind, base_delta_dropped=nonzero)
+            info.update(kind=kind, base_delta_dropped=nonzero and not with_base_delta)
         else:
-            model, tokenizer, _ = load_run(run_dir, precision)
-            merged = model.merge_and_unload()
-            merged.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+            info.update(merge_precision(run_dir, tmp, precision or "fp32"))
             (tmp / "README.md").write_text(model_card(cfg, result, evals, "merged"))
-            info.update(kind="merged", precision=precision or cfg.precision)
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+@torch.no_grad()
+def merge_precision(run_dir: Path, folder: Path, precision: str) -> dict:
+    """Merge W_base + delta + s B A in float32, cast once to `precision`, save model and tokenizer;
+    returns what a lower precision loses of the update (relative norm, mean over LoRA modules)."""
+    from fedmom_cli.model import DTYPES, lora_modules
+
+    model, tokenizer, _ = load_run(run_dir, "fp32")
+    modules = lora_modules(model)
+    base = {n: m.base_layer.weight.detach().clone() for n, m in modules.items()}  # W_base + delta
+    originals = read_delta(run_dir)
+    merged = model.merge_and_unload()
+    dtype = DTYPES[precision]
+    lost = []
+    if dtype != torch.float32:
+        params = dict(merged.named_parameters(remove_duplicate=False))
+        for name in modules:
+            w = params[name.removeprefix("base_model.model.") + ".weight"]
+            exact = w.detach()
+            w0 = base[name] - originals.get(name + ".weight", torch.zeros_like(base[name]))
+            update = exact - w0  # delta + s B A
+            if float(update.norm()) > 0:
+                shown = exact.to(dtype).float() - w0
+                lost.append(float((shown - update).norm() / update.norm()))
+        merged = merged.to(dtype)
+    merged.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    info = {"kind": "merged", "precision": precision}
+    if lost:
+        info["update_lost_to_rounding_mean"] = sum(lost) / len(lost)
+        info["update_lost_to_rounding_max"] = max(lost)
     return info
 
 

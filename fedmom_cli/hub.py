@@ -7,7 +7,6 @@ Offline (HF_HUB_OFFLINE=1, no token, or no connection) it fails in one line befo
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -18,7 +17,9 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _check_online():
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    from fedmom_cli.data import offline_env
+
+    if offline_env():
         raise UserError("HF_HUB_OFFLINE is set: cannot push to the Hugging Face Hub offline")
     from huggingface_hub import HfApi, get_token
 
@@ -43,9 +44,14 @@ def push(run_dir: Path, repo: str, private: bool = False, adapter_only: bool = F
     api = _check_online()
     with tempfile.TemporaryDirectory(prefix="fedmom-push-") as tmp:
         out = Path(tmp) / "export"
-        export.export(run_dir, out, adapter_only=adapter_only)
+        info = export.export(run_dir, out, adapter_only=adapter_only, with_base_delta=adapter_only)
         api.create_repo(repo, private=private, exist_ok=True)
-        info = api.upload_folder(
-            folder_path=str(out), repo_id=repo, commit_message=f"fedmom export of {run_dir}"
+        if private and not getattr(api.repo_info(repo), "private", True):
+            raise UserError(f"{repo} exists and is public; --private will not upload into it")
+        commit = api.upload_folder(
+            folder_path=str(out),
+            repo_id=repo,
+            commit_message=f"fedmom export: {info['method']} on {info['task']} ({info['kind']})",
+            delete_patterns=["*.safetensors", "*.json", "README.md"],  # no stale files of an earlier push
         )
-    return getattr(info, "commit_url", None) or f"https://huggingface.co/{repo}"
+    return getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo}"

@@ -37,6 +37,8 @@ def path(name: str) -> Path:
 
 def copy(name: str, dest: Path) -> Path:
     src = path(name)
+    if str(dest).endswith("/") and not Path(dest).is_dir():
+        raise UserError(f"folder {dest} does not exist")
     dest = Path(dest)
     if dest.is_dir():
         dest = dest / src.name

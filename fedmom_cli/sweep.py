@@ -232,6 +232,10 @@ def run(
     from fedmom_cli import train as tr
 
     spec, cells, root = plan(recipe, only, out, overrides or {})
+    from fedmom_cli import tracking
+
+    report_to = report_to or cfgmod.recipe_report_to(recipe)
+    tracking.check(report_to)  # before any partition or run folder is written
     conflicts = {c.run_dir: d for c in cells if (d := conflict(c))}
     if not dry_run:  # a sweep that cannot finish stops here, before its plan and before training
         if conflicts:
@@ -268,7 +272,7 @@ def run(
                     out=cell.run_dir,
                     resume=True,
                     progress=progress,
-                    report_to=report_to or cfgmod.recipe_report_to(recipe),
+                    report_to=report_to,
                 )
             )
         if eval_tasks != []:

@@ -92,9 +92,13 @@ class Tracker:
         if report_to == "tensorboard":
             self.tracker = t.TensorBoardTracker(name, run_dir / "tensorboard")
         elif report_to == "wandb":
-            self.tracker = t.WandBTracker(name, id=state.get("id"), resume="allow", dir=str(run_dir))
+            # one project for every fedmom run (accelerate names the project after its first
+            # argument); the run carries the task, method and seed
+            self.tracker = t.WandBTracker(
+                "fedmom", name=name, id=state.get("id"), resume="allow", dir=str(run_dir)
+            )
         else:
-            self.tracker = t.MLflowTracker(name, run_id=state.get("id"), run_name=name)
+            self.tracker = t.MLflowTracker("fedmom", run_id=state.get("id"), run_name=name)
         if hasattr(self.tracker, "start"):  # newer accelerate builds a tracker, then starts it
             self.tracker.start()
         if report_to == "wandb":

@@ -113,8 +113,10 @@ def check_client_resources(resources: dict | None) -> None:
     if not resources:
         return
     cpus, gpus = resources.get("num_cpus", 1), resources.get("num_gpus", 0.0)
-    if not cpus > 0:
-        raise UserError(f"--client-cpus must be > 0, got {cpus}")
+    import os
+
+    if not 0 < cpus <= (os.cpu_count() or 1):
+        raise UserError(f"--client-cpus must be in (0, {os.cpu_count()}] (this machine's cores), got {cpus}")
     if not gpus >= 0 or (gpus > 1 and gpus != int(gpus)):
         raise UserError(f"--client-gpus must be a fraction in [0, 1] or a whole number, got {gpus}")
     if gpus > 0:
@@ -122,6 +124,8 @@ def check_client_resources(resources: dict | None) -> None:
 
         if not torch.cuda.is_available():
             raise UserError(f"--client-gpus {gpus}: this machine has no CUDA GPU (Ray would wait forever)")
+        if gpus > torch.cuda.device_count():
+            raise UserError(f"--client-gpus {gpus}: this machine has {torch.cuda.device_count()} GPU(s)")
 
 
 def _read_result(run_dir: Path) -> dict | None:
@@ -217,7 +221,13 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
         )
         results.atomic_write_json(run_dir / "result.json", result)
 
-    tracker = tracking.Tracker(opts.report_to, run_dir, cfg, resume=action == "resume")
+    try:
+        tracker = tracking.Tracker(opts.report_to, run_dir, cfg, resume=action == "resume")
+    except Exception as exc:  # noqa: BLE001 - a tracking service that will not start: one line
+        save("failed", error=f"--report-to {opts.report_to}: {exc}")
+        raise UserError(
+            f"--report-to {opts.report_to} could not start: {str(exc).splitlines()[0][:200]}"
+        ) from None
     try:
         with RoundProgress(cfg.rounds, len(sim.sampled_clients(0)), sim.round, opts.progress) as progress:
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -40,13 +41,23 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         cfg = cfgmod.resolve("smoke", "math", {"rounds": 2, "local_steps": 2, "method": method})
         tr.run(tr.TrainOptions(cfg, out=root / method, progress=False))
         out[method] = root / method
+    # Non-zero delta AND non-zero B, rsLoRA scaling, four target modules, bf16 weights.
+    rich = {"rounds": 2, "local_steps": 2, "method": "fedex_lora", "use_rslora": True, "precision": "bf16"}
+    rich["target_modules"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    tr.run(tr.TrainOptions(cfgmod.resolve("smoke", "math", rich), out=root / "rich", progress=False))
+    out["rich"] = root / "rich"
     return out
 
 
 def test_merged_export_equals_base_plus_delta_plus_sBA(runs, tmp_path, monkeypatch, capsys):
-    run = runs["flora"]  # FLoRA's whole update lives in the base delta: its adapter's B is 0
+    run = runs["rich"]  # FedEx-LoRA: residual in the base delta and a trained B; rsLoRA; q, k, v, o
     code, _, err = run_main(
-        monkeypatch, capsys, "export", run, "--out", tmp_path / "exp", "--precision", "fp32"
+        monkeypatch,
+        capsys,
+        "export",
+        run,
+        "--out",
+        tmp_path / "exp",  # the default precision: fp32
     )
     assert code == 0, err
     dump = tmp_path / "dump.safetensors"
@@ -66,12 +77,15 @@ def test_merged_export_equals_base_plus_delta_plus_sBA(runs, tmp_path, monkeypat
     from fedmom_cli.model import load_base_model, load_tokenizer
 
     cfg = cfgmod.from_yaml((run / "config.yaml").read_text())
+    cfg = dataclasses.replace(cfg, precision="fp32")  # the base weights as stored, not a bf16 copy
     base = load_base_model(cfg, load_tokenizer(cfg)).state_dict()
     delta = load_file(run / "base_delta.safetensors")
     adapter = load_file(run / "adapter" / "adapter_model.safetensors")
     acfg = json.loads((run / "adapter" / "adapter_config.json").read_text())
-    s = acfg["lora_alpha"] / acfg["r"]
+    assert acfg["use_rslora"]
+    s = acfg["lora_alpha"] / acfg["r"] ** 0.5  # rsLoRA
     assert delta and any(d.abs().max() > 0 for d in delta.values())
+    assert any(t.abs().max() > 0 for k, t in adapter.items() if "lora_B" in k)
     checked = 0
     for key, d in delta.items():
         name = key.removeprefix("base_model.model.")  # model.layers.0.self_attn.q_proj.weight
@@ -82,12 +96,13 @@ def test_merged_export_equals_base_plus_delta_plus_sBA(runs, tmp_path, monkeypat
         rel = (exported[name].double() - ref).norm() / ref.norm()
         assert rel <= 1e-5, (name, float(rel))
         checked += 1
-    assert checked == 4  # the smoke tiny Llama: 2 layers x (q_proj, v_proj)
+    assert checked == 8  # the smoke tiny Llama: 2 layers x (q, k, v, o)
 
     # The logits equal those of fedmom's in-memory evaluation model (base + delta + adapter).
     from fedmom_cli.export import load_run
 
     model, _, _ = load_run(run, "fp32")
+    assert exported["model.layers.0.self_attn.q_proj.weight"].dtype == torch.float32  # a bf16 run, fp32 out
     with torch.no_grad():
         mine = model(exported["__ids"][None]).logits[0]
     assert torch.allclose(mine, exported["__logits"], atol=1e-4, rtol=1e-4)
@@ -180,12 +195,59 @@ def test_push_uploads_the_export_with_its_card(runs, monkeypatch):
         def create_repo(self, repo, private, exist_ok):
             seen["repo"] = (repo, private, exist_ok)
 
-        def upload_folder(self, folder_path, repo_id, commit_message):
+        def repo_info(self, repo):
+            return type("Info", (), {"private": True})()
+
+        def upload_folder(self, folder_path, repo_id, commit_message, delete_patterns):
             seen["files"] = sorted(p.name for p in Path(folder_path).iterdir())
             seen["card"] = (Path(folder_path) / "README.md").read_text()
+            seen["marker"] = (Path(folder_path) / "fedmom_export.json").read_text()
+            seen["message"] = commit_message
 
     monkeypatch.setattr(hub, "_check_online", lambda: FakeApi())
     hub.push(runs["fedit"], "me/fedit-smoke", private=True, adapter_only=True)
     assert seen["repo"] == ("me/fedit-smoke", True, True)
     assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= set(seen["files"])
     assert "FedIT" in seen["card"]
+    assert str(runs["fedit"].parent) not in seen["marker"] + seen["message"]  # no machine path leaves
+
+
+def test_bf16_export_reports_what_rounding_loses(runs, tmp_path):
+    from fedmom_cli.export import export
+
+    info = export(runs["rich"], tmp_path / "b", precision="bf16")
+    assert (
+        info["precision"] == "bf16"
+        and 0 <= info["update_lost_to_rounding_mean"] <= info["update_lost_to_rounding_max"]
+    )
+    weights = load_file(tmp_path / "b" / "model.safetensors")
+    assert weights["model.layers.0.self_attn.q_proj.weight"].dtype == torch.bfloat16
+
+
+def test_adapter_with_base_delta(runs, tmp_path):
+    from fedmom_cli.export import export
+
+    info = export(runs["flora"], tmp_path / "a", adapter_only=True, with_base_delta=True)
+    assert info["kind"] == "adapter+delta" and not info["base_delta_dropped"]
+    assert (
+        load_file(tmp_path / "a" / "base_delta.safetensors").keys()
+        == load_file(runs["flora"] / "base_delta.safetensors").keys()
+    )
+    assert "is in this folder" in (tmp_path / "a" / "README.md").read_text()
+
+
+def test_out_dot_is_refused(runs, tmp_path, monkeypatch, capsys):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    code, _, err = run_main(monkeypatch, capsys, "export", runs["fedit"], "--out", ".", "--adapter-only")
+    assert code == 2 and "current folder" in err and list(here.iterdir()) == []
+
+
+def test_base_model_id_never_a_path():
+    from fedmom_cli.export import base_model_id
+
+    assert base_model_id("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
+    assert base_model_id("/nonexistent/home/alice/models/llama") == "llama"
+    assert base_model_id("/x/hub/models--org--name/snapshots/abc") == "org/name"
+    assert base_model_id("tiny") == "tiny"

@@ -101,7 +101,8 @@ def test_a_failing_client_fails_the_run_with_its_error(tmp_path):
         (["--engine", "flower", "--client-gpus", "0.5"], "no CUDA GPU"),
         (["--engine", "flower", "--client-gpus", "-1"], "--client-gpus must be"),
         (["--engine", "flower", "--client-gpus", "1.5"], "--client-gpus must be"),
-        (["--engine", "flower", "--client-cpus", "0"], "--client-cpus must be > 0"),
+        (["--engine", "flower", "--client-cpus", "0"], "--client-cpus must be in"),
+        (["--engine", "flower", "--client-cpus", "4096"], "this machine's cores"),
         (["--client-cpus", "2"], "apply to --engine flower only"),
     ],
 )

@@ -20,6 +20,7 @@ write: a failed eval leaves the folder as it was.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -31,7 +32,7 @@ from pathlib import Path
 import torch
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import evaltasks, lmeval_tasks, results, sandbox
+from fedmom_cli import evaltasks, lmeval_tasks, results, safety, sandbox
 from fedmom_cli.adapters import delta_key
 from fedmom_cli.benchmarks import FAMILY_TASKS
 from fedmom_cli.errors import UserError
@@ -156,6 +157,7 @@ def run(opts: EvalOptions) -> dict:
     names = _task_names(opts, cfg)
 
     code_tasks = {n for n in names if n == "synthetic_code" or n in CODE}  # run in fedmom's sandbox
+    isolation = None
     if code_tasks:  # before anything is loaded or written
         isolation = sandbox.require_isolation(opts.allow_unsandboxed_code)
         if opts.allow_unsandboxed_code:
@@ -180,7 +182,19 @@ def run(opts: EvalOptions) -> dict:
     if old and not opts.force and (again := [k for k in keys if k in old["tasks"]]):
         raise UserError(f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace")
 
-    # From here on, files are written.
+    # From here on, files are written; a run folder is locked while this process writes it.
+    lock = safety.RunLock(out) if opts.run_dir is not None else contextlib.nullcontext()
+    with lock:
+        if opts.run_dir is not None:  # another writer may have finished while we were planning
+            old = _existing(out, cfg, opts)
+            if old and not opts.force and (again := [k for k in keys if k in old["tasks"]]):
+                raise UserError(
+                    f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace"
+                )
+        return _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation)
+
+
+def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     specs, meta = [], {}
     if local:

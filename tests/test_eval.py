@@ -179,3 +179,14 @@ def test_eval_bad_input(tmp_path, smoke_run):
         ev.run(ev.EvalOptions(run_dir=smoke_run, tasks=["gsm8k"], protocol="lm-eval"))
     proc = run_cli(tmp_path / "nope")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not a finished" in proc.stderr
+
+
+def test_eval_waits_for_no_one_a_locked_run_folder_is_refused(smoke_run):
+    from fedmom_cli.safety import RunLock
+
+    before = (smoke_run / "eval.json").read_text() if (smoke_run / "eval.json").exists() else None
+    with RunLock(smoke_run):  # another process (here: this one) is writing the run folder
+        with pytest.raises(UserError, match="is being written by"):
+            ev.run(ev.EvalOptions(run_dir=smoke_run, limit=4, force=True))
+    after = (smoke_run / "eval.json").read_text() if (smoke_run / "eval.json").exists() else None
+    assert after == before

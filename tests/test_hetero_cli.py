@@ -246,7 +246,7 @@ def test_config_rank_that_does_not_match_the_tensors_is_refused(
         "--out",
         tmp_path / "o",
     )
-    assert code == 2 and "not rank r=8" in err and not (tmp_path / "o").exists()
+    assert code == 2 and "adapter_config.json says r=8" in err and not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("option", ["--layers", "--rank", "--clients", "--repeat"])

@@ -103,7 +103,12 @@ def build_cases(humaneval: list[dict], mbpp_test: list[dict], eos: str) -> list[
     for idx, doc in enumerate(mbpp_test):
         for name, tail in TAILS.items():
             cases.append(
-                {"task": "mbpp", "idx": idx, "variant": name, "completion": doc["code"] + tail.format(eos=eos)}
+                {
+                    "task": "mbpp",
+                    "idx": idx,
+                    "variant": name,
+                    "completion": doc["code"] + tail.format(eos=eos),
+                }
             )
         fenced = "```python\n" + doc["code"] + "\n```\nDone.\n"  # the harness stops at the closing fence
         cases.append({"task": "mbpp", "idx": idx, "variant": "python_fence", "completion": fenced})
@@ -227,8 +232,10 @@ def first_difference(a: str, b: str) -> str:
 
 def compare(cases, harness, fedmom, docs, show: int) -> dict:
     keys = ("prompt", "candidate", "program")
-    summary = {t: {"docs": 0, "cases": 0, **{f"{k}_identical": 0 for k in keys}, "docs_identical": 0}
-               for t in ("humaneval", "mbpp")}
+    summary = {
+        t: {"docs": 0, "cases": 0, **{f"{k}_identical": 0 for k in keys}, "docs_identical": 0}
+        for t in ("humaneval", "mbpp")
+    }
     per_doc: dict[tuple, bool] = {}
     variants: dict[tuple, list[int]] = {}
     shown: dict[tuple, int] = {}
@@ -246,7 +253,8 @@ def compare(cases, harness, fedmom, docs, show: int) -> dict:
                 if shown.get(kind, 0) < show:
                     shown[kind] = shown.get(kind, 0) + 1
                     doc = docs[case["task"]][case["idx"]]
-                    line = f"{case['task']} {doc['task_id']} [{case['variant']}] {k} differs {first_difference(h[k], f[k])}"
+                    where = f"{case['task']} {doc['task_id']} [{case['variant']}]"
+                    line = f"{where} {k} differs {first_difference(h[k], f[k])}"
                     examples.append(line)
         v = variants.setdefault((case["task"], case["variant"]), [0, 0])
         v[0] += same_all
@@ -276,18 +284,51 @@ def ensure_venv(venv: Path, spec: str, install: bool) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--venv", type=Path, default=REPO / ".bigcode-venv",
-                   help="virtual environment holding the harness (created when missing; default: .bigcode-venv)")
-    p.add_argument("--harness-spec", default=HARNESS_SPEC, help=f"pip requirement for the harness (default: {HARNESS_SPEC})")
-    p.add_argument("--no-install", action="store_true", help="never create or fill --venv (default: install when missing)")
-    p.add_argument("--humaneval", type=Path, default=DEFAULT_HUMANEVAL,
-                   help="HumanEval.jsonl(.gz), 164 problems (default: ../shared/data/humaneval/HumanEval.jsonl.gz)")
-    p.add_argument("--mbpp", type=Path, default=None,
-                   help="google-research mbpp.jsonl (task_id 1-974); default: a synthetic fixture in its schema")
-    p.add_argument("--eos", default="<|endoftext|>", help="the tokenizer's EOS text, a stop word on both sides (default: <|endoftext|>)")
-    p.add_argument("--show", type=int, default=1, help="differences printed per task, field and (for candidates) completion kind (default: 1)")
-    p.add_argument("--json-out", type=Path, default=None, help="also write the summary as JSON here (default: none)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--venv",
+        type=Path,
+        default=REPO / ".bigcode-venv",
+        help="virtual environment holding the harness (created when missing; default: .bigcode-venv)",
+    )
+    p.add_argument(
+        "--harness-spec",
+        default=HARNESS_SPEC,
+        help=f"pip requirement for the harness (default: {HARNESS_SPEC})",
+    )
+    p.add_argument(
+        "--no-install",
+        action="store_true",
+        help="never create or fill --venv (default: install when missing)",
+    )
+    p.add_argument(
+        "--humaneval",
+        type=Path,
+        default=DEFAULT_HUMANEVAL,
+        help="HumanEval.jsonl(.gz), 164 problems (default: ../shared/data/humaneval/HumanEval.jsonl.gz)",
+    )
+    p.add_argument(
+        "--mbpp",
+        type=Path,
+        default=None,
+        help="google-research mbpp.jsonl (task_id 1-974); default: a synthetic fixture in its schema",
+    )
+    p.add_argument(
+        "--eos",
+        default="<|endoftext|>",
+        help="the tokenizer's EOS text, a stop word on both sides (default: <|endoftext|>)",
+    )
+    p.add_argument(
+        "--show",
+        type=int,
+        default=1,
+        help="differences printed per task, field and (for candidates) completion kind (default: 1)",
+    )
+    p.add_argument(
+        "--json-out", type=Path, default=None, help="also write the summary as JSON here (default: none)"
+    )
     p.add_argument("--harness-side", nargs=2, type=Path, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.harness_side:
@@ -310,24 +351,33 @@ def main(argv=None) -> int:
             print("error: fedmom's MBPP selection is not task_id 11-510 in order", file=sys.stderr)
             return 1
         job = work / "job.json"
-        job.write_text(json.dumps({"humaneval": humaneval, "mbpp": mbpp_test, "eos": args.eos, "cases": cases}))
-        subprocess.run([str(python), __file__, "--harness-side", str(job), str(work / "harness.json")], check=True)
+        job.write_text(
+            json.dumps({"humaneval": humaneval, "mbpp": mbpp_test, "eos": args.eos, "cases": cases})
+        )
+        subprocess.run(
+            [str(python), __file__, "--harness-side", str(job), str(work / "harness.json")], check=True
+        )
         harness = json.loads((work / "harness.json").read_text(encoding="utf-8"))
-    report = compare(cases, harness["results"], fedmom, {"humaneval": humaneval, "mbpp": mbpp_test}, args.show)
+    report = compare(
+        cases, harness["results"], fedmom, {"humaneval": humaneval, "mbpp": mbpp_test}, args.show
+    )
     source = f"{args.mbpp}" if args.mbpp else "synthetic fixture (no --mbpp file)"
     print(f"harness: nvidia-bigcode-eval {harness['version']} in {args.venv}; eos {args.eos!r}")
     print(f"HumanEval: {args.humaneval}; MBPP: {source}, {len(mbpp_test)} test docs (task_id 11-510)")
     for task, s in report["summary"].items():
         print(
             f"{task}: {s['docs_identical']}/{s['docs']} docs identical in every case; cases {s['cases']}: "
-            f"prompt {s['prompt_identical']}, candidate {s['candidate_identical']}, program {s['program_identical']} identical"
+            f"prompt {s['prompt_identical']}, candidate {s['candidate_identical']}, "
+            f"program {s['program_identical']} identical"
         )
     print("identical (prompt, candidate and program) per completion kind:")
     print("  " + "; ".join(f"{k} {v}" for k, v in report["by_variant"].items()))
     for line in report["examples"]:
         print("  " + line)
     if args.json_out:
-        args.json_out.write_text(json.dumps({**report, "mbpp_source": source, "version": harness["version"]}, indent=2) + "\n")
+        args.json_out.write_text(
+            json.dumps({**report, "mbpp_source": source, "version": harness["version"]}, indent=2) + "\n"
+        )
     ok = all(s["docs_identical"] == s["docs"] for s in report["summary"].values())
     print("IDENTICAL" if ok else "DIFFERENT")
     return 0 if ok else 1

@@ -22,8 +22,17 @@ def test_fedmom_code_path_is_byte_identical_to_bigcode(shared_data, tmp_path):
     venv = os.environ.get("FEDMOM_BIGCODE_VENV")
     if not venv:
         pytest.skip("set FEDMOM_BIGCODE_VENV to a venv holding nvidia-bigcode-eval")
-    cmd = [sys.executable, str(SCRIPT), "--no-install", "--venv", venv, "--json-out", str(tmp_path / "r.json"),
-           "--humaneval", str(shared_data / "humaneval" / "HumanEval.jsonl.gz")]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--no-install",
+        "--venv",
+        venv,
+        "--json-out",
+        str(tmp_path / "r.json"),
+        "--humaneval",
+        str(shared_data / "humaneval" / "HumanEval.jsonl.gz"),
+    ]
     if os.environ.get("FEDMOM_BIGCODE_MBPP"):
         cmd += ["--mbpp", os.environ["FEDMOM_BIGCODE_MBPP"]]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}

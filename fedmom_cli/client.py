@@ -113,34 +113,6 @@ def train_client(
         device_placement=False,
         scaler=accelerator.scaler,
     )
-    return _steps(
-        model,
-        params,
-        examples,
-        optimizer,
-        steps,
-        batch_size,
-        grad_accum,
-        max_grad_norm,
-        pad_id,
-        accelerator,
-        label,
-    )
-
-
-def _steps(
-    model,
-    params,
-    examples,
-    optimizer,
-    steps,
-    batch_size,
-    grad_accum,
-    max_grad_norm,
-    pad_id,
-    accelerator,
-    label,
-) -> ClientStats:
     model.train()
     micro = batch_size // grad_accum
     losses, compute = [], 0.0

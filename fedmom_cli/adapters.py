@@ -191,16 +191,8 @@ def write_adapter(folder: Path, config: dict, tensors: dict[str, Tensor]) -> Non
     save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt"})
 
 
-@contextmanager
-def fresh_output_dir(
-    out: Path, force: bool = False, recognise=None, what: str | None = None
-) -> Iterator[Path]:
-    """Yield a temporary folder beside `out`; on success it replaces `out` in one rename.
-
-    An existing non-empty `out` is an error unless `force`, and --force only replaces an earlier
-    output of the same kind (`recognise`; default: a `fedmom aggregate` output); on any failure
-    nothing is left behind.
-    """
+def check_output_dir(out: Path, force: bool = False, recognise=None, what: str | None = None) -> Path:
+    """The checks of `fresh_output_dir`, callable early (before expensive work); returns `out` resolved."""
     from fedmom_cli import safety
 
     safety.check_out(Path(out), "dir")
@@ -214,6 +206,20 @@ def fresh_output_dir(
         recognise or safety.is_aggregate_folder,
         what or "a `fedmom aggregate` output folder",
     )
+    return out
+
+
+@contextmanager
+def fresh_output_dir(
+    out: Path, force: bool = False, recognise=None, what: str | None = None
+) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; on success it replaces `out` in one rename.
+
+    An existing non-empty `out` is an error unless `force`, and --force only replaces an earlier
+    output of the same kind (`recognise`; default: a `fedmom aggregate` output); on any failure
+    nothing is left behind.
+    """
+    out = check_output_dir(out, force, recognise, what)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     old = None

@@ -187,13 +187,6 @@ def is_export(folder: Path) -> bool:
 WHAT = "a `fedmom export` folder"
 
 
-def _check_out(out: Path, force: bool) -> None:
-    from fedmom_cli import safety
-
-    safety.check_out(out, "dir")
-    safety.check_replaceable(out, force, is_export, WHAT)
-
-
 def export(
     run_dir: Path,
     out: Path,
@@ -210,7 +203,7 @@ def export(
     below bf16's resolution at the weights' magnitude: with `--precision bf16|fp16` the fraction of
     the update (delta + s B A) that the rounded weights do not show is measured and reported.
     """
-    from fedmom_cli.adapters import fresh_output_dir
+    from fedmom_cli.adapters import check_output_dir, fresh_output_dir
     from fedmom_cli.model import check_model_source
 
     run_dir, out = Path(run_dir), Path(out)
@@ -232,7 +225,7 @@ def export(
             "model (no --adapter-only), add --with-base-delta to ship the delta beside the adapter, or "
             "--drop-base-delta to export the incomplete adapter knowingly"
         )
-    _check_out(out, force)
+    check_output_dir(out, force, is_export, WHAT)  # before the model is loaded
     if not adapter_only:
         check_model_source(cfg)  # before any folder is made
     evals = _read_eval(run_dir)

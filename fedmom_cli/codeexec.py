@@ -23,6 +23,7 @@ import gzip
 import json
 import math
 import os
+import re
 import statistics
 import time
 from collections import Counter
@@ -45,6 +46,43 @@ def program(task: str, doc: dict, completion: str) -> str:
         return f"{doc['prompt']}{completion}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n"
     setup = doc.get("test_setup_code") or ""
     return f"{doc.get('prompt', '')}{completion}\n\n{setup}\n" + "\n".join(doc["test_list"]) + "\n"
+
+
+# bigcode-evaluation-harness (tasks/humaneval.py, tasks/mbpp.py, custom_metrics/code_eval.py), the
+# protocol behind the paper's code numbers: what `fedmom eval RUN_DIR` generates from and executes.
+HUMANEVAL_STOPS = ["\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```", "<file_sep>"]
+MBPP_STOPS = ["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"]
+MBPP_UNTIL = [stop for stop in MBPP_STOPS if stop != "\n```"]  # see bigcode_program
+_PYTHON_FENCE = re.compile("(?<=```python\n)((?:\n|.)+?)(?=\n```)")
+
+
+def bigcode_prompt(task: str, doc: dict) -> str:
+    """The harness's prompt: HumanEval's stripped (its default task "humaneval"); MBPP's docstring of
+    the text and the first test (InCoder's format)."""
+    if task == "humaneval":
+        return doc["prompt"].strip()
+    return f'"""\n{doc["text"]}\n{doc["test_list"][0]}\n"""\n'
+
+
+def bigcode_program(task: str, doc: dict, generation: str) -> str:
+    """The program the harness executes for one generation: candidate + "\\n" + reference (its
+    code_eval.py). HumanEval: candidate = prompt + generation cut at the first stop word, reference
+    "\\n" + test + "\\n" + "check(entry_point)". MBPP: the harness halts generation once a stop word
+    appears and first looks for a ```python block in prompt + that text; the candidate is prompt + the
+    block's code when there is one, else prompt + generation cut at the first stop word; the
+    reference is the test_list joined by newlines (the harness runs no test_setup_code, so neither
+    does this). `fedmom eval` asks lm-eval to stop MBPP generation at every stop word but "\\n```"
+    (MBPP_UNTIL), so that the fence is still visible here; cutting at it happens here."""
+    prompt = bigcode_prompt(task, doc)
+    stops = HUMANEVAL_STOPS if task == "humaneval" else MBPP_STOPS
+    hits = [(i, stop) for stop in stops if (i := generation.find(stop)) != -1]
+    cut = min(hits)[0] if hits else len(generation)
+    if task == "humaneval":
+        return f"{prompt}{generation[:cut]}\n\n{doc['test']}\ncheck({doc['entry_point']})"
+    halted = generation[: cut + len(min(hits)[1])] if hits else generation
+    fenced = _PYTHON_FENCE.search(prompt + halted)
+    candidate = prompt + fenced[0] if fenced else prompt + generation[:cut]
+    return candidate + "\n" + "\n".join(doc["test_list"])
 
 
 def score_one(task: str, doc: dict, completion: str, timeout: float = 10.0, **kw) -> sandbox.Outcome:

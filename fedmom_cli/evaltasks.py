@@ -3,9 +3,11 @@
 The training-format protocol asks the question the way the model was fine-tuned (zero-shot, greedy):
 - gsm8k, math: the MetaMath/Alpaca prompt; the answer after "The answer is" (answers.py).
 - boolq ... openbookqa: the LLM-Adapters prompt; the first answer token of the dataset's kind.
-- humaneval, mbpp: plain code completion as the bigcode harness does (HumanEval's prompt; MBPP's
-  text and first test as a docstring, its stop words, the 500 test problems task_id 11-510), each
-  completion run against the tests in the sandbox; pass@1 of the greedy completion.
+- humaneval, mbpp: the bigcode harness's protocol, byte for byte (codeexec.bigcode_prompt/_program:
+  HumanEval's stripped prompt, MBPP's text and first test as a docstring, the harness's stop words
+  and program layout, the 500 MBPP test problems task_id 11-510; checked against the harness itself
+  by scripts/check_bigcode_equivalence.py), each program run in the sandbox; pass@1 of the greedy
+  completion.
 - synthetic_math / synthetic_commonsense / synthetic_code: held-out synthetic rows for smoke runs.
 Files are read from a data folder in each source's own format (`--data-dir`); see LOCAL_FILES.
 """
@@ -45,9 +47,7 @@ LM_EVAL_NAMES = {  # the same benchmarks under lm-eval's own task names (its own
     "humaneval": "humaneval",
     "mbpp": "mbpp",
 }
-CODE_STOPS = ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "\nassert"]
-# bigcode-evaluation-harness's mbpp.py: stop words, and the test split = task_id 11-510 (500 problems).
-MBPP_STOPS = ["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"]
+# bigcode-evaluation-harness: its stop words (codeexec) and MBPP's test split = task_id 11-510 (500).
 MBPP_TEST_IDS = range(11, 511)
 # Train-format math: the fine-tuned answer ends with EOS (HFLM stops there); a base model instead
 # invents the next Alpaca block ("### Instruction", "### Explanation", ...), so generation also
@@ -78,10 +78,6 @@ def _commonsense_prompt(doc):
 
 def _code_program(doc, completion: str) -> str:  # the one scorer of `fedmom eval --generations`
     return codeexec.program("humaneval" if "entry_point" in doc else "mbpp", doc, completion)
-
-
-def _mbpp_prompt(doc):
-    return f'"""\n{doc["text"]}\n{doc["test_list"][0]}\n"""\n'
 
 
 def _synthetic_code_program(doc, generation: str) -> str:
@@ -121,18 +117,18 @@ def _task(name: str) -> EvalTask:
         return EvalTask(
             name,
             "pass@1",
-            lambda d: d["prompt"],
-            lambda d, g: run_program(_code_program(d, g)).passed,
-            CODE_STOPS,
+            lambda d: codeexec.bigcode_prompt("humaneval", d),
+            lambda d, g: run_program(codeexec.bigcode_program("humaneval", d, g)).passed,
+            codeexec.HUMANEVAL_STOPS,
             512,
         )
     if name == "mbpp":
         return EvalTask(
             name,
             "pass@1",
-            _mbpp_prompt,
-            lambda d, g: run_program(_code_program(dict(d, prompt=""), g)).passed,
-            MBPP_STOPS,
+            lambda d: codeexec.bigcode_prompt("mbpp", d),
+            lambda d, g: run_program(codeexec.bigcode_program("mbpp", d, g)).passed,
+            codeexec.MBPP_UNTIL,
             512,
         )
     if name == "synthetic_math":

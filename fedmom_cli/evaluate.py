@@ -205,10 +205,9 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
             jsonl = work / f"{name}.jsonl"
             jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
             specs.append(evaltasks.lm_eval_config(name, jsonl, max_gen_cap=cap and cap // 2))
-            # fedmom's own code path: bigcode's prompts and tests, but not yet byte-identical to the
-            # harness (scripts/check_bigcode_equivalence.py, docs/evaluation.md), so it is not
-            # labelled "bigcode" and the report does not set it beside the paper's numbers
-            kind = "bigcode-like" if name in CODE else "train-format"
+            # fedmom's own code path, byte-identical to the bigcode harness's programs
+            # (scripts/check_bigcode_equivalence.py, docs/evaluation.md)
+            kind = "bigcode" if name in CODE else "train-format"
             meta[f"fedmom_{name}"] = (name, kind)
     for p in planned:
         specs.extend(p.spec)

@@ -12,10 +12,11 @@ install takes ~35 s and ~630 MB) and compares, per document and completion:
 
 - prompt: harness `task.get_prompt(doc)` vs the context lm-eval builds from fedmom's task config
   (`evaltasks.lm_eval_config`, the config `fedmom eval` runs);
-- candidate: harness `task.postprocess_generation(prompt + completion, idx)` (its stop words plus the
-  tokenizer's EOS, which the harness's generation.py appends to `task.stop_words`) vs fedmom's
-  prompt + lm-eval's truncation (`handle_stop_sequences` + `postprocess_generated_text`, what HFLM's
-  generate_until applies with fedmom's `until`);
+- candidate: harness `task.postprocess_generation(prompt + generated, idx)`, where `generated` is the
+  completion up to its first stop word, as the harness's generation loop halts there (its stop words
+  plus the tokenizer's EOS, which generation.py appends to `task.stop_words`) vs the candidate in
+  the program fedmom runs, after lm-eval's truncation (`handle_stop_sequences` +
+  `postprocess_generated_text`, what HFLM's generate_until applies with fedmom's `until`);
 - program: the text the harness executes (`compute_code_eval` builds `candidate + "\\n" + reference`;
   captured through its `correctness_func` argument, nothing is run) vs the text fedmom hands to the
   sandbox (captured by replacing `evaltasks.run_program` while lm-eval's `process_results` runs).
@@ -112,6 +113,8 @@ def build_cases(humaneval: list[dict], mbpp_test: list[dict], eos: str) -> list[
             )
         fenced = "```python\n" + doc["code"] + "\n```\nDone.\n"  # the harness stops at the closing fence
         cases.append({"task": "mbpp", "idx": idx, "variant": "python_fence", "completion": fenced})
+        stopped = "```python\n" + doc["code"] + "\nprint(1)\n```\n"  # a stop word inside the block
+        cases.append({"task": "mbpp", "idx": idx, "variant": "python_fence_stop", "completion": stopped})
     return cases
 
 
@@ -148,7 +151,8 @@ def harness_side(in_path: Path, out_path: Path) -> None:
         dataset = task.get_dataset() if case["task"] == "humaneval" else task.dataset["test"]
         doc = dataset[case["idx"]]
         prompt = task.get_prompt(doc)
-        candidate = task.postprocess_generation(prompt + case["completion"], case["idx"])
+        generated = halted(case["completion"], task.stop_words)
+        candidate = task.postprocess_generation(prompt + generated, case["idx"])
         compute_code_eval(
             predictions=[[candidate]],
             references=[task.get_reference(doc)],
@@ -162,6 +166,15 @@ def harness_side(in_path: Path, out_path: Path) -> None:
     out_path.write_text(
         json.dumps({"version": metadata.version("nvidia-bigcode-eval"), "results": out}), encoding="utf-8"
     )
+
+
+def halted(completion: str, stop_words: list[str]) -> str:
+    """What the harness's generation loop hands to post-processing: its EndOfFunctionCriteria stops
+    generating once a stop word (EOS included) appears in the generated text, so the text ends with
+    the first stop word. (It ends with the rest of the token that completed the stop word, which
+    text alone cannot show; no completion kind here depends on it.)"""
+    hits = [i + len(w) for w in stop_words if (i := completion.find(w)) != -1]
+    return completion[: min(hits)] if hits else completion
 
 
 # ----------------------------------------------------------------------------- fedmom side
@@ -211,10 +224,20 @@ def fedmom_side(humaneval: list[dict], mbpp_rows: list[dict], cases: list[dict],
             until = handle_stop_sequences(list(gen_kwargs["until"]), eos=eos)  # HFLM adds the EOS
             generation = postprocess_generated_text(completion, stop=until, think_end_token=None)
             task.process_results(inst.doc, [generation])
-            out.append({"prompt": context, "candidate": context + generation, "program": captured.pop()})
+            program = captured.pop()
+            reference = _reference(case["task"], inst.doc)  # the candidate: the program less the tests
+            candidate = program[: -len(reference)] if program.endswith(reference) else program
+            out.append({"prompt": context, "candidate": candidate, "program": program})
     finally:
         evaltasks.run_program = original
     return selected_mbpp, out
+
+
+def _reference(task: str, doc: dict) -> str:
+    """The text after the candidate in a program the harness would build (code_eval.py)."""
+    if task == "humaneval":
+        return f"\n\n{doc['test']}\ncheck({doc['entry_point']})"
+    return "\n" + "\n".join(doc["test_list"])
 
 
 def _harness_prompt_text(task: str, doc: dict) -> str:

@@ -289,7 +289,11 @@ def test_mbpp_is_bigcodes_500_test_problems_with_its_prompt(mbpp_file):
     task = evaltasks._task("mbpp")
     doc = rows[0]
     assert task.prompt(doc) == '"""\n' + doc["text"] + "\n" + doc["test_list"][0] + '\n"""\n'
-    assert task.until == ["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"]
+    from fedmom_cli import codeexec
+
+    assert codeexec.MBPP_STOPS == ["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"]
+    # lm-eval stops at all but the fence; bigcode_program cuts there after looking for a ```python block
+    assert task.until == ["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/"]
     lines = mbpp_file.read_text().splitlines()
     (mbpp_file.parent / "short.jsonl").write_text("\n".join(lines[:300]) + "\n")
     with pytest.raises(UserError, match="lacks 210 of the 500 test problems"):

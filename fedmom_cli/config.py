@@ -75,6 +75,10 @@ class TrainConfig:
     # heterogeneous client ranks: client k trains a rank-client_ranks[k] LoRA with the same scaling
     # lora_alpha / lora_r (see fedmom_cli/hetero.py and docs/methods.md); lora_r is the global rank
     client_ranks: list[int] | None = None
+    # how the accumulated base delta reaches the forward pass: merged (cast into the weights) or
+    # separate (a frozen side path x @ D^T, exact in bf16/fp16); unset: separate unless fp32
+    # (fedmom_cli/model.py, docs/miniature.md)
+    delta_path: str | None = None
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(as_dict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -82,7 +86,7 @@ class TrainConfig:
 
 #: Keys added after runs were recorded: left out of hashes and config.yaml while unset, so that
 #: existing run folders keep their hash (and resume) unchanged.
-LATER_KEYS = ("client_ranks",)
+LATER_KEYS = ("client_ranks", "delta_path")
 
 
 def as_dict(cfg: TrainConfig) -> dict:
@@ -156,6 +160,10 @@ def _check(cfg: TrainConfig) -> TrainConfig:
     for key, choices in CHOICES.items():
         if getattr(cfg, key) not in choices:
             raise UserError(f"{key} must be one of {', '.join(choices)}, got {getattr(cfg, key)!r}")
+    if cfg.delta_path not in (None, "merged", "separate"):
+        raise UserError(
+            f"delta_path must be merged or separate (unset: by precision), got {cfg.delta_path!r}"
+        )
     positive = ("lora_r", "clients", "rounds", "local_steps", "batch_size", "grad_accum", "cutoff_len")
     for key in positive:
         if getattr(cfg, key) < 1:

@@ -33,10 +33,9 @@ import torch
 
 from fedmom_cli import config as cfgmod
 from fedmom_cli import evaltasks, lmeval_tasks, results, safety, sandbox
-from fedmom_cli.adapters import delta_key
 from fedmom_cli.benchmarks import FAMILY_TASKS
 from fedmom_cli.errors import UserError
-from fedmom_cli.model import check_model_source, load_base_model, load_tokenizer, lora_modules
+from fedmom_cli.model import check_model_source, load_base_model, load_tokenizer, uses_separate_path
 
 SYNTHETIC_EVAL_ROWS = 40
 PROTOCOLS = ("lm-eval", "train-format")
@@ -69,13 +68,12 @@ def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
     from peft import PeftModel
     from safetensors.torch import load_file
 
+    from fedmom_cli.export import apply_base_delta
+
     model = PeftModel.from_pretrained(model, opts.run_dir / "adapter")
     deltas = load_file(opts.run_dir / "base_delta.safetensors")
-    with torch.no_grad():
-        for name, module in lora_modules(model).items():
-            if delta_key(name) in deltas:
-                w = module.base_layer.weight
-                w.copy_((w.float() + deltas[delta_key(name)]).to(w.dtype))
+    # as the run trained: a float32 side path in bf16/fp16 unless the run merged (fedmom_cli/model.py)
+    apply_base_delta(model, deltas, separate=uses_separate_path(cfg))
     return model.eval(), tokenizer
 
 

@@ -87,23 +87,31 @@ def read_delta(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def apply_base_delta(model, delta: dict[str, torch.Tensor]) -> int:
+def apply_base_delta(model, delta: dict[str, torch.Tensor], separate: bool | None = None) -> int:
     """Add a run's base delta to the frozen weights of `model` (a PeftModel or the plain base model
-    it wraps); keys are `<PEFT module name>.weight`. Returns how many weights were changed."""
+    it wraps); keys are `<PEFT module name>.weight`. Returns how many weights were changed.
+    `separate` (None: when the weights are not float32) keeps each delta on a float32 side path
+    of its nn.Linear (fedmom_cli.model.DeltaPath) instead of rounding it into a bf16/fp16 weight."""
     from fedmom_cli.adapters import delta_key
-    from fedmom_cli.model import lora_modules
+    from fedmom_cli.model import DeltaPath, lora_modules
 
     modules = lora_modules(model)
     if modules:
-        targets = {delta_key(n): m.base_layer.weight for n, m in modules.items()}
+        layers = {delta_key(n): m.base_layer for n, m in modules.items()}
+        targets = {key: layer.weight for key, layer in layers.items()}
     else:  # a plain model: PEFT names are base_model.model.<name>
         targets = {"base_model.model." + n: p for n, p in model.named_parameters(remove_duplicate=False)}
+        layers = {"base_model.model." + n + ".weight": m for n, m in model.named_modules()}
     missing = sorted(set(delta) - set(targets))
     if missing:
         raise UserError(f"base delta key {missing[0]!r} matches no weight of the model")
     for key, d in delta.items():
         w = targets[key]
-        w.copy_((w.float() + d.to(w.device, torch.float32)).to(w.dtype))
+        side = separate if separate is not None else w.dtype != torch.float32
+        if side and isinstance(layers.get(key), torch.nn.Linear):
+            DeltaPath(layers[key]).set(d, w)
+        else:
+            w.copy_((w.float() + d.to(w.device, torch.float32)).to(w.dtype))
     return len(delta)
 
 

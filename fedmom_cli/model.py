@@ -4,9 +4,18 @@ This is the one place that knows PEFT's module layout. Factors are keyed like th
 (`base_model.model.model.layers.0.self_attn.q_proj`), A is (r, in) and B is (out, r), and a
 delta is added to the `nn.Linear` weight in (out, in) layout, already scaled by s.
 
-Base deltas accumulate in float32, off the model: the frozen weight of a module is always set to
-`original + accumulated delta` cast to the model's dtype, so bf16 weights never lose a small delta
-to rounding round after round, and the accumulated delta is what `base_delta.safetensors` holds.
+Base deltas accumulate in float32, off the model, and reach the forward pass in one of two ways
+(`delta_path`, chosen by `uses_separate_path`):
+- merged (fp32's default): the frozen weight is set to cast(original + accumulated delta) every
+  round; exact in float32.
+- separate (bf16/fp16's default): the frozen weight stays the original and the layer computes
+  x @ W0^T + x @ D^T in float32, rounded once to the model's dtype (`DeltaPath`). In bf16 a weight
+  of magnitude 0.02-0.1 has a resolution of 1e-4 to 4e-4 and FedMomentum's / FedEx-LoRA's
+  per-round residuals are far smaller per entry, so cast(W0 + D) shows none of them (measured:
+  99.2-100 % of each round's residual lost, docs/miniature.md). Cost, on the targeted modules only:
+  float32 matmuls instead of bf16 ones, and D in float32 (4 bytes per targeted weight entry: 4.3 GB
+  for LLaMA2-7B's q_proj and v_proj).
+Either way the accumulated delta is what `base_delta.safetensors` holds.
 """
 
 from __future__ import annotations
@@ -97,9 +106,7 @@ def load_base_model(cfg: TrainConfig, tokenizer):
             return LlamaForCausalLM(config).to(dtype)
     from transformers import AutoModelForCausalLM
 
-    return _from_pretrained(
-        AutoModelForCausalLM.from_pretrained, source(cfg.model), "model", dtype=dtype
-    )
+    return _from_pretrained(AutoModelForCausalLM.from_pretrained, source(cfg.model), "model", dtype=dtype)
 
 
 def attach_lora(model, cfg: TrainConfig):
@@ -160,12 +167,56 @@ def set_trainable(modules: dict, which: frozenset[str]) -> list[torch.nn.Paramet
     return params
 
 
-class BaseWeights:
-    """Original frozen weights of the LoRA modules (CPU) and the float32 delta accumulated on them."""
+def uses_separate_path(cfg: TrainConfig) -> bool:
+    """delta_path: "separate" / "merged" as given; unset: separate unless the weights are float32."""
+    return cfg.delta_path == "separate" if cfg.delta_path else cfg.precision != "fp32"
 
-    def __init__(self, modules: dict) -> None:
+
+class DeltaPath:
+    """The accumulated base delta D on one frozen nn.Linear without rounding it into the weight: the
+    layer computes y = x @ W0^T + x @ D^T in float32 (autocast off; bf16 inputs and weights are
+    exact in float32) and rounds once to the dtype it would have returned. Rounding W0 + D into a
+    bf16 weight loses D; adding x @ D^T to the already rounded bf16 output x @ W0^T loses it too
+    (a value on the bf16 grid plus less than half a step rounds back to itself); one rounding of
+    the float32 sum keeps it in expectation, as the LoRA branch's own contribution is kept. No
+    gradient reaches D; the input's gradient includes D^T. Replaces the layer's forward (an instance
+    attribute) while set; `remove` restores it."""
+
+    def __init__(self, layer: torch.nn.Linear) -> None:
+        self.layer = layer
+        self.delta: torch.Tensor | None = None
+        layer.forward = self.forward
+
+    def set(self, delta: torch.Tensor | None, like: torch.Tensor) -> None:
+        self.delta = None if delta is None else delta.detach().to(like.device, torch.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        if self.delta is None:
+            return torch.nn.functional.linear(x, layer.weight, layer.bias)
+        device = x.device.type
+        out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        with torch.autocast(device, enabled=False):
+            bias = None if layer.bias is None else layer.bias.float()
+            y = torch.nn.functional.linear(x.float(), layer.weight.float(), bias)
+            y = y + torch.nn.functional.linear(x.float(), self.delta)
+        return y.to(out_dtype)
+
+    def remove(self) -> None:
+        if "forward" in vars(self.layer):
+            del self.layer.forward
+        self.delta = None
+
+
+class BaseWeights:
+    """Original frozen weights of the LoRA modules (CPU) and the float32 delta accumulated on them;
+    with `separate`, the delta reaches the forward pass through a DeltaPath per module instead of
+    being cast into the weight."""
+
+    def __init__(self, modules: dict, separate: bool = False) -> None:
         self.original = {n: m.base_layer.weight.detach().to("cpu", copy=True) for n, m in modules.items()}
         self.delta: dict[str, torch.Tensor] = {}
+        self.paths = {n: DeltaPath(m.base_layer) for n, m in modules.items()} if separate else {}
 
     def add(self, name: str, delta: torch.Tensor) -> None:
         d = delta.detach().to("cpu", torch.float32)
@@ -174,23 +225,31 @@ class BaseWeights:
     def rounding_loss(self, name: str, delta: torch.Tensor, dtype: torch.dtype) -> float | None:
         """How much of this round's `delta` the weights of `dtype` fail to show, relative:
         ||(cast(W0 + D + d) - cast(W0 + D)) - d|| / ||d|| (0: all of it arrives; 1: none of it).
-        None in float32, where nothing is lost beyond float32 rounding."""
+        None for float32 weights, where nothing is lost beyond float32 rounding. With the separate
+        path the forward pass sees the float32 D itself: ||(D + d) - D - d|| / ||d||, about 1e-7."""
         if dtype == torch.float32:
             return None
         d = delta.detach().to("cpu", torch.float32)
         norm = float(d.norm())
         if norm == 0.0:
             return 0.0
+        if self.paths:
+            before = self.delta.get(name, torch.zeros_like(d))
+            return float(((before + d) - before - d).norm()) / norm
         before = self.effective(name)
         shown = (before + d).to(dtype).float() - before.to(dtype).float()
         return float((shown - d).norm()) / norm
 
     @torch.no_grad()
     def apply(self, modules: dict, names=None) -> None:
-        """Set weight = original + accumulated delta (cast once) for the given modules."""
+        """Set weight = original + accumulated delta (cast once), or the side path's delta, for the
+        given modules."""
         for n in names if names is not None else self.delta:
             w = modules[n].base_layer.weight
-            w.copy_((self.original[n].float() + self.delta[n]).to(w.device, w.dtype))
+            if self.paths:
+                self.paths[n].set(self.delta[n], w)
+            else:
+                w.copy_((self.original[n].float() + self.delta[n]).to(w.device, w.dtype))
 
     @torch.no_grad()
     def load(self, modules: dict, delta: dict[str, torch.Tensor]) -> None:
@@ -198,8 +257,23 @@ class BaseWeights:
         self.delta = {n: d.to("cpu", torch.float32) for n, d in delta.items()}
         for n, m in modules.items():
             w = m.base_layer.weight
+            if self.paths:
+                w.copy_(self.original[n].to(w.device, w.dtype))
+                self.paths[n].set(self.delta.get(n), w)
+                continue
             value = self.original[n].float() + self.delta[n] if n in self.delta else self.original[n]
             w.copy_(value.to(w.device, w.dtype))
+
+    @torch.no_grad()
+    def fold(self, modules: dict) -> None:
+        """Remove the side paths and cast original + delta into the weights (before merging or
+        saving a whole model, which has no side path)."""
+        for n, path in self.paths.items():
+            path.remove()
+            w = modules[n].base_layer.weight
+            value = self.original[n].float() + self.delta[n] if n in self.delta else self.original[n]
+            w.copy_(value.to(w.device, w.dtype))
+        self.paths = {}
 
     def effective(self, name: str) -> torch.Tensor:
         base = self.original[name].float()

@@ -39,6 +39,7 @@ from fedmom_cli.model import (
     lora_modules,
     set_factors,
     set_trainable,
+    uses_separate_path,
 )
 from fedmom_cli.partition import check_partition, make_partition
 from fedmom_cli.tasks import IGNORE_INDEX, encode, get_task
@@ -94,7 +95,7 @@ class Simulation:
             model.enable_input_require_grads()
         self.model = model.to(self.accelerator.device)
         self.modules = lora_modules(self.model)
-        self.base = BaseWeights(self.modules)
+        self.base = BaseWeights(self.modules, separate=uses_separate_path(cfg))
         self.global_factors = get_factors(self.modules)
         options = {k: getattr(cfg, k) for k in ("tau", "svd") if k in method_options(cfg.method)}
         lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, use_rslora=cfg.use_rslora)
@@ -406,6 +407,7 @@ class Simulation:
         save_file(deltas, self.run_dir / ".base_delta.tmp", metadata={"format": "pt"})
         (self.run_dir / ".base_delta.tmp").replace(self.run_dir / "base_delta.safetensors")
         if save_merged:
+            self.base.fold(self.modules)  # a saved model has no side path: the delta goes into the weights
             merged = self.model.merge_and_unload()
             merged.save_pretrained(self.run_dir / "merged")
             self.tokenizer.save_pretrained(self.run_dir / "merged")

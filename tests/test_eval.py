@@ -75,10 +75,17 @@ def test_all_humaneval_canonical_solutions_pass_and_broken_ones_fail(shared_data
         return p["prompt"][len(p["prompt"].rstrip()) :] + body
 
     with ThreadPoolExecutor(4) as pool:
-        passed = list(pool.map(lambda p: score(p, after_stripped_prompt(p, p["canonical_solution"])), problems))
-        broken = list(pool.map(lambda p: score(p, after_stripped_prompt(p, "    return None\n")), problems[:20]))
+        passed = list(
+            pool.map(lambda p: score(p, after_stripped_prompt(p, p["canonical_solution"])), problems)
+        )
+        broken = list(
+            pool.map(lambda p: score(p, after_stripped_prompt(p, "    return None\n")), problems[:20])
+        )
         syntax = list(
-            pool.map(lambda p: score(p, after_stripped_prompt(p, p["canonical_solution"] + "\n  )(")), problems[:10])
+            pool.map(
+                lambda p: score(p, after_stripped_prompt(p, p["canonical_solution"] + "\n  )(")),
+                problems[:10],
+            )
         )
     assert sum(passed) == 164 and answers.pass_at_k(1, 1, 1) == 1.0
     assert not any(broken) and not any(syntax)
@@ -199,33 +206,78 @@ def test_eval_waits_for_no_one_a_locked_run_folder_is_refused(smoke_run):
     assert after == before
 
 
-HE_DOC = {"prompt": "\n\ndef f(x):\n    \"\"\"Add one.\"\"\"\n", "test": "def check(c):\n    assert c(1) == 2\n",
-          "entry_point": "f"}
-MBPP_DOC = {"text": "Add one.", "test_list": ["assert f(1) == 2", "assert f(2) == 3"],
-            "test_setup_code": "import math"}
+HE_DOC = {
+    "prompt": '\n\ndef f(x):\n    """Add one."""\n',
+    "test": "def check(c):\n    assert c(1) == 2\n",
+    "entry_point": "f",
+}
+MBPP_DOC = {
+    "text": "Add one.",
+    "test_list": ["assert f(1) == 2", "assert f(2) == 3"],
+    "test_setup_code": "import math",
+}
 MBPP_PROMPT = '"""\nAdd one.\nassert f(1) == 2\n"""\n'
+HE_PROG = (
+    'def f(x):\n    """Add one."""\n    return x + 1{gap}def check(c):\n    assert c(1) == 2\n\ncheck(f)'
+)
 MBPP_TESTS = "\nassert f(1) == 2\nassert f(2) == 3"
 
 
 @pytest.mark.parametrize(
     "task, doc, generation, expected",
     [  # the programs bigcode-evaluation-harness builds, written out by hand from its task files
-        ("humaneval", HE_DOC, "\n    return x + 1\n",
-         'def f(x):\n    """Add one."""\n    return x + 1\n\n\ndef check(c):\n    assert c(1) == 2\n\ncheck(f)'),
-        ("humaneval", HE_DOC, "\n    return x + 1\n@decorator\ndef g(): pass",
-         'def f(x):\n    """Add one."""\n    return x + 1\n\ndef check(c):\n    assert c(1) == 2\n\ncheck(f)'),
-        ("humaneval", HE_DOC, "\n    return x + 1<file_sep>x.py",
-         'def f(x):\n    """Add one."""\n    return x + 1\n\ndef check(c):\n    assert c(1) == 2\n\ncheck(f)'),
-        ("mbpp", MBPP_DOC, "def f(x):\n    return x + 1\nassert f(3) == 4",
-         MBPP_PROMPT + "def f(x):\n    return x + 1" + MBPP_TESTS),
-        ("mbpp", MBPP_DOC, "```python\ndef f(x):\n    return x + 1\n```\nDone.",
-         MBPP_PROMPT + "def f(x):\n    return x + 1" + MBPP_TESTS),
-        ("mbpp", MBPP_DOC, "```python\ndef f(x):\n    return x + 1\nprint(f(1))\n```",
-         MBPP_PROMPT + "```python\ndef f(x):\n    return x + 1" + MBPP_TESTS),
-        ("mbpp", MBPP_DOC, "def f(x):\n    return x + 1\n```\n```python\nx = 1\n```",
-         MBPP_PROMPT + "def f(x):\n    return x + 1" + MBPP_TESTS),
+        (
+            "humaneval",
+            HE_DOC,
+            "\n    return x + 1\n",
+            HE_PROG.format(gap="\n\n\n"),
+        ),
+        (
+            "humaneval",
+            HE_DOC,
+            "\n    return x + 1\n@decorator\ndef g(): pass",
+            HE_PROG.format(gap="\n\n"),
+        ),
+        (
+            "humaneval",
+            HE_DOC,
+            "\n    return x + 1<file_sep>x.py",
+            HE_PROG.format(gap="\n\n"),
+        ),
+        (
+            "mbpp",
+            MBPP_DOC,
+            "def f(x):\n    return x + 1\nassert f(3) == 4",
+            MBPP_PROMPT + "def f(x):\n    return x + 1" + MBPP_TESTS,
+        ),
+        (
+            "mbpp",
+            MBPP_DOC,
+            "```python\ndef f(x):\n    return x + 1\n```\nDone.",
+            MBPP_PROMPT + "def f(x):\n    return x + 1" + MBPP_TESTS,
+        ),
+        (
+            "mbpp",
+            MBPP_DOC,
+            "```python\ndef f(x):\n    return x + 1\nprint(f(1))\n```",
+            MBPP_PROMPT + "```python\ndef f(x):\n    return x + 1" + MBPP_TESTS,
+        ),
+        (
+            "mbpp",
+            MBPP_DOC,
+            "def f(x):\n    return x + 1\n```\n```python\nx = 1\n```",
+            MBPP_PROMPT + "def f(x):\n    return x + 1" + MBPP_TESTS,
+        ),
     ],
-    ids=["he-plain", "he-decorator", "he-file_sep", "mbpp-assert", "mbpp-fence", "mbpp-fence-stop", "mbpp-late-fence"],
+    ids=[
+        "he-plain",
+        "he-decorator",
+        "he-file_sep",
+        "mbpp-assert",
+        "mbpp-fence",
+        "mbpp-fence-stop",
+        "mbpp-late-fence",
+    ],
 )
 def test_code_programs_are_the_bigcode_harness_programs(task, doc, generation, expected):
     from fedmom_cli import codeexec

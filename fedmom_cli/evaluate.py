@@ -59,6 +59,8 @@ class EvalOptions:
     force: bool = False
     precision: str | None = None  # weights' dtype (fp32/bf16/fp16); None: the run's or recipe's
     allow_unsandboxed_code: bool = False  # run generated code unisolated where no sandbox works
+    clients: list[int] | str | None = None  # fedsa_lora: also each client's (A, B_k) (client_eval.py)
+    client: int | None = None  # internal: the client whose model _load_model builds
 
 
 def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
@@ -76,6 +78,10 @@ def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
             if delta_key(name) in deltas:
                 w = module.base_layer.weight
                 w.copy_((w.float() + deltas[delta_key(name)]).to(w.dtype))
+    if opts.client is not None:  # fedsa_lora: client k's own model (A, B_k)
+        from fedmom_cli.client_eval import apply_client
+
+        apply_client(model, opts.run_dir, opts.client)
     return model.eval(), tokenizer
 
 
@@ -153,6 +159,10 @@ def run(opts: EvalOptions) -> dict:
         raise UserError(f"--batch-size must be at least 1, got {opts.batch_size}")
     if opts.data_dir is not None and not opts.data_dir.is_dir():
         raise UserError(f"--data-dir {opts.data_dir} is not a folder")
+    if opts.clients is not None:  # fedsa_lora's per-client models: checked before any write
+        from fedmom_cli import client_eval
+
+        opts = dataclasses.replace(opts, clients=client_eval.resolve(opts.run_dir, cfg, opts.clients))
     check_model_source(cfg)
     names = _task_names(opts, cfg)
 
@@ -191,7 +201,12 @@ def run(opts: EvalOptions) -> dict:
                 raise UserError(
                     f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace"
                 )
-        return _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation)
+        result = _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation)
+        if opts.clients:
+            from fedmom_cli import client_eval
+
+            result = client_eval.evaluate_clients(opts, cfg, out, local, planned, code_tasks, isolation, result)
+        return result
 
 
 def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation) -> dict:
@@ -293,6 +308,7 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
         "seconds": seconds,
         "device": device,
         "tasks": {**(old["tasks"] if old else {}), **tasks},
+        **({"clients": old["clients"]} if old and "clients" in old else {}),  # eval --clients' results
     }
     results.atomic_write_json(out / "eval.json", result)
     return {**result, "tasks": tasks}  # this call's tasks; eval.json holds every task evaluated

@@ -31,7 +31,9 @@ norm ...", "arxiv.org/html/2401.06432 ..." (docs corpus) and a Chinese-language 
 stored method section; the authors (Google) published no code.
 
 Client side (rank self-pruning: a regulariser on the trailing rank components and a local decision
-to drop them): not implemented here; docs/methods.md says why.
+to drop them): not implemented. Its rule could not be read from the paper (only third-party
+versions are public), and it needs a per-client rank that changes across rounds inside the training
+loop (client.py, simulate.py); docs/methods.md gives the public variants and where it would go.
 Communication: up and down each client's own rank-r_i factors (the largest counted).
 """
 

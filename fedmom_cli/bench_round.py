@@ -145,7 +145,9 @@ def run(opts: FullModelOptions) -> dict:
 
 
 #: The keys every `--full-model` report has (`run`): what `--force` recognises as this benchmark's file.
-REPORT_KEYS = frozenset({"options", "modules", "seconds", "ratio_old_over_new_min", "rank_k_error_vs_float64"})
+REPORT_KEYS = frozenset(
+    {"options", "modules", "seconds", "ratio_old_over_new_min", "rank_k_error_vs_float64"}
+)
 OPTION_KEYS = frozenset(FullModelOptions.__dataclass_fields__)
 
 

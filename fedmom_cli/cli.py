@@ -499,7 +499,9 @@ def eval_(
         )
     for name, m in result.get("clients", {}).get("mean", {}).items():
         values = ", ".join(f"{v:.4f}" for v in m["values"])
-        print(f"{name}: clients' mean {m['metric']} = {m['value']:.4f} over clients {m['clients']} ({values})")
+        print(
+            f"{name}: clients' mean {m['metric']} = {m['value']:.4f} over clients {m['clients']} ({values})"
+        )
 
 
 def _parse_clients(text: str | None):

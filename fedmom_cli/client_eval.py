@@ -7,9 +7,9 @@ evaluates (unchanged, the default). Every client's latest B_k lives in the metho
 a finished fedsa_lora run also writes RUN/client_factors.safetensors (`save_client_factors`, called
 from `Simulation.save_outputs`): the shared A, the mean B and each client's B, keys
 `global_A.<module>`, `mean_B.<module>`, `local_B.<k>.<module>`, the round in the metadata; the
-method's state is rebuilt from it exactly (`load_state`). `--clients` evaluates, for each listed client k, the run's model with its LoRA factors
-set to `FedSALoRA.client_factors(k)` = (A, B_k) (the same base model and base delta), on the same
-tasks, protocol and limit as the global evaluation of that call, and records in eval.json (the
+method's state is rebuilt from it exactly (`load_state`). `--clients` evaluates, for each listed
+client k, the run's model with its LoRA factors set to `FedSALoRA.client_factors(k)` = (A, B_k)
+(the same base model and base delta), on the same tasks, protocol and limit as the global evaluation of that call, and records in eval.json (the
 existing keys are kept as they were):
 
     "clients": {
@@ -69,7 +69,9 @@ def save_client_factors(run_dir: Path, method, round_: int) -> None:
     for k, own in state["local_B"].items():
         tensors.update({f"local_B.{int(k)}.{m}": t for m, t in own.items()})
     tmp = run_dir / f".{CLIENT_FILE}.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"round": str(round_)})
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"round": str(round_)}
+    )
     tmp.replace(run_dir / CLIENT_FILE)
 
 
@@ -106,13 +108,16 @@ def resolve(run_dir: Path | None, cfg, clients) -> list[int]:
         raise UserError("--clients needs RUN_DIR (a fedsa_lora run), not --model")
     if cfg.method != "fedsa_lora":
         raise UserError(
-            f"--clients needs a fedsa_lora run (its clients keep their own B); {cfg.method} has one global model"
+            f"--clients needs a fedsa_lora run (its clients keep their own B); "
+            f"{cfg.method} has one global model"
         )
     ids = list(range(cfg.clients)) if clients == "all" else list(clients)
     if not ids or len(set(ids)) != len(ids):
         raise UserError(f"--clients lists a client twice or none: {ids}")
     if any(k < 0 or k >= cfg.clients for k in ids):
-        raise UserError(f"--clients must be in 0..{cfg.clients - 1} (the run has {cfg.clients} clients), got {ids}")
+        raise UserError(
+            f"--clients must be in 0..{cfg.clients - 1} (the run has {cfg.clients} clients), got {ids}"
+        )
     load_state(run_dir)
     return ids
 
@@ -153,7 +158,14 @@ def evaluate_clients(opts, cfg, out: Path, local, planned, code_tasks, isolation
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             one = ev._evaluate_and_write(
-                dataclasses.replace(opts, client=k, clients=None), cfg, tmp, local, planned, None, code_tasks, isolation
+                dataclasses.replace(opts, client=k, clients=None),
+                cfg,
+                tmp,
+                local,
+                planned,
+                None,
+                code_tasks,
+                isolation,
             )
             _, seen = client_model(out, k)
             done[str(k)] = {name: {**entry, "seen": seen} for name, entry in one["tasks"].items()}

@@ -205,7 +205,9 @@ def run(opts: EvalOptions) -> dict:
         if opts.clients:
             from fedmom_cli import client_eval
 
-            result = client_eval.evaluate_clients(opts, cfg, out, local, planned, code_tasks, isolation, result)
+            result = client_eval.evaluate_clients(
+                opts, cfg, out, local, planned, code_tasks, isolation, result
+            )
         return result
 
 

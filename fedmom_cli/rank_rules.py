@@ -33,7 +33,7 @@ def expand(rule: dict, clients: int) -> list[int]:
     """The rule's list of `clients` ranks (UserError for a malformed rule)."""
     if not isinstance(rule, dict) or len(rule) != 1 or next(iter(rule)) not in RULES:
         raise UserError(f"client_ranks must be {FORMS}, got {rule!r}")
-    (name, value), = rule.items()
+    ((name, value),) = rule.items()
     ranks = _ints(name, value)
     if name == "cycle":
         return [ranks[k % len(ranks)] for k in range(clients)]

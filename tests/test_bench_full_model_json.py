@@ -8,7 +8,19 @@ import json
 import pytest
 from helpers import run_main
 
-ARGS = ("bench", "aggregate", "--full-model", "--layers", "1", "--clients", "2", "--rank", "2", "--repeat", "1")
+ARGS = (
+    "bench",
+    "aggregate",
+    "--full-model",
+    "--layers",
+    "1",
+    "--clients",
+    "2",
+    "--rank",
+    "2",
+    "--repeat",
+    "1",
+)
 
 
 def test_full_model_json_is_replaced_only_with_force(monkeypatch, capsys, tmp_path):

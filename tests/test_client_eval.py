@@ -1,8 +1,9 @@
 """`fedmom eval RUN --clients`: FedSA-LoRA's per-client models (A, B_k) and their mean.
 
 The model evaluated for client k is checked against PEFT's own forward pass with the factors read
-straight from client_factors.safetensors (not through fedmom's FedSALoRA class); the eval.json layout, the mean,
-the samples and the folder left behind on a real tiny run; bad input refused before any write."""
+straight from client_factors.safetensors (not through fedmom's FedSALoRA class); the eval.json
+layout, the mean, the samples and the folder left behind on a real tiny run; bad input refused
+before any write."""
 
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ def test_client_model_is_A_with_its_own_B_under_pefts_forward(fedsa_run):
     cfg = cfgmod.from_yaml((fedsa_run / "config.yaml").read_text())
     raw = load_file(fedsa_run / "client_factors.safetensors")
     A_of = {k.removeprefix("global_A."): v for k, v in raw.items() if k.startswith("global_A.")}
-    Bs = [{k.removeprefix(f"local_B.{c}."): v for k, v in raw.items() if k.startswith(f"local_B.{c}.")} for c in range(3)]
+    Bs = [
+        {k.removeprefix(f"local_B.{c}."): v for k, v in raw.items() if k.startswith(f"local_B.{c}.")}
+        for c in range(3)
+    ]
     scaling = cfg.lora_alpha / cfg.lora_r
     assert all(set(B) == set(A_of) for B in Bs) and not (fedsa_run / "checkpoint.pt").exists()
     name0 = next(iter(A_of))
@@ -112,11 +116,16 @@ def test_bad_clients_write_nothing(fedsa_run, tmp_path, change, clients, message
     before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     with pytest.raises(UserError, match=message):
         ev.run(ev.EvalOptions(run_dir=run, limit=2, clients=clients, force=True))
-    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".fedmom.lock"}
+    after = {
+        p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".fedmom.lock"
+    }
     assert after == {k: v for k, v in before.items() if k.name != ".fedmom.lock"}
 
 
-@pytest.mark.parametrize("value,message", [("x", "--clients expects 'all'"), ("1,,2", "--clients expects"), ("9", "must be in 0..2")])
+@pytest.mark.parametrize(
+    "value,message",
+    [("x", "--clients expects 'all'"), ("1,,2", "--clients expects"), ("9", "must be in 0..2")],
+)
 def test_clients_option_on_the_command_line(fedsa_run, tmp_path, monkeypatch, capsys, value, message):
     run = _copy(fedsa_run, tmp_path)
     before = sorted(p.name for p in run.iterdir())

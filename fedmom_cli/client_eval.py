@@ -9,8 +9,8 @@ from `Simulation.save_outputs`): the shared A, the mean B and each client's B, k
 `global_A.<module>`, `mean_B.<module>`, `local_B.<k>.<module>`, the round in the metadata; the
 method's state is rebuilt from it exactly (`load_state`). `--clients` evaluates, for each listed
 client k, the run's model with its LoRA factors set to `FedSALoRA.client_factors(k)` = (A, B_k)
-(the same base model and base delta), on the same tasks, protocol and limit as the global evaluation of that call, and records in eval.json (the
-existing keys are kept as they were):
+(the same base model and base delta), on the same tasks, protocol and limit as the global
+evaluation of that call, and records in eval.json (the existing keys are kept as they were):
 
     "clients": {
       "round": R,                              # the round whose state was evaluated

@@ -54,8 +54,11 @@ def _is_bench_json(path: Path, kind: str) -> bool:
     from fedmom_cli.safety import read_json_or_none
 
     data = read_json_or_none(path)
-    if kind == "aggregate":
-        return isinstance(data, dict) and {"options", "rows", "environment"} <= set(data)
+    if kind == "aggregate":  # the per-shape table, or the --full-model round report
+        from fedmom_cli.bench_round import is_full_model_report
+
+        per_shape = isinstance(data, dict) and {"options", "rows", "environment"} <= set(data)
+        return per_shape or is_full_model_report(data)
     return isinstance(data, list) and all(isinstance(r, dict) and "round_seconds" in r for r in data)
 
 

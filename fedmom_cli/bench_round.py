@@ -144,6 +144,27 @@ def run(opts: FullModelOptions) -> dict:
     }
 
 
+#: The keys every `--full-model` report has (`run`): what `--force` recognises as this benchmark's file.
+REPORT_KEYS = frozenset(
+    {"options", "modules", "seconds", "ratio_old_over_new_min", "rank_k_error_vs_float64"}
+)
+OPTION_KEYS = frozenset(FullModelOptions.__dataclass_fields__)
+
+
+def is_full_model_report(data) -> bool:
+    """A JSON value `fedmom bench aggregate --full-model --json` wrote: its keys, its options, and a
+    timing for each of the three rounds."""
+    if not isinstance(data, dict) or not REPORT_KEYS <= set(data):
+        return False
+    options, seconds = data["options"], data["seconds"]
+    return (
+        isinstance(options, dict)
+        and OPTION_KEYS <= set(options)
+        and isinstance(seconds, dict)
+        and {"fedmomentum_old_loop", "fedmomentum_new", "fedex_lora"} <= set(seconds)
+    )
+
+
 def render(report: dict) -> str:
     o = report["options"]
     lines = [

@@ -439,6 +439,13 @@ def eval_(
         help="Where neither bubblewrap nor namespaces work, run generated code as a plain process "
         "anyway (it can then damage this machine; see docs/sandbox.md).",
     ),
+    clients: str = typer.Option(
+        None,
+        "--clients",
+        show_default="none (the global model only)",
+        help="A fedsa_lora run: also evaluate each client's own model (A, B_k), 'all' or indices "
+        "like 0,2; eval.json gains clients.per_client and clients.mean (docs/methods.md).",
+    ),
 ) -> None:
     """Evaluate a run (base + delta + adapter, in memory) or a plain model, or score given code
     completions (--generations); write eval.json."""
@@ -480,6 +487,7 @@ def eval_(
             allow_unsandboxed_code=allow_unsandboxed_code,
             force=force,
             precision=precision,
+            clients=_parse_clients(clients),
         )
     )
     for name, t in result["tasks"].items():
@@ -489,6 +497,17 @@ def eval_(
             f"{name}: {t.get('metric_key', t['metric'])} = {t['value']:.4f}{err} "
             f"(n={t['n']}{lim}, {t['shots']}-shot, {t['protocol']})"
         )
+    for name, m in result.get("clients", {}).get("mean", {}).items():
+        values = ", ".join(f"{v:.4f}" for v in m["values"])
+        print(
+            f"{name}: clients' mean {m['metric']} = {m['value']:.4f} over clients {m['clients']} ({values})"
+        )
+
+
+def _parse_clients(text: str | None):
+    from fedmom_cli.client_eval import parse_clients
+
+    return parse_clients(text)
 
 
 @data_app.command("convert")

@@ -73,7 +73,8 @@ class TrainConfig:
     tau: float = 0.9999
     svd: str = "exact"
     # heterogeneous client ranks: client k trains a rank-client_ranks[k] LoRA with the same scaling
-    # lora_alpha / lora_r (see fedmom_cli/hetero.py and docs/methods.md); lora_r is the global rank
+    # lora_alpha / lora_r (see fedmom_cli/hetero.py and docs/methods.md); lora_r is the global rank.
+    # A recipe may give a rule instead, {cycle: [...]} or {spread: [low, high]} (fedmom_cli/rank_rules.py)
     client_ranks: list[int] | None = None
     # how the accumulated base delta reaches the forward pass: merged (cast into the weights) or
     # separate (a frozen side path x @ D^T, exact in bf16/fp16); unset: separate unless fp32
@@ -307,6 +308,11 @@ def resolve(recipe: str | None, task: str | None, overrides: dict) -> TrainConfi
     if task is not None:
         values["task"] = task
     values.update({k: v for k, v in overrides.items()})
+    if isinstance(values.get("client_ranks"), dict):  # a rule: the run records the list it expands to
+        from fedmom_cli.rank_rules import expand
+
+        clients = _coerce("clients", values.get("clients", FIELDS["clients"].default))
+        values["client_ranks"] = expand(values["client_ranks"], clients)
     cfg = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
     return _check(cfg)
 

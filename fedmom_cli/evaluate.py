@@ -58,6 +58,8 @@ class EvalOptions:
     force: bool = False
     precision: str | None = None  # weights' dtype (fp32/bf16/fp16); None: the run's or recipe's
     allow_unsandboxed_code: bool = False  # run generated code unisolated where no sandbox works
+    clients: list[int] | str | None = None  # fedsa_lora: also each client's (A, B_k) (client_eval.py)
+    client: int | None = None  # internal: the client whose model _load_model builds
 
 
 def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
@@ -74,6 +76,10 @@ def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
     deltas = load_file(opts.run_dir / "base_delta.safetensors")
     # as the run trained: a float32 side path in bf16/fp16 unless the run merged (fedmom_cli/model.py)
     apply_base_delta(model, deltas, separate=uses_separate_path(cfg))
+    if opts.client is not None:  # fedsa_lora: client k's own model (A, B_k)
+        from fedmom_cli.client_eval import apply_client
+
+        apply_client(model, opts.run_dir, opts.client)
     return model.eval(), tokenizer
 
 
@@ -151,6 +157,10 @@ def run(opts: EvalOptions) -> dict:
         raise UserError(f"--batch-size must be at least 1, got {opts.batch_size}")
     if opts.data_dir is not None and not opts.data_dir.is_dir():
         raise UserError(f"--data-dir {opts.data_dir} is not a folder")
+    if opts.clients is not None:  # fedsa_lora's per-client models: checked before any write
+        from fedmom_cli import client_eval
+
+        opts = dataclasses.replace(opts, clients=client_eval.resolve(opts.run_dir, cfg, opts.clients))
     check_model_source(cfg)
     names = _task_names(opts, cfg)
 
@@ -189,7 +199,14 @@ def run(opts: EvalOptions) -> dict:
                 raise UserError(
                     f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace"
                 )
-        return _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation)
+        result = _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation)
+        if opts.clients:
+            from fedmom_cli import client_eval
+
+            result = client_eval.evaluate_clients(
+                opts, cfg, out, local, planned, code_tasks, isolation, result
+            )
+        return result
 
 
 def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation) -> dict:
@@ -291,6 +308,7 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
         "seconds": seconds,
         "device": device,
         "tasks": {**(old["tasks"] if old else {}), **tasks},
+        **({"clients": old["clients"]} if old and "clients" in old else {}),  # eval --clients' results
     }
     results.atomic_write_json(out / "eval.json", result)
     return {**result, "tasks": tasks}  # this call's tasks; eval.json holds every task evaluated

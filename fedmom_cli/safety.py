@@ -53,6 +53,7 @@ RUN_NAMES = {
     "eval_data",
     "tensorboard",  # --report-to tensorboard
     "tracking.json",  # --report-to wandb / mlflow: the tracking run's id, for --resume
+    "client_factors.safetensors",  # fedsa_lora: each client's own B (fedmom_cli/client_eval.py)
     LOCK_FILE,
 }
 AGGREGATE_NAMES = {"adapter", "base_delta.safetensors", "aggregation.json"}

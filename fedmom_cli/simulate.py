@@ -406,6 +406,10 @@ class Simulation:
         tmp.rename(self.run_dir / "adapter")
         save_file(deltas, self.run_dir / ".base_delta.tmp", metadata={"format": "pt"})
         (self.run_dir / ".base_delta.tmp").replace(self.run_dir / "base_delta.safetensors")
+        if hasattr(self.method, "client_factors"):  # fedsa_lora: each client's own B, for eval --clients
+            from fedmom_cli.client_eval import save_client_factors
+
+            save_client_factors(self.run_dir, self.method, self.round)
         if save_merged:
             self.base.fold(self.modules)  # a saved model has no side path: the delta goes into the weights
             merged = self.model.merge_and_unload()

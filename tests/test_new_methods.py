@@ -41,6 +41,22 @@ def test_flexlora_is_the_truncated_svd_of_the_full_size_average(rank):
             assert rel(sp.scaling * f.B.double() @ f.A.double(), best) < 1e-5
 
 
+def test_flexlora_shares_are_the_authors_split():
+    """The FlexLoRA authors' distribute_weight_fast, written here on the dense float64 average:
+    u, s, v = svd(W); A_i = V^T[:r_i], B_i = U[:, :r_i] diag(S[:r_i]) / (alpha_i / r_i)."""
+    clients = make(16)
+    W = target(clients)  # sum_i p_i s_i B_i A_i, dense float64
+    U, S, Vh = torch.linalg.svd(W)
+    spec, _, res = run("flexlora", clients)
+    shares = hetero.distribute({"m": res.factors}, specs(), spec, frozenset({"A", "B"}))
+    for sp, share in zip(specs(), shares):
+        r, f = sp.r, share["m"]
+        A_code, B_code = Vh[:r], U[:, :r] * S[:r] / sp.scaling
+        signs = torch.sign((f.A.double() * A_code).sum(dim=1))  # singular vectors up to sign
+        assert rel(f.A.double(), signs[:, None] * A_code) < 1e-5
+        assert rel(f.B.double(), B_code * signs) < 1e-5
+
+
 @pytest.mark.parametrize("weighting", ["norm", "samples"])
 def test_hetlora_zero_padding_with_sparsity_weights(weighting):
     clients = make(12)

@@ -3,10 +3,16 @@
     A = sum_i p_i A_i                  (aggregated: A learns what is general across clients)
     B_i stays on client i              (not aggregated: B learns what is client-specific)
 
-Source: the paper's title rule "Selective Aggregation for LoRA" (A matrices uploaded and averaged,
-B matrices kept local) as in its public code, Pengxin-Guo/FedSA-LoRA (FederatedScope), which
-averages the shared LoRA parameters by sample size. I could not read the paper's text here, so
-its equation number is not quoted.
+Source: the paper's abstract ("employs two low-rank trainable matrices A and B to model the weight
+update, but only A matrices are shared with the server for aggregation") and its public code,
+Pengxin-Guo/FedSA-LoRA (FederatedScope): `federatedscope/glue/yamls/fedsa-lora.yaml` keeps
+`personalization.local_param: ['lora_B', 'classifier']` out of aggregation, and FederatedScope's
+ClientsAvgAggregator averages the shared parameters weighted by sample size, as here.
+Equation numbers: not quoted. The page corpus returned only the beginning of the paper's pages
+(researchtrend.ai/papers/2410.01463, liner.com review, tomesphere.com: abstract and the Figure 1
+caption "In FedSA-LoRA, both A and B matrices are trainable, but only A matrices are shared with
+the server for aggregation while B matrices are kept locally") for the query "Selective
+Aggregation for Low-Rank Adaptation in Federated Learning FedSA-LoRA"; no method section.
 
 fedmom's interface returns one global adapter per round; for FedSA-LoRA it is (A, B_mean) with
 B_mean = sum_i p_i B_i, used only to evaluate "the mean model". Each client's own model is

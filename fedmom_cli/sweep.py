@@ -200,7 +200,7 @@ def ensure_partition(cell: Cell) -> None:
 
 def preflight(spec: dict, cells: list[Cell], root: Path) -> None:
     """What would fail late (after hours of training) checked before the first cell trains."""
-    from fedmom_cli import report_render
+    from fedmom_cli.report import render as report_render
 
     for cell in cells:
         safety.check_device(cell.config.device)
@@ -227,8 +227,8 @@ def run(
     log=print,
     report_to: str | None = None,
 ) -> str | None:
-    from fedmom_cli import evaluate as ev
-    from fedmom_cli import report_render
+    from fedmom_cli.evaluation import evaluate as ev
+    from fedmom_cli.report import render as report_render
     from fedmom_cli import train as tr
 
     spec, cells, root = plan(recipe, only, out, overrides or {})

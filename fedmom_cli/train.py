@@ -146,7 +146,7 @@ def run(opts: TrainOptions) -> dict:
     if opts.client_resources and opts.engine != "flower":
         raise UserError("--client-cpus / --client-gpus apply to --engine flower only")
     if opts.engine == "flower":
-        from fedmom_cli.flower_engine import require_flower
+        from fedmom_cli.flower.engine import require_flower
 
         require_flower()
         check_client_resources(opts.client_resources)
@@ -241,7 +241,7 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
 
             progress.round_started(sim.round)
             if opts.engine == "flower":
-                from fedmom_cli import flower_engine
+                from fedmom_cli.flower import engine as flower_engine
 
                 flower_engine.run(
                     sim, sim.round, finish_round, grid=opts.grid, client_resources=opts.client_resources

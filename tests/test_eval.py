@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from fedmom_cli import answers, evaltasks
+from fedmom_cli.evaluation import answers
+from fedmom_cli.evaluation import evaltasks
 from fedmom_cli import config as cfgmod
-from fedmom_cli import evaluate as ev
+from fedmom_cli.evaluation import evaluate as ev
 from fedmom_cli import train as tr
 from fedmom_cli.errors import UserError
-from fedmom_cli.sandbox import run_program
+from fedmom_cli.evaluation.sandbox import run_program
 
 
 def test_gsm8k_gold_answers_score_100_and_wrong_ones_0(shared_data):
@@ -228,7 +229,7 @@ MBPP_TESTS = "\nassert f(1) == 2\nassert f(2) == 3"
     ids=["he-plain", "he-decorator", "he-file_sep", "mbpp-assert", "mbpp-fence", "mbpp-fence-stop", "mbpp-late-fence"],
 )
 def test_code_programs_are_the_bigcode_harness_programs(task, doc, generation, expected):
-    from fedmom_cli import codeexec
+    from fedmom_cli.evaluation import codeexec
 
     assert codeexec.bigcode_program(task, doc, generation) == expected
     assert "```" not in "".join(codeexec.MBPP_UNTIL)  # lm-eval leaves the fence for bigcode_program

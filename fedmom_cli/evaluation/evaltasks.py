@@ -20,10 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedmom_cli import answers, codeexec, synthetic
+from fedmom_cli import synthetic
+from fedmom_cli.evaluation import answers
+from fedmom_cli.evaluation import codeexec
 from fedmom_cli.benchmarks import COMMONSENSE
 from fedmom_cli.errors import UserError
-from fedmom_cli.sandbox import run_program
+from fedmom_cli.evaluation.sandbox import run_program
 from fedmom_cli.tasks import ALPACA, ALPACA_INPUT
 
 LOCAL_FILES = {  # task -> path under --data-dir, in the source's own format

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedmom_cli.errors import UserError
-from fedmom_cli.paired import paired_markdown
-from fedmom_cli.report import COLUMNS, DASH, NAMES, Cell, Table, marks
+from fedmom_cli.report.paired import paired_markdown
+from fedmom_cli.report.tables import COLUMNS, DASH, NAMES, Cell, Table, marks
 
 HEADERS = {
     "avg": "Avg.",
@@ -147,7 +147,7 @@ def run(
     figures: bool = True,
 ) -> str:
     """Write the report (and its figures beside it); returns the markdown text."""
-    from fedmom_cli import report
+    from fedmom_cli.report import tables as report
 
     if not root.is_dir():
         raise UserError(f"results folder not found: {root}")
@@ -180,7 +180,7 @@ def run(
     parts += [markdown(t, compare_paper) for t in tables]
     parts += paired_markdown(runs)
     if figures:
-        from fedmom_cli import figures as fig
+        from fedmom_cli.report import figures as fig
 
         paths = fig.draw(runs, out.parent / "figures")
         parts += ["## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in paths if p.suffix == ".png"]

@@ -31,8 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedmom_cli import __version__, sandbox, sandbox_modes
-from fedmom_cli.answers import pass_at_k
+from fedmom_cli import __version__
+from fedmom_cli.evaluation import sandbox
+from fedmom_cli.evaluation import sandbox_modes
+from fedmom_cli.evaluation.answers import pass_at_k
 from fedmom_cli.errors import UserError
 
 CODE_FILES = {"humaneval": "humaneval/HumanEval.jsonl.gz", "mbpp": "mbpp/mbpp.jsonl"}

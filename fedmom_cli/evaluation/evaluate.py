@@ -32,7 +32,10 @@ from pathlib import Path
 import torch
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import evaltasks, lmeval_tasks, results, safety, sandbox
+from fedmom_cli import results, safety
+from fedmom_cli.evaluation import evaltasks
+from fedmom_cli.evaluation import lmeval_tasks
+from fedmom_cli.evaluation import sandbox
 from fedmom_cli.adapters import delta_key
 from fedmom_cli.benchmarks import FAMILY_TASKS
 from fedmom_cli.errors import UserError

@@ -23,7 +23,7 @@ import yaml
 
 from fedmom_cli.benchmarks import FAMILY_TASKS
 from fedmom_cli.errors import UserError
-from fedmom_cli.lmeval_tasks import PAPER as PAPER_PROTOCOL
+from fedmom_cli.evaluation.lmeval_tasks import PAPER as PAPER_PROTOCOL
 
 CODE_PROTOCOL = ("bigcode", "pass@1")  # the paper scores code with bigcode-evaluation-harness
 

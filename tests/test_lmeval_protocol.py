@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 from helpers import run_main
 
-from fedmom_cli.evaluation import convert
-from fedmom_cli.evaluation import evaltasks
-from fedmom_cli.evaluation import lmeval_tasks
-from fedmom_cli.evaluation import evaluate as ev
 from fedmom_cli.errors import UserError
+from fedmom_cli.evaluation import convert, evaltasks, lmeval_tasks
+from fedmom_cli.evaluation import evaluate as ev
 
 SIX = {  # LLM-Adapters file -> (lm-eval task, its YAML under lm_eval/tasks, fedmom's eval.json key)
     "ARC-Easy": ("arc_easy", "arc/arc_easy.yaml", "ARC-Easy"),

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from fedmom_cli.report import tables as report
 from fedmom_cli.report import render as report_render
+from fedmom_cli.report import tables as report
 
 GOLDEN = Path(__file__).parent / "golden" / "report_fixture.md"
 BASE = {"task": "math", "model": "meta-llama/Llama-2-7b-hf", "lora_r": 32, "rounds": 2}

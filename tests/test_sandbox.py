@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmom_cli.evaluation import codeexec
-from fedmom_cli.evaluation import sandbox
+from fedmom_cli.evaluation import codeexec, sandbox
 
 ADD = {
     "task_id": "Toy/0",
@@ -468,9 +467,9 @@ def test_a_daemon_that_writes_10_s_later_never_writes(tmp_path, mode):
 
 def test_generation_path_uses_the_same_scorer_and_refuses_without_isolation(tmp_path, monkeypatch):
     from fedmom_cli import config as cfgmod
+    from fedmom_cli.errors import UserError
     from fedmom_cli.evaluation import evaltasks
     from fedmom_cli.evaluation import evaluate as ev
-    from fedmom_cli.errors import UserError
 
     row = {**ADD, "canonical_solution": "    return a + b\n"}
     for completion in ("    return a + b\n", "    import sys\n    sys.exit(0)\n", "    return a - b\n"):

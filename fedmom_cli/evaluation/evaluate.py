@@ -32,14 +32,11 @@ from pathlib import Path
 import torch
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import results, safety
-from fedmom_cli.evaluation import evaltasks
-from fedmom_cli.evaluation import lmeval_tasks
-from fedmom_cli.evaluation import sandbox
-from fedmom_cli.adapters import delta_key
+from fedmom_cli import runfolder, safety
 from fedmom_cli.benchmarks import FAMILY_TASKS
 from fedmom_cli.errors import UserError
-from fedmom_cli.model import check_model_source, load_base_model, load_tokenizer, lora_modules
+from fedmom_cli.evaluation import evaltasks, lmeval_tasks, sandbox
+from fedmom_cli.model import check_model_source, load_base_model, load_tokenizer
 
 SYNTHETIC_EVAL_ROWS = 40
 PROTOCOLS = ("lm-eval", "train-format")
@@ -70,15 +67,9 @@ def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
     if opts.run_dir is None:
         return model, tokenizer
     from peft import PeftModel
-    from safetensors.torch import load_file
 
-    model = PeftModel.from_pretrained(model, opts.run_dir / "adapter")
-    deltas = load_file(opts.run_dir / "base_delta.safetensors")
-    with torch.no_grad():
-        for name, module in lora_modules(model).items():
-            if delta_key(name) in deltas:
-                w = module.base_layer.weight
-                w.copy_((w.float() + deltas[delta_key(name)]).to(w.dtype))
+    model = PeftModel.from_pretrained(model, opts.run_dir / runfolder.ADAPTER)
+    runfolder.apply_base_delta(model, runfolder.read_base_delta(opts.run_dir))
     return model.eval(), tokenizer
 
 
@@ -117,7 +108,7 @@ def _local_rows(name: str, opts: EvalOptions, cfg) -> list[dict]:
 
 
 def _existing(out: Path, cfg, opts: EvalOptions) -> dict | None:
-    path = out / "eval.json"
+    path = out / runfolder.EVAL
     if not path.is_file():
         return None
     try:
@@ -134,9 +125,9 @@ def _existing(out: Path, cfg, opts: EvalOptions) -> dict | None:
 def run(opts: EvalOptions) -> dict:
     if opts.run_dir is not None:
         run_dir = opts.run_dir
-        if not (run_dir / "config.yaml").is_file() or not (run_dir / "adapter").is_dir():
+        if not (run_dir / runfolder.CONFIG).is_file() or not (run_dir / runfolder.ADAPTER).is_dir():
             raise UserError(f"{run_dir} is not a finished fedmom run folder (config.yaml, adapter/)")
-        cfg, out = cfgmod.from_yaml((run_dir / "config.yaml").read_text()), run_dir
+        cfg, out = cfgmod.from_yaml((run_dir / runfolder.CONFIG).read_text()), run_dir
     else:
         if opts.model is None or opts.out is None:
             raise UserError("give RUN_DIR, or --model with --out")
@@ -277,13 +268,13 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
             }
             for s in samples
         ]
-        results.atomic_write_bytes(
+        runfolder.atomic_write_bytes(
             samples_dir / f"{name}.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows).encode()
         )
     for p in planned:
         tasks[p.key] = {**lmeval_tasks.summarise(p, output, opts.limit), **common}
         rows = lmeval_tasks.sample_rows(p, output)
-        results.atomic_write_bytes(
+        runfolder.atomic_write_bytes(
             samples_dir / f"{p.key}.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows).encode()
         )
     result = {
@@ -297,5 +288,5 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
         "device": device,
         "tasks": {**(old["tasks"] if old else {}), **tasks},
     }
-    results.atomic_write_json(out / "eval.json", result)
+    runfolder.atomic_write_json(out / runfolder.EVAL, result)
     return {**result, "tasks": tasks}  # this call's tasks; eval.json holds every task evaluated

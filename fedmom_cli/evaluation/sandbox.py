@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from fedmom_cli.evaluation import sandbox_modes as modes
 from fedmom_cli.errors import UserError
+from fedmom_cli.evaluation import sandbox_modes as modes
 
 KEEP_BYTES = 1 << 20  # kept of stdout and of stderr each; the rest is read and dropped
 ISOLATIONS = ("bwrap", "namespaces", "none")

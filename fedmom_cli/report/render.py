@@ -121,13 +121,13 @@ def check_report_targets(out: Path, fmt: str, figures: bool) -> None:
     running `fedmom report` again replaces it without --force; a file of anything else is never
     overwritten (a run's result.json, a user's notes).
     """
-    from fedmom_cli import safety
+    from fedmom_cli import runfolder, safety
 
     targets = [(out, _is_report, "a fedmom report")]
     if fmt != "md":
         targets.append((out.with_suffix(f".{fmt}"), _is_long_form, f"a fedmom report {fmt} file"))
     for path, recognise, what in targets:
-        if path.suffix.lower() in (".yaml", ".jsonl", ".safetensors", ".pt") or path.name == "result.json":
+        if path.suffix.lower() in (".yaml", ".jsonl", ".safetensors", ".pt") or path.name == runfolder.RESULT:
             raise UserError(f"--out {path}: refusing to write a report over a run file; choose a .md path")
         safety.check_out(path, "file")
         if path.exists() and not recognise(path):

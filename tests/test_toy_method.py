@@ -88,3 +88,13 @@ def test_method_options_reach_a_registered_method_and_stay_out_of_old_hashes():
     assert cfgmod.from_yaml(cfgmod.to_yaml(tuned)) == tuned
     with pytest.raises(UserError, match="tau must be in"):
         cfgmod.resolve("smoke", "math", {"method": "fedmomentum", "method_options": {"tau": 2}})
+
+
+def test_report_rows_name_the_paper_methods_as_the_methods_do():
+    # report/ imports no torch, so it cannot read `display_name` from the classes; its NAMES are the
+    # paper's row labels (keys of data/paper_tables.json). Where the paper uses a method's own name,
+    # the two must agree (the ablations are "w/o balance" / "w/o residual" in the paper's tables).
+    from fedmom_cli.report.tables import MAIN, NAMES
+
+    for method in MAIN[1:]:
+        assert NAMES[method] == display_name(method)

@@ -39,7 +39,11 @@ def test_apply_adds_in_float32_and_rounds_once(tmp_path, dtype):
 
 @pytest.mark.parametrize(
     "content, fragment",
-    [(b"", "not a readable safetensors file"), (b"\x00" * 7, "not a readable safetensors file"), (None, "not a readable")],
+    [
+        (b"", "not a readable safetensors file"),  # empty
+        (b"\x00" * 7, "not a readable safetensors file"),  # truncated header
+        (None, "not a readable"),  # missing
+    ],
 )
 def test_a_bad_delta_file_is_one_user_error(tmp_path, content, fragment):
     if content is not None:

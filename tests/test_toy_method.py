@@ -73,7 +73,11 @@ def test_a_toy_method_with_one_option_trains_one_round(registered, tmp_path):
 
 @pytest.mark.parametrize(
     "options, fragment",
-    [({"shrink": 2.0}, "shrink must be in"), ({"tau": 0.5}, "does not take option"), ({"shrinkk": 1}, "does not take")],
+    [
+        ({"shrink": 2.0}, "shrink must be in"),  # the method's own check
+        ({"tau": 0.5}, "does not take option"),  # another method's option
+        ({"shrinkk": 1}, "does not take"),  # a typo
+    ],
 )
 def test_its_options_are_checked_when_the_config_is_read(registered, options, fragment):
     with pytest.raises(UserError, match=fragment):

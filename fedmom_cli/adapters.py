@@ -180,11 +180,6 @@ def adapter_tensors(modules: Mapping[str, LoraFactors], like: Adapter) -> dict[s
     return tensors
 
 
-def delta_key(module: str) -> str:
-    """`...q_proj` -> `...q_proj.weight`: the base weight the delta belongs to."""
-    return module + ".weight"
-
-
 def write_adapter(folder: Path, config: dict, tensors: dict[str, Tensor]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -22,13 +22,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import save_file
-
-from fedmom_cli import hetero, safety
+from fedmom_cli import hetero, runfolder, safety
 from fedmom_cli.adapters import (
     adapter_tensors,
     check_compatible,
-    delta_key,
     fresh_output_dir,
     read_adapter,
     write_adapter,
@@ -109,7 +106,7 @@ def run(opts: AggregateOptions) -> dict:
         shares = hetero.distribute(factors, specs, spec, method.trainable(opts.round_idx + 1))
 
     deltas = {
-        delta_key(m): r.delta.to_dense().float().contiguous()
+        m: r.delta.to_dense().float()
         for m, r in result.modules.items()
         if r.delta is not None
     }
@@ -140,12 +137,12 @@ def run(opts: AggregateOptions) -> dict:
         config.update(r=spec.r, lora_alpha=alpha)
     with fresh_output_dir(opts.out, force=opts.force) as tmp:
         write_adapter(
-            tmp / "adapter",
+            tmp / runfolder.ADAPTER,
             config,
             adapter_tensors({m: r.factors for m, r in result.modules.items()}, like=largest),
         )
         for k, (adapter, share) in enumerate(zip(adapters, shares)):
             write_adapter(tmp / "clients" / str(k), adapter.config, adapter_tensors(share, like=adapter))
-        save_file(deltas, tmp / "base_delta.safetensors", metadata={"format": "pt"})
+        runfolder.write_base_delta(tmp, deltas)
         (tmp / "aggregation.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

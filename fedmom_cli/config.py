@@ -15,6 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -69,9 +70,12 @@ class TrainConfig:
     min_lr: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float | None = None
-    # method options (fedmomentum)
+    # method options: `method_options` holds any option of the chosen method (its constructor's
+    # keyword arguments, checked by methods.build_method); tau and svd are the older top-level
+    # spellings of fedmomentum's two options, kept because every recorded run folder has them
     tau: float = 0.9999
     svd: str = "exact"
+    method_options: dict[str, Any] | None = None
     # heterogeneous client ranks: client k trains a rank-client_ranks[k] LoRA with the same scaling
     # lora_alpha / lora_r (see fedmom_cli/hetero.py and docs/methods.md); lora_r is the global rank.
     # A recipe may give a rule instead, {cycle: [...]} or {spread: [low, high]} (fedmom_cli/rank_rules.py)
@@ -87,7 +91,8 @@ class TrainConfig:
 
 #: Keys added after runs were recorded: left out of hashes and config.yaml while unset, so that
 #: existing run folders keep their hash (and resume) unchanged.
-LATER_KEYS = ("client_ranks", "delta_path")
+LATER_KEYS = ("client_ranks", "method_options", "delta_path")
+LEGACY_METHOD_KEYS = ("tau", "svd")  # top-level keys that are options of a method
 
 
 def as_dict(cfg: TrainConfig) -> dict:
@@ -103,7 +108,6 @@ CHOICES = {
     "precision": ("fp32", "bf16", "fp16"),
     "client_weights": ("samples", "uniform"),
     "lr_schedule": ("constant", "cosine"),
-    "svd": ("exact", "randomized"),
 }
 
 
@@ -119,6 +123,12 @@ def _coerce(key: str, value):
         raise UserError(f"config key {key!r} cannot be null")
     origin = typing.get_origin(base)
     try:
+        if origin is dict:
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ValueError
+            return value
         if origin is list and typing.get_args(base) == (int,):
             if isinstance(value, str):
                 value = [yaml.safe_load(v) for v in value.strip("[]").split(",") if v.strip()]
@@ -175,9 +185,8 @@ def _check(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"lr must be > 0, got {cfg.lr}")
     if cfg.clients_per_round is not None and not 1 <= cfg.clients_per_round <= cfg.clients:
         raise UserError(f"clients_per_round must be in 1..{cfg.clients}, got {cfg.clients_per_round}")
-    if not 0 < cfg.tau <= 1:
-        raise UserError(f"tau must be in (0, 1], got {cfg.tau}")
     _check_ranges(cfg)
+    _check_method_options(cfg)
     if cfg.client_ranks is not None:
         _check_client_ranks(cfg, METHODS)
     return cfg
@@ -194,7 +203,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     def bad(key: str, rule: str) -> UserError:
         return UserError(f"{key} must be {rule}, got {getattr(cfg, key)!r}")
 
-    for key in ("lr", "lora_alpha", "min_lr", "weight_decay", "lora_dropout", "beta", "tau"):
+    for key in ("lr", "lora_alpha", "min_lr", "weight_decay", "lora_dropout", "beta"):
         if not math.isfinite(getattr(cfg, key)):
             raise bad(key, "a finite number")
     if cfg.max_grad_norm is not None and not (math.isfinite(cfg.max_grad_norm) and cfg.max_grad_norm > 0):
@@ -233,11 +242,38 @@ def _check_client_ranks(cfg: TrainConfig, methods: dict) -> None:
     method = methods[cfg.method]
     if not hasattr(getattr(method, "func", method), "heterogeneous"):
         raise UserError(f"method {cfg.method} does not support heterogeneous client ranks")
-    if cfg.method in ("ffa_lora", "rolora") and max(ranks) != cfg.lora_r:
+    from fedmom_cli.methods import frozen_factors
+
+    options = method_kwargs(cfg)
+    shares = frozen_factors(cfg.method, 0, **options) | frozen_factors(cfg.method, 1, **options)
+    if shares and max(ranks) != cfg.lora_r:
         raise UserError(
             f"{cfg.method} shares a frozen factor of rank lora_r={cfg.lora_r}: the largest client rank "
             f"must equal it, got {max(ranks)}"
         )
+
+
+def method_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """The options this run passes to its method: the top-level legacy keys the method takes, then
+    `method_options` (which wins)."""
+    from fedmom_cli.methods import method_options
+
+    takes = method_options(cfg.method)
+    legacy = {k: getattr(cfg, k) for k in LEGACY_METHOD_KEYS if k in takes}
+    return {**legacy, **(cfg.method_options or {})}
+
+
+def _check_method_options(cfg: TrainConfig) -> None:
+    """Options are checked once, by the method's own constructor (methods.build_method): the run's
+    options on its method, and each legacy top-level key on a registered method that takes it (so
+    `tau: 2` is refused whatever the method, as it always was)."""
+    from fedmom_cli.methods import METHODS, LoraSpec, build_method, method_options
+
+    lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, use_rslora=cfg.use_rslora)
+    for key in LEGACY_METHOD_KEYS:
+        owner = next(name for name in METHODS if key in method_options(name))
+        build_method(owner, lora, **{key: getattr(cfg, key)})
+    build_method(cfg.method, lora, seed=cfg.seed, **method_kwargs(cfg))
 
 
 def recipe_path(name: str) -> Path:

@@ -30,20 +30,12 @@ import torch
 import yaml
 
 from fedmom_cli import config as cfgmod
+from fedmom_cli import runfolder
 from fedmom_cli.errors import UserError
+from fedmom_cli.methods import display_name
 
-DELTA_FILE = "base_delta.safetensors"
+DELTA_FILE = runfolder.BASE_DELTA
 MARKER = "fedmom_export.json"  # marks a folder fedmom wrote, so --force may replace it
-NAMES = {
-    "fedit": "FedIT",
-    "flora": "FLoRA",
-    "ffa_lora": "FFA-LoRA",
-    "rolora": "RoLoRA",
-    "fedex_lora": "FedEx-LoRA",
-    "fedmomentum": "FedMomentum",
-    "fedmomentum_no_balance": "FedMomentum w/o balanced split",
-    "fedmomentum_no_residual": "FedMomentum w/o residual",
-}
 
 
 def base_model_id(model: str) -> str:
@@ -61,12 +53,12 @@ def base_model_id(model: str) -> str:
 def read_run(run_dir: Path) -> tuple[cfgmod.TrainConfig, dict]:
     """A finished run's config and result, or a one-line error saying what is missing."""
     run_dir = Path(run_dir)
-    for name in ("config.yaml", "result.json", "adapter/adapter_config.json", DELTA_FILE):
+    for name in (runfolder.CONFIG, runfolder.RESULT, f"{runfolder.ADAPTER}/adapter_config.json", DELTA_FILE):
         if not (run_dir / name).is_file():
             raise UserError(f"{run_dir} is not a finished fedmom run folder ({name} is missing)")
     try:
-        cfg = cfgmod.from_yaml((run_dir / "config.yaml").read_text())
-        result = json.loads((run_dir / "result.json").read_text())
+        cfg = cfgmod.from_yaml((run_dir / runfolder.CONFIG).read_text())
+        result = json.loads((run_dir / runfolder.RESULT).read_text())
     except (ValueError, TypeError, yaml.YAMLError) as exc:
         raise UserError(f"{run_dir}: unreadable config.yaml or result.json ({exc})") from None
     if result.get("status") != "finished":
@@ -76,47 +68,14 @@ def read_run(run_dir: Path) -> tuple[cfgmod.TrainConfig, dict]:
     return cfg, result
 
 
-def read_delta(run_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(Path(run_dir) / DELTA_FILE)
-    except (SafetensorError, OSError) as exc:
-        raise UserError(f"{run_dir}/{DELTA_FILE} is not a readable safetensors file ({exc})") from None
-
-
-@torch.no_grad()
-def apply_base_delta(model, delta: dict[str, torch.Tensor], separate: bool | None = None) -> int:
-    """Add a run's base delta to the frozen weights of `model` (a PeftModel or the plain base model
-    it wraps); keys are `<PEFT module name>.weight`. Returns how many weights were changed.
-    `separate` (None: when the weights are not float32) keeps each delta on a float32 side path
-    of its nn.Linear (fedmom_cli.model.DeltaPath) instead of rounding it into a bf16/fp16 weight."""
-    from fedmom_cli.adapters import delta_key
-    from fedmom_cli.model import DeltaPath, lora_modules
-
-    modules = lora_modules(model)
-    if modules:
-        layers = {delta_key(n): m.base_layer for n, m in modules.items()}
-        targets = {key: layer.weight for key, layer in layers.items()}
-    else:  # a plain model: PEFT names are base_model.model.<name>
-        targets = {"base_model.model." + n: p for n, p in model.named_parameters(remove_duplicate=False)}
-        layers = {"base_model.model." + n + ".weight": m for n, m in model.named_modules()}
-    missing = sorted(set(delta) - set(targets))
-    if missing:
-        raise UserError(f"base delta key {missing[0]!r} matches no weight of the model")
-    for key, d in delta.items():
-        w = targets[key]
-        side = separate if separate is not None else w.dtype != torch.float32
-        if side and isinstance(layers.get(key), torch.nn.Linear):
-            DeltaPath(layers[key]).set(d, w)
-        else:
-            w.copy_((w.float() + d.to(w.device, torch.float32)).to(w.dtype))
-    return len(delta)
+read_delta = runfolder.read_base_delta  # the run folder's own reader and applier, under the names
+apply_base_delta = runfolder.apply_base_delta  # export has always offered (load_run's docstring)
 
 
 def load_run(run_dir: Path, precision: str | None = None):
-    """(PeftModel with the base delta applied, tokenizer, config): the run's trained model, unmerged."""
+    """(PeftModel with the base delta applied, tokenizer, config): the run's trained model, unmerged.
+    In bf16/fp16 the delta sits on float32 side paths (`runfolder.apply_base_delta`): exact in the
+    forward pass, but not in the weights, so save a merged model with `fedmom export` (float32 merge)."""
     from peft import PeftModel
 
     from fedmom_cli.model import check_model_source, load_base_model, load_tokenizer
@@ -127,14 +86,14 @@ def load_run(run_dir: Path, precision: str | None = None):
     check_model_source(cfg)
     tokenizer = load_tokenizer(cfg)
     model = load_base_model(cfg, tokenizer)
-    model = PeftModel.from_pretrained(model, Path(run_dir) / "adapter")
+    model = PeftModel.from_pretrained(model, Path(run_dir) / runfolder.ADAPTER)
     apply_base_delta(model, read_delta(run_dir))
     return model.eval(), tokenizer, cfg
 
 
 def model_card(cfg: cfgmod.TrainConfig, result: dict, evals: dict | None, kind: str) -> str:
     """A Hub model card (YAML front matter + text) from config.yaml, result.json and eval.json."""
-    method = NAMES.get(cfg.method, cfg.method)
+    method = display_name(cfg.method)
     front = {
         "library_name": "peft" if kind != "merged" else "transformers",
         "base_model": base_model_id(cfg.model),
@@ -228,7 +187,7 @@ def export(
     nonzero = any(bool(d.abs().max() > 0) for d in delta.values() if d.numel())
     if adapter_only and nonzero and not (drop_base_delta or with_base_delta):
         raise UserError(
-            f"{NAMES.get(cfg.method, cfg.method)} put part of the update into the base weights "
+            f"{display_name(cfg.method)} put part of the update into the base weights "
             f"({DELTA_FILE} is not zero): the adapter alone is not the trained model; export the merged "
             "model (no --adapter-only), add --with-base-delta to ship the delta beside the adapter, or "
             "--drop-base-delta to export the incomplete adapter knowingly"
@@ -240,7 +199,7 @@ def export(
     info = {"run": run_dir.name, "method": cfg.method, "task": cfg.task, "config_hash": cfg.hash()}
     with fresh_output_dir(out, force=force, recognise=is_export, what=WHAT) as tmp:
         if adapter_only:
-            shutil.copytree(run_dir / "adapter", tmp, dirs_exist_ok=True)
+            shutil.copytree(run_dir / runfolder.ADAPTER, tmp, dirs_exist_ok=True)
             fix_adapter_config(tmp, cfg)
             kind = (
                 "adapter" if not nonzero else "adapter+delta" if with_base_delta else "adapter-without-delta"
@@ -299,6 +258,6 @@ def fix_adapter_config(folder: Path, cfg: cfgmod.TrainConfig) -> None:
 
 def _read_eval(run_dir: Path) -> dict | None:
     try:
-        return json.loads((run_dir / "eval.json").read_text())
+        return json.loads((run_dir / runfolder.EVAL).read_text())
     except (OSError, ValueError):
         return None

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from fedmom_cli import models
+from fedmom_cli import packaged_models as models
 from fedmom_cli.config import TrainConfig
 from fedmom_cli.data import _hub_reachable
 from fedmom_cli.errors import UserError

@@ -23,7 +23,7 @@ import numpy as np
 from fedmom_cli import safety
 from fedmom_cli.data import load_rows
 from fedmom_cli.errors import UserError
-from fedmom_cli.results import atomic_write_json
+from fedmom_cli.runfolder import atomic_write_json
 from fedmom_cli.tasks import get_task
 
 MAX_DRAWS = 1000

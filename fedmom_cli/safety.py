@@ -30,6 +30,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from fedmom_cli import runfolder
 from fedmom_cli.errors import UserError
 
 try:  # POSIX only
@@ -40,23 +41,14 @@ except ImportError:  # pragma: no cover - Windows
 LOCK_FILE = ".fedmom.lock"
 # Every name `fedmom train` (and `fedmom eval` on a run) writes inside a run folder.
 RUN_NAMES = {
-    "config.yaml",
-    "partition.json",
-    "metrics.jsonl",
-    "checkpoint.pt",
-    "adapter",
-    "base_delta.safetensors",
-    "result.json",
-    "merged",
-    "eval.json",
+    *runfolder.NAMES,
     "eval_samples",
     "eval_data",
     "tensorboard",  # --report-to tensorboard
     "tracking.json",  # --report-to wandb / mlflow: the tracking run's id, for --resume
-    "client_factors.safetensors",  # fedsa_lora: each client's own B (fedmom_cli/client_eval.py)
     LOCK_FILE,
 }
-AGGREGATE_NAMES = {"adapter", "base_delta.safetensors", "aggregation.json"}
+AGGREGATE_NAMES = {runfolder.ADAPTER, runfolder.BASE_DELTA, "aggregation.json"}
 TMP_NAME = re.compile(r"^\..+\.tmp$|^\..+\.[A-Za-z0-9_]{8}$")  # atomic writes, mkdtemp folders
 
 
@@ -99,7 +91,7 @@ def is_run_folder(folder: Path) -> bool:
     try:
         import yaml
 
-        config = yaml.safe_load((folder / "config.yaml").read_text())
+        config = yaml.safe_load((folder / runfolder.CONFIG).read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return False
     return isinstance(config, dict) and {"method", "task", "seed", "lora_r"} <= set(config)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import results, safety
+from fedmom_cli import runfolder, safety
 from fedmom_cli.errors import UserError
 
 PARAMS = {"tiny": 0.1e6, "smollm2-135m": 134.5e6, "meta-llama/Llama-2-7b-hf": 6.74e9}
@@ -121,7 +121,7 @@ def conflict(cell: Cell) -> list[str] | None:
         return None
     if not folder.is_dir():
         return ["a file, not a folder"]
-    if not (folder / "config.yaml").is_file():
+    if not (folder / runfolder.CONFIG).is_file():
         other = [p.name for p in folder.iterdir() if p.name != safety.LOCK_FILE]
         return ["not a fedmom run folder"] if other else None
     try:
@@ -134,12 +134,12 @@ def cell_state(cell: Cell) -> str:
     diff = conflict(cell)
     if diff:
         return "conflict"
-    result = safety.read_json_or_none(cell.run_dir / "result.json") or {}
+    result = safety.read_json_or_none(cell.run_dir / runfolder.RESULT) or {}
     if not isinstance(result, dict):
         result = {}
     if result.get("status") == "finished":
-        return "done" if (cell.run_dir / "eval.json").is_file() else "trained"
-    if (cell.run_dir / "checkpoint.pt").is_file():
+        return "done" if (cell.run_dir / runfolder.EVAL).is_file() else "trained"
+    if (cell.run_dir / runfolder.CHECKPOINT).is_file():
         return f"partial ({result.get('rounds_completed', '?')}/{cell.config.rounds} rounds)"
     return "todo"
 
@@ -191,7 +191,7 @@ def ensure_partition(cell: Cell) -> None:
     cfg = cell.config
     rows = load_rows(get_task(cfg.task), Path(cfg.data) if cfg.data else None, cfg.synthetic, seed=cfg.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    results.atomic_write_json(
+    runfolder.atomic_write_json(
         path,
         make_partition(cfg.task, rows, cfg.clients, cfg.beta, cfg.seed, cfg.min_client_size),
         indent=None,
@@ -200,7 +200,7 @@ def ensure_partition(cell: Cell) -> None:
 
 def preflight(spec: dict, cells: list[Cell], root: Path) -> None:
     """What would fail late (after hours of training) checked before the first cell trains."""
-    from fedmom_cli import report_render
+    from fedmom_cli.report import render as report_render
 
     for cell in cells:
         safety.check_device(cell.config.device)
@@ -227,9 +227,9 @@ def run(
     log=print,
     report_to: str | None = None,
 ) -> str | None:
-    from fedmom_cli import evaluate as ev
-    from fedmom_cli import report_render
     from fedmom_cli import train as tr
+    from fedmom_cli.evaluation import evaluate as ev
+    from fedmom_cli.report import render as report_render
 
     spec, cells, root = plan(recipe, only, out, overrides or {})
     from fedmom_cli import tracking
@@ -281,7 +281,7 @@ def run(
     if spec.get("pretrained"):
         cfg = cells[0].config
         pre = root / cfg.task / "pretrained"
-        if not (pre / "eval.json").is_file():
+        if not (pre / runfolder.EVAL).is_file():
             log(f"evaluating the pre-trained model {cfg.model}")
             ev.run(
                 ev.EvalOptions(model=cfg.model, task=cfg.task, out=pre, tasks=eval_tasks, data_dir=data_dir)

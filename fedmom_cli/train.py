@@ -10,12 +10,13 @@ from pathlib import Path
 import yaml
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import results, safety, tracking
+from fedmom_cli import runfolder, safety, tracking
 from fedmom_cli.client import NonFiniteLoss
 from fedmom_cli.config import TrainConfig
 from fedmom_cli.errors import UserError
 from fedmom_cli.progress import RoundProgress
-from fedmom_cli.simulate import CHECKPOINT, Simulation
+from fedmom_cli.runfolder import CHECKPOINT
+from fedmom_cli.simulate import Simulation
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def _now() -> str:
 
 def settings_diff(run_dir: Path, cfg: TrainConfig) -> list[str]:
     """How the settings in run_dir/config.yaml differ from cfg ('key: old there, new now')."""
-    path = run_dir / "config.yaml"
+    path = run_dir / runfolder.CONFIG
     try:
         old = cfgmod.from_yaml(path.read_text())
     except (OSError, ValueError, TypeError, AttributeError, UserError, yaml.YAMLError) as exc:
@@ -90,7 +91,7 @@ def _prepare(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool, probe: 
                 + "; --force only replaces a fedmom run folder; choose another --out"
             )
         return "force"
-    if _has_content(run_dir) and not (run_dir / "config.yaml").is_file():
+    if _has_content(run_dir) and not (run_dir / runfolder.CONFIG).is_file():
         raise UserError(f"{run_dir} exists and is not a fedmom run folder; choose another --out")
     result = _read_result(run_dir)
     if result is not None and result.get("status") == "finished":
@@ -101,7 +102,7 @@ def _prepare(run_dir: Path, cfg: TrainConfig, resume: bool, force: bool, probe: 
             raise UserError(f"{run_dir} holds an unfinished run; --resume continues it, --force starts over")
         _same_settings(run_dir, cfg, "holds an unfinished run")
         return "resume"
-    if run_dir.is_dir() and (run_dir / "config.yaml").is_file():
+    if run_dir.is_dir() and (run_dir / runfolder.CONFIG).is_file():
         # Started but never checkpointed (killed in round 0, or a failed start): nothing to keep.
         _same_settings(run_dir, cfg, "holds the start of a run")
         return "restart"
@@ -129,7 +130,7 @@ def check_client_resources(resources: dict | None) -> None:
 
 
 def _read_result(run_dir: Path) -> dict | None:
-    path = run_dir / "result.json"
+    path = run_dir / runfolder.RESULT
     if not path.is_file():
         return None
     data = safety.read_json_or_none(path)
@@ -146,7 +147,7 @@ def run(opts: TrainOptions) -> dict:
     if opts.client_resources and opts.engine != "flower":
         raise UserError("--client-cpus / --client-gpus apply to --engine flower only")
     if opts.engine == "flower":
-        from fedmom_cli.flower_engine import require_flower
+        from fedmom_cli.flower.engine import require_flower
 
         require_flower()
         check_client_resources(opts.client_resources)
@@ -160,7 +161,7 @@ def run(opts: TrainOptions) -> dict:
         return _read_result(run_dir)
     sim = Simulation(cfg, run_dir)  # loads data and model: user errors surface before any write
     last = sim.load_checkpoint() if action == "resume" else None  # a bad checkpoint: before writes
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run_dir / runfolder.METRICS
     if action == "resume":
         records = _completed_records(metrics_path, sim.round, last)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +176,7 @@ def run(opts: TrainOptions) -> dict:
 def _completed_records(metrics_path: Path, round_: int, last: dict) -> list[dict]:
     """Exactly the completed rounds: lines past the checkpoint dropped, a missing last one restored."""
     try:
-        records = results.read_metrics(metrics_path)
+        records = runfolder.read_metrics(metrics_path)
     except ValueError as exc:
         raise UserError(f"{metrics_path}: {exc}; --force starts the run over") from None
     records = [r for r in records if r["round"] < round_ - 1] + [last]
@@ -188,12 +189,12 @@ def _completed_records(metrics_path: Path, round_: int, last: dict) -> list[dict
 
 
 def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str, records) -> dict:
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run_dir / runfolder.METRICS
     previous = (_read_result(run_dir) or {}) if action == "resume" else {}
     if action != "resume":
-        results.atomic_write_bytes(run_dir / "config.yaml", cfgmod.to_yaml(cfg).encode())
-        results.atomic_write_json(run_dir / "partition.json", sim.partition, indent=None)
-    results.write_metrics(metrics_path, records)
+        runfolder.atomic_write_bytes(run_dir / runfolder.CONFIG, cfgmod.to_yaml(cfg).encode())
+        runfolder.atomic_write_json(run_dir / runfolder.PARTITION, sim.partition, indent=None)
+    runfolder.write_metrics(metrics_path, records)
     result = {
         "status": "running",
         "method": cfg.method,
@@ -205,11 +206,11 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
         "started": previous.get("started", _now()),
         "resumed": previous.get("resumed", 0) + (action == "resume"),
         "wall_seconds": previous.get("wall_seconds", 0.0),
-        "device": results.device_info(sim.accelerator.device),
-        "versions": results.versions(),
-        "git": results.git_state(),
+        "device": runfolder.device_info(sim.accelerator.device),
+        "versions": runfolder.versions(),
+        "git": runfolder.git_state(),
     }
-    results.atomic_write_json(run_dir / "result.json", result)
+    runfolder.atomic_write_json(run_dir / runfolder.RESULT, result)
     start = time.perf_counter()
 
     def save(status: str, **extra) -> None:
@@ -219,7 +220,7 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
             wall_seconds=previous.get("wall_seconds", 0.0) + time.perf_counter() - start,
             **extra,
         )
-        results.atomic_write_json(run_dir / "result.json", result)
+        runfolder.atomic_write_json(run_dir / runfolder.RESULT, result)
 
     try:
         tracker = tracking.Tracker(opts.report_to, run_dir, cfg, resume=action == "resume")
@@ -231,9 +232,10 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
     try:
         with RoundProgress(cfg.rounds, len(sim.sampled_clients(0)), sim.round, opts.progress) as progress:
 
-            def finish_round(record: dict) -> None:
+            def finish_round(round_record) -> None:  # a server.RoundRecord, from either engine
+                record = round_record.to_json()
                 records.append(record)
-                results.write_metrics(metrics_path, records)
+                runfolder.write_metrics(metrics_path, records)
                 tracker.log_round(record)
                 progress.round_done(record)
                 save("running")
@@ -241,10 +243,10 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
 
             progress.round_started(sim.round)
             if opts.engine == "flower":
-                from fedmom_cli import flower_engine
+                from fedmom_cli.flower import engine as flower_engine
 
                 flower_engine.run(
-                    sim, sim.round, finish_round, grid=opts.grid, client_resources=opts.client_resources
+                    sim.server, finish_round, grid=opts.grid, client_resources=opts.client_resources
                 )
             else:
                 for t in range(sim.round, cfg.rounds):

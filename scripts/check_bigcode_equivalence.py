@@ -186,8 +186,8 @@ def fedmom_side(humaneval: list[dict], mbpp_rows: list[dict], cases: list[dict],
     from lm_eval.models.utils import handle_stop_sequences, postprocess_generated_text
     from lm_eval.tasks import TaskManager
 
-    from fedmom_cli import evaltasks
-    from fedmom_cli.sandbox import Outcome
+    from fedmom_cli.evaluation import evaltasks
+    from fedmom_cli.evaluation.sandbox import Outcome
 
     manager = TaskManager(include_defaults=False)
     selected_mbpp = evaltasks.select_rows("mbpp", mbpp_rows, work / "mbpp.jsonl")

@@ -17,9 +17,9 @@ from helpers import run_main
 from safetensors.torch import load_file
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import evaluate as ev
 from fedmom_cli import train as tr
 from fedmom_cli.errors import UserError
+from fedmom_cli.evaluation import evaluate as ev
 from fedmom_cli.model import lora_modules
 from fedmom_cli.safety import is_run_folder
 

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from fedmom_cli import answers, evaltasks
 from fedmom_cli import config as cfgmod
-from fedmom_cli import evaluate as ev
+from fedmom_cli import synthetic
 from fedmom_cli import train as tr
 from fedmom_cli.errors import UserError
-from fedmom_cli.sandbox import run_program
+from fedmom_cli.evaluation import answers, evaltasks
+from fedmom_cli.evaluation import evaluate as ev
+from fedmom_cli.evaluation.sandbox import run_program
 
 
 def test_gsm8k_gold_answers_score_100_and_wrong_ones_0(shared_data):
@@ -280,7 +281,39 @@ MBPP_TESTS = "\nassert f(1) == 2\nassert f(2) == 3"
     ],
 )
 def test_code_programs_are_the_bigcode_harness_programs(task, doc, generation, expected):
-    from fedmom_cli import codeexec
+    from fedmom_cli.evaluation import codeexec
 
     assert codeexec.bigcode_program(task, doc, generation) == expected
     assert "```" not in "".join(codeexec.MBPP_UNTIL)  # lm-eval leaves the fence for bigcode_program
+
+
+# ---- one registry entry per benchmark; eval prompts are the training prompts ------------------------
+def test_every_benchmark_derives_its_files_names_protocol_and_column():
+    from fedmom_cli.benchmarks import BENCHMARKS, FAMILY_TASKS
+    from fedmom_cli.evaluation import lmeval_tasks
+    from fedmom_cli.report import tables
+
+    assert list(evaltasks.LOCAL_FILES) == list(BENCHMARKS) == list(evaltasks.LM_EVAL_NAMES)
+    assert set(BENCHMARKS) <= set(evaltasks.EVAL_TASKS) and set(tables.COLUMNS) == set(BENCHMARKS)
+    assert sorted(n for fam in FAMILY_TASKS.values() for n in fam) == sorted(BENCHMARKS)
+    assert set(lmeval_tasks.PAPER) == {n for n, b in BENCHMARKS.items() if b.family != "code"}
+    for name, b in BENCHMARKS.items():
+        assert tables.paper_protocol(name) == (("lm-eval", b.metric) if b.metric else ("bigcode", "pass@1"))
+
+
+@pytest.mark.parametrize("family", ["math", "commonsense", "code"])
+def test_train_format_eval_prompts_are_the_training_prompts(family):
+    from fedmom_cli.tasks import TASKS
+
+    train_rows = getattr(synthetic, f"{family}_rows")(5, seed=10_000 + 3)  # the stream eval reads
+    eval_rows = evaltasks.synthetic_eval_rows(family, 5, 3)
+    task = evaltasks.EVAL_TASKS[evaltasks.SYNTHETIC[family]]
+    for train_row, eval_row in zip(train_rows, eval_rows, strict=True):
+        prompt, response = TASKS[family].format(train_row)
+        assert task.prompt(eval_row) == prompt and response  # the question exactly as fine-tuned
+    gsm8k = {"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}
+    if family == "math":  # a real benchmark row: the training task's own converter, then its prompt
+        from fedmom_cli.tasks import gsm8k_to_metamath
+
+        want = TASKS["math"].format(gsm8k_to_metamath(gsm8k))[0]
+        assert evaltasks.EVAL_TASKS["gsm8k"].prompt(gsm8k) == want

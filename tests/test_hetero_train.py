@@ -29,11 +29,11 @@ def test_a_heterogeneous_round_is_exact(tmp_path, method, tau):
     extra = {"tau": tau} if tau else {}
     sim = Simulation(smoke_config(method, client_ranks=RANKS, **extra), tmp_path)
     base = {n: m.base_layer.weight.double().clone() for n, m in sim.modules.items()}
-    sim.run_round(0)
-    for k, r in zip(sim.last_round["clients"], RANKS):
-        for f in sim.last_round["trained"][k].values():
+    record = sim.run_round(0)
+    for u, r in zip(record.updates, RANKS):
+        for f in u.factors.values():
             assert f.A.shape[0] == r and f.B.shape[1] == r and f.B.abs().sum() > 0
-    got, M = effective(sim), aggregate_dense(sim)  # s sum_i w_i B_i A_i over the rank-r_i factors
+    got, M = effective(sim), aggregate_dense(sim, record)  # s sum_i w_i B_i A_i over the rank-r_i factors
     for name in sim.modules:
         assert float((got[name] - base[name] - M[name]).norm() / M[name].norm()) < 1e-5
 
@@ -42,13 +42,13 @@ def test_clients_start_from_their_truncation_and_stay_rank_ri(tmp_path):
     sim = Simulation(smoke_config("fedmomentum", client_ranks=RANKS), tmp_path)
     sim.run_round(0)
     for k, r in enumerate(RANKS):
-        start = sim.client_start(k)
+        start = sim.server.client_start(k)
         for m, f in start.items():
-            g = sim.global_factors[m]
+            g = sim.server.global_factors[m]
             assert torch.equal(f.A[:r], g.A[:r]) and not f.A[r:].any() and not f.B[:, r:].any()
-    sim.run_round(1)  # trained from the truncation: the padding stayed exactly zero
+    record = sim.run_round(1)  # trained from the truncation: the padding stayed exactly zero
     for k, r in enumerate(RANKS):
-        assert all(f.A.shape[0] == r for f in sim.last_round["trained"][k].values())
+        assert all(f.A.shape[0] == r for f in record.updates[k].factors.values())
 
 
 def test_client_ranks_are_recorded_in_the_run_folder(tmp_path):
@@ -147,11 +147,11 @@ def test_heterogeneous_kill_9_and_resume_equals_uninterrupted(tmp_path, method):
 
 def test_fedsa_lora_clients_continue_from_their_own_B(tmp_path):
     sim = Simulation(smoke_config("fedsa_lora"), tmp_path)
-    sim.run_round(0)
-    trained = sim.last_round["trained"]
-    for k in sim.last_round["clients"]:
-        start = sim.client_start(k)
+    record = sim.run_round(0)
+    trained = {u.client: u.factors for u in record.updates}
+    for k in record.clients:
+        start = sim.server.client_start(k)
         for m, f in start.items():
             assert torch.equal(f.B.cpu(), trained[k][m].B.cpu())
-            assert torch.equal(f.A, sim.global_factors[m].A)  # the shared, averaged A
+            assert torch.equal(f.A, sim.server.global_factors[m].A)  # the shared, averaged A
     sim.run_round(1)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from helpers import run_main
 
-from fedmom_cli import convert, evaltasks, lmeval_tasks
-from fedmom_cli import evaluate as ev
 from fedmom_cli.errors import UserError
+from fedmom_cli.evaluation import convert, evaltasks, lmeval_tasks
+from fedmom_cli.evaluation import evaluate as ev
 
 SIX = {  # LLM-Adapters file -> (lm-eval task, its YAML under lm_eval/tasks, fedmom's eval.json key)
     "ARC-Easy": ("arc_easy", "arc/arc_easy.yaml", "ARC-Easy"),
@@ -289,7 +289,7 @@ def test_mbpp_is_bigcodes_500_test_problems_with_its_prompt(mbpp_file):
     task = evaltasks._task("mbpp")
     doc = rows[0]
     assert task.prompt(doc) == '"""\n' + doc["text"] + "\n" + doc["test_list"][0] + '\n"""\n'
-    from fedmom_cli import codeexec
+    from fedmom_cli.evaluation import codeexec
 
     assert codeexec.MBPP_STOPS == ["\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```"]
     # lm-eval stops at all but the fence; bigcode_program cuts there after looking for a ```python block

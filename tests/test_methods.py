@@ -13,7 +13,7 @@ import torch
 from helpers import dense_M, make_clients, rel
 
 from fedmom_cli.errors import UserError
-from fedmom_cli.methods import METHODS, LoraFactors, LoraSpec, build_method
+from fedmom_cli.methods import METHODS, LoraFactors, LoraSpec, build_method, frozen_factors
 
 SHAPES = [(48, 32), (32, 80), (64, 64)]  # (out, in)
 CASES = [  # (n, weights)
@@ -51,10 +51,11 @@ def test_every_method_file_is_registered():
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_matrix_shapes_dtypes_and_determinism(name):
     clients = make_clients(3, 4, 48, 32, seed=1)
-    if name == "ffa_lora":
+    frozen = frozen_factors(name, 0)  # what the method's clients do not train, they share
+    if "A" in frozen:
         clients = shared_A(clients)
-    if name in ("rolora", "fedsvd"):
-        clients = shared_A(clients)
+    if "B" in frozen:
+        clients = shared_B(clients)
     w = [1.0, 2.0, 3.0]
     a = build_method(name, LORA, seed=7).aggregate({"m": clients}, w, 0)
     b = build_method(name, LORA, seed=7).aggregate({"m": clients}, w, 0)

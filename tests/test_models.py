@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fedmom_cli import models
+from fedmom_cli import packaged_models as models
 from fedmom_cli.cli import main
 from fedmom_cli.errors import UserError
 

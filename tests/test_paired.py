@@ -6,8 +6,8 @@ import json
 
 import yaml
 
-from fedmom_cli import report
-from fedmom_cli.paired import paired_markdown
+from fedmom_cli.report import tables as report
+from fedmom_cli.report.paired import paired_markdown
 
 
 def _run(root, method, seed, val_losses, gsm8k=None):

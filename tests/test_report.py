@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from fedmom_cli import report, report_render
+from fedmom_cli.report import render as report_render
+from fedmom_cli.report import tables as report
 
 GOLDEN = Path(__file__).parent / "golden" / "report_fixture.md"
 BASE = {"task": "math", "model": "meta-llama/Llama-2-7b-hf", "lora_r": 32, "rounds": 2}
@@ -189,7 +190,7 @@ def test_figures_and_long_formats(results, tmp_path):
 
 def test_report_imports_no_torch_and_rejects_bad_input(results, tmp_path):
     code = (
-        "import sys, fedmom_cli.report, fedmom_cli.report_render, fedmom_cli.figures; "
+        "import sys, fedmom_cli.report.tables, fedmom_cli.report.render, fedmom_cli.report.figures; "
         "print('torch' in sys.modules)"
     )
     assert (
@@ -204,7 +205,7 @@ def test_report_imports_no_torch_and_rejects_bad_input(results, tmp_path):
 
 
 def test_rank_figure_when_runs_differ_only_in_rank(tmp_path):
-    from fedmom_cli import figures
+    from fedmom_cli.report import figures
 
     root = tmp_path / "ranks"
     for r, acc in ((8, 0.2), (16, 0.3), (32, 0.35)):

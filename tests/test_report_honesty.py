@@ -7,7 +7,8 @@ from pathlib import Path
 
 from test_report import make_run
 
-from fedmom_cli import report, report_render
+from fedmom_cli.report import render as report_render
+from fedmom_cli.report import tables as report
 
 PAPER_GSM8K = {"protocol": "lm-eval", "metric_key": "exact_match,flexible-extract"}
 PAPER_MATH = {"protocol": "lm-eval", "metric_key": "exact_match,none"}

@@ -24,7 +24,7 @@ from helpers import run_main
 from safetensors.torch import load_file, save_file
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import results, safety
+from fedmom_cli import runfolder, safety
 from fedmom_cli.partition import make_partition
 from fedmom_cli.simulate import Simulation
 from fedmom_cli.tasks import TASKS
@@ -47,16 +47,16 @@ def _run_folder(folder: Path, cfg: cfgmod.TrainConfig, rounds_done: int, finishe
     folder.mkdir(parents=True)
     sim = Simulation(cfg, folder)
     (folder / "config.yaml").write_text(cfgmod.to_yaml(cfg))
-    results.atomic_write_json(folder / "partition.json", sim.partition, indent=None)
-    records = [sim.run_round(t) for t in range(rounds_done)]
-    results.write_metrics(folder / "metrics.jsonl", records)
+    runfolder.atomic_write_json(folder / "partition.json", sim.partition, indent=None)
+    records = [sim.run_round(t).to_json() for t in range(rounds_done)]
+    runfolder.write_metrics(folder / "metrics.jsonl", records)
     status = "finished" if finished else "running"
     if finished:
         sim.save_outputs(False)
         (folder / "checkpoint.pt").unlink()
     result = {"status": status, "method": cfg.method, "task": cfg.task, "seed": cfg.seed}
     result.update(rounds=cfg.rounds, rounds_completed=rounds_done, config_hash=cfg.hash())
-    results.atomic_write_json(folder / "result.json", result)
+    runfolder.atomic_write_json(folder / "result.json", result)
 
 
 def _adapters(root: Path) -> None:
@@ -110,7 +110,7 @@ def _partitions(root: Path) -> None:
 
     rows = load_rows(TASKS["math"], None, cfg.synthetic, seed=0)
     part = make_partition("math", rows, 3, 0.5, 0, 4)
-    results.atomic_write_json(root / "part.json", part)
+    runfolder.atomic_write_json(root / "part.json", part)
 
     def variant(name: str, clients=None, **changes) -> None:
         data = {**part, **changes}
@@ -133,7 +133,7 @@ def _partitions(root: Path) -> None:
     (root / "part_trunc.json").write_text(json.dumps(part)[:200])
     (root / "part_empty_file.json").write_text("")
     other = load_rows(TASKS["math"], None, 120, seed=1)
-    results.atomic_write_json(root / "part_other.json", make_partition("math", other, 3, 0.5, 0, 4))
+    runfolder.atomic_write_json(root / "part_other.json", make_partition("math", other, 3, 0.5, 0, 4))
 
 
 def _data(root: Path) -> None:
@@ -823,7 +823,7 @@ def test_a_held_lock_is_named_and_nothing_is_written(world, monkeypatch, capsys)
         "--no-progress",
     )
     assert code == 0, err
-    assert [r["round"] for r in results.read_metrics(world / "run_part" / "metrics.jsonl")] == [0, 1, 2]
+    assert [r["round"] for r in runfolder.read_metrics(world / "run_part" / "metrics.jsonl")] == [0, 1, 2]
 
 
 @pytest.mark.slow  # two real processes and a full training run: ~40 s on a busy 2-core machine
@@ -895,7 +895,7 @@ def test_sweep_recipes_never_write_under_the_committed_examples():
 
 
 def test_a_report_above_the_examples_leaves_them_out(tmp_path):
-    from fedmom_cli import report
+    from fedmom_cli.report import tables as report
 
     root = tmp_path / "results"
     shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "examples", root / "examples")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmom_cli import codeexec, sandbox
+from fedmom_cli.evaluation import codeexec, sandbox
 
 ADD = {
     "task_id": "Toy/0",
@@ -257,7 +257,7 @@ def test_always_true_eq_is_a_cheat_that_remains():
 FLOOD = "import sys\nb = 'x' * (1 << 20)\nfor _ in range(300):\n    sys.stderr.write(b)\n    sys.stdout.write(b)\n"  # noqa: E501
 MEASURE = """
 import sys
-from fedmom_cli import sandbox
+from fedmom_cli.evaluation import sandbox
 
 def peak():  # VmHWM: this process's peak RSS since its exec
     return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
@@ -467,9 +467,9 @@ def test_a_daemon_that_writes_10_s_later_never_writes(tmp_path, mode):
 
 def test_generation_path_uses_the_same_scorer_and_refuses_without_isolation(tmp_path, monkeypatch):
     from fedmom_cli import config as cfgmod
-    from fedmom_cli import evaltasks
-    from fedmom_cli import evaluate as ev
     from fedmom_cli.errors import UserError
+    from fedmom_cli.evaluation import evaltasks
+    from fedmom_cli.evaluation import evaluate as ev
 
     row = {**ADD, "canonical_solution": "    return a + b\n"}
     for completion in ("    return a + b\n", "    import sys\n    sys.exit(0)\n", "    return a - b\n"):

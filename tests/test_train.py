@@ -43,18 +43,13 @@ def effective(sim) -> dict[str, torch.Tensor]:
     return out
 
 
-def aggregate_dense(sim) -> dict[str, torch.Tensor]:
-    """s * sum_i w_i B_i A_i from the clients' trained factors, in float64."""
-    last = sim.last_round
-    w = torch.tensor(last["weights"], dtype=torch.float64)
+def aggregate_dense(sim, record) -> dict[str, torch.Tensor]:
+    """s * sum_i w_i B_i A_i from the clients' trained factors (the round's updates), in float64."""
+    w = torch.tensor(record.weights, dtype=torch.float64)
     w = w / w.sum()
     s = sim.cfg.lora_alpha / sim.cfg.lora_r
     return {
-        m: s
-        * sum(
-            wi * last["trained"][k][m].B.double() @ last["trained"][k][m].A.double()
-            for wi, k in zip(w, last["clients"])
-        )
+        m: s * sum(wi * u.factors[m].B.double() @ u.factors[m].A.double() for wi, u in zip(w, record.updates))
         for m in sim.modules
     }
 
@@ -86,12 +81,12 @@ def test_effective_weights_after_a_real_round(tmp_path, method, exact):
     for t in range(2):
         base = {n: m.base_layer.weight.double().clone() for n, m in sim.modules.items()}
         record = sim.run_round(t)
-        got, M = effective(sim), aggregate_dense(sim)
+        got, M = effective(sim), aggregate_dense(sim, record)
         for name in sim.modules:
             if exact:  # base + s sum_i w_i B_i A_i, exactly
                 want = base[name] + M[name]
             else:  # base + s * best rank-(r + s_res) approximation of M
-                k = sim.cfg.lora_r + record["module_stats"][name]["s_res"]
+                k = sim.cfg.lora_r + record.module_stats[name]["s_res"]
                 U, S, Vh = torch.linalg.svd(M[name], full_matrices=False)
                 want = base[name] + U[:, :k] * S[:k] @ Vh[:k]
             err = float((got[name] - want).norm() / M[name].norm())
@@ -100,38 +95,41 @@ def test_effective_weights_after_a_real_round(tmp_path, method, exact):
 
 def test_clients_train_and_leave_the_global_adapter_behind(tmp_path):
     sim = Simulation(smoke_config("fedit"), tmp_path)
-    start = {m: (f.A.clone(), f.B.clone()) for m, f in sim.global_factors.items()}
-    sim.run_round(0)
-    for k in sim.last_round["clients"]:
-        for m, f in sim.last_round["trained"][k].items():
+    start = {m: (f.A.clone(), f.B.clone()) for m, f in sim.server.global_factors.items()}
+    trained = {u.client: u.factors for u in sim.run_round(0).updates}
+    for k in trained:
+        for m, f in trained[k].items():
             assert not torch.equal(f.B, start[m][1]) and not torch.equal(f.A, start[m][0])
-    a, b = sim.last_round["trained"][0], sim.last_round["trained"][1]
+    a, b = trained[0], trained[1]
     assert any(not torch.equal(a[m].B, b[m].B) for m in a)  # clients differ from each other too
 
 
 def test_ffa_lora_never_changes_A(tmp_path):
     sim = Simulation(smoke_config("ffa_lora"), tmp_path)
-    A0 = {m: f.A.clone() for m, f in sim.global_factors.items()}
+    A0 = {m: f.A.clone() for m, f in sim.server.global_factors.items()}
     for t in range(2):
-        sim.run_round(t)
-        for k in sim.last_round["clients"]:
-            assert all(torch.equal(sim.last_round["trained"][k][m].A, A0[m]) for m in A0)
-        assert all(torch.equal(sim.global_factors[m].A, A0[m]) for m in A0)
-    assert any(sim.global_factors[m].B.abs().sum() > 0 for m in A0)
+        record = sim.run_round(t)
+        for u in record.updates:
+            assert all(torch.equal(u.factors[m].A, A0[m]) for m in A0)
+        assert all(torch.equal(sim.server.global_factors[m].A, A0[m]) for m in A0)
+    assert any(sim.server.global_factors[m].B.abs().sum() > 0 for m in A0)
 
 
 def test_rolora_alternates_b_then_a(tmp_path):
     sim = Simulation(smoke_config("rolora"), tmp_path)
-    before = {m: (f.A.clone(), f.B.clone()) for m, f in sim.global_factors.items()}
+    glob = sim.server.global_factors
+    before = {m: (f.A.clone(), f.B.clone()) for m, f in glob.items()}
     sim.run_round(0)  # trains B: A frozen everywhere
+    glob = sim.server.global_factors
     for m, (A, B) in before.items():
-        assert torch.equal(sim.global_factors[m].A, A) and not torch.equal(sim.global_factors[m].B, B)
-    before = {m: (f.A.clone(), f.B.clone()) for m, f in sim.global_factors.items()}
-    sim.run_round(1)  # trains A: B frozen everywhere
+        assert torch.equal(glob[m].A, A) and not torch.equal(glob[m].B, B)
+    before = {m: (f.A.clone(), f.B.clone()) for m, f in glob.items()}
+    record = sim.run_round(1)  # trains A: B frozen everywhere
+    glob = sim.server.global_factors
     for m, (A, B) in before.items():
-        assert torch.equal(sim.global_factors[m].B, B) and not torch.equal(sim.global_factors[m].A, A)
-        for k in sim.last_round["clients"]:
-            assert torch.equal(sim.last_round["trained"][k][m].B, B)
+        assert torch.equal(glob[m].B, B) and not torch.equal(glob[m].A, A)
+        for u in record.updates:
+            assert torch.equal(u.factors[m].B, B)
 
 
 def test_finished_run_is_skipped_and_force_retrains(tmp_path, capsys):

@@ -2,6 +2,10 @@
 
     METHODS["fedmomentum"](LoraSpec(r=32, alpha=64), tau=0.9999)
 
+A method's options are its constructor's keyword arguments (checked by `build_method`; a run sets
+them with `method_options` in its config, the older top-level `tau` and `svd` still work) and its
+display name is the class attribute `display_name`: a new method is its own file plus one line here.
+
 The FedMomentum ablations of the paper's Tables 5-7 are registered under their own names so that
 run folders, recipes and report rows can name them; they are the same class with one switch off.
 """
@@ -26,6 +30,14 @@ from fedmom_cli.methods.flora import FLoRA
 from fedmom_cli.methods.hetlora import HetLoRA
 from fedmom_cli.methods.rolora import RoLoRA
 
+
+def _ablation(cls, display_name: str, **switches):
+    """The method with switches fixed, under its own name (a partial: the options stay checkable)."""
+    made = functools.partial(cls, **switches)
+    made.display_name = display_name
+    return made
+
+
 METHODS: dict[str, Callable[..., Method]] = {
     "fedit": FedIT,
     "flora": FLoRA,
@@ -33,8 +45,8 @@ METHODS: dict[str, Callable[..., Method]] = {
     "rolora": RoLoRA,
     "fedex_lora": FedExLoRA,
     "fedmomentum": FedMomentum,
-    "fedmomentum_no_balance": functools.partial(FedMomentum, balance=False),
-    "fedmomentum_no_residual": functools.partial(FedMomentum, residual=False),
+    "fedmomentum_no_balance": _ablation(FedMomentum, "FedMomentum w/o balanced split", balance=False),
+    "fedmomentum_no_residual": _ablation(FedMomentum, "FedMomentum w/o residual", residual=False),
     # Beyond the paper (issue 14): heterogeneous-rank and selective-aggregation methods.
     "flexlora": FlexLoRA,
     "hetlora": HetLoRA,
@@ -47,6 +59,17 @@ def method_options(name: str) -> set[str]:
     """The keyword options a registered method accepts (besides the LoRA spec)."""
     params = inspect.signature(METHODS[name]).parameters
     return {p for p in params if p != "lora"}
+
+
+def display_name(name: str) -> str:
+    """How tables, model cards and figures name a registered method (its class's `display_name`)."""
+    return getattr(METHODS[name], "display_name", name)
+
+
+def frozen_factors(name: str, round_idx: int = 0, **options: Any) -> frozenset[str]:
+    """The factors a method's clients do not train in `round_idx` (they must share them)."""
+    method = build_method(name, LoraSpec(r=1, alpha=1.0), **options)
+    return frozenset({"A", "B"}) - method.trainable(round_idx)
 
 
 def build_method(name: str, lora: LoraSpec, seed: int = 0, **options: Any) -> Method:
@@ -69,4 +92,14 @@ def build_method(name: str, lora: LoraSpec, seed: int = 0, **options: Any) -> Me
         raise UserError(f"{name}: {exc}") from None
 
 
-__all__ = ["METHODS", "LoraFactors", "LoraSpec", "Method", "RoundResult", "build_method", "method_options"]
+__all__ = [
+    "METHODS",
+    "LoraFactors",
+    "LoraSpec",
+    "Method",
+    "RoundResult",
+    "build_method",
+    "display_name",
+    "frozen_factors",
+    "method_options",
+]

@@ -64,6 +64,19 @@ class BaseDelta:
             return self.dense
         return self.scaling * (self.up @ self.down)
 
+    def to_arrays(self) -> dict[str, Tensor]:
+        """The delta as named tensors in its own form, to ship or store: {"dense"} or {"up", "down"}
+        (the scaling folded into up); `from_arrays` reads them back."""
+        if self.dense is not None:
+            return {"dense": self.dense}
+        return {"up": self.scaling * self.up, "down": self.down}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, Tensor]) -> BaseDelta:
+        if "dense" in arrays:
+            return cls(dense=arrays["dense"])
+        return cls(up=arrays["up"], down=arrays["down"])
+
     @property
     def numel_sent(self) -> int:
         """How many numbers a server sends to ship this delta in its own form."""

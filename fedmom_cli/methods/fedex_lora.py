@@ -54,6 +54,7 @@ def _lowrank_norm(up: torch.Tensor, down: torch.Tensor) -> float:
 
 class FedExLoRA:
     name = "fedex_lora"
+    display_name = "FedEx-LoRA"  # tables, model cards, figures
     heterogeneous = "zero-padding (HetLoRA) + the exact residual: exact"
 
     def __init__(self, lora: LoraSpec) -> None:

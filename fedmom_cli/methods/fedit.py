@@ -32,6 +32,7 @@ from fedmom_cli.methods.base import (
 
 class FedIT:
     name = "fedit"
+    display_name = "FedIT"  # tables, model cards, figures
     heterogeneous = "zero-padding (HetLoRA): FedAvg of the padded factors, approximate as FedIT"
 
     def __init__(self, lora: LoraSpec) -> None:

@@ -83,6 +83,7 @@ def _pad_rank(U: torch.Tensor, Vh: torch.Tensor, r: int) -> tuple[torch.Tensor, 
 
 class FedMomentum:
     name = "fedmomentum"
+    display_name = "FedMomentum"  # tables, model cards, figures
     heterogeneous = "SVD of the exact sum, top-r global, residual to the base: exact at tau = 1"
 
     def __init__(

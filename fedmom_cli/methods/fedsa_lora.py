@@ -44,6 +44,7 @@ from fedmom_cli.methods.base import (
 
 class FedSALoRA:
     name = "fedsa_lora"
+    display_name = "FedSA-LoRA"  # tables, model cards, figures
 
     def __init__(self, lora: LoraSpec) -> None:
         self.lora = lora

@@ -45,6 +45,7 @@ from fedmom_cli.methods.base import (
 
 class FedSVD:
     name = "fedsvd"
+    display_name = "FedSVD"  # tables, model cards, figures
 
     def __init__(self, lora: LoraSpec, period: int = 1, warmup: int = 0) -> None:
         if period < 0 or warmup < 0:

@@ -38,6 +38,7 @@ from fedmom_cli.methods.base import (
 
 class FFALoRA:
     name = "ffa_lora"
+    display_name = "FFA-LoRA"  # tables, model cards, figures
     heterogeneous = "zero-padding of B against the shared A_0: exact"
 
     def __init__(self, lora: LoraSpec) -> None:

@@ -57,6 +57,7 @@ from fedmom_cli.methods.base import (
 
 class FlexLoRA:
     name = "flexlora"
+    display_name = "FlexLoRA"  # tables, model cards, figures
     heterogeneous = "SVD of the exact full-size average, truncated to the global rank and to each r_i"
 
     def __init__(self, lora: LoraSpec) -> None:

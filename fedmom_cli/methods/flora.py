@@ -44,6 +44,7 @@ def reinit_seed(seed: int, round_idx: int, module: str) -> int:
 
 class FLoRA:
     name = "flora"
+    display_name = "FLoRA"  # tables, model cards, figures
     heterogeneous = "stacking of all ranks: exact"
 
     def __init__(self, lora: LoraSpec, seed: int = 0) -> None:

@@ -66,6 +66,7 @@ def update_norm(f: LoraFactors) -> float:
 
 class HetLoRA:
     name = "hetlora"
+    display_name = "HetLoRA"  # tables, model cards, figures
     heterogeneous = "zero-padding, sparsity-weighted FedAvg, truncation to each r_i"
 
     def __init__(self, lora: LoraSpec, weighting: str = "norm") -> None:

@@ -35,6 +35,7 @@ from fedmom_cli.methods.base import (
 
 class RoLoRA:
     name = "rolora"
+    display_name = "RoLoRA"  # tables, model cards, figures
     heterogeneous = "zero-padding of the trained factor against the shared frozen one: exact"
 
     def __init__(self, lora: LoraSpec) -> None:

@@ -16,7 +16,7 @@ NOBODY = 65534
 SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 PROOF_PATH = "/run/fedmom/fedmom-completion-proof"  # inside; sandbox_setup.py binds the same path
 PROGRAM_PATH = "/sandbox/program.py"
-SETUP = resources.files("fedmom_cli").joinpath("sandbox_setup.py").read_text()
+SETUP = resources.files("fedmom_cli.evaluation").joinpath("sandbox_setup.py").read_text()
 
 
 def drop_to(uid: int) -> None:

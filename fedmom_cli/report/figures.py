@@ -19,7 +19,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from fedmom_cli.report import NAMES, Run
+from fedmom_cli.report.tables import NAMES, Run
 
 
 def _plt():

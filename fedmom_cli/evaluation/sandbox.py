@@ -36,12 +36,12 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from fedmom_cli import sandbox_modes as modes
 from fedmom_cli.errors import UserError
+from fedmom_cli.evaluation import sandbox_modes as modes
 
 KEEP_BYTES = 1 << 20  # kept of stdout and of stderr each; the rest is read and dropped
 ISOLATIONS = ("bwrap", "namespaces", "none")
-RUNNER = resources.files("fedmom_cli").joinpath("sandbox_runner.py").read_text()
+RUNNER = resources.files("fedmom_cli.evaluation").joinpath("sandbox_runner.py").read_text()
 DONE_LINE = next(i for i, line in enumerate(RUNNER.splitlines(), 1) if 'sys.audit("fedmom.done"' in line)
 PROOF_NAME = modes.PROOF_PATH.rsplit("/", 1)[1]  # the harness refuses any path with a part so named
 EXIT_REASON = {3: "early exit", 4: "assertion", 5: "exception", 6: "early exit"}

@@ -20,33 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedmom_cli import answers, codeexec, synthetic
-from fedmom_cli.benchmarks import COMMONSENSE
+from fedmom_cli import synthetic
+from fedmom_cli.benchmarks import BENCHMARKS, COMMONSENSE
 from fedmom_cli.errors import UserError
-from fedmom_cli.sandbox import run_program
-from fedmom_cli.tasks import ALPACA, ALPACA_INPUT
+from fedmom_cli.evaluation import answers, codeexec
+from fedmom_cli.evaluation.sandbox import run_program
+from fedmom_cli.tasks import TASKS
 
-LOCAL_FILES = {  # task -> path under --data-dir, in the source's own format
-    "gsm8k": "gsm8k/test.jsonl",  # openai/grade-school-math: question, answer ("#### N")
-    "math": "MATH/test.jsonl",  # hendrycks MATH: problem, solution (\\boxed{...})
-    **{name: f"commonsense_eval/{name}.json" for name in COMMONSENSE},  # LLM-Adapters test sets
-    "humaneval": "humaneval/HumanEval.jsonl.gz",  # openai/human-eval
-    "mbpp": "mbpp/mbpp.jsonl",  # google-research mbpp: text, code, test_list
-}
-LM_EVAL_NAMES = {  # the same benchmarks under lm-eval's own task names (its own prompts and data)
-    "gsm8k": "gsm8k",
-    "math": "minerva_math",
-    "boolq": "boolq",
-    "piqa": "piqa",
-    "social_i_qa": "social_iqa",
-    "hellaswag": "hellaswag",
-    "winogrande": "winogrande",
-    "ARC-Easy": "arc_easy",
-    "ARC-Challenge": "arc_challenge",
-    "openbookqa": "openbookqa",
-    "humaneval": "humaneval",
-    "mbpp": "mbpp",
-}
+LOCAL_FILES = {b.name: b.local_file for b in BENCHMARKS.values()}  # task -> path under --data-dir
+LM_EVAL_NAMES = {b.name: b.lm_eval for b in BENCHMARKS.values()}  # the same under lm-eval's names
 # bigcode-evaluation-harness: its stop words (codeexec) and MBPP's test split = task_id 11-510 (500).
 MBPP_TEST_IDS = range(11, 511)
 # Train-format math: the fine-tuned answer ends with EOS (HFLM stops there); a base model instead
@@ -67,13 +49,21 @@ class EvalTask:
     max_gen_toks: int
 
 
+# Train-format prompts are the training task's own prompt (tasks.TASKS[...].format) of the eval
+# document put in the training schema with an empty response: the question is asked exactly as the
+# model was fine-tuned (tests/test_eval.py checks it against training rows).
 def _math_prompt(doc):
-    return ALPACA.format(instruction=doc.get("question") or doc.get("problem") or doc["query"])
+    question = doc.get("question") or doc.get("problem") or doc["query"]
+    return TASKS["math"].format({"query": question, "response": ""})[0]
 
 
 def _commonsense_prompt(doc):
-    template = ALPACA_INPUT if doc.get("input") else ALPACA
-    return template.format(instruction=doc["instruction"], input=doc.get("input", ""))
+    return TASKS["commonsense"].format({**doc, "output": ""})[0]
+
+
+def code_chat_prompt(user: str) -> str:
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": ""}]
+    return TASKS["code"].format({"messages": messages})[0]
 
 
 def _code_program(doc, completion: str) -> str:  # the one scorer of `fedmom eval --generations`
@@ -85,80 +75,68 @@ def _synthetic_code_program(doc, generation: str) -> str:
     return code + "\n" + "\n".join(doc["test_list"]) + "\n"
 
 
+def _commonsense_task(name: str, answer_kind: str, max_gen_toks: int) -> EvalTask:
+    def score(d, g):
+        return answers.commonsense_correct(g, d["answer"], answer_kind)
+
+    return EvalTask(name, "acc", _commonsense_prompt, score, [], max_gen_toks)
+
+
+def _bigcode_task(name: str, until: list[str]) -> EvalTask:
+    return EvalTask(
+        name,
+        "pass@1",
+        lambda d: codeexec.bigcode_prompt(name, d),
+        lambda d, g: run_program(codeexec.bigcode_program(name, d, g)).passed,
+        until,
+        512,
+    )
+
+
+EVAL_TASKS: dict[str, EvalTask] = {  # benchmarks.BENCHMARKS' scorers, + the synthetic smoke sets
+    "gsm8k": EvalTask(
+        "gsm8k",
+        "exact_match",
+        _math_prompt,
+        lambda d, g: answers.gsm8k_correct(g, answers.gsm8k_gold(d["answer"])),
+        GSM8K_STOPS,
+        256,
+    ),
+    "math": EvalTask(
+        "math",
+        "exact_match",
+        _math_prompt,
+        lambda d, g: answers.math_correct(g, answers.math_boxed(d["solution"])),
+        TRAIN_FORMAT_STOPS,
+        512,
+    ),
+    **{name: _commonsense_task(name, name, 32) for name in COMMONSENSE},
+    "humaneval": _bigcode_task("humaneval", codeexec.HUMANEVAL_STOPS),
+    "mbpp": _bigcode_task("mbpp", codeexec.MBPP_UNTIL),
+    "synthetic_math": EvalTask(
+        "synthetic_math",
+        "exact_match",
+        _math_prompt,
+        lambda d, g: answers.gsm8k_correct(g, d["response"].rsplit(" ", 1)[-1]),
+        [],
+        64,
+    ),
+    "synthetic_commonsense": _commonsense_task("synthetic_commonsense", "synthetic", 16),
+    "synthetic_code": EvalTask(
+        "synthetic_code",
+        "pass@1",
+        lambda d: d["prompt"],
+        lambda d, g: run_program(_synthetic_code_program(d, g)).passed,
+        [],
+        64,
+    ),
+}
+
+
 def _task(name: str) -> EvalTask:
-    if name == "gsm8k":
-        return EvalTask(
-            name,
-            "exact_match",
-            _math_prompt,
-            lambda d, g: answers.gsm8k_correct(g, answers.gsm8k_gold(d["answer"])),
-            GSM8K_STOPS,
-            256,
-        )
-    if name == "math":
-        return EvalTask(
-            name,
-            "exact_match",
-            _math_prompt,
-            lambda d, g: answers.math_correct(g, answers.math_boxed(d["solution"])),
-            TRAIN_FORMAT_STOPS,
-            512,
-        )
-    if name in COMMONSENSE:
-        return EvalTask(
-            name,
-            "acc",
-            _commonsense_prompt,
-            lambda d, g: answers.commonsense_correct(g, d["answer"], name),
-            [],
-            32,
-        )
-    if name == "humaneval":
-        return EvalTask(
-            name,
-            "pass@1",
-            lambda d: codeexec.bigcode_prompt("humaneval", d),
-            lambda d, g: run_program(codeexec.bigcode_program("humaneval", d, g)).passed,
-            codeexec.HUMANEVAL_STOPS,
-            512,
-        )
-    if name == "mbpp":
-        return EvalTask(
-            name,
-            "pass@1",
-            lambda d: codeexec.bigcode_prompt("mbpp", d),
-            lambda d, g: run_program(codeexec.bigcode_program("mbpp", d, g)).passed,
-            codeexec.MBPP_UNTIL,
-            512,
-        )
-    if name == "synthetic_math":
-        return EvalTask(
-            name,
-            "exact_match",
-            _math_prompt,
-            lambda d, g: answers.gsm8k_correct(g, d["response"].rsplit(" ", 1)[-1]),
-            [],
-            64,
-        )
-    if name == "synthetic_commonsense":
-        return EvalTask(
-            name,
-            "acc",
-            _commonsense_prompt,
-            lambda d, g: answers.commonsense_correct(g, d["answer"], "synthetic"),
-            [],
-            16,
-        )
-    if name == "synthetic_code":
-        return EvalTask(
-            name,
-            "pass@1",
-            lambda d: d["prompt"],
-            lambda d, g: run_program(_synthetic_code_program(d, g)).passed,
-            [],
-            64,
-        )
-    raise UserError(f"unknown eval task {name!r}; known: {', '.join([*LOCAL_FILES, *SYNTHETIC])}")
+    if name not in EVAL_TASKS:
+        raise UserError(f"unknown eval task {name!r}; known: {', '.join([*LOCAL_FILES, *SYNTHETIC])}")
+    return EVAL_TASKS[name]
 
 
 SYNTHETIC = {"math": "synthetic_math", "commonsense": "synthetic_commonsense", "code": "synthetic_code"}
@@ -176,7 +154,7 @@ def synthetic_eval_rows(family: str, n: int, seed: int) -> list[dict]:
             tests = [f"assert {func}({x}) == {eval(body, {'x': x})}" for x in (0, 3, -2)]  # noqa: S307
             out.append(
                 {
-                    "prompt": f"### User:\n{user}\n\n### Assistant:\n",
+                    "prompt": code_chat_prompt(user),
                     "test_list": tests,
                     "source": synthetic.SOURCE,
                 }

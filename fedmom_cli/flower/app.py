@@ -3,8 +3,8 @@
 pyproject.toml of the Flower App (see the README's "Scaling out"):
 
     [tool.flwr.app.components]
-    serverapp = "fedmom_cli.flower_app:serverapp"
-    clientapp = "fedmom_cli.flower_app:clientapp"
+    serverapp = "fedmom_cli.flower.app:serverapp"
+    clientapp = "fedmom_cli.flower.app:clientapp"
     [tool.flwr.app.config]
     recipe = "smoke"          # any fedmom recipe (name or path on the server)
     method = "fedmomentum"
@@ -23,7 +23,7 @@ from pathlib import Path
 from flwr.serverapp import ServerApp
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli.flower_engine import client_app
+from fedmom_cli.flower.engine import client_app
 
 clientapp = client_app()
 serverapp = ServerApp()

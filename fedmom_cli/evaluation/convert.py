@@ -33,7 +33,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from fedmom_cli import results
+from fedmom_cli import runfolder
 from fedmom_cli.errors import UserError
 
 REFUSED = {
@@ -201,7 +201,7 @@ def run(src: Path, out: Path, sets: list[str] | None = None, force: bool = False
         converted[s] = (target, convert_rows(s, rows))
     for target, rows in converted.values():
         target.parent.mkdir(parents=True, exist_ok=True)
-        results.atomic_write_bytes(target, "".join(json.dumps(r) + "\n" for r in rows).encode())
+        runfolder.atomic_write_bytes(target, "".join(json.dumps(r) + "\n" for r in rows).encode())
     skipped = {s: REFUSED[s] for s in REFUSED if sets is None and (src / f"{s}.json").is_file()}
     return {
         "written": {s: {"file": str(t), "rows": len(r)} for s, (t, r) in converted.items()},

@@ -13,7 +13,8 @@ examples come from `fewshot_config.samples` when the task lists fixed ones (mine
 else from fewshot_split, training_split or validation_split in that order (lm-eval's rule); never
 from the evaluated split (refused).
 
-PAPER holds, per benchmark of the paper, the lm-eval task, shots and the reported metric key;
+PAPER holds, per benchmark of the paper, the lm-eval task, shots and the reported metric key
+(derived from benchmarks.BENCHMARKS);
 docs/evaluation.md gives the reasons. Names are lm-eval's own (tasks, groups, tags); fedmom's
 older spellings (ARC-Easy, social_i_qa, math, ...) map through ALIASES.
 """
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedmom_cli.benchmarks import BENCHMARKS
 from fedmom_cli.errors import UserError
 
 
@@ -39,16 +41,7 @@ class PaperSetting:
 
 
 PAPER: dict[str, PaperSetting] = {  # fedmom benchmark -> the paper's protocol (docs/evaluation.md)
-    "gsm8k": PaperSetting("gsm8k", 5, "exact_match,flexible-extract"),
-    "math": PaperSetting("minerva_math", 4, "exact_match,none"),
-    "boolq": PaperSetting("boolq", 0, "acc,none"),
-    "piqa": PaperSetting("piqa", 0, "acc_norm,none"),
-    "social_i_qa": PaperSetting("social_iqa", 0, "acc,none"),
-    "hellaswag": PaperSetting("hellaswag", 0, "acc_norm,none"),
-    "winogrande": PaperSetting("winogrande", 0, "acc,none"),
-    "ARC-Easy": PaperSetting("arc_easy", 0, "acc_norm,none"),
-    "ARC-Challenge": PaperSetting("arc_challenge", 0, "acc_norm,none"),
-    "openbookqa": PaperSetting("openbookqa", 0, "acc_norm,none"),
+    b.name: PaperSetting(b.lm_eval, b.shots, b.metric) for b in BENCHMARKS.values() if b.shots is not None
 }
 ALIASES = {name: s.lm_eval for name, s in PAPER.items()}
 BENCHMARK_OF = {s.lm_eval: name for name, s in PAPER.items()}  # lm-eval name -> eval.json key

@@ -32,9 +32,10 @@ from pathlib import Path
 import torch
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import evaltasks, lmeval_tasks, results, safety, sandbox
+from fedmom_cli import runfolder, safety
 from fedmom_cli.benchmarks import FAMILY_TASKS
 from fedmom_cli.errors import UserError
+from fedmom_cli.evaluation import evaltasks, lmeval_tasks, sandbox
 from fedmom_cli.model import check_model_source, load_base_model, load_tokenizer, uses_separate_path
 
 SYNTHETIC_EVAL_ROWS = 40
@@ -68,16 +69,13 @@ def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
     if opts.run_dir is None:
         return model, tokenizer
     from peft import PeftModel
-    from safetensors.torch import load_file
 
-    from fedmom_cli.export import apply_base_delta
-
-    model = PeftModel.from_pretrained(model, opts.run_dir / "adapter")
-    deltas = load_file(opts.run_dir / "base_delta.safetensors")
+    model = PeftModel.from_pretrained(model, opts.run_dir / runfolder.ADAPTER)
     # as the run trained: a float32 side path in bf16/fp16 unless the run merged (fedmom_cli/model.py)
-    apply_base_delta(model, deltas, separate=uses_separate_path(cfg))
+    delta = runfolder.read_base_delta(opts.run_dir)
+    runfolder.apply_base_delta(model, delta, separate=uses_separate_path(cfg))
     if opts.client is not None:  # fedsa_lora: client k's own model (A, B_k)
-        from fedmom_cli.client_eval import apply_client
+        from fedmom_cli.evaluation.client_eval import apply_client
 
         apply_client(model, opts.run_dir, opts.client)
     return model.eval(), tokenizer
@@ -118,7 +116,7 @@ def _local_rows(name: str, opts: EvalOptions, cfg) -> list[dict]:
 
 
 def _existing(out: Path, cfg, opts: EvalOptions) -> dict | None:
-    path = out / "eval.json"
+    path = out / runfolder.EVAL
     if not path.is_file():
         return None
     try:
@@ -135,9 +133,9 @@ def _existing(out: Path, cfg, opts: EvalOptions) -> dict | None:
 def run(opts: EvalOptions) -> dict:
     if opts.run_dir is not None:
         run_dir = opts.run_dir
-        if not (run_dir / "config.yaml").is_file() or not (run_dir / "adapter").is_dir():
+        if not (run_dir / runfolder.CONFIG).is_file() or not (run_dir / runfolder.ADAPTER).is_dir():
             raise UserError(f"{run_dir} is not a finished fedmom run folder (config.yaml, adapter/)")
-        cfg, out = cfgmod.from_yaml((run_dir / "config.yaml").read_text()), run_dir
+        cfg, out = cfgmod.from_yaml((run_dir / runfolder.CONFIG).read_text()), run_dir
     else:
         if opts.model is None or opts.out is None:
             raise UserError("give RUN_DIR, or --model with --out")
@@ -158,7 +156,7 @@ def run(opts: EvalOptions) -> dict:
     if opts.data_dir is not None and not opts.data_dir.is_dir():
         raise UserError(f"--data-dir {opts.data_dir} is not a folder")
     if opts.clients is not None:  # fedsa_lora's per-client models: checked before any write
-        from fedmom_cli import client_eval
+        from fedmom_cli.evaluation import client_eval
 
         opts = dataclasses.replace(opts, clients=client_eval.resolve(opts.run_dir, cfg, opts.clients))
     check_model_source(cfg)
@@ -201,7 +199,7 @@ def run(opts: EvalOptions) -> dict:
                 )
         result = _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation)
         if opts.clients:
-            from fedmom_cli import client_eval
+            from fedmom_cli.evaluation import client_eval
 
             result = client_eval.evaluate_clients(
                 opts, cfg, out, local, planned, code_tasks, isolation, result
@@ -289,13 +287,13 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
             }
             for s in samples
         ]
-        results.atomic_write_bytes(
+        runfolder.atomic_write_bytes(
             samples_dir / f"{name}.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows).encode()
         )
     for p in planned:
         tasks[p.key] = {**lmeval_tasks.summarise(p, output, opts.limit), **common}
         rows = lmeval_tasks.sample_rows(p, output)
-        results.atomic_write_bytes(
+        runfolder.atomic_write_bytes(
             samples_dir / f"{p.key}.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows).encode()
         )
     result = {
@@ -310,5 +308,5 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
         "tasks": {**(old["tasks"] if old else {}), **tasks},
         **({"clients": old["clients"]} if old and "clients" in old else {}),  # eval --clients' results
     }
-    results.atomic_write_json(out / "eval.json", result)
+    runfolder.atomic_write_json(out / runfolder.EVAL, result)
     return {**result, "tasks": tasks}  # this call's tasks; eval.json holds every task evaluated

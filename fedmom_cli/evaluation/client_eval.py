@@ -38,7 +38,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from fedmom_cli import results
+from fedmom_cli import runfolder
 from fedmom_cli.errors import UserError
 
 
@@ -56,50 +56,8 @@ def parse_clients(text: str | None) -> list[int] | str | None:
     return ids
 
 
-CLIENT_FILE = "client_factors.safetensors"
-
-
-def save_client_factors(run_dir: Path, method, round_: int) -> None:
-    """Write the method's per-client state (FedSALoRA.state_dict) to RUN/client_factors.safetensors."""
-    from safetensors.torch import save_file
-
-    state = method.state_dict()
-    tensors = {f"global_A.{m}": t for m, t in state["global_A"].items()}
-    tensors.update({f"mean_B.{m}": t for m, t in state["mean_B"].items()})
-    for k, own in state["local_B"].items():
-        tensors.update({f"local_B.{int(k)}.{m}": t for m, t in own.items()})
-    tmp = run_dir / f".{CLIENT_FILE}.tmp"
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"round": str(round_)}
-    )
-    tmp.replace(run_dir / CLIENT_FILE)
-
-
-def load_state(run_dir: Path) -> tuple[int, dict]:
-    """(round, FedSALoRA state dict) from RUN/client_factors.safetensors; UserError if absent or bad."""
-    from safetensors import safe_open
-
-    path = run_dir / CLIENT_FILE
-    if not path.is_file():
-        raise UserError(f"--clients: {path} not found (a fedsa_lora run trained with this fedmom writes it)")
-    state: dict = {"global_A": {}, "mean_B": {}, "local_B": {}}
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            round_ = int((f.metadata() or {})["round"])
-            for key in f.keys():
-                kind, _, rest = key.partition(".")
-                if kind == "local_B":
-                    k, _, module = rest.partition(".")
-                    state["local_B"].setdefault(int(k), {})[module] = f.get_tensor(key)
-                elif kind in ("global_A", "mean_B") and rest:
-                    state[kind][rest] = f.get_tensor(key)
-                else:
-                    raise ValueError(key)
-        if not state["global_A"] or set(state["global_A"]) != set(state["mean_B"]):
-            raise ValueError("modules")
-    except Exception as exc:  # noqa: BLE001 - truncated, garbage or foreign: the user's file
-        raise UserError(f"--clients: {path} cannot be read ({type(exc).__name__})") from None
-    return round_, state
+CLIENT_FILE = runfolder.CLIENT_FACTORS
+load_state = runfolder.read_client_factors
 
 
 def resolve(run_dir: Path | None, cfg, clients) -> list[int]:
@@ -149,7 +107,7 @@ def evaluate_clients(opts, cfg, out: Path, local, planned, code_tasks, isolation
     this call's `clients` section."""
     import dataclasses
 
-    from fedmom_cli import evaluate as ev
+    from fedmom_cli.evaluation import evaluate as ev
 
     round_, _ = load_state(out)
     done: dict[str, dict] = {}
@@ -193,6 +151,6 @@ def evaluate_clients(opts, cfg, out: Path, local, planned, code_tasks, isolation
             "values": values,
         }
     saved["clients"] = {"round": round_, "per_client": per_client, "mean": mean}
-    results.atomic_write_json(out / "eval.json", saved)
+    runfolder.atomic_write_json(out / "eval.json", saved)
     this_call = {n: m for n, m in mean.items() if any(n in t for t in done.values())}
     return {**result, "clients": {"round": round_, "per_client": done, "mean": this_call}}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedmom_cli.errors import UserError
-from fedmom_cli.paired import paired_markdown
-from fedmom_cli.report import COLUMNS, DASH, NAMES, Cell, Table, marks
+from fedmom_cli.report.paired import paired_markdown
+from fedmom_cli.report.tables import COLUMNS, DASH, NAMES, Cell, Table, marks
 
 HEADERS = {
     "avg": "Avg.",
@@ -121,13 +121,13 @@ def check_report_targets(out: Path, fmt: str, figures: bool) -> None:
     running `fedmom report` again replaces it without --force; a file of anything else is never
     overwritten (a run's result.json, a user's notes).
     """
-    from fedmom_cli import safety
+    from fedmom_cli import runfolder, safety
 
     targets = [(out, _is_report, "a fedmom report")]
     if fmt != "md":
         targets.append((out.with_suffix(f".{fmt}"), _is_long_form, f"a fedmom report {fmt} file"))
     for path, recognise, what in targets:
-        if path.suffix.lower() in (".yaml", ".jsonl", ".safetensors", ".pt") or path.name == "result.json":
+        if path.suffix.lower() in (".yaml", ".jsonl", ".safetensors", ".pt") or path.name == runfolder.RESULT:
             raise UserError(f"--out {path}: refusing to write a report over a run file; choose a .md path")
         safety.check_out(path, "file")
         if path.exists() and not recognise(path):
@@ -147,7 +147,7 @@ def run(
     figures: bool = True,
 ) -> str:
     """Write the report (and its figures beside it); returns the markdown text."""
-    from fedmom_cli import report
+    from fedmom_cli.report import tables as report
 
     if not root.is_dir():
         raise UserError(f"results folder not found: {root}")
@@ -180,7 +180,7 @@ def run(
     parts += [markdown(t, compare_paper) for t in tables]
     parts += paired_markdown(runs)
     if figures:
-        from fedmom_cli import figures as fig
+        from fedmom_cli.report import figures as fig
 
         paths = fig.draw(runs, out.parent / "figures")
         parts += ["## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in paths if p.suffix == ".png"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from fedmom_cli.report import COLUMNS, DASH, NAMES, Run, _metric_groups
+from fedmom_cli.report.tables import COLUMNS, DASH, NAMES, Run, _metric_groups
 
 REFERENCE = "fedmomentum"
 LOSSES = {

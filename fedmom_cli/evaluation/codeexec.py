@@ -31,9 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedmom_cli import __version__, sandbox, sandbox_modes
-from fedmom_cli.answers import pass_at_k
+from fedmom_cli import __version__, runfolder
 from fedmom_cli.errors import UserError
+from fedmom_cli.evaluation import sandbox, sandbox_modes
+from fedmom_cli.evaluation.answers import pass_at_k
 
 CODE_FILES = {"humaneval": "humaneval/HumanEval.jsonl.gz", "mbpp": "mbpp/mbpp.jsonl"}
 PASS_AT = (1, 10, 100)
@@ -239,7 +240,7 @@ def run_generations(opts: GenerationsOptions) -> dict:
         for (key, completion), outcome in zip(samples, outcomes)
     ]
     _write_whole(samples_dir / f"{task}.jsonl", "".join(lines))
-    _write_whole(opts.out / "eval.json", json.dumps(result, indent=2) + "\n")
+    _write_whole(opts.out / runfolder.EVAL, json.dumps(result, indent=2) + "\n")
     return result
 
 

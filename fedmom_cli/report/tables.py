@@ -21,26 +21,13 @@ from pathlib import Path
 
 import yaml
 
+from fedmom_cli import benchmarks, runfolder
 from fedmom_cli.benchmarks import FAMILY_TASKS
 from fedmom_cli.errors import UserError
-from fedmom_cli.lmeval_tasks import PAPER as PAPER_PROTOCOL
 
 CODE_PROTOCOL = ("bigcode", "pass@1")  # the paper scores code with bigcode-evaluation-harness
 
-COLUMNS = {
-    "gsm8k": "GSM8K",
-    "math": "MATH",
-    "boolq": "BoolQ",
-    "piqa": "PIQA",
-    "social_i_qa": "SIQA",
-    "hellaswag": "HellaSwag",
-    "winogrande": "WinoGrande",
-    "ARC-Easy": "ARC-e",
-    "ARC-Challenge": "ARC-c",
-    "openbookqa": "OBQA",
-    "humaneval": "HumanEval",
-    "mbpp": "MBPP",
-}
+COLUMNS = benchmarks.COLUMNS  # benchmark -> column header (benchmarks.BENCHMARKS)
 NAMES = {
     "pretrained": "Pre-trained",
     "fedit": "FedIT",
@@ -112,10 +99,9 @@ def _read(path: Path, parse, kind):
 
 
 def _metrics(path: Path) -> list[dict]:
-    from fedmom_cli.results import read_metrics
 
     try:
-        return read_metrics(path)
+        return runfolder.read_metrics(path)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"cannot read {path}: {exc}; fix or move that run folder") from None
 
@@ -133,18 +119,18 @@ def collect(root: Path) -> tuple[list[Run], list[dict]]:
     def elsewhere(path: Path) -> bool:
         return any(e in path.parents for e in examples)
 
-    for result_path in sorted(root.rglob("result.json")):
+    for result_path in sorted(root.rglob(runfolder.RESULT)):
         folder = result_path.parent
-        if not (folder / "config.yaml").is_file() or elsewhere(result_path):
+        if not (folder / runfolder.CONFIG).is_file() or elsewhere(result_path):
             continue
-        config = _read(folder / "config.yaml", yaml.safe_load, dict)
+        config = _read(folder / runfolder.CONFIG, yaml.safe_load, dict)
         result = _read(result_path, json.loads, dict)
         evaluated = (
-            _read(folder / "eval.json", json.loads, dict) if (folder / "eval.json").is_file() else None
+            _read(folder / runfolder.EVAL, json.loads, dict) if (folder / runfolder.EVAL).is_file() else None
         )
-        runs.append(Run(folder, config, result, evaluated, _metrics(folder / "metrics.jsonl")))
-    for eval_path in sorted(root.rglob("eval.json")):
-        if (eval_path.parent / "config.yaml").is_file() or elsewhere(eval_path):
+        runs.append(Run(folder, config, result, evaluated, _metrics(folder / runfolder.METRICS)))
+    for eval_path in sorted(root.rglob(runfolder.EVAL)):
+        if (eval_path.parent / runfolder.CONFIG).is_file() or elsewhere(eval_path):
             continue
         data = _read(eval_path, json.loads, dict)
         if data and not data.get("adapter"):
@@ -158,9 +144,10 @@ def paper_tables() -> dict:
 
 def paper_protocol(col: str) -> tuple[str, str] | None:
     """(protocol, metric key) the paper's column was scored with (docs/evaluation.md)."""
-    if col in PAPER_PROTOCOL:
-        return "lm-eval", PAPER_PROTOCOL[col].metric
-    return CODE_PROTOCOL if col in ("humaneval", "mbpp") else None
+    bench = benchmarks.BENCHMARKS.get(col)
+    if bench is None:
+        return None
+    return ("lm-eval", bench.metric) if bench.metric is not None else CODE_PROTOCOL
 
 
 def _kind(entry: dict) -> tuple[str, str]:

@@ -1,0 +1,5 @@
+"""`fedmom train --engine flower` (the optional extra `fedmom[flower]`, docs/flower.md).
+
+- engine.py    the ServerApp strategy and ClientApp over fedmom's server object
+- app.py       Flower App entry points for a deployment (recipes/flower_app/pyproject.toml names them)
+"""

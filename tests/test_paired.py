@@ -62,3 +62,25 @@ def test_no_paired_table_with_one_seed(tmp_path):
     _run(tmp_path, "fedit", 0, [1.1])
     runs, _ = report.collect(tmp_path)
     assert paired_markdown(runs) == []
+
+
+def test_a_sweeps_per_seed_partition_files_do_not_split_the_seeds(tmp_path):
+    """A sweep gives seed N the partition <root>/<task>/partitions/seedN.json: one group of seeds;
+    another partition file for the same seed is a different setting and stays apart."""
+    for method in ("fedmomentum", "fedit"):
+        for seed in (0, 1):
+            _run(tmp_path, method, seed, [1.0 + seed])
+            cfg = tmp_path / "math" / method / f"seed{seed}" / "config.yaml"
+            data = yaml.safe_load(cfg.read_text())
+            root = "results/mini" if seed == 0 else "/elsewhere/mini"  # roots may differ
+            cfg.write_text(yaml.safe_dump({**data, "partition": f"{root}/math/partitions/seed{seed}.json"}))
+    runs, _ = report.collect(tmp_path)
+    assert len({r.settings for r in runs}) == 1
+    (text,) = paired_markdown(runs)  # same values for both methods: differences 0 over 2 seeds
+    fedit = next(line for line in text.splitlines() if line.startswith("| FedIT"))
+    assert "+0.0000 ± 0.0000 [0/2]" in fedit
+    other = tmp_path / "math" / "fedit" / "seed1" / "config.yaml"
+    data = yaml.safe_load(other.read_text())
+    other.write_text(yaml.safe_dump({**data, "partition": "my_iid_split.json"}))
+    runs, _ = report.collect(tmp_path)
+    assert len({r.settings for r in runs}) == 2

@@ -62,9 +62,14 @@ class Run:
 
     @property
     def settings(self) -> tuple:
-        return tuple(
-            sorted((k, json.dumps(v)) for k, v in self.config.items() if k not in ("method", "seed"))
-        )
+        """What groups runs into one table: every setting but method and seed. A sweep's partition
+        file, `<root>/<task>/partitions/seed<N>.json` for the run's own seed N, is part of the seed
+        (each seed has its own split, as in the paper), not a setting; any other partition file is."""
+        config = dict(self.config)
+        part = config.get("partition")
+        if isinstance(part, str) and Path(part).name == f"seed{config.get('seed')}.json":
+            config["partition"] = "per-seed sweep partition"
+        return tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in ("method", "seed")))
 
 
 @dataclass

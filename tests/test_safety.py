@@ -900,5 +900,6 @@ def test_a_report_above_the_examples_leaves_them_out(tmp_path):
     root = tmp_path / "results"
     shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "examples", root / "examples")
     assert report.collect(root) == ([], [])
-    runs, _ = report.collect(root / "examples" / "mini")  # on request: all eight example runs
-    assert len(runs) == 8
+    runs, _ = report.collect(root / "examples" / "mini")  # on request: every example run
+    assert len(runs) == 16  # the eight variants, seeds 0 and 1
+    assert {r.config["seed"] for r in runs} == {0, 1} and len({r.config["method"] for r in runs}) == 8

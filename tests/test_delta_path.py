@@ -52,18 +52,25 @@ def test_bf16_weights_lose_a_small_delta_the_side_path_keeps_it():
     assert abs(separate - 1.0) < 0.1  # the side path shows it (up to the output's own rounding)
 
 
+def _fp32_layer_with_delta(separate: bool, delta_seed: int, x_seed: int):
+    """(first LoRA module, BaseWeights, float64 W0, delta, x): the tiny fp32 model's first targeted layer
+    with a 1e-3 delta applied, merged or on the side path."""
+    _, modules = _tiny("fp32")
+    name, module = next(iter(modules.items()))
+    w0 = module.base_layer.weight.detach().double().clone()
+    delta = torch.randn(w0.shape, generator=torch.Generator().manual_seed(delta_seed)) * 1e-3
+    base = BaseWeights(modules, separate=separate)
+    base.add(name, delta)
+    base.apply(modules)
+    x = torch.randn(8, w0.shape[1], generator=torch.Generator().manual_seed(x_seed))
+    return module, base, modules, w0, delta, x
+
+
 def test_side_path_equals_merged_weights_in_float32_and_folds_back():
     torch.manual_seed(1)
     outs = {}
     for separate in (False, True):
-        model, modules = _tiny("fp32")
-        name, module = next(iter(modules.items()))
-        w0 = module.base_layer.weight.detach().double().clone()
-        delta = torch.randn(w0.shape, generator=torch.Generator().manual_seed(2)) * 1e-3
-        base = BaseWeights(modules, separate=separate)
-        base.add(name, delta)
-        base.apply(modules)
-        x = torch.randn(8, w0.shape[1], generator=torch.Generator().manual_seed(3))
+        module, base, modules, w0, delta, x = _fp32_layer_with_delta(separate, delta_seed=2, x_seed=3)
         with torch.no_grad():
             outs[separate] = module.base_layer(x).double()
         reference = x.double() @ (w0 + delta.double()).T
@@ -108,14 +115,7 @@ def test_unset_delta_path_is_separate_only_below_float32():
 def test_side_path_under_autocast_returns_the_autocast_dtype():
     """The GPU path (accelerate's bf16 autocast), exercised with CPU autocast: the layer still returns
     the autocast dtype, and its value is the single rounding of the float32 sum."""
-    model, modules = _tiny("fp32")
-    name, module = next(iter(modules.items()))
-    w0 = module.base_layer.weight.detach().double().clone()
-    delta = torch.randn(w0.shape, generator=torch.Generator().manual_seed(4)) * 1e-3
-    base = BaseWeights(modules, separate=True)
-    base.add(name, delta)
-    base.apply(modules)
-    x = torch.randn(8, w0.shape[1], generator=torch.Generator().manual_seed(5))
+    module, _, _, w0, delta, x = _fp32_layer_with_delta(True, delta_seed=4, x_seed=5)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         y = module.base_layer(x)
     assert y.dtype == torch.bfloat16

@@ -86,3 +86,23 @@ def test_fedmoms_bigcode_like_code_cells_are_not_compared_with_the_paper(tmp_pat
     table = next(t for t in report.build_tables(runs, pre, compare_paper=True) if t.title == "Table 4")
     assert table.rows["fedmomentum"]["humaneval"].paper is None
     assert any("scored as bigcode-like" in n for n in table.notes), table.notes
+
+
+LIMIT_CASES = [  # (method -> (gsm8k value, limit)), the methods whose GSM8K cell may be bold/underlined
+    ({"fedit": (0.02, 300), "flora": (0.05, 300), "fedmomentum": (0.03, 300)}, {"flora", "fedmomentum"}),
+    ({"fedit": (0.02, 300), "flora": (0.05, 200), "fedmomentum": (0.03, 300)}, set()),  # other docs
+    ({"fedit": (0.02, None), "flora": (0.05, 300), "fedmomentum": (0.03, None)}, {"fedit", "fedmomentum"}),
+]
+
+
+def test_limited_cells_are_ranked_only_against_the_same_limit(tmp_path):
+    for i, (cases, marked) in enumerate(LIMIT_CASES):
+        root = tmp_path / str(i)
+        for method, (value, limit) in cases.items():
+            entry = {"value": value, "stderr": 0.01, "n": limit or 1319, "limit": limit, **PAPER_GSM8K}
+            _eval(make_run(root, method, 0, None), {"gsm8k": entry})
+        table, text = _table(root, compare=False)
+        rows = {m: next(x for x in text.splitlines() if x.startswith(f"| {report.NAMES[m]} |")) for m in cases}
+        got = {m for m, line in rows.items() if "**" in line.split("|")[2] or "<u>" in line.split("|")[2]}
+        assert got == marked, (i, text)
+        assert "ranked only in a column where every result used the same limit" in text

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fedmom_cli.errors import UserError
 from fedmom_cli.report.paired import paired_markdown
-from fedmom_cli.report.tables import COLUMNS, DASH, NAMES, Cell, Table, marks
+from fedmom_cli.report.tables import COLUMNS, DASH, NAMES, Cell, Table, marks, rankable
 
 HEADERS = {
     "avg": "Avg.",
@@ -27,7 +27,7 @@ def _fmt(cell: Cell, digits: int, compare: bool, max_seeds: int) -> str:
         text = f"{cell.mean:.{digits}f}" + (f" ± {cell.error:.{digits}f}" if cell.error is not None else "")
         if 0 < cell.seeds < max_seeds:
             text += f" ({cell.seeds})"
-        if cell.limited:  # a --limit result: its n, and never ranked (markdown)
+        if cell.limited:  # a --limit result: its n; ranked only against the same limit (markdown)
             text += f" (limit, n={cell.n})" if cell.n else " (limit)"
     if compare and cell.paper is not None:
         diff = f", Δ {cell.mean - cell.paper:+.2f}" if cell.mean is not None else ""
@@ -40,7 +40,7 @@ def markdown(table: Table, compare: bool = False) -> str:
     max_seeds = max((c.seeds for row in table.rows.values() for c in row.values()), default=0)
     ranked = {
         col: marks(
-            {m: row[col].mean for m, row in table.rows.items() if m != "pretrained" and not row[col].limited},
+            rankable({m: row[col] for m, row in table.rows.items() if m != "pretrained"}),
             table.higher_is_better,
             digits,
         )

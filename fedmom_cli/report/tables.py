@@ -79,7 +79,8 @@ class Cell:
     seeds: int = 0
     paper: float | None = None
     n: int | None = None  # documents evaluated (smallest over the cell's evaluations)
-    limited: bool = False  # an evaluation in this cell ran with --limit: marked, never ranked
+    limited: bool = False  # an evaluation in this cell ran with --limit: marked, ranked only with its like
+    limit: int | None = None  # the one --limit of every evaluation in the cell (None: unlimited or mixed)
 
 
 def _json(path: Path):
@@ -270,6 +271,7 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
                 spread,
             )
             cell.limited = any(t.get("limit") for t in found)
+            cell.limit = _one_limit(found)
             ns = [t["n"] for t in found if isinstance(t.get("n"), int)]
             cell.n = min(ns) if ns else None
             if paper and col in COLUMNS:
@@ -292,6 +294,7 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
             else Cell()
         )
         avg.limited = any(rows[method][c].limited for c in columns)
+        avg.limit = _one_limit([{"limit": rows[method][c].limit} for c in columns]) if avg.limited else None
         if paper and not any(
             rows[method][c].paper is None and rows[method][c].mean is not None for c in columns
         ):
@@ -314,7 +317,29 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
         f"{family}: mean over {'/'.join(map(str, seeds)) or 0} seed(s) per cell, in %; ± is the {what}. "
         f"Avg. is computed from the columns. Best in bold, second underlined (Pre-trained not ranked)."
     )
+    if any(c.limited for row in rows.values() for c in row.values()):
+        caption += (
+            " A --limit result is ranked only in a column where every result used the same limit "
+            "(lm-eval's first n documents)."
+        )
     return Table(key, title, label, columns + ["avg"], rows, notes, caption)
+
+
+def _one_limit(found: list[dict]) -> int | None:
+    """The --limit shared by every evaluation in `found`, or None (none limited, or different limits).
+    lm-eval's --limit N takes the first N documents, so equal limits mean the same documents."""
+    limits = {t.get("limit") for t in found}
+    return limits.pop() if len(limits) == 1 and None not in limits else None
+
+
+def rankable(cells: dict[str, Cell]) -> dict[str, float | None]:
+    """The means that may be ranked against each other: full-set results, or - where every result
+    in the column ran with the same --limit (the same first n documents) - the limited ones."""
+    present = {m: c for m, c in cells.items() if c.mean is not None}
+    limits = {c.limit for c in present.values() if c.limited}
+    if present and all(c.limited for c in present.values()) and len(limits) == 1 and None not in limits:
+        return {m: c.mean for m, c in present.items()}
+    return {m: c.mean for m, c in present.items() if not c.limited}
 
 
 def _sources(methods, pre, finished) -> list[dict]:

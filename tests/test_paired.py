@@ -7,13 +7,16 @@ import json
 import yaml
 
 from fedmom_cli.report import tables as report
-from fedmom_cli.report.paired import paired_markdown
+from fedmom_cli.report.paired import across_settings_markdown, paired_markdown
 
 
-def _run(root, method, seed, val_losses, gsm8k=None):
-    folder = root / "math" / method / f"seed{seed}"
+def _run(root, method, seed, val_losses, gsm8k=None, setting=None):
+    folder = (
+        root / "math" / method / (",".join(f"{k}={v}" for k, v in (setting or {}).items())) / f"seed{seed}"
+    )
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({"task": "math", "method": method, "seed": seed}))
+    config = {"task": "math", "method": method, "seed": seed, **(setting or {})}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
     (folder / "result.json").write_text(json.dumps({"status": "finished"}))
     lines = [
         {"round": t, "loss": 1.0 + v, "val_loss": v, "aggregation_seconds": 0, "update_seconds": 0}
@@ -84,3 +87,34 @@ def test_a_sweeps_per_seed_partition_files_do_not_split_the_seeds(tmp_path):
     other.write_text(yaml.safe_dump({**data, "partition": "my_iid_split.json"}))
     runs, _ = report.collect(tmp_path)
     assert len({r.settings for r in runs}) == 2
+
+
+def test_across_settings_table_by_hand(tmp_path):
+    """A regime study: one row per setting (numeric order), one column per method, cells as the
+    per-setting paired tables; hand-computed."""
+    finals = {  # (local_steps, method) -> final validation loss at seeds 0, 1
+        (2, "fedmomentum"): (1.0, 1.2),
+        (2, "fedit"): (0.9, 1.0),  # -0.1, -0.2: mean -0.15, std 0.0707, 2/2 better
+        (10, "fedmomentum"): (1.0, 1.0),
+        (10, "fedit"): (1.1, 0.9),  # +0.1, -0.1: mean 0, std 0.1414, 1/2
+        (5, "fedmomentum"): (1.0, 1.0),
+        (5, "fedex_lora"): (1.3, 1.3),  # only fedex at 5 steps; fedit missing there
+    }
+    for (steps, method), values in finals.items():
+        for seed, v in enumerate(values):
+            _run(tmp_path, method, seed, [2.0, v], setting={"local_steps": steps})
+    runs, _ = report.collect(tmp_path)
+    (text,) = across_settings_markdown(runs)
+    lines = [x for x in text.splitlines() if x.startswith("| ")]
+    assert lines[0] == "| Setting | FedIT | FedEx-LoRA |"
+    assert lines[1] == "| local_steps=2 | -0.1500 ± 0.0707 [2/2] | – |"
+    assert lines[2] == "| local_steps=5 | – | +0.3000 ± 0.0000 [0/2] |"
+    assert lines[3] == "| local_steps=10 | +0.0000 ± 0.1414 [1/2] | – |"
+
+
+def test_no_across_settings_table_for_one_setting(tmp_path):
+    for seed in (0, 1):
+        _run(tmp_path, "fedmomentum", seed, [1.0])
+        _run(tmp_path, "fedit", seed, [1.1])
+    runs, _ = report.collect(tmp_path)
+    assert across_settings_markdown(runs) == []

@@ -102,7 +102,9 @@ def test_limited_cells_are_ranked_only_against_the_same_limit(tmp_path):
             entry = {"value": value, "stderr": 0.01, "n": limit or 1319, "limit": limit, **PAPER_GSM8K}
             _eval(make_run(root, method, 0, None), {"gsm8k": entry})
         table, text = _table(root, compare=False)
-        rows = {m: next(x for x in text.splitlines() if x.startswith(f"| {report.NAMES[m]} |")) for m in cases}
+        rows = {
+            m: next(x for x in text.splitlines() if x.startswith(f"| {report.NAMES[m]} |")) for m in cases
+        }
         got = {m for m, line in rows.items() if "**" in line.split("|")[2] or "<u>" in line.split("|")[2]}
         assert got == marked, (i, text)
         assert "ranked only in a column where every result used the same limit" in text

@@ -10,6 +10,10 @@ the table shows, against a reference method (FedMomentum):
 over the n seeds where both runs are finished, and k = the number of those seeds in which the method
 is *better* than the reference (lower loss, higher accuracy). With n = 1 there is no std; a table is
 only drawn where some method has n >= 2. Accuracy differences are in percentage points.
+
+Where one task has several setting groups (a regime study: local steps, learning rate), one more table
+per quantity puts the groups side by side - a row per setting, a column per method - so that how the
+gap to the reference moves with the setting is read in one place.
 """
 
 from __future__ import annotations
@@ -93,4 +97,61 @@ def paired_markdown(runs: list[Run], reference: str = REFERENCE) -> list[str]:
             "",
         ]
         out.append("\n".join(lines))
+    return out
+
+
+def _setting_order(label: str):
+    """Numeric settings sort by value ("local_steps=2" before "local_steps=10"), others by text."""
+    key = []
+    for part in label.split(", "):
+        name, _, value = part.partition("=")
+        try:
+            key.append((name, 0, float(value), ""))
+        except ValueError:
+            key.append((name, 1, 0.0, value))
+    return key
+
+
+def across_settings_markdown(runs: list[Run], reference: str = REFERENCE) -> list[str]:
+    """Per task with several paired setting groups: per quantity, a row per setting, a column per method."""
+    out = []
+    groups_by_family: dict[str, list] = {}
+    for family, label, by_method in _metric_groups(runs):
+        if label and len({r.config.get("seed") for r in by_method.get(reference, [])}) >= 2:
+            groups_by_family.setdefault(family, []).append((label, by_method))
+    for family, groups in groups_by_family.items():
+        if len(groups) < 2:
+            continue
+        groups.sort(key=lambda g: _setting_order(g[0]))
+        methods = [m for m in NAMES if m != reference and any(m in bm for _, bm in groups)]
+        tasks = sorted(
+            {
+                t
+                for _, bm in groups
+                for rs in bm.values()
+                for r in rs
+                for t in ((r.eval or {}).get("tasks") or {})
+            }
+        )
+        quantities = [(LOSSES["val"][0], LOSSES["val"][1], True, 4)]
+        quantities += [(COLUMNS.get(t, t) + " (pp)", _accuracy(t), False, 2) for t in tasks]
+        for title, value, lower, digits in quantities:
+            lines = [
+                f"### {title}: paired differences to {NAMES[reference]} across settings ({family})",
+                "",
+                "| Setting | " + " | ".join(NAMES[m] for m in methods) + " |",
+                "|---|" + "---|" * len(methods),
+            ]
+            for label, by_method in groups:
+                refs = by_method.get(reference, [])
+                cells = [pair(by_method.get(m, []), refs, value, lower).text(digits) for m in methods]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines += [
+                "",
+                f"*{family}: each cell as in the per-setting tables above (method minus "
+                f"{NAMES[reference]} at the same seed, mean ± std over seeds [k/n better]), "
+                "one row per setting group.*",
+                "",
+            ]
+            out.append("\n".join(lines))
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedmom_cli.errors import UserError
-from fedmom_cli.report.paired import paired_markdown
+from fedmom_cli.report.paired import across_settings_markdown, paired_markdown
 from fedmom_cli.report.tables import COLUMNS, DASH, NAMES, Cell, Table, marks, rankable
 
 HEADERS = {
@@ -179,6 +179,7 @@ def run(
     ]
     parts += [markdown(t, compare_paper) for t in tables]
     parts += paired_markdown(runs)
+    parts += across_settings_markdown(runs)
     if figures:
         from fedmom_cli.report import figures as fig
 

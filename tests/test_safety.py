@@ -901,5 +901,6 @@ def test_a_report_above_the_examples_leaves_them_out(tmp_path):
     shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "examples", root / "examples")
     assert report.collect(root) == ([], [])
     runs, _ = report.collect(root / "examples" / "mini")  # on request: every example run
-    assert len(runs) == 16  # the eight variants, seeds 0 and 1
-    assert {r.config["seed"] for r in runs} == {0, 1} and len({r.config["method"] for r in runs}) == 8
+    folders = {p.parent for p in (root / "examples" / "mini").rglob("result.json")}
+    assert len(runs) == len(folders) >= 16  # the eight variants, two seeds or more
+    assert {0, 1} <= {r.config["seed"] for r in runs} and len({r.config["method"] for r in runs}) == 8

@@ -112,6 +112,22 @@ def test_across_settings_table_by_hand(tmp_path):
     assert lines[3] == "| local_steps=10 | +0.0000 ± 0.1414 [1/2] | – |"
 
 
+def test_settings_figure_puts_groups_on_the_local_steps_axis(tmp_path):
+    from fedmom_cli.report import figures
+
+    for steps, rounds in ((2, 10), (10, 2)):
+        for seed in (0, 1):
+            vals = [1.0 + seed + t for t in range(rounds)]
+            _run(tmp_path, "fedit", seed, vals, setting={"local_steps": steps, "rounds": rounds})
+    runs, _ = report.collect(tmp_path)
+    ten = [r for r in runs if r.config["local_steps"] == 10]
+    assert figures.by_local_steps(ten, "val_loss") == {10: [1.0, 2.0], 20: [2.0, 3.0]}
+    two = figures.by_local_steps([r for r in runs if r.config["local_steps"] == 2], "val_loss")
+    assert sorted(two) == list(range(2, 21, 2)) and two[20] == [10.0, 11.0]
+    paths = figures.draw(runs, tmp_path / "figs")
+    assert (tmp_path / "figs" / "settings_math.png") in paths
+
+
 def test_no_across_settings_table_for_one_setting(tmp_path):
     for seed in (0, 1):
         _run(tmp_path, "fedmomentum", seed, [1.0])

@@ -10,6 +10,10 @@
   where runs logged it.
 - seeds_<task>: where methods have several seeds, the validation (else training) loss per round:
   the mean over seeds as a line, the range over seeds (min to max) as a band.
+- settings_<task>: where a task has several setting groups (a regime study: local steps, learning
+  rate), one panel per group, the validation (else training) loss against the local steps each
+  client has taken (round x local_steps, so groups with different rounds share an axis), mean over
+  seeds with the range as a band, on one y scale.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from fedmom_cli.report.tables import NAMES, Run
+from fedmom_cli.report.tables import NAMES, Run, _differences, setting_order
 
 
 def _plt():
@@ -108,7 +112,11 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
             ax.plot(
                 *_per_round(
                     [r for r in main if r.config["method"] == m],
-                    lambda x: x["bytes_up_per_client"] + x["bytes_down_per_client"],
+                    lambda x: (
+                        x["bytes_up_per_client"] + x["bytes_down_per_client"]
+                        if "bytes_up_per_client" in x and "bytes_down_per_client" in x
+                        else None  # older or hand-made metrics: no bytes logged
+                    ),
                 ),
                 label=NAMES[m],
                 **_style(m),
@@ -133,7 +141,41 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
         if fm:
             written += _components(fm, folder, task)
         written += _rank_figure(group, folder, task)
+        if len(settings) > 1:
+            written += _setting_panels(group, settings, folder, task)
     return written
+
+
+def by_local_steps(runs: list[Run], key: str) -> dict[int, list[float]]:
+    """{local steps each client has taken after a round: the runs' values of `key` there}."""
+    out = defaultdict(list)
+    for r in runs:
+        steps = int(r.config.get("local_steps") or 1)
+        for rec in r.metrics:
+            if rec.get(key) is not None:
+                out[(rec["round"] + 1) * steps].append(rec[key])
+    return dict(out)
+
+
+def _setting_panels(group: list[Run], settings: list[tuple], folder: Path, task: str) -> list[Path]:
+    plt = _plt()
+    key = "val_loss" if any(m.get("val_loss") is not None for r in group for m in r.metrics) else "loss"
+    labels = _differences(settings)
+    order = sorted(range(len(settings)), key=lambda i: setting_order(labels[i]))
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4), squeeze=False, sharey=True)
+    for ax, i in zip(axes[0], order):
+        runs = [r for r in group if r.settings == settings[i]]
+        for m in [m for m in NAMES if any(r.config.get("method") == m for r in runs)]:
+            by_step = by_local_steps([r for r in runs if r.config["method"] == m], key)
+            x = sorted(by_step)
+            line = ax.plot(x, [statistics.fmean(by_step[t]) for t in x], label=NAMES[m], **_style(m))[0]
+            low, high = [min(by_step[t]) for t in x], [max(by_step[t]) for t in x]
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.12)
+        seeds = sorted({r.config.get("seed") for r in runs})
+        ax.set(xlabel="local steps per client so far", title=f"{labels[i]}\n(seeds {seeds})")
+    axes[0][0].set(ylabel="validation loss (global model)" if key == "val_loss" else "training loss")
+    _legend_outside(axes[0][-1])
+    return _save(fig, folder, f"settings_{task}")
 
 
 def _norms(main: list[Run], methods: list[str], folder: Path, task: str) -> list[Path]:

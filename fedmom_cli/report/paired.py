@@ -21,7 +21,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from fedmom_cli.report.tables import COLUMNS, DASH, NAMES, Run, _metric_groups
+from fedmom_cli.report.tables import COLUMNS, DASH, NAMES, Run, _metric_groups, setting_order
 
 REFERENCE = "fedmomentum"
 LOSSES = {
@@ -100,18 +100,6 @@ def paired_markdown(runs: list[Run], reference: str = REFERENCE) -> list[str]:
     return out
 
 
-def _setting_order(label: str):
-    """Numeric settings sort by value ("local_steps=2" before "local_steps=10"), others by text."""
-    key = []
-    for part in label.split(", "):
-        name, _, value = part.partition("=")
-        try:
-            key.append((name, 0, float(value), ""))
-        except ValueError:
-            key.append((name, 1, 0.0, value))
-    return key
-
-
 def across_settings_markdown(runs: list[Run], reference: str = REFERENCE) -> list[str]:
     """Per task with several paired setting groups: per quantity, a row per setting, a column per method."""
     out = []
@@ -122,7 +110,7 @@ def across_settings_markdown(runs: list[Run], reference: str = REFERENCE) -> lis
     for family, groups in groups_by_family.items():
         if len(groups) < 2:
             continue
-        groups.sort(key=lambda g: _setting_order(g[0]))
+        groups.sort(key=lambda g: setting_order(g[0]))
         methods = [m for m in NAMES if m != reference and any(m in bm for _, bm in groups)]
         tasks = sorted(
             {

@@ -209,6 +209,19 @@ def _differences(groups: list[tuple]) -> list[str]:
     return [", ".join(f"{k}={json.loads(d[k]) if k in d else None}" for k in keys) for d in dicts]
 
 
+def setting_order(label: str) -> list:
+    """Sort key of a setting label: numeric values by value ("local_steps=2" before
+    "local_steps=10"), others by text."""
+    key = []
+    for part in label.split(", "):
+        name, _, value = part.partition("=")
+        try:
+            key.append((name, 0, float(value), ""))
+        except ValueError:
+            key.append((name, 1, 0.0, value))
+    return key
+
+
 @dataclass
 class Table:
     key: str

@@ -32,6 +32,24 @@ def test_gsm8k_gold_answers_score_100_and_wrong_ones_0(shared_data):
     assert sum(right) == sum(also) == 1319 and sum(wrong) == 0
 
 
+GSM8K_SCORE_CASES = [  # (generation, gold, scored correct); truncated and odd endings included
+    ("Some steps.\nThe answer is: 18", "18", True),
+    ("The answer is: 1,234 apples\nmore", "1234", True),
+    ("so the total is 12.", "12", True),  # no phrase: the last number
+    ("2 + 3 = 5.\nThe answer is: ", "5", False),  # cut after the phrase: an empty answer (this crashed)
+    ("2 + 3 = 5.\nThe answer is:", "5", False),
+    ("The answer is: 7\nThe answer is:   \t", "7", False),  # the last phrase counts
+    ("The answer is: \n\n", "0", False),
+    ("", "0", False),
+    ("no numbers here", "3", False),
+]
+
+
+@pytest.mark.parametrize("generation, gold, correct", GSM8K_SCORE_CASES)
+def test_gsm8k_scoring_of_truncated_and_odd_endings(generation, gold, correct):
+    assert answers.gsm8k_correct(generation, gold) is correct
+
+
 @pytest.mark.parametrize("name", [n for n in evaltasks.COMMONSENSE if n != "hellaswag"])
 def test_commonsense_gold_answers_score_100(shared_data, name):
     rows = evaltasks.read_local(shared_data / evaltasks.LOCAL_FILES[name])

@@ -31,10 +31,13 @@ def _to_number(text: str) -> float | None:
 
 
 def extract_math(generation: str) -> str:
-    """What the model answered: after the last 'The answer is', else the last number in the text."""
+    """What the model answered: after the last 'The answer is', else the last number in the text.
+    A phrase with nothing readable after it ('The answer is: ' cut at a stop sequence) is an empty
+    answer, scored wrong, not a reason to fall back to an earlier number."""
     tail = ANSWER_IS.findall(generation)
     if tail:
-        return tail[-1].strip().splitlines()[0].strip()
+        lines = tail[-1].strip().splitlines()
+        return lines[0].strip() if lines else ""
     numbers = NUMBER.findall(generation)
     return numbers[-1] if numbers else ""
 

@@ -23,7 +23,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from fedmom_cli.report.tables import NAMES, Run, _differences, setting_order
+from fedmom_cli.report.tables import NAMES, Run, labelled_groups
 
 
 def _plt():
@@ -90,7 +90,7 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
     plt = _plt()
     for task in sorted({r.config.get("task") for r in runs if r.metrics}):
         group = [r for r in runs if r.config.get("task") == task and r.metrics]
-        settings = sorted({r.settings for r in group})
+        settings = [g for g, _ in labelled_groups({r.settings for r in group})]
         main = [r for r in group if r.settings == settings[0]]  # the first setting group
         methods = [m for m in NAMES if any(r.config.get("method") == m for r in main)]
 
@@ -160,11 +160,10 @@ def by_local_steps(runs: list[Run], key: str) -> dict[int, list[float]]:
 def _setting_panels(group: list[Run], settings: list[tuple], folder: Path, task: str) -> list[Path]:
     plt = _plt()
     key = "val_loss" if any(m.get("val_loss") is not None for r in group for m in r.metrics) else "loss"
-    labels = _differences(settings)
-    order = sorted(range(len(settings)), key=lambda i: setting_order(labels[i]))
+    groups = labelled_groups(settings)
     fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4), squeeze=False, sharey=True)
-    for ax, i in zip(axes[0], order):
-        runs = [r for r in group if r.settings == settings[i]]
+    for ax, (setting, label) in zip(axes[0], groups):
+        runs = [r for r in group if r.settings == setting]
         for m in [m for m in NAMES if any(r.config.get("method") == m for r in runs)]:
             by_step = by_local_steps([r for r in runs if r.config["method"] == m], key)
             x = sorted(by_step)
@@ -172,7 +171,7 @@ def _setting_panels(group: list[Run], settings: list[tuple], folder: Path, task:
             low, high = [min(by_step[t]) for t in x], [max(by_step[t]) for t in x]
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.12)
         seeds = sorted({r.config.get("seed") for r in runs})
-        ax.set(xlabel="local steps per client so far", title=f"{labels[i]}\n(seeds {seeds})")
+        ax.set(xlabel="local steps per client so far", title=f"{label}\n(seeds {seeds})")
     axes[0][0].set(ylabel="validation loss (global model)" if key == "val_loss" else "training loss")
     _legend_outside(axes[0][-1])
     return _save(fig, folder, f"settings_{task}")

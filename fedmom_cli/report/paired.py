@@ -21,7 +21,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from fedmom_cli.report.tables import COLUMNS, DASH, NAMES, Run, _metric_groups, setting_order
+from fedmom_cli.report.tables import COLUMNS, DASH, NAMES, Run, _metric_groups
 
 REFERENCE = "fedmomentum"
 LOSSES = {
@@ -110,7 +110,6 @@ def across_settings_markdown(runs: list[Run], reference: str = REFERENCE) -> lis
     for family, groups in groups_by_family.items():
         if len(groups) < 2:
             continue
-        groups.sort(key=lambda g: setting_order(g[0]))
         methods = [m for m in NAMES if m != reference and any(m in bm for _, bm in groups)]
         tasks = sorted(
             {

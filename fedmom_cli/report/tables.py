@@ -222,6 +222,12 @@ def setting_order(label: str) -> list:
     return key
 
 
+def labelled_groups(groups) -> list[tuple[tuple, str]]:
+    """(setting group, its label), in setting order (local_steps=2 before local_steps=10)."""
+    ordered = sorted(groups)
+    return sorted(zip(ordered, _differences(ordered)), key=lambda g: setting_order(g[1]))
+
+
 @dataclass
 class Table:
     key: str
@@ -241,8 +247,7 @@ def build_tables(
     tables = []
     for key, title, family, methods in TABLES:
         family_runs = [r for r in runs if r.config.get("task") == family]
-        groups = sorted({r.settings for r in family_runs})
-        for group, label in zip(groups, _differences(groups)):
+        for group, label in labelled_groups({r.settings for r in family_runs}):
             members = [r for r in family_runs if r.settings == group]
             model = dict(group).get("model")
             pre = [p for p in pretrained if json.dumps(p.get("model")) == model and p.get("task") == family]
@@ -367,8 +372,7 @@ def _metric_groups(runs: list[Run]):
             for r in runs
             if r.config.get("task") == family and r.metrics and r.result.get("status") == "finished"
         ]
-        groups = sorted({r.settings for r in family_runs})
-        for group, label in zip(groups, _differences(groups)):
+        for group, label in labelled_groups({r.settings for r in family_runs}):
             by_method = {
                 m: [r for r in family_runs if r.settings == group and r.config.get("method") == m]
                 for m in NAMES

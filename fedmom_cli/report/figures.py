@@ -90,8 +90,8 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
     plt = _plt()
     for task in sorted({r.config.get("task") for r in runs if r.metrics}):
         group = [r for r in runs if r.config.get("task") == task and r.metrics]
-        settings = [g for g, _ in labelled_groups({r.settings for r in group})]
-        main = [r for r in group if r.settings == settings[0]]  # the first setting group
+        settings = labelled_groups({r.settings for r in group})
+        main = [r for r in group if r.settings == settings[0][0]]  # the first setting group
         methods = [m for m in NAMES if any(r.config.get("method") == m for r in main)]
 
         has_val = any(m.get("val_loss") is not None for r in main for m in r.metrics)
@@ -157,12 +157,13 @@ def by_local_steps(runs: list[Run], key: str) -> dict[int, list[float]]:
     return dict(out)
 
 
-def _setting_panels(group: list[Run], settings: list[tuple], folder: Path, task: str) -> list[Path]:
+def _setting_panels(
+    group: list[Run], settings: list[tuple[tuple, str]], folder: Path, task: str
+) -> list[Path]:
     plt = _plt()
     key = "val_loss" if any(m.get("val_loss") is not None for r in group for m in r.metrics) else "loss"
-    groups = labelled_groups(settings)
     fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4), squeeze=False, sharey=True)
-    for ax, (setting, label) in zip(axes[0], groups):
+    for ax, (setting, label) in zip(axes[0], settings):
         runs = [r for r in group if r.settings == setting]
         for m in [m for m in NAMES if any(r.config.get("method") == m for r in runs)]:
             by_step = by_local_steps([r for r in runs if r.config["method"] == m], key)

@@ -55,6 +55,12 @@ def _accuracy(task: str):
     return value
 
 
+def _accuracy_columns(runs) -> list[tuple]:
+    """(heading, value, lower is better, digits) per benchmark evaluated in any of `runs`."""
+    tasks = sorted({t for r in runs for t in ((r.eval or {}).get("tasks") or {})})
+    return [(COLUMNS.get(t, t) + " (pp)", _accuracy(t), False, 2) for t in tasks]
+
+
 def pair(method_runs: list[Run], reference_runs: list[Run], value, lower_is_better: bool) -> Paired:
     """Differences method - reference over the seeds both have (with a value)."""
     ref = {r.config.get("seed"): value(r) for r in reference_runs}
@@ -76,11 +82,8 @@ def paired_markdown(runs: list[Run], reference: str = REFERENCE) -> list[str]:
         refs = by_method.get(reference, [])
         if len({r.config.get("seed") for r in refs}) < 2:
             continue
-        tasks = sorted(
-            {t for rs in by_method.values() for r in rs for t in ((r.eval or {}).get("tasks") or {})}
-        )
         columns = [(h, f, True, 4) for h, f in LOSSES.values()]
-        columns += [(COLUMNS.get(t, t) + " (pp)", _accuracy(t), False, 2) for t in tasks]
+        columns += _accuracy_columns(r for rs in by_method.values() for r in rs)
         heading = "### Paired differences to " + NAMES[reference] + (f" ({label})" if label else "")
         lines = [heading, "", "| Method | " + " | ".join(c[0] for c in columns) + " |"]
         lines.append("|---|" + "---|" * len(columns))
@@ -111,17 +114,8 @@ def across_settings_markdown(runs: list[Run], reference: str = REFERENCE) -> lis
         if len(groups) < 2:
             continue
         methods = [m for m in NAMES if m != reference and any(m in bm for _, bm in groups)]
-        tasks = sorted(
-            {
-                t
-                for _, bm in groups
-                for rs in bm.values()
-                for r in rs
-                for t in ((r.eval or {}).get("tasks") or {})
-            }
-        )
         quantities = [(LOSSES["val"][0], LOSSES["val"][1], True, 4)]
-        quantities += [(COLUMNS.get(t, t) + " (pp)", _accuracy(t), False, 2) for t in tasks]
+        quantities += _accuracy_columns(r for _, bm in groups for rs in bm.values() for r in rs)
         for title, value, lower, digits in quantities:
             lines = [
                 f"### {title}: paired differences to {NAMES[reference]} across settings ({family})",

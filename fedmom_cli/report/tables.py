@@ -200,32 +200,36 @@ def marks(values: dict[str, float | None], higher_is_better: bool = True, digits
     return out
 
 
+def _varying(dicts: list[dict]) -> list[str]:
+    """The settings whose values differ between the groups."""
+    return sorted({k for d in dicts for k in d if len({d.get(k) for d in dicts}) > 1})
+
+
 def _differences(groups: list[tuple]) -> list[str]:
     """Per setting group, the settings in which it differs from the others ('' if alone)."""
     if len(groups) < 2:
         return [""] * len(groups)
     dicts = [dict(g) for g in groups]
-    keys = sorted({k for d in dicts for k in d if len({d.get(k) for d in dicts}) > 1})
+    keys = _varying(dicts)
     return [", ".join(f"{k}={json.loads(d[k]) if k in d else None}" for k in keys) for d in dicts]
 
 
-def setting_order(label: str) -> list:
-    """Sort key of a setting label: numeric values by value ("local_steps=2" before
-    "local_steps=10"), others by text."""
-    key = []
-    for part in label.split(", "):
-        name, _, value = part.partition("=")
-        try:
-            key.append((name, 0, float(value), ""))
-        except ValueError:
-            key.append((name, 1, 0.0, value))
-    return key
-
-
 def labelled_groups(groups) -> list[tuple[tuple, str]]:
-    """(setting group, its label), in setting order (local_steps=2 before local_steps=10)."""
+    """(setting group, its label), in setting order: the varying settings' values, numbers by value
+    (local_steps=2 before local_steps=10), anything else by its JSON text."""
     ordered = sorted(groups)
-    return sorted(zip(ordered, _differences(ordered)), key=lambda g: setting_order(g[1]))
+    keys = _varying([dict(g) for g in ordered])
+
+    def order(group: tuple) -> list:
+        values = dict(group)
+        key = []
+        for k in keys:
+            v = json.loads(values[k]) if k in values else None
+            numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
+            key.append((0, float(v), "") if numeric else (1, 0.0, json.dumps(v)))
+        return key
+
+    return sorted(zip(ordered, _differences(ordered)), key=lambda g: order(g[0]))
 
 
 @dataclass
@@ -289,7 +293,7 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
                 spread,
             )
             cell.limited = any(t.get("limit") for t in found)
-            cell.limit = _one_limit(found)
+            cell.limit = _one_limit([t.get("limit") for t in found])
             ns = [t["n"] for t in found if isinstance(t.get("n"), int)]
             cell.n = min(ns) if ns else None
             if paper and col in COLUMNS:
@@ -312,7 +316,7 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
             else Cell()
         )
         avg.limited = any(rows[method][c].limited for c in columns)
-        avg.limit = _one_limit([{"limit": rows[method][c].limit} for c in columns]) if avg.limited else None
+        avg.limit = _one_limit([rows[method][c].limit for c in columns])
         if paper and not any(
             rows[method][c].paper is None and rows[method][c].mean is not None for c in columns
         ):
@@ -343,19 +347,18 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
     return Table(key, title, label, columns + ["avg"], rows, notes, caption)
 
 
-def _one_limit(found: list[dict]) -> int | None:
-    """The --limit shared by every evaluation in `found`, or None (none limited, or different limits).
+def _one_limit(limits: list[int | None]) -> int | None:
+    """The one --limit shared by all of `limits`, or None (one unlimited, or different limits).
     lm-eval's --limit N takes the first N documents, so equal limits mean the same documents."""
-    limits = {t.get("limit") for t in found}
-    return limits.pop() if len(limits) == 1 and None not in limits else None
+    distinct = set(limits)
+    return distinct.pop() if len(distinct) == 1 and None not in distinct else None
 
 
 def rankable(cells: dict[str, Cell]) -> dict[str, float | None]:
     """The means that may be ranked against each other: full-set results, or - where every result
     in the column ran with the same --limit (the same first n documents) - the limited ones."""
     present = {m: c for m, c in cells.items() if c.mean is not None}
-    limits = {c.limit for c in present.values() if c.limited}
-    if present and all(c.limited for c in present.values()) and len(limits) == 1 and None not in limits:
+    if present and _one_limit([c.limit for c in present.values()]) is not None:
         return {m: c.mean for m, c in present.items()}
     return {m: c.mean for m, c in present.items() if not c.limited}
 

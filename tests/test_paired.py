@@ -68,8 +68,9 @@ def test_no_paired_table_with_one_seed(tmp_path):
 
 
 def test_a_sweeps_per_seed_partition_files_do_not_split_the_seeds(tmp_path):
-    """A sweep gives seed N the partition <root>/<task>/partitions/seedN.json: one group of seeds;
-    another partition file for the same seed is a different setting and stays apart."""
+    """A sweep gives seed N the partition <root>/<task>/partitions/seedN.json, `fedmom train` without
+    one makes the same split from the seed: one group of seeds; another partition file for the same
+    seed is a different setting and stays apart."""
     for method in ("fedmomentum", "fedit"):
         for seed in (0, 1):
             _run(tmp_path, method, seed, [1.0 + seed])
@@ -82,6 +83,12 @@ def test_a_sweeps_per_seed_partition_files_do_not_split_the_seeds(tmp_path):
     (text,) = paired_markdown(runs)  # same values for both methods: differences 0 over 2 seeds
     fedit = next(line for line in text.splitlines() if line.startswith("| FedIT"))
     assert "+0.0000 ± 0.0000 [0/2]" in fedit
+    # a run that made its own split from its seed (partition: null, `fedmom train` without a
+    # sweep) has the sweep's split of that seed: same group
+    mine = tmp_path / "math" / "fedit" / "seed0" / "config.yaml"
+    mine.write_text(yaml.safe_dump({**yaml.safe_load(mine.read_text()), "partition": None}))
+    runs, _ = report.collect(tmp_path)
+    assert len({r.settings for r in runs}) == 1
     other = tmp_path / "math" / "fedit" / "seed1" / "config.yaml"
     data = yaml.safe_load(other.read_text())
     other.write_text(yaml.safe_dump({**data, "partition": "my_iid_split.json"}))

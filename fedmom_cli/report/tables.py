@@ -62,12 +62,15 @@ class Run:
 
     @property
     def settings(self) -> tuple:
-        """What groups runs into one table: every setting but method and seed. A sweep's partition
-        file, `<root>/<task>/partitions/seed<N>.json` for the run's own seed N, is part of the seed
-        (each seed has its own split, as in the paper), not a setting; any other partition file is."""
+        """What groups runs into one table: every setting but method and seed. The seed's own split
+        is part of the seed (each seed has its own, as in the paper), not a setting: a sweep's file
+        `<root>/<task>/partitions/seed<N>.json` for the run's own seed N, and no file at all
+        (`partition: null`: `fedmom train` makes the split from the seed with the same
+        `make_partition` call over the same data, clients, beta and min_client_size, all of which stay
+        settings). Any other partition file is a setting."""
         config = dict(self.config)
         part = config.get("partition")
-        if isinstance(part, str) and Path(part).name == f"seed{config.get('seed')}.json":
+        if part is None or (isinstance(part, str) and Path(part).name == f"seed{config.get('seed')}.json"):
             config["partition"] = "per-seed sweep partition"
         return tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in ("method", "seed")))
 

@@ -60,6 +60,24 @@ def test_paired_differences_by_hand(tmp_path):
     assert flora[3].rstrip(" |") == "–"
 
 
+def test_exact_ties_are_counted_apart_by_hand(tmp_path):
+    """[k/n] counts the seeds where the method is better; a seed where both score exactly the same
+    (common with accuracy on 300 questions) is neither better nor worse and is named: [0/3] must not
+    hide three ties."""
+    for seed, acc in enumerate((0.30, 0.20, 0.25)):
+        _run(tmp_path, "fedmomentum", seed, [1.0], acc)
+    # w/o residual: same accuracy at seeds 0 and 2, one question less at seed 1 (0.20 - 1/300)
+    for seed, acc in enumerate((0.30, 0.20 - 1 / 300, 0.25)):
+        _run(tmp_path, "fedmomentum_no_residual", seed, [1.0 + 0.01 * seed], acc)
+    runs, _ = report.collect(tmp_path)
+    (text,) = paired_markdown(runs)
+    row = next(line for line in text.splitlines() if line.startswith("| w/o residual")).split(" | ")
+    # val loss: +0, +0.01, +0.02 -> mean 0.01, std 0.01, better in none, tied at seed 0
+    assert row[2] == "+0.0100 ± 0.0100 [0/3, 1 tied]"
+    # GSM8K: 0, -0.333, 0 points -> mean -0.11, std 0.19, better in none, tied at seeds 0 and 2
+    assert row[4].rstrip(" |") == "-0.11 ± 0.19 [0/3, 2 tied]"
+
+
 def test_no_paired_table_with_one_seed(tmp_path):
     _run(tmp_path, "fedmomentum", 0, [1.0])
     _run(tmp_path, "fedit", 0, [1.1])
@@ -82,7 +100,7 @@ def test_a_sweeps_per_seed_partition_files_do_not_split_the_seeds(tmp_path):
     assert len({r.settings for r in runs}) == 1
     (text,) = paired_markdown(runs)  # same values for both methods: differences 0 over 2 seeds
     fedit = next(line for line in text.splitlines() if line.startswith("| FedIT"))
-    assert "+0.0000 ± 0.0000 [0/2]" in fedit
+    assert "+0.0000 ± 0.0000 [0/2, 2 tied]" in fedit
     # a run that made its own split from its seed (partition: null, `fedmom train` without a
     # sweep) has the sweep's split of that seed: same group
     mine = tmp_path / "math" / "fedit" / "seed0" / "config.yaml"

@@ -186,6 +186,13 @@ def test_figures_and_long_formats(results, tmp_path):
     assert row["mean"].item() == pytest.approx(33.0) and row["seeds"].item() == 3
     report_render.run(results, out, fmt="json", figures=False)
     assert json.loads(out.with_suffix(".json").read_text())[0]["table"] == "Table 2"
+    # regenerating from the same results gives the same bytes: a committed report's `git diff`
+    # shows only what its numbers changed (no creation date, no random SVG ids)
+    again = tmp_path / "again" / "report.md"
+    report_render.run(results, again, fmt="csv")
+    for name in names:
+        first, second = (folder.parent / "figures" / name for folder in (out, again))
+        assert first.read_bytes() == second.read_bytes(), name
 
 
 def test_report_imports_no_torch_and_rejects_bad_input(results, tmp_path):

@@ -66,9 +66,16 @@ def _legend_outside(ax, **kwargs) -> None:
 
 
 def _save(fig, folder: Path, name: str) -> list[Path]:
+    """PNG and SVG, byte for byte the same when the report is regenerated from the same results (no
+    creation date, SVG element ids from a fixed salt), so that a committed report shows in `git diff`
+    only what its numbers changed."""
+    import matplotlib
+
     paths = [folder / f"{name}.png", folder / f"{name}.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=120, bbox_inches="tight")
+    with matplotlib.rc_context({"svg.hashsalt": "fedmom"}):
+        for p in paths:
+            metadata = {"Date": None} if p.suffix == ".svg" else None
+            fig.savefig(p, dpi=120, bbox_inches="tight", metadata=metadata)
     _plt().close(fig)
     return paths
 

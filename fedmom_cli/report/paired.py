@@ -8,7 +8,9 @@ the table shows, against a reference method (FedMomentum):
     mean ± std of d_s = value(method, seed s) - value(reference, seed s)   [k/n]
 
 over the n seeds where both runs are finished, and k = the number of those seeds in which the method
-is *better* than the reference (lower loss, higher accuracy). With n = 1 there is no std; a table is
+is *better* than the reference (lower loss, higher accuracy). A seed where both are exactly equal (common
+for accuracy on a few hundred questions) is neither better nor worse: the cell then says so,
+`[k/n, t tied]`, so that [0/3] never hides three ties. With n = 1 there is no std; a table is
 only drawn where some method has n >= 2. Accuracy differences are in percentage points.
 
 Where one task has several setting groups (a regime study: local steps, learning rate), one more table
@@ -38,13 +40,15 @@ LOSSES = {
 class Paired:
     diffs: list[float]
     better: int  # seeds in which the method beats the reference
+    tied: int = 0  # seeds in which both are exactly equal
 
     def text(self, digits: int) -> str:
         if not self.diffs:
             return DASH
         mean = round(statistics.fmean(self.diffs), digits) + 0.0  # + 0.0: no "-0.0000"
         spread = f" ± {statistics.stdev(self.diffs):.{digits}f}" if len(self.diffs) > 1 else ""
-        return f"{mean:+.{digits}f}{spread} [{self.better}/{len(self.diffs)}]"
+        ties = f", {self.tied} tied" if self.tied else ""
+        return f"{mean:+.{digits}f}{spread} [{self.better}/{len(self.diffs)}{ties}]"
 
 
 def _accuracy(task: str):
@@ -64,7 +68,7 @@ def _accuracy_columns(runs) -> list[tuple]:
 def pair(method_runs: list[Run], reference_runs: list[Run], value, lower_is_better: bool) -> Paired:
     """Differences method - reference over the seeds both have (with a value)."""
     ref = {r.config.get("seed"): value(r) for r in reference_runs}
-    diffs, better = [], 0
+    diffs, better, tied = [], 0, 0
     for r in sorted(method_runs, key=lambda r: r.config.get("seed")):
         mine, theirs = value(r), ref.get(r.config.get("seed"))
         if mine is None or theirs is None:
@@ -72,7 +76,8 @@ def pair(method_runs: list[Run], reference_runs: list[Run], value, lower_is_bett
         d = mine - theirs
         diffs.append(d)
         better += d < 0 if lower_is_better else d > 0
-    return Paired(diffs, better)
+        tied += d == 0
+    return Paired(diffs, better, tied)
 
 
 def paired_markdown(runs: list[Run], reference: str = REFERENCE) -> list[str]:
@@ -96,7 +101,8 @@ def paired_markdown(runs: list[Run], reference: str = REFERENCE) -> list[str]:
             "",
             f"*{family}: per seed, the method's value minus {NAMES[reference]}'s at the same seed (same "
             "partition and data order); mean ± standard deviation over seeds, and [k/n]: the method is "
-            f"better than {NAMES[reference]} (lower loss, higher accuracy) in k of the n paired seeds.*",
+            f"better than {NAMES[reference]} (lower loss, higher accuracy) in k of the n paired seeds "
+            "(t tied: exactly equal in t of them).*",
             "",
         ]
         out.append("\n".join(lines))

@@ -71,7 +71,7 @@ class Run:
         config = dict(self.config)
         part = config.get("partition")
         if part is None or (isinstance(part, str) and Path(part).name == f"seed{config.get('seed')}.json"):
-            config["partition"] = "per-seed sweep partition"
+            config["partition"] = "the seed's own split"
         return tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in ("method", "seed")))
 
 

@@ -105,11 +105,7 @@ def run(opts: AggregateOptions) -> dict:
         factors = {m: r.factors for m, r in result.modules.items()}
         shares = hetero.distribute(factors, specs, spec, method.trainable(opts.round_idx + 1))
 
-    deltas = {
-        m: r.delta.to_dense().float()
-        for m, r in result.modules.items()
-        if r.delta is not None
-    }
+    deltas = {m: r.delta.to_dense().float() for m, r in result.modules.items() if r.delta is not None}
     total = sum(weights)
     summary = {
         "method": opts.method,

@@ -471,7 +471,10 @@ def eval_(
     from fedmom_cli.evaluation import evaluate as ev
 
     result = ev.run(
-        _options(ev.EvalOptions, locals(), tasks=[t.strip() for t in tasks.split(",")] if tasks else None,
+        _options(
+            ev.EvalOptions,
+            locals(),
+            tasks=[t.strip() for t in tasks.split(",")] if tasks else None,
             clients=_parse_clients(clients),
         )
     )

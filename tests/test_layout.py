@@ -18,8 +18,12 @@ def test_the_report_package_imports_no_torch():
         "import pkgutil, importlib, fedmom_cli.report as r; "
         "[importlib.import_module(m.name) for m in pkgutil.iter_modules(r.__path__, r.__name__ + '.')]"
     )
-    assert {"fedmom_cli.report.tables", "fedmom_cli.report.render", "fedmom_cli.report.figures",
-            "fedmom_cli.report.paired"} <= loaded
+    assert {
+        "fedmom_cli.report.tables",
+        "fedmom_cli.report.render",
+        "fedmom_cli.report.figures",
+        "fedmom_cli.report.paired",
+    } <= loaded
     assert "torch" not in loaded
 
 

@@ -35,6 +35,33 @@ def _fmt(cell: Cell, digits: int, compare: bool, max_seeds: int) -> str:
     return text
 
 
+def _within_noise(table: Table, col: str, ranked: dict[str, str], digits: int) -> str | None:
+    """A note where the bold cell's standard error (the harness's, in the evaluation tables) covers
+    other ranked cells of its column: the marks then order differences smaller than the evaluation's
+    own noise, and the bold is not a result (the paired table, where there is one, compares methods
+    seed by seed). Not for the training summary, whose ± is the spread over seeds: seed luck that
+    methods share and the paired table removes, not the uncertainty of a difference (nor with
+    `--spread std`, for the same reason)."""
+    best = [m for m, mark in ranked.items() if mark == "bold"]
+    cell = table.rows[best[0]][col] if best else None
+    if table.key in ("summary", "table8") or table.spread != "stderr" or cell is None or not cell.error:
+        return None
+    others = rankable({m: r[col] for m, r in table.rows.items() if m != "pretrained"})
+    close = [  # compared as displayed, like the marks
+        m
+        for m, v in others.items()
+        if m not in best and round(abs(v - cell.mean), digits) <= round(cell.error, digits)
+    ]
+    if not close:
+        return None
+    name = HEADERS.get(col, COLUMNS.get(col, col))
+    return (
+        f"{name}: {len(close)} other row(s) lie within the best cell's standard error "
+        f"({cell.error:.{digits}f}): bold and underline here order differences smaller than the "
+        "evaluation's own noise."
+    )
+
+
 def markdown(table: Table, compare: bool = False) -> str:
     digits = {"table8": 4, "summary": 4}.get(table.key, 2)
     max_seeds = max((c.seeds for row in table.rows.values() for c in row.values()), default=0)
@@ -63,8 +90,10 @@ def markdown(table: Table, compare: bool = False) -> str:
             )
         lines.append(f"| {ROW_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
     lines += ["", f"*{table.caption}*"]
-    if table.notes:
-        lines += ["", "Notes:"] + [f"- {n}" for n in table.notes]
+    noise = (_within_noise(table, col, ranked[col], digits) for col in table.columns)
+    notes = table.notes + [n for n in noise if n]
+    if notes:
+        lines += ["", "Notes:"] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 

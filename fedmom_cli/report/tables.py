@@ -245,6 +245,7 @@ class Table:
     notes: list[str]
     caption: str
     higher_is_better: bool = True
+    spread: str = "stderr"  # what an evaluation cell's ± is: the harness standard error, or "std" over seeds
 
 
 def build_tables(
@@ -347,7 +348,7 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
             " A --limit result is ranked only in a column where every result used the same limit "
             "(lm-eval's first n documents)."
         )
-    return Table(key, title, label, columns + ["avg"], rows, notes, caption)
+    return Table(key, title, label, columns + ["avg"], rows, notes, caption, spread=spread)
 
 
 def _one_limit(limits: list[int | None]) -> int | None:

@@ -441,6 +441,15 @@ def eval_(
         help="Where neither bubblewrap nor namespaces work, run generated code as a plain process "
         "anyway (it can then damage this machine; see docs/sandbox.md).",
     ),
+    cache: Path = typer.Option(
+        None,
+        "--cache",
+        show_default="none",
+        help="Keep the model's responses in an SQLite file under this folder as they are produced "
+        "(lm-eval's use_cache), named after the adapter's and base delta's bytes, dtype, device, batch "
+        "size and versions; run the same command again after a crash or kill and finished requests "
+        "are answered from it, not generated again. Never deleted by fedmom.",
+    ),
     clients: str = typer.Option(
         None,
         "--clients",

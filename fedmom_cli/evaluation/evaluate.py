@@ -35,7 +35,7 @@ from fedmom_cli import config as cfgmod
 from fedmom_cli import runfolder, safety
 from fedmom_cli.benchmarks import FAMILY_TASKS
 from fedmom_cli.errors import UserError
-from fedmom_cli.evaluation import evaltasks, lmeval_tasks, sandbox
+from fedmom_cli.evaluation import evaltasks, lmeval_tasks, response_cache, sandbox
 from fedmom_cli.model import check_model_source, load_base_model, load_tokenizer, uses_separate_path
 
 SYNTHETIC_EVAL_ROWS = 40
@@ -61,6 +61,7 @@ class EvalOptions:
     allow_unsandboxed_code: bool = False  # run generated code unisolated where no sandbox works
     clients: list[int] | str | None = None  # fedsa_lora: also each client's (A, B_k) (client_eval.py)
     client: int | None = None  # internal: the client whose model _load_model builds
+    cache: Path | None = None  # keep responses here (lm-eval's use_cache), keyed by response_cache
 
 
 def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
@@ -155,6 +156,7 @@ def run(opts: EvalOptions) -> dict:
         raise UserError(f"--batch-size must be at least 1, got {opts.batch_size}")
     if opts.data_dir is not None and not opts.data_dir.is_dir():
         raise UserError(f"--data-dir {opts.data_dir} is not a folder")
+    response_cache.check(opts.cache)
     if opts.clients is not None:  # fedsa_lora's per-client models: checked before any write
         from fedmom_cli.evaluation import client_eval
 
@@ -241,12 +243,19 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
         device=device,
         max_length=getattr(model.config, "max_position_embeddings", None),
     )
+    use_cache = None
+    if opts.cache is not None:  # a rerun after a crash answers finished requests from here
+        key = response_cache.fingerprint(
+            opts.run_dir, cfg.model, opts.client, dtype, torch.device(device).type, opts.batch_size
+        )
+        use_cache = response_cache.prefix(opts.cache, key)
     start = time.perf_counter()
     output = simple_evaluate(
         model=lm,
         tasks=specs,
         limit=opts.limit,
         log_samples=True,
+        use_cache=use_cache,
         task_manager=lmeval_tasks.task_manager() if planned else TaskManager(include_defaults=False),
         bootstrap_iters=1000,
     )

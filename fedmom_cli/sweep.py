@@ -11,6 +11,8 @@ rows for synthetic runs; [] for none), `pretrained` (also evaluate the base mode
 results root, default `results`). Cells live where `fedmom train` puts runs,
 <out>/<task>/<method>[/<setting>]/seed<S>, so recipes that share a cell (Table 2's FedMomentum and
 Table 5's) train it once. Each seed's client split is made once per sweep root and shared.
+Evaluations keep their responses in <out>/eval_cache (`fedmom eval --cache`), so a sweep stopped
+during an evaluation resumes it without generating the finished requests again.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fedmom_cli import config as cfgmod
 from fedmom_cli import runfolder, safety
 from fedmom_cli.errors import UserError
 
+EVAL_CACHE = "eval_cache"  # under the sweep root: the evaluations' responses (fedmom eval --cache)
 PARAMS = {"tiny": 0.1e6, "smollm2-135m": 134.5e6, "meta-llama/Llama-2-7b-hf": 6.74e9}
 
 
@@ -200,6 +203,7 @@ def ensure_partition(cell: Cell) -> None:
 
 def preflight(spec: dict, cells: list[Cell], root: Path) -> None:
     """What would fail late (after hours of training) checked before the first cell trains."""
+    from fedmom_cli.evaluation import response_cache
     from fedmom_cli.report import render as report_render
 
     for cell in cells:
@@ -214,6 +218,7 @@ def preflight(spec: dict, cells: list[Cell], root: Path) -> None:
                     f"use another --out"
                 )
     report_render.check_report_targets(root / "report.md", "md", True)
+    response_cache.check(root / EVAL_CACHE)
 
 
 def run(
@@ -258,6 +263,7 @@ def run(
     if dry_run:
         return None
     eval_tasks = spec.get("eval_tasks")
+    cache = root / EVAL_CACHE  # responses kept as made: an evaluation stopped midway resumes
     for i, cell in enumerate(cells, 1):
         state = cell_state(cell)
         if state == "done" or (state == "trained" and eval_tasks == []):
@@ -277,14 +283,16 @@ def run(
             )
         if eval_tasks != []:
             log(f"[{i}/{len(cells)}] {cell.run_dir}: evaluating")
-            ev.run(ev.EvalOptions(run_dir=cell.run_dir, tasks=eval_tasks, data_dir=data_dir))
+            ev.run(ev.EvalOptions(run_dir=cell.run_dir, tasks=eval_tasks, data_dir=data_dir, cache=cache))
     if spec.get("pretrained"):
         cfg = cells[0].config
         pre = root / cfg.task / "pretrained"
         if not (pre / runfolder.EVAL).is_file():
             log(f"evaluating the pre-trained model {cfg.model}")
             ev.run(
-                ev.EvalOptions(model=cfg.model, task=cfg.task, out=pre, tasks=eval_tasks, data_dir=data_dir)
+                ev.EvalOptions(
+                    model=cfg.model, task=cfg.task, out=pre, tasks=eval_tasks, data_dir=data_dir, cache=cache
+                )
             )
     text = report_render.run(root, root / "report.md")
     log(f"report: {root / 'report.md'}")

@@ -68,6 +68,18 @@ def test_smoke_sweep_end_to_end_fills_every_cell(tmp_path):
         assert "–" not in next(line for line in table5.splitlines() if line.startswith(f"| {name} |"))
     assert (tmp_path / "res" / "report.md").is_file() and (tmp_path / "res" / "figures").is_dir()
     assert len(list((tmp_path / "res").rglob("eval.json"))) == len(METHODS)
+    # every evaluation kept its responses, one store per model (each run's adapter differs)
+    stores = list((tmp_path / "res" / "eval_cache").glob("responses-*_rank0.db"))
+    assert len(stores) == len(METHODS) + (tmp_path / "res" / "math" / "pretrained").is_dir()
+
+
+def test_a_sweep_whose_eval_cache_is_a_file_trains_nothing(tmp_path):
+    root = tmp_path / "res"
+    root.mkdir()
+    (root / "eval_cache").write_text("not fedmom's")
+    with pytest.raises(UserError, match="is not a folder"):
+        sw.run("smoke", {}, root, overrides=FAST, progress=False, log=lambda _: None)
+    assert sorted(p.name for p in root.iterdir()) == ["eval_cache"]
 
 
 def test_dry_run_only_and_bad_recipes(tmp_path):

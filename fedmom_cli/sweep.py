@@ -203,7 +203,6 @@ def ensure_partition(cell: Cell) -> None:
 
 def preflight(spec: dict, cells: list[Cell], root: Path) -> None:
     """What would fail late (after hours of training) checked before the first cell trains."""
-    from fedmom_cli.evaluation import response_cache
     from fedmom_cli.report import render as report_render
 
     for cell in cells:
@@ -218,7 +217,7 @@ def preflight(spec: dict, cells: list[Cell], root: Path) -> None:
                     f"use another --out"
                 )
     report_render.check_report_targets(root / "report.md", "md", True)
-    response_cache.check(root / EVAL_CACHE)
+    safety.check_out(root / EVAL_CACHE, "dir", "the sweep's eval cache")
 
 
 def run(

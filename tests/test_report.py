@@ -231,20 +231,29 @@ def test_rank_figure_when_runs_differ_only_in_rank(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "key, spread, values, note",
+    "key, spread, values, error, note",
     [
         # best 2.33 ± 0.87: 2.11 and 1.46 lie within it (1.46 = 2.33 - 0.87 exactly), 1.44 does not
-        ("table2", "stderr", {"fedit": 2.33, "fedex_lora": 2.11, "flora": 1.46, "fedmomentum": 1.44}, 2),
-        ("table2", "stderr", {"fedit": 2.33, "fedmomentum": 1.40}, None),  # resolved: no note
-        ("table2", "std", {"fedit": 2.33, "fedex_lora": 2.11}, None),  # ± is the spread over seeds
-        ("summary", "stderr", {"fedit": 2.33, "fedex_lora": 2.11}, None),  # training summary: seeds
+        (
+            "table2",
+            "stderr",
+            {"fedit": 2.33, "fedex_lora": 2.11, "flora": 1.46, "fedmomentum": 1.44},
+            0.87,
+            2,
+        ),
+        ("table2", "stderr", {"fedit": 2.33, "fedmomentum": 1.40}, 0.87, None),  # resolved: no note
+        # compared as displayed: 2.34 vs 1.46 (gap 0.88) is outside ± 0.87, 2.33 vs 1.46 inside
+        ("table2", "stderr", {"fedit": 2.3351, "fedmomentum": 1.4649}, 0.8749, None),
+        ("table2", "stderr", {"fedit": 2.334, "fedmomentum": 1.456}, 0.8704, 1),
+        ("table2", "std", {"fedit": 2.33, "fedex_lora": 2.11}, 0.87, None),  # ± is the spread over seeds
+        ("summary", "stderr", {"fedit": 2.33, "fedex_lora": 2.11}, 0.87, None),  # training summary: seeds
     ],
 )
-def test_bold_within_the_best_cells_standard_error_is_noted(key, spread, values, note):
-    rows = {m: {"gsm8k": report.Cell(mean=v, error=0.87, seeds=3)} for m, v in values.items()}
+def test_bold_within_the_best_cells_standard_error_is_noted(key, spread, values, error, note):
+    rows = {m: {"gsm8k": report.Cell(mean=v, error=error, seeds=3)} for m, v in values.items()}
     table = report.Table(key, "Table 2", "", ["gsm8k"], rows, [], "caption", spread=spread)
     text = report_render.markdown(table)
-    assert "| **2.33" in text  # the best is still marked as the paper marks it
+    assert "| **2.3" in text  # the best is still marked as the paper marks it
     noted = [line for line in text.splitlines() if "within the best cell's standard error" in line]
     if note is None:
         assert noted == []

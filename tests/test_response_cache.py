@@ -55,6 +55,8 @@ def test_a_crash_in_scoring_loses_no_generation(smoke_run, tmp_path, monkeypatch
         again = ev.run(ev.EvalOptions(run_dir=smoke_run, limit=6, force=True, cache=cache))
     task = again["tasks"]["synthetic_math"]
     assert task["value"] == reference["value"] and task["n"] == reference["n"] == 6
+    assert task["response_cache"] == {"file": db.name.removesuffix("_rank0.db"), "entries_before": 6}
+    assert "response_cache" not in reference  # without --cache nothing is said about a cache
     assert _generations(smoke_run) == wanted  # the very texts a fresh evaluation produced
     assert list(cache.iterdir()) == [db]  # the same configuration: the same file
 
@@ -68,9 +70,9 @@ def test_fingerprint_changes_with_everything_that_decides_a_response(smoke_run, 
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
 
-    def key(**changes):
-        args = {"run_dir": run, "model": "tiny", "client": None, "dtype": "float32", "device": "cpu"}
-        return response_cache.fingerprint(**{**args, "batch_size": 8, **changes})
+    def key(model="tiny", dtype="float32", device="cpu", **options):
+        opts = ev.EvalOptions(**{"run_dir": run, "batch_size": 8, **options})
+        return response_cache.fingerprint(opts, model, dtype, device)
 
     base = key()
     assert key() == base  # deterministic
@@ -78,10 +80,16 @@ def test_fingerprint_changes_with_everything_that_decides_a_response(smoke_run, 
         "dtype": key(dtype="bfloat16"),
         "device": key(device="cuda"),
         "batch": key(batch_size=16),
-        "client": key(client=0),
         "model": key(model="other"),
         "no adapter": key(run_dir=None),
     }
+    (run / runfolder.CLIENT_FACTORS).write_bytes(b"client factors")
+    changed["client"] = key(client=0)
+    (run / runfolder.CLIENT_FACTORS).write_bytes(b"other client factors")
+    changed["client factors"] = key(client=0)
+    config = run / runfolder.CONFIG
+    config.write_text(config.read_text() + "# edited\n")
+    changed["config"] = key()
     delta = run / runfolder.BASE_DELTA
     if delta.is_file():
         delta.write_bytes(delta.read_bytes() + b" ")
@@ -92,10 +100,20 @@ def test_fingerprint_changes_with_everything_that_decides_a_response(smoke_run, 
     assert base not in changed.values() and len(set(changed.values())) == len(changed), changed
 
 
-def test_a_cache_that_is_a_file_is_refused_before_any_write(smoke_run, tmp_path):
-    target = tmp_path / "cache"
-    target.write_text("mine")
-    before = sorted(p.name for p in smoke_run.iterdir())
-    with pytest.raises(UserError, match="is not a folder"):
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("afile", "is a file, not a folder"),  # the cache itself is a file
+        ("afile/sub", "is a file, not a folder"),  # a folder that would lie under a file
+        ("RUN/cache", "lies inside"),  # inside the folder the evaluation writes
+        ("RUN", "lies inside"),
+    ],
+)
+def test_a_bad_cache_is_refused_before_any_write(smoke_run, tmp_path, where, message):
+    (tmp_path / "afile").write_text("mine")
+    target = Path(str(tmp_path / where).replace(str(tmp_path / "RUN"), str(smoke_run)))
+    before = sorted(str(p) for p in [*smoke_run.rglob("*"), *tmp_path.rglob("*")])
+    with pytest.raises(UserError, match=message):
         ev.run(ev.EvalOptions(run_dir=smoke_run, limit=2, force=True, cache=target))
-    assert target.read_text() == "mine" and sorted(p.name for p in smoke_run.iterdir()) == before
+    assert (tmp_path / "afile").read_text() == "mine"
+    assert sorted(str(p) for p in [*smoke_run.rglob("*"), *tmp_path.rglob("*")]) == before

@@ -77,7 +77,7 @@ def test_a_sweep_whose_eval_cache_is_a_file_trains_nothing(tmp_path):
     root = tmp_path / "res"
     root.mkdir()
     (root / "eval_cache").write_text("not fedmom's")
-    with pytest.raises(UserError, match="is not a folder"):
+    with pytest.raises(UserError, match="eval cache .* is a file, not a folder"):
         sw.run("smoke", {}, root, overrides=FAST, progress=False, log=lambda _: None)
     assert sorted(p.name for p in root.iterdir()) == ["eval_cache"]
 

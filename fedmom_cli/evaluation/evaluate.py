@@ -156,7 +156,7 @@ def run(opts: EvalOptions) -> dict:
         raise UserError(f"--batch-size must be at least 1, got {opts.batch_size}")
     if opts.data_dir is not None and not opts.data_dir.is_dir():
         raise UserError(f"--data-dir {opts.data_dir} is not a folder")
-    response_cache.check(opts.cache)
+    response_cache.check(opts.cache, out)
     if opts.clients is not None:  # fedsa_lora's per-client models: checked before any write
         from fedmom_cli.evaluation import client_eval
 
@@ -243,12 +243,16 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
         device=device,
         max_length=getattr(model.config, "max_position_embeddings", None),
     )
-    use_cache = None
+    use_cache, cached = None, {}
     if opts.cache is not None:  # a rerun after a crash answers finished requests from here
-        key = response_cache.fingerprint(
-            opts.run_dir, cfg.model, opts.client, dtype, torch.device(device).type, opts.batch_size
-        )
+        key = response_cache.fingerprint(opts, cfg.model, dtype, torch.device(device).type)
         use_cache = response_cache.prefix(opts.cache, key)
+        cached = {
+            "response_cache": {
+                "file": Path(use_cache).name,
+                "entries_before": response_cache.entries(use_cache),
+            }
+        }
     start = time.perf_counter()
     output = simple_evaluate(
         model=lm,
@@ -260,7 +264,13 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
         bootstrap_iters=1000,
     )
     seconds = time.perf_counter() - start
-    common = {"dtype": dtype, "device": device, "seconds": round(seconds, 2), "batch_size": opts.batch_size}
+    common = {
+        "dtype": dtype,
+        "device": device,
+        "seconds": round(seconds, 2),
+        "batch_size": opts.batch_size,
+        **cached,
+    }
     tasks, samples_dir = {}, out / "eval_samples"
     samples_dir.mkdir(exist_ok=True)
     for key, values in output["results"].items():

@@ -9,30 +9,44 @@ written) and that answers every request already in it. lm-eval keys an entry by 
 one with the other's text. fedmom therefore names the file after a fingerprint of everything that
 decides a response:
 
-- the weights: for a run, the bytes of its adapter (weights and config), its base delta and, with
-  --clients, the client; for a plain model, its id or, for a local folder, every file's name, size
-  and modification time (hashing a 13 GB checkpoint per evaluation would cost minutes);
-- how they are run: the dtype, the device type, the batch size (padding changes the numerics of
-  a batch) and the versions of lm-eval, transformers and torch.
+- the weights and how they are built: for a run, the bytes of its adapter (weights and config), its
+  base delta, its config.yaml (tokenizer, side path) and, with --clients, the client and the bytes of
+  client_factors.safetensors; the model by its id and, where it resolves to a local folder (a short
+  name's prepared folder, a path), every file's name, size and modification time (hashing a 13 GB
+  checkpoint per evaluation would cost minutes; a Hub id is taken as its name);
+- how they are run: the dtype, the device type, the batch size (padding changes the numerics of a
+  batch), the versions of python and every package fedmom records in result.json, and a hash of
+  fedmom's own sources (a change to how the delta or a client's factors are applied is a new model).
 
-A retrained run, another precision or another batch size thus gets a fresh file and never reuses
-an old answer. The folder is the user's to keep or delete; fedmom never deletes it.
+A retrained run, another precision, batch size or fedmom version thus gets a fresh file and never
+reuses an old answer. eval.json records, per task, the file and how many responses it held when the
+evaluation began (0: everything generated now). A partly filled file answers the finished requests
+and generates the rest in other batches than one uninterrupted evaluation would, which can change a
+greedy generation by float rounding; `response_cache.entries_before` says when that may be so. The
+folder is the user's to keep or delete; fedmom never deletes it, and it may not lie inside the
+folder the evaluation writes.
 """
 
 from __future__ import annotations
 
 import hashlib
-from importlib import metadata
+import json
 from pathlib import Path
 
-from fedmom_cli import runfolder
+from fedmom_cli import packaged_models, runfolder, safety
 from fedmom_cli.errors import UserError
 
 
-def check(folder: Path | None) -> None:
-    """Before any write: the cache folder is a folder or does not exist yet."""
-    if folder is not None and folder.exists() and not folder.is_dir():
-        raise UserError(f"--cache {folder} exists and is not a folder")
+def check(folder: Path | None, out: Path) -> None:
+    """Before any write: the cache folder can be created or written, and does not lie inside `out`
+    (the run folder or --out: a foreign folder there would make `train --force` refuse it)."""
+    if folder is None:
+        return
+    safety.check_out(folder, "dir", "--cache")
+    if out.resolve() == folder.resolve() or out.resolve() in folder.resolve().parents:
+        raise UserError(
+            f"--cache {folder} lies inside {out}, which the evaluation writes; give a folder outside it"
+        )
 
 
 def _file_digest(h, path: Path) -> None:
@@ -42,27 +56,37 @@ def _file_digest(h, path: Path) -> None:
             h.update(block)
 
 
-def fingerprint(
-    run_dir: Path | None, model: str, client: int | None, dtype: str, device: str, batch_size: int
-) -> str:
-    """A hex digest of what decides the model's responses (module docstring)."""
+def _folder_listing(h, folder: Path) -> None:
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        h.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+
+
+def fingerprint(opts, model: str, dtype: str, device: str) -> str:
+    """A hex digest of what decides the responses of the model `fedmom eval` builds for `opts` (an
+    EvalOptions: run folder, client, batch size) from `model` (the run's or --model's id)."""
+    run_dir, client, batch_size = opts.run_dir, opts.client, opts.batch_size
     h = hashlib.sha256()
     if run_dir is not None:
-        adapter = run_dir / runfolder.ADAPTER
-        for path in sorted(p for p in adapter.rglob("*") if p.is_file()):
+        for path in sorted(p for p in (run_dir / runfolder.ADAPTER).rglob("*") if p.is_file()):
             _file_digest(h, path)
-        delta = run_dir / runfolder.BASE_DELTA
-        if delta.is_file():
-            _file_digest(h, delta)
+        for name in (runfolder.BASE_DELTA, runfolder.CONFIG):
+            if (run_dir / name).is_file():
+                _file_digest(h, run_dir / name)
         h.update(f"client={client}".encode())
+        if client is not None:
+            _file_digest(h, run_dir / runfolder.CLIENT_FACTORS)
     h.update(f"model={model}".encode())
-    source = Path(model)
+    try:
+        source = Path(packaged_models.resolve(model))
+    except UserError:  # a short name not prepared: loading the model will say so
+        source = Path(model)
     if source.is_dir():
-        for path in sorted(p for p in source.rglob("*") if p.is_file()):
-            stat = path.stat()
-            h.update(f"{path.relative_to(source)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    versions = [f"{pkg}={metadata.version(pkg)}" for pkg in ("lm_eval", "transformers", "torch")]
-    h.update(";".join([dtype, device, f"batch={batch_size}", *versions]).encode())
+        _folder_listing(h, source)
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        _file_digest(h, path)
+    h.update(json.dumps([dtype, device, batch_size, runfolder.versions()]).encode())
     return h.hexdigest()[:24]
 
 
@@ -70,3 +94,14 @@ def prefix(folder: Path, key: str) -> str:
     """What to pass as simple_evaluate's use_cache (lm-eval appends `_rank<N>.db`)."""
     folder.mkdir(parents=True, exist_ok=True)
     return str(folder / f"responses-{key}")
+
+
+def entries(use_cache: str) -> int:
+    """How many responses lm-eval's store at `use_cache` holds now (0 if it does not exist yet)."""
+    path = Path(f"{use_cache}_rank0.db")
+    if not path.is_file():
+        return 0
+    from sqlitedict import SqliteDict
+
+    with SqliteDict(str(path), flag="r") as db:
+        return len(db)

@@ -47,10 +47,11 @@ def _within_noise(table: Table, col: str, ranked: dict[str, str], digits: int) -
     if table.key in ("summary", "table8") or table.spread != "stderr" or cell is None or not cell.error:
         return None
     others = rankable({m: r[col] for m, r in table.rows.items() if m != "pretrained"})
-    close = [  # compared as displayed, like the marks
+    shown = round(cell.mean, digits)
+    close = [  # compared as displayed, like the marks: the shown values and the shown error
         m
         for m, v in others.items()
-        if m not in best and round(abs(v - cell.mean), digits) <= round(cell.error, digits)
+        if m not in best and round(abs(round(v, digits) - shown), digits) <= round(cell.error, digits)
     ]
     if not close:
         return None

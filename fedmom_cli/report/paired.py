@@ -136,7 +136,7 @@ def across_settings_markdown(runs: list[Run], reference: str = REFERENCE) -> lis
             lines += [
                 "",
                 f"*{family}: each cell as in the per-setting tables above (method minus "
-                f"{NAMES[reference]} at the same seed, mean ± std over seeds [k/n better]), "
+                f"{NAMES[reference]} at the same seed, mean ± std over seeds [k/n better, t tied]), "
                 "one row per setting group.*",
                 "",
             ]

@@ -27,3 +27,15 @@ def gsm8k_train(shared_data) -> Path:
     if not path.is_file():
         pytest.skip("GSM8K train file is not present")
     return path
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    """A finished smoke-recipe run (tiny model, synthetic math rows), one per test module."""
+    from fedmom_cli import config as cfgmod
+    from fedmom_cli import train as tr
+
+    out = tmp_path_factory.mktemp("runs") / "fm"
+    cfg = cfgmod.resolve("smoke", "math", {"rounds": 2, "local_steps": 2})
+    tr.run(tr.TrainOptions(cfg, out=out, progress=False))
+    return out

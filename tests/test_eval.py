@@ -9,7 +9,6 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
-from pathlib import Path
 
 import pytest
 
@@ -142,14 +141,6 @@ def test_hostile_programs_are_contained(tmp_path):
     assert run_program("print('still working')").passed  # the evaluator keeps going
     leftover = subprocess.run(["pgrep", "-f", "fedmom-sandbox-"], capture_output=True, text=True).stdout
     assert leftover.strip() == ""
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "fm"
-    cfg = cfgmod.resolve("smoke", "math", {"rounds": 2, "local_steps": 2})
-    tr.run(tr.TrainOptions(cfg, out=out, progress=False))
-    return out
 
 
 def test_eval_of_a_smoke_run_with_no_options(smoke_run):

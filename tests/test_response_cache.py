@@ -9,20 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from fedmom_cli import config as cfgmod
 from fedmom_cli import runfolder
-from fedmom_cli import train as tr
 from fedmom_cli.errors import UserError
 from fedmom_cli.evaluation import evaluate as ev
 from fedmom_cli.evaluation import response_cache
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "fm"
-    cfg = cfgmod.resolve("smoke", "math", {"rounds": 1, "local_steps": 2})
-    tr.run(tr.TrainOptions(cfg, out=out, progress=False))
-    return out
 
 
 def _generations(run: Path) -> list[str]:

@@ -35,22 +35,23 @@ def _fmt(cell: Cell, digits: int, compare: bool, max_seeds: int) -> str:
     return text
 
 
-def _within_noise(table: Table, col: str, ranked: dict[str, str], digits: int) -> str | None:
+def _within_noise(
+    table: Table, col: str, values: dict[str, float], ranked: dict[str, str], digits: int
+) -> str | None:
     """A note where the bold cell's standard error (the harness's, in the evaluation tables) covers
     other ranked cells of its column: the marks then order differences smaller than the evaluation's
     own noise, and the bold is not a result (the paired table, where there is one, compares methods
     seed by seed). Not for the training summary, whose ± is the spread over seeds: seed luck that
     methods share and the paired table removes, not the uncertainty of a difference (nor with
-    `--spread std`, for the same reason)."""
+    `--spread std`, for the same reason). `values` are the column's rankable means, `ranked` their marks."""
     best = [m for m, mark in ranked.items() if mark == "bold"]
     cell = table.rows[best[0]][col] if best else None
     if table.key in ("summary", "table8") or table.spread != "stderr" or cell is None or not cell.error:
         return None
-    others = rankable({m: r[col] for m, r in table.rows.items() if m != "pretrained"})
     shown = round(cell.mean, digits)
     close = [  # compared as displayed, like the marks: the shown values and the shown error
         m
-        for m, v in others.items()
+        for m, v in values.items()
         if m not in best and round(abs(round(v, digits) - shown), digits) <= round(cell.error, digits)
     ]
     if not close:
@@ -66,14 +67,11 @@ def _within_noise(table: Table, col: str, ranked: dict[str, str], digits: int) -
 def markdown(table: Table, compare: bool = False) -> str:
     digits = {"table8": 4, "summary": 4}.get(table.key, 2)
     max_seeds = max((c.seeds for row in table.rows.values() for c in row.values()), default=0)
-    ranked = {
-        col: marks(
-            rankable({m: row[col] for m, row in table.rows.items() if m != "pretrained"}),
-            table.higher_is_better,
-            digits,
-        )
+    values = {
+        col: rankable({m: row[col] for m, row in table.rows.items() if m != "pretrained"})
         for col in table.columns
     }
+    ranked = {col: marks(values[col], table.higher_is_better, digits) for col in table.columns}
     heading = f"### {table.title}" + (f" ({table.setting})" if table.setting else "")
     lines = [
         heading,
@@ -91,7 +89,7 @@ def markdown(table: Table, compare: bool = False) -> str:
             )
         lines.append(f"| {ROW_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
     lines += ["", f"*{table.caption}*"]
-    noise = (_within_noise(table, col, ranked[col], digits) for col in table.columns)
+    noise = (_within_noise(table, col, values[col], ranked[col], digits) for col in table.columns)
     notes = table.notes + [n for n in noise if n]
     if notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in notes]

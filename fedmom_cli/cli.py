@@ -96,7 +96,7 @@ def aggregate(
         show_default=False,
         help="Aggregation method: fedit, flora, ffa_lora, rolora, fedex_lora, "
         "fedmomentum, fedmomentum_no_balance, fedmomentum_no_residual; beyond the paper: "
-        "flexlora, hetlora, fedsa_lora, fedsvd (docs/methods.md).",
+        "flexlora, hetlora, fedsa_lora, fedsvd, fedit_resplit (docs/methods.md).",
     ),
     out: Path = typer.Option(
         ...,
@@ -601,6 +601,21 @@ def sweep(
         show_default="the recipe's report_to, else none",
         help="Experiment tracking: tensorboard (RUN_DIR/tensorboard), wandb, mlflow or none.",
     ),
+    jobs: int = typer.Option(
+        None,
+        "--jobs",
+        "-j",
+        show_default="1, or one per --devices entry",
+        help="Cells run at once, each in its own process with (usable cores // N) CPU threads and its "
+        "output in ROOT/logs/; a failed cell stops no other. 1 runs every cell in this process.",
+    ),
+    devices: str = typer.Option(
+        None,
+        "--devices",
+        show_default="none",
+        help="GPUs to spread cells over, e.g. cuda:0,cuda:1 (one cell per device at a time; the "
+        "cell's device setting then means the device it was given).",
+    ),
 ) -> None:
     """Train, evaluate and report every cell of a recipe's grid; resumes where it stopped."""
     from fedmom_cli import config as cfgmod
@@ -616,6 +631,8 @@ def sweep(
         progress,
         log=lambda line: console.print(line, soft_wrap=True, highlight=False),
         report_to=report_to,
+        jobs=jobs,
+        devices=devices,
     )
     if text:
         print(text, end="")

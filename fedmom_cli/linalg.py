@@ -200,6 +200,27 @@ def exact_svd(Bs: Tensor, As: Tensor) -> SVD:
     return svd if svd is not None else factored_svd(Bs, As)
 
 
+def pad_rank(U: Tensor, Vh: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """Zero columns of U / rows of Vh up to rank r when the decomposed matrix has fewer than r components."""
+    missing = r - U.shape[1]
+    if missing <= 0:
+        return U, Vh
+    return torch.nn.functional.pad(U, (0, missing)), torch.nn.functional.pad(Vh, (0, 0, 0, missing))
+
+
+def balanced_split(B: Tensor, A: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """The product B @ A re-split by its SVD U S V^T into B' = U_r S_r^(1/2), A' = S_r^(1/2) V_r^T
+    (FedMomentum's balanced split, Eq. 6): B' A' = B A exactly when rank(B A) <= r, zero components
+    beyond rank(B A)."""
+    if dense_is_cheaper(B.shape[0], A.shape[1], B.shape[1]):
+        svd = dense_svd(B.to(compute_dtype(B)) @ A.to(compute_dtype(A)))
+    else:
+        svd = exact_svd(B.to(compute_dtype(B)), A.to(compute_dtype(A)))
+    U, Vh = pad_rank(*svd.top(r), r)
+    root = torch.nn.functional.pad(svd.S[:r], (0, max(0, r - svd.S.numel()))).sqrt()
+    return U[:, :r] * root, root[:, None] * Vh[:r]
+
+
 def default_workers() -> int:
     """Modules decomposed at once: one per core torch may use (2 on the project's CPU machine)."""
     return max(1, torch.get_num_threads())

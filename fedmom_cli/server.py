@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedmom_cli import runfolder
+from fedmom_cli import diagnostics, runfolder
 from fedmom_cli.config import TrainConfig
 from fedmom_cli.errors import UserError
 from fedmom_cli.methods.base import BaseDelta, LoraFactors
@@ -191,12 +191,19 @@ class Server:
                 seconds[key] += value
         sizes = [u.examples for u in updates]
         weights = sizes if self.cfg.client_weights == "samples" else [1.0] * len(clients)
+        finals = {m: [u.factors[m] for u in updates] for m in self.modules}
+        start = time.perf_counter()  # what each client started from, before the method moves on
+        starts_by_client = [self.client_start(k) for k in clients]
+        diag_modules, diag = diagnostics.round_diagnostics(
+            finals, {m: [s[m] for s in starts_by_client] for m in self.modules}, weights
+        )
+        seconds["diagnostics"] = time.perf_counter() - start
         start = time.perf_counter()
         extra = {"client_ids": clients} if hasattr(self.method, "client_factors") else {}
-        outcome = self.method.aggregate(
-            {m: [u.factors[m] for u in updates] for m in self.modules}, weights, round_idx, **extra
-        )
+        outcome = self.method.aggregate(finals, weights, round_idx, **extra)
         seconds["aggregation"] = time.perf_counter() - start
+        for m, values in diag_modules.items():
+            outcome.modules[m].stats.update(values)
         start = time.perf_counter()
         with_delta = [m for m, r in outcome.modules.items() if r.delta is not None]
         dtype = self.modules[next(iter(self.modules))].base_layer.weight.dtype
@@ -233,7 +240,7 @@ class Server:
             update_seconds=seconds["update"],
             bytes_up_per_client=sent[0] if sent else outcome.bytes_up,
             bytes_down_per_client=sent[1] if sent else outcome.bytes_down,
-            stats=summarise(stats),
+            stats={**summarise(stats), **diag},
             module_stats=stats,
             factor_norms=factor_norms(self.global_factors),
             seconds=seconds,

@@ -218,6 +218,7 @@ def preflight(spec: dict, cells: list[Cell], root: Path) -> None:
                 )
     report_render.check_report_targets(root / "report.md", "md", True)
     safety.check_out(root / EVAL_CACHE, "dir", "the sweep's eval cache")
+    safety.check_out(root / "logs", "dir", "the sweep's logs (--jobs)")
 
 
 def run(
@@ -230,11 +231,15 @@ def run(
     progress: bool | None = None,
     log=print,
     report_to: str | None = None,
+    jobs: int | None = None,
+    devices: str | None = None,
 ) -> str | None:
+    from fedmom_cli import sweep_jobs
     from fedmom_cli import train as tr
     from fedmom_cli.evaluation import evaluate as ev
     from fedmom_cli.report import render as report_render
 
+    pool = sweep_jobs.slots(jobs, sweep_jobs.parse_devices(devices))  # checked before anything is read
     spec, cells, root = plan(recipe, only, out, overrides or {})
     from fedmom_cli import tracking
 
@@ -263,7 +268,19 @@ def run(
         return None
     eval_tasks = spec.get("eval_tasks")
     cache = root / EVAL_CACHE  # responses kept as made: an evaluation stopped midway resumes
-    for i, cell in enumerate(cells, 1):
+    failed, in_process = [], cells
+    if len(pool) > 1 or pool[0].device is not None:
+        work = []
+        for i, cell in enumerate(cells, 1):
+            state = cell_state(cell)
+            if state == "done" or (state == "trained" and eval_tasks == []):
+                log(f"[{i}/{len(cells)}] {cell.run_dir}: done, skipped")
+                continue
+            ensure_partition(cell)  # each seed's split once, before any worker starts
+            work.append((i, cell, sweep_jobs.job_spec(cell, report_to, eval_tasks, data_dir, cache)))
+        failed = sweep_jobs.run_cells(work, len(cells), root, pool, log)
+        in_process = []  # every cell went to a worker
+    for i, cell in enumerate(in_process, 1):
         state = cell_state(cell)
         if state == "done" or (state == "trained" and eval_tasks == []):
             log(f"[{i}/{len(cells)}] {cell.run_dir}: done, skipped")
@@ -295,6 +312,13 @@ def run(
             )
     text = report_render.run(root, root / "report.md")
     log(f"report: {root / 'report.md'}")
+    if failed:
+        raise UserError(
+            f"{len(failed)} cell(s) failed, the others finished and are in the report: "
+            + "; ".join(
+                f"{c.run_dir} (exit {code}: {sweep_jobs.last_line(path)}; log {path})" for c, code, path in failed
+            )
+        )
     return text
 
 

@@ -82,6 +82,24 @@ def test_fedit_averages_factors_separately(out_f, in_f, n, weights):
 
 @pytest.mark.parametrize("out_f,in_f", SHAPES)
 @pytest.mark.parametrize("n,weights", CASES)
+def test_fedit_resplit_keeps_fedits_product_in_a_balanced_split(out_f, in_f, n, weights):
+    clients = make_clients(n, 4, out_f, in_f, seed=n + 5)
+    res = build_method("fedit_resplit", LORA).aggregate({"m": clients}, weights, 0).modules["m"]
+    total = sum(weights)
+    A = sum(w / total * c.A.double() for c, w in zip(clients, weights))
+    B = sum(w / total * c.B.double() for c, w in zip(clients, weights))
+    assert rel(res.factors.B.double() @ res.factors.A.double(), B @ A) < 1e-5  # FedIT's model, unchanged
+    U, S, Vh = torch.linalg.svd(B @ A, full_matrices=False)  # independent float64 reference
+    k = min(4, S.numel())
+    assert torch.allclose(res.factors.B.double().norm(dim=0)[:k], S[:k].sqrt(), rtol=1e-4)
+    assert torch.allclose(res.factors.A.double().norm(dim=1)[:k], S[:k].sqrt(), rtol=1e-4)
+    Bn = res.factors.B.double()[:, :k] / S[:k].sqrt()  # columns of U (up to sign)
+    assert torch.allclose(Bn.T @ Bn, torch.eye(k, dtype=torch.float64), atol=1e-4)
+    assert res.delta is None
+
+
+@pytest.mark.parametrize("out_f,in_f", SHAPES)
+@pytest.mark.parametrize("n,weights", CASES)
 @pytest.mark.parametrize("rslora", [False, True])
 def test_fedex_lora_is_exact(out_f, in_f, n, weights, rslora):
     lora = LoraSpec(r=4, alpha=8, use_rslora=rslora)

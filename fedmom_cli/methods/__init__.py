@@ -47,6 +47,8 @@ METHODS: dict[str, Callable[..., Method]] = {
     "fedmomentum": FedMomentum,
     "fedmomentum_no_balance": _ablation(FedMomentum, "FedMomentum w/o balanced split", balance=False),
     "fedmomentum_no_residual": _ablation(FedMomentum, "FedMomentum w/o residual", residual=False),
+    # The factorial ablation of FedMomentum's two mechanisms: FedIT's average, re-split like FedMomentum
+    "fedit_resplit": _ablation(FedIT, "FedIT + SVD re-split", resplit=True),
     # Beyond the paper (issue 14): heterogeneous-rank and selective-aggregation methods.
     "flexlora": FlexLoRA,
     "hetlora": HetLoRA,

@@ -40,6 +40,7 @@ from fedmom_cli.linalg import (
     energy_rank,
     exact_svd,
     factored_svd,
+    pad_rank,
     parallel_map,
     randomized_svd,
 )
@@ -68,17 +69,6 @@ def _decompose(Bs: torch.Tensor, As: torch.Tensor, mode: str, seed: int, cholesk
         g = torch.Generator().manual_seed(seed)
         return randomized_svd(Bs @ As, sketch=stacked, generator=g)
     return exact_svd(Bs, As) if cholesky else factored_svd(Bs, As)
-
-
-def _pad_rank(U: torch.Tensor, Vh: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero columns/rows up to rank r when M has fewer than r components."""
-    missing = r - U.shape[1]
-    if missing <= 0:
-        return U, Vh
-    return (
-        torch.nn.functional.pad(U, (0, missing)),
-        torch.nn.functional.pad(Vh, (0, 0, 0, missing)),
-    )
 
 
 class FedMomentum:
@@ -131,7 +121,7 @@ class FedMomentum:
         svd = _decompose(Bs, As, self.svd, sketch_seed, self.cholesky)
         r_eff = energy_rank(svd.S, self.tau)
         s_res = max(0, r_eff - r) if self.residual else 0
-        U, Vh = _pad_rank(*svd.top(r + s_res), r)  # only the vectors that are kept
+        U, Vh = pad_rank(*svd.top(r + s_res), r)  # only the vectors that are kept
         S = torch.nn.functional.pad(svd.S[:r], (0, max(0, r - svd.S.numel())))
         if self.balance:
             root = S.sqrt()

@@ -8,6 +8,10 @@
 - bytes_<task>: bytes per client per round (up + down) per method (Appendix C).
 - norms_<task>: the global factors' scale per round (mean row norm of A, mean column norm of B),
   where runs logged it.
+- diagnostics_<task>: per round, the aggregation noise (what FedIT's separate averaging of A and B
+  loses of the exact aggregate) and the client drift (spread of the clients' updates around their
+  mean, relative to it), pooled over modules, mean over seeds, log scale (fedmom_cli/diagnostics.py),
+  where runs logged them.
 - seeds_<task>: where methods have several seeds, the validation (else training) loss per round:
   the mean over seeds as a line, the range over seeds (min to max) as a band.
 - settings_<task>: where a task has several setting groups (a regime study: local steps, learning
@@ -143,6 +147,8 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
 
         if any("factor_norms" in m for r in main for m in r.metrics):
             written += _norms(main, methods, folder, task)
+        if any("client_drift" in (m.get("stats") or {}) for r in main for m in r.metrics):
+            written += _diagnostics(main, methods, folder, task)
 
         fm = [r for r in main if r.config["method"] == "fedmomentum"]
         if fm:
@@ -204,6 +210,25 @@ def _norms(main: list[Run], methods: list[str], folder: Path, task: str) -> list
         _rounds_axis(ax)
     _legend_outside(axes[1])
     return _save(fig, folder, f"norms_{task}")
+
+
+def _diagnostics(main: list[Run], methods: list[str], folder: Path, task: str) -> list[Path]:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panels = (
+        ("aggregation_noise", "aggregation noise", "||M - B_bar A_bar|| / ||M||"),
+        ("client_drift", "client drift", "spread of updates / mean update"),
+    )
+    for ax, (key, title, label) in zip(axes, panels):
+        for m in methods:
+            runs_m = [r for r in main if r.config["method"] == m]
+            x, y = _per_round(runs_m, lambda rec, k=key: (rec.get("stats") or {}).get(k))
+            if any(v > 0 for v in y):  # nothing to draw on a log scale (FFA-LoRA's noise is 0)
+                ax.plot(x, [v if v > 0 else float("nan") for v in y], label=NAMES[m], **_style(m))
+        ax.set(xlabel="communication round", ylabel=label, yscale="log", title=f"{title} ({task})")
+        _rounds_axis(ax)
+    _legend_outside(axes[1])
+    return _save(fig, folder, f"diagnostics_{task}")
 
 
 def _seed_bands(main: list[Run], methods: list[str], folder: Path, task: str, key: str) -> list[Path]:

@@ -1,0 +1,148 @@
+"""`fedmom sweep --jobs N`: cells in parallel worker processes give the same runs as one process; a
+failing cell stops no other; bad --jobs / --devices are one line before anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import run_main
+
+from fedmom_cli import config as cfgmod
+from fedmom_cli import sweep as sw
+from fedmom_cli import sweep_jobs
+from fedmom_cli.errors import UserError
+
+TIMING = {"aggregation_seconds", "update_seconds", "seconds"}
+
+
+def small_recipe(tmp_path: Path, methods=("fedit", "fedmomentum"), rounds=2) -> Path:
+    recipe = yaml.safe_load((cfgmod.RECIPES_DIR / "smoke.yaml").read_text())
+    recipe.update(rounds=rounds, local_steps=2, synthetic=120)
+    recipe["sweep"] = {"grid": {"method": list(methods), "seed": [0]}, "eval_tasks": []}
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_record(run: Path) -> tuple[list[dict], bytes, bytes]:
+    """metrics.jsonl without timings, the adapter's and the base delta's bytes."""
+    metrics = [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
+    delta = run / "base_delta.safetensors"
+    return (
+        metrics,
+        (run / "adapter" / "adapter_model.safetensors").read_bytes(),
+        delta.read_bytes() if delta.exists() else b"",
+    )
+
+
+def untimed_report(root: Path) -> str:
+    """report.md without its root's path and without Table 8 (aggregation seconds, measured)."""
+    text = (root / "report.md").read_text().replace(str(root), "ROOT")
+    return re.sub(r"### Table 8\n.*?(?=\n##)", "", text, flags=re.S)
+
+
+def test_two_jobs_give_the_same_runs_as_one_bit_for_bit(tmp_path):
+    recipe = small_recipe(tmp_path)
+    lines: list[str] = []
+    sw.run(str(recipe), {}, tmp_path / "one", progress=False, log=lambda _: None)
+    sw.run(str(recipe), {}, tmp_path / "two", progress=False, log=lines.append, jobs=2)
+    for method in ("fedit", "fedmomentum"):
+        a = run_record(tmp_path / "one" / "math" / method / "seed0")
+        b = run_record(tmp_path / "two" / "math" / method / "seed0")
+        assert a == b, method
+        log = tmp_path / "two" / "logs" / "math" / method / "seed0.log"
+        assert "round 2/2: loss" in log.read_text()  # the cell's own output went to its log
+    assert sum("started (job" in line for line in lines) == 2
+    assert sum(": finished in" in line for line in lines) == 2
+    assert untimed_report(tmp_path / "two") == untimed_report(tmp_path / "one")
+    # a second sweep finds everything done and starts no worker
+    lines.clear()
+    sw.run(str(recipe), {}, tmp_path / "two", progress=False, log=lines.append, jobs=2)
+    assert sum("done, skipped" in line for line in lines) == 2 and not any("started" in x for x in lines)
+
+
+def test_a_failing_cell_stops_no_other_and_the_sweep_ends_with_one_line(tmp_path):
+    recipe = small_recipe(tmp_path)
+    root = tmp_path / "res"
+    plan = sw.plan(str(recipe), {}, root, {})[1]
+    broken = next(c for c in plan if c.config.method == "fedit")
+    broken.run_dir.mkdir(parents=True)  # an interrupted cell whose checkpoint is garbage: resume fails
+    (broken.run_dir / "config.yaml").write_text(cfgmod.to_yaml(broken.config))
+    (broken.run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    lines: list[str] = []
+    with pytest.raises(UserError, match=r"1 cell\(s\) failed.*fedit/seed0 \(exit 2: error: .*checkpoint"):
+        sw.run(str(recipe), {}, root, progress=False, log=lines.append, jobs=2)
+    fine = root / "math" / "fedmomentum" / "seed0"
+    assert json.loads((fine / "result.json").read_text())["status"] == "finished"
+    assert "FedMomentum" in (root / "report.md").read_text()
+    assert (broken.run_dir / "checkpoint.pt").read_bytes() == b"not a checkpoint"  # left as it was
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--jobs", "0"], "--jobs must be at least 1"),
+        (["--jobs", "-3"], "--jobs must be at least 1"),
+        (["--devices", "cuda:0"], "CUDA is not available"),
+        (["--devices", "gpu0"], "--devices takes CUDA devices as cuda:0,cuda:1"),
+        (["--devices", "cuda:0,cuda:0"], None),  # no CUDA here: refused either way, one line
+        (["--jobs", "two"], "--jobs"),
+    ],
+)
+def test_bad_jobs_and_devices_are_one_line_and_write_nothing(tmp_path, monkeypatch, capsys, args, message):
+    recipe = small_recipe(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    code, out, err = run_main(monkeypatch, capsys, "sweep", str(recipe), "--out", "res", *args)
+    assert code == 2 and err.count("error:") == 1 and len(err.strip().splitlines()) == 1, err
+    assert message is None or message in err
+    assert snapshot(tmp_path) == before
+
+
+def test_threads_are_shared_out_and_devices_assigned_round_robin(monkeypatch):
+    monkeypatch.setattr(sweep_jobs, "usable_cores", lambda: 16)
+    assert [s.threads for s in sweep_jobs.slots(4, [])] == [4, 4, 4, 4]
+    assert [s.threads for s in sweep_jobs.slots(3, [])] == [5, 5, 5]
+    assert [s.threads for s in sweep_jobs.slots(32, [])] == [1] * 32
+    assert [s.device for s in sweep_jobs.slots(None, ["cuda:0", "cuda:1"])] == ["cuda:0", "cuda:1"]
+    assert [s.device for s in sweep_jobs.slots(4, ["cuda:0", "cuda:1"])] == ["cuda:0", "cuda:1"] * 2
+    assert len(sweep_jobs.slots(None, [])) == 1
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_sweep_ends_its_workers_and_a_rerun_resumes(tmp_path):
+    recipe = small_recipe(tmp_path, rounds=40)
+    out = tmp_path / "res"
+    cmd = [sys.executable, "-m", "fedmom_cli", "sweep", str(recipe), "--out", str(out), "--jobs", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = out / "math" / "fedit" / "seed0" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not ckpt.is_file():
+        time.sleep(0.1)
+    assert ckpt.is_file(), "the worker never checkpointed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(3)  # a worker that outlived the sweep would go on writing its checkpoint
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")}
+    time.sleep(6)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")} == stamps, "a worker outlived it"
+    subprocess.run(cmd, check=True, capture_output=True, timeout=900)
+    for method in ("fedit", "fedmomentum"):
+        result = json.loads((out / "math" / method / "seed0" / "result.json").read_text())
+        assert result["status"] == "finished" and result["rounds_completed"] == 40

@@ -316,7 +316,8 @@ def run(
         raise UserError(
             f"{len(failed)} cell(s) failed, the others finished and are in the report: "
             + "; ".join(
-                f"{c.run_dir} (exit {code}: {sweep_jobs.last_line(path)}; log {path})" for c, code, path in failed
+                f"{c.run_dir} (exit {code}: {sweep_jobs.last_line(path)}; log {path})"
+                for c, code, path in failed
             )
         )
     return text

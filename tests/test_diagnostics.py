@@ -70,7 +70,11 @@ CASES = {
         shared_start(4, 32, 32, 3),
         [1, 1, 1],
     ),
-    "wide rank, out < stacked rank": (make_clients(6, 8, 10, 40, seed=6), shared_start(8, 10, 40, 6), [1] * 6),
+    "wide rank, out < stacked rank": (
+        make_clients(6, 8, 10, 40, seed=6),
+        shared_start(8, 10, 40, 6),
+        [1] * 6,
+    ),
 }
 
 

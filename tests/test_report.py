@@ -309,3 +309,27 @@ def test_methods_beyond_the_paper_follow_its_rows_everywhere(tmp_path, monkeypat
 def test_a_report_of_the_papers_methods_has_no_separator(results, tmp_path):
     text = report_render.run(results, tmp_path / "out" / "report.md", figures=False)
     assert "Beyond the paper" not in text
+
+
+def test_a_method_a_user_registered_shows_by_its_display_name_else_its_name(tmp_path, monkeypatch):
+    from fedmom_cli import methods
+
+    class Toy:  # a registered method with a display name
+        display_name = "Toy LoRA"
+
+    monkeypatch.setitem(methods.METHODS, "toy", Toy)
+    monkeypatch.setitem(methods.METHODS, "bare", lambda lora: None)  # and one without
+    root = tmp_path / "results"
+    for method in ("unregistered", "bare", "toy", "fedmomentum"):
+        make_run(root, method, 0, {"gsm8k": (0.3, 0.01)})
+    runs, pre = report.collect(root)
+    assert report.beyond_paper(runs) == ["toy", "bare", "unregistered"]  # registry order, then the rest
+    t2 = report_render.markdown(next(t for t in report.build_tables(runs, pre) if t.title == "Table 2"))
+    names = [line.split(" | ")[0] for line in t2.splitlines() if line.startswith("| ")][1:]
+    assert names == ["| Pre-trained", *["| FedIT", "| FLoRA", "| FFA-LoRA", "| RoLoRA", "| FedEx-LoRA"]] + [
+        "| FedMomentum",
+        "| **Beyond the paper**",
+        "| Toy LoRA",
+        "| bare",
+        "| unregistered",
+    ]

@@ -333,3 +333,15 @@ def test_a_method_a_user_registered_shows_by_its_display_name_else_its_name(tmp_
         "| bare",
         "| unregistered",
     ]
+
+
+def test_across_settings_tables_have_a_column_for_methods_beyond_the_paper(tmp_path):
+    from fedmom_cli.report import paired
+
+    for r in (8, 16):
+        for seed in range(2):
+            for method in ("my_method", "fedsvd", "fedmomentum", "fedit"):
+                make_run(tmp_path / f"r{r}", method, seed, {"gsm8k": (0.3 + 0.01 * seed, 0.01)}, lora_r=r)
+    runs, _ = report.collect(tmp_path)
+    tables = paired.across_settings_markdown(runs)
+    assert tables and all("| Setting | FedIT | FedSVD | my_method |" in t for t in tables)

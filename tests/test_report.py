@@ -262,3 +262,86 @@ def test_bold_within_the_best_cells_standard_error_is_noted(key, spread, values,
             f"- GSM8K: {note} other row(s) lie within the best cell's standard error (0.87): bold and "
             "underline here order differences smaller than the evaluation's own noise."
         ]
+
+
+def test_methods_beyond_the_paper_follow_its_rows_everywhere(tmp_path, monkeypatch):
+    """Issue 26.6: a method the paper lacks - registered (FlexLoRA, FedSVD) or a name the registry
+    does not hold (`my_method`, shown by that name) - follows the paper's rows under a separator in
+    the tables, the paired table, the CSV and the figures' legends; paper rows keep their order."""
+    from fedmom_cli.methods import display_name
+    from fedmom_cli.report import figures
+
+    root = tmp_path / "results"
+    for seed in range(2):
+        for method, acc in (("my_method", 0.4), ("fedsvd", 0.2), ("fedmomentum", 0.3), ("flexlora", 0.25)):
+            make_run(root, method, seed, {"gsm8k": (acc + 0.01 * seed, 0.01)}, status="finished")
+    make_run(root, "fedit", 0, None, status="failed")  # a paper method, for the order
+    legends = []
+
+    def save(fig, folder, name):  # the figures' legends, instead of their files
+        legends.append(
+            (name, [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().texts])
+        )
+        return []
+
+    monkeypatch.setattr(figures, "_save", save)
+    out = tmp_path / "out" / "report.md"
+    text = report_render.run(root, out, fmt="csv", compare_paper=True)
+    expected = ["FedMomentum", "**Beyond the paper**", display_name("flexlora"), "FedSVD", "my_method"]
+    for title in ("### Table 2", "### Table 8", "### Training summary", "### Paired differences"):
+        section = text.split(title)[1].split("###")[0]
+        rows = [line.split(" | ")[0].removeprefix("| ").rstrip(" |") for line in section.splitlines()]
+        rows = [r for r in rows if r in {"Pre-trained", "FedIT", *expected}]
+        paper = ["Pre-trained", "FedIT"] if title == "### Table 2" else []
+        reference = ["FedMomentum"] if title != "### Paired differences" else []  # the paired ones' reference
+        assert rows == paper + reference + expected[1:], (title, rows)
+        if title == "### Table 2":
+            my = next(line for line in section.splitlines() if line.startswith("| my_method |"))
+            assert "**40.50 ± 1.00**" in my and "[paper" not in my  # ranked with the rest, no paper value
+            assert "'Beyond the paper': methods the paper lacks" in section
+    assert "### Table 5" in text and "my_method" not in text.split("### Table 5")[1].split("###")[0]
+    csv = pd.read_csv(out.with_suffix(".csv"))
+    assert {"FlexLoRA", "FedSVD", "my_method"} <= set(csv[csv.table == "Table 2"].row)
+    fig4 = dict(legends)["fig4_loss_math"]
+    assert fig4 == ["FedIT", "FedMomentum", "FlexLoRA", "FedSVD", "my_method"]  # figures draw failed runs too
+
+
+def test_a_report_of_the_papers_methods_has_no_separator(results, tmp_path):
+    text = report_render.run(results, tmp_path / "out" / "report.md", figures=False)
+    assert "Beyond the paper" not in text
+
+
+def test_a_method_a_user_registered_shows_by_its_display_name_else_its_name(tmp_path, monkeypatch):
+    from fedmom_cli import methods
+
+    class Toy:  # a registered method with a display name
+        display_name = "Toy LoRA"
+
+    monkeypatch.setitem(methods.METHODS, "toy", Toy)
+    monkeypatch.setitem(methods.METHODS, "bare", lambda lora: None)  # and one without
+    root = tmp_path / "results"
+    for method in ("unregistered", "bare", "toy", "fedmomentum"):
+        make_run(root, method, 0, {"gsm8k": (0.3, 0.01)})
+    runs, pre = report.collect(root)
+    assert report.beyond_paper(runs) == ["toy", "bare", "unregistered"]  # registry order, then the rest
+    t2 = report_render.markdown(next(t for t in report.build_tables(runs, pre) if t.title == "Table 2"))
+    names = [line.split(" | ")[0] for line in t2.splitlines() if line.startswith("| ")][1:]
+    assert names == ["| Pre-trained", *["| FedIT", "| FLoRA", "| FFA-LoRA", "| RoLoRA", "| FedEx-LoRA"]] + [
+        "| FedMomentum",
+        "| **Beyond the paper**",
+        "| Toy LoRA",
+        "| bare",
+        "| unregistered",
+    ]
+
+
+def test_across_settings_tables_have_a_column_for_methods_beyond_the_paper(tmp_path):
+    from fedmom_cli.report import paired
+
+    for r in (8, 16):
+        for seed in range(2):
+            for method in ("my_method", "fedsvd", "fedmomentum", "fedit"):
+                make_run(tmp_path / f"r{r}", method, seed, {"gsm8k": (0.3 + 0.01 * seed, 0.01)}, lora_r=r)
+    runs, _ = report.collect(tmp_path)
+    tables = paired.across_settings_markdown(runs)
+    assert tables and all("| Setting | FedIT | FedSVD | my_method |" in t for t in tables)

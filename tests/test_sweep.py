@@ -15,7 +15,8 @@ import pytest
 from fedmom_cli import config as cfgmod
 from fedmom_cli import sweep as sw
 from fedmom_cli.errors import UserError
-from fedmom_cli.methods import METHODS
+from fedmom_cli.methods import METHODS, display_name
+from fedmom_cli.report import tables as report
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"rounds": 2, "local_steps": 2}
@@ -66,6 +67,18 @@ def test_smoke_sweep_end_to_end_fills_every_cell(tmp_path):
         assert "–" not in row, row
     for name in ("w/o balance", "w/o residual"):
         assert "–" not in next(line for line in table5.splitlines() if line.startswith(f"| {name} |"))
+    # every method the sweep trained has a row (issue 26.6): those beyond the paper follow Table 2's
+    # paper rows under a separator, by the registry's display name
+    beyond = table2.split("| **Beyond the paper** |")[1]
+    trained = {
+        p.parent.parent.name for p in (tmp_path / "res").rglob("eval.json") if p.parent.name == "seed0"
+    }
+    assert trained == set(METHODS)
+    for method in trained - set(report.NAMES):
+        row = next(line for line in beyond.splitlines() if line.startswith(f"| {display_name(method)} |"))
+        assert "–" not in row, row
+    paper_rows = {line.split(" | ")[0] for line in (table2 + table5).splitlines() if line.startswith("| ")}
+    assert {f"| {report.NAMES[m]}" for m in trained & set(report.NAMES)} <= paper_rows
     assert (tmp_path / "res" / "report.md").is_file() and (tmp_path / "res" / "figures").is_dir()
     assert len(list((tmp_path / "res").rglob("eval.json"))) == len(METHODS)
     # every evaluation kept its responses, one store per model (each run's adapter differs)

@@ -27,7 +27,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from fedmom_cli.report.tables import NAMES, Run, labelled_groups
+from fedmom_cli.report.tables import NAMES, Run, beyond_paper, labelled_groups, row_name
 
 
 def _plt():
@@ -43,17 +43,23 @@ STYLES = ["-", "--", "-.", ":"]
 MARKERS = ["o", "s", "^", "v", "D", "x", "+", "*"]
 
 
-def _style(method: str) -> dict:
+def _order(runs: list[Run]) -> list[str]:
+    """Every method `runs` may name, in legend order: the paper's, then those beyond the paper."""
+    return [*NAMES, *beyond_paper(runs)]
+
+
+def _style(method: str, order: list[str]) -> dict:
     """Distinct line style and hollow marker per method, the later methods thinner and smaller, so
     that curves which coincide (FedIT and FedEx-LoRA, FedMomentum and w/o residual) stay visible:
-    the earlier curve shows as a wider line and larger marker around the later one."""
-    i = list(NAMES).index(method)
+    the earlier curve shows as a wider line and larger marker around the later one. `order` is
+    `_order(runs)`; the methods beyond the paper come last, no thinner than the last of the paper's."""
+    i = order.index(method)
     return {
         "linestyle": STYLES[i % len(STYLES)],
         "marker": MARKERS[i % len(MARKERS)],
-        "ms": 9.0 - 0.7 * i,
+        "ms": max(9.0 - 0.7 * i, 3.4),
         "markerfacecolor": "none",
-        "linewidth": 2.8 - 0.25 * i,
+        "linewidth": max(2.8 - 0.25 * i, 0.8),
         "zorder": 2 + i,
     }
 
@@ -99,11 +105,12 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     plt = _plt()
+    order = _order(runs)
     for task in sorted({r.config.get("task") for r in runs if r.metrics}):
         group = [r for r in runs if r.config.get("task") == task and r.metrics]
         settings = labelled_groups({r.settings for r in group})
         main = [r for r in group if r.settings == settings[0][0]]  # the first setting group
-        methods = [m for m in NAMES if any(r.config.get("method") == m for r in main)]
+        methods = [m for m in order if any(r.config.get("method") == m for r in main)]
 
         has_val = any(m.get("val_loss") is not None for r in main for m in r.metrics)
         panels = [("loss", "training loss (mean over clients)")]
@@ -112,7 +119,7 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
         for ax, (key, label) in zip(axes[0], panels):
             for m in methods:
                 runs_m = [r for r in main if r.config["method"] == m]
-                ax.plot(*_per_round(runs_m, lambda x, k=key: x.get(k)), label=NAMES[m], **_style(m))
+                ax.plot(*_per_round(runs_m, lambda x, k=key: x.get(k)), label=row_name(m), **_style(m, order))
             ax.set(xlabel="communication round", ylabel=label, title=f"{label.split(' (')[0]} ({task})")
             _rounds_axis(ax)
         _legend_outside(axes[0][-1])
@@ -129,8 +136,8 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
                         else None  # older or hand-made metrics: no bytes logged
                     ),
                 ),
-                label=NAMES[m],
-                **_style(m),
+                label=row_name(m),
+                **_style(m, order),
             )
         ax.set(
             xlabel="communication round",
@@ -143,19 +150,19 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
         written += _save(fig, folder, f"bytes_{task}")
 
         if any(len({r.config.get("seed") for r in main if r.config["method"] == m}) > 1 for m in methods):
-            written += _seed_bands(main, methods, folder, task, "val_loss" if has_val else "loss")
+            written += _seed_bands(main, methods, order, folder, task, "val_loss" if has_val else "loss")
 
         if any("factor_norms" in m for r in main for m in r.metrics):
-            written += _norms(main, methods, folder, task)
+            written += _norms(main, methods, order, folder, task)
         if any("client_drift" in (m.get("stats") or {}) for r in main for m in r.metrics):
-            written += _diagnostics(main, methods, folder, task)
+            written += _diagnostics(main, methods, order, folder, task)
 
         fm = [r for r in main if r.config["method"] == "fedmomentum"]
         if fm:
             written += _components(fm, folder, task)
-        written += _rank_figure(group, folder, task)
+        written += _rank_figure(group, order, folder, task)
         if len(settings) > 1:
-            written += _setting_panels(group, settings, folder, task)
+            written += _setting_panels(group, settings, order, folder, task)
     return written
 
 
@@ -171,17 +178,18 @@ def by_local_steps(runs: list[Run], key: str) -> dict[int, list[float]]:
 
 
 def _setting_panels(
-    group: list[Run], settings: list[tuple[tuple, str]], folder: Path, task: str
+    group: list[Run], settings: list[tuple[tuple, str]], order: list[str], folder: Path, task: str
 ) -> list[Path]:
     plt = _plt()
     key = "val_loss" if any(m.get("val_loss") is not None for r in group for m in r.metrics) else "loss"
     fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4), squeeze=False, sharey=True)
     for ax, (setting, label) in zip(axes[0], settings):
         runs = [r for r in group if r.settings == setting]
-        for m in [m for m in NAMES if any(r.config.get("method") == m for r in runs)]:
+        for m in [m for m in order if any(r.config.get("method") == m for r in runs)]:
             by_step = by_local_steps([r for r in runs if r.config["method"] == m], key)
             x = sorted(by_step)
-            line = ax.plot(x, [statistics.fmean(by_step[t]) for t in x], label=NAMES[m], **_style(m))[0]
+            means = [statistics.fmean(by_step[t]) for t in x]
+            line = ax.plot(x, means, label=row_name(m), **_style(m, order))[0]
             low, high = [min(by_step[t]) for t in x], [max(by_step[t]) for t in x]
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.12)
         seeds = sorted({r.config.get("seed") for r in runs})
@@ -191,7 +199,7 @@ def _setting_panels(
     return _save(fig, folder, f"settings_{task}")
 
 
-def _norms(main: list[Run], methods: list[str], folder: Path, task: str) -> list[Path]:
+def _norms(main: list[Run], methods: list[str], order: list[str], folder: Path, task: str) -> list[Path]:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label in zip(
@@ -201,8 +209,8 @@ def _norms(main: list[Run], methods: list[str], folder: Path, task: str) -> list
             runs_m = [r for r in main if r.config["method"] == m]
             ax.plot(
                 *_per_round(runs_m, lambda x, k=key: (x.get("factor_norms") or {}).get(k)),
-                label=NAMES[m],
-                **_style(m),
+                label=row_name(m),
+                **_style(m, order),
             )
         ax.set(
             xlabel="communication round", ylabel=f"mean {label}", title=f"Global factors: {label} ({task})"
@@ -212,7 +220,7 @@ def _norms(main: list[Run], methods: list[str], folder: Path, task: str) -> list
     return _save(fig, folder, f"norms_{task}")
 
 
-def _diagnostics(main: list[Run], methods: list[str], folder: Path, task: str) -> list[Path]:
+def _diagnostics(main: list[Run], methods: list[str], order: list[str], folder: Path, task: str) -> list[Path]:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     panels = (
@@ -224,14 +232,16 @@ def _diagnostics(main: list[Run], methods: list[str], folder: Path, task: str) -
             runs_m = [r for r in main if r.config["method"] == m]
             x, y = _per_round(runs_m, lambda rec, k=key: (rec.get("stats") or {}).get(k))
             if any(v > 0 for v in y):  # nothing to draw on a log scale (FFA-LoRA's noise is 0)
-                ax.plot(x, [v if v > 0 else float("nan") for v in y], label=NAMES[m], **_style(m))
+                ax.plot(x, [v if v > 0 else float("nan") for v in y], label=row_name(m), **_style(m, order))
         ax.set(xlabel="communication round", ylabel=label, yscale="log", title=f"{title} ({task})")
         _rounds_axis(ax)
     _legend_outside(axes[1])
     return _save(fig, folder, f"diagnostics_{task}")
 
 
-def _seed_bands(main: list[Run], methods: list[str], folder: Path, task: str, key: str) -> list[Path]:
+def _seed_bands(
+    main: list[Run], methods: list[str], order: list[str], folder: Path, task: str, key: str
+) -> list[Path]:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m in methods:
@@ -243,7 +253,8 @@ def _seed_bands(main: list[Run], methods: list[str], folder: Path, task: str, ke
                         by_round[rec["round"]].append(rec[key])
         rounds = sorted(by_round)
         x = [t + 1 for t in rounds]
-        line = ax.plot(x, [statistics.fmean(by_round[t]) for t in rounds], label=NAMES[m], **_style(m))[0]
+        means = [statistics.fmean(by_round[t]) for t in rounds]
+        line = ax.plot(x, means, label=row_name(m), **_style(m, order))[0]
         ax.fill_between(
             x,
             [min(by_round[t]) for t in rounds],
@@ -294,7 +305,7 @@ def _components(runs: list[Run], folder: Path, task: str) -> list[Path]:
     return _save(fig, folder, f"fig5_components_{task}")
 
 
-def _rank_figure(group: list[Run], folder: Path, task: str) -> list[Path]:
+def _rank_figure(group: list[Run], order: list[str], folder: Path, task: str) -> list[Path]:
     """Accuracy vs rank where setting groups differ only in lora_r / lora_alpha."""
 
     def rest(r: Run):
@@ -312,13 +323,13 @@ def _rank_figure(group: list[Run], folder: Path, task: str) -> list[Path]:
     column = sorted(evaluated[0].eval["tasks"])[0]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for m in [m for m in NAMES if any(r.config["method"] == m for r in evaluated)]:
+    for m in [m for m in order if any(r.config["method"] == m for r in evaluated)]:
         points = defaultdict(list)
         for r in evaluated:
             if r.config["method"] == m and column in r.eval["tasks"]:
                 points[r.config["lora_r"]].append(100 * r.eval["tasks"][column]["value"])
         ranks = sorted(points)
-        ax.plot(ranks, [statistics.fmean(points[k]) for k in ranks], label=NAMES[m], **_style(m))
+        ax.plot(ranks, [statistics.fmean(points[k]) for k in ranks], label=row_name(m), **_style(m, order))
     ax.set(xlabel="LoRA rank", ylabel=f"{column} (%)", xscale="log", title=f"Accuracy vs rank ({task})")
     _legend_outside(ax)
     return _save(fig, folder, f"fig6_rank_{task}")

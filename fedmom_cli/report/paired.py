@@ -23,7 +23,16 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from fedmom_cli.report.tables import COLUMNS, DASH, NAMES, Run, _metric_groups
+from fedmom_cli.report.tables import (
+    COLUMNS,
+    DASH,
+    NAMES,
+    Run,
+    _metric_groups,
+    beyond_paper,
+    row_name,
+    separator,
+)
 
 REFERENCE = "fedmomentum"
 LOSSES = {
@@ -92,11 +101,14 @@ def paired_markdown(runs: list[Run], reference: str = REFERENCE) -> list[str]:
         heading = "### Paired differences to " + NAMES[reference] + (f" ({label})" if label else "")
         lines = [heading, "", "| Method | " + " | ".join(c[0] for c in columns) + " |"]
         lines.append("|---|" + "---|" * len(columns))
+        beyond = [m for m in by_method if m not in NAMES]  # after the paper's methods (_metric_groups)
         for method, mine in by_method.items():
             if method == reference:
                 continue
+            if beyond and method == beyond[0]:
+                lines.append(separator(len(columns)))
             cells = [pair(mine, refs, f, lower).text(d) for _, f, lower, d in columns]
-            lines.append(f"| {NAMES[method]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row_name(method)} | " + " | ".join(cells) + " |")
         lines += [
             "",
             f"*{family}: per seed, the method's value minus {NAMES[reference]}'s at the same seed (same "
@@ -119,14 +131,16 @@ def across_settings_markdown(runs: list[Run], reference: str = REFERENCE) -> lis
     for family, groups in groups_by_family.items():
         if len(groups) < 2:
             continue
-        methods = [m for m in NAMES if m != reference and any(m in bm for _, bm in groups)]
+        found = {m for _, bm in groups for m in bm}
+        extra = beyond_paper([r for _, bm in groups for rs in bm.values() for r in rs])
+        methods = [m for m in [*NAMES, *extra] if m != reference and m in found]
         quantities = [(LOSSES["val"][0], LOSSES["val"][1], True, 4)]
         quantities += _accuracy_columns(r for _, bm in groups for rs in bm.values() for r in rs)
         for title, value, lower, digits in quantities:
             lines = [
                 f"### {title}: paired differences to {NAMES[reference]} across settings ({family})",
                 "",
-                "| Setting | " + " | ".join(NAMES[m] for m in methods) + " |",
+                "| Setting | " + " | ".join(row_name(m) for m in methods) + " |",
                 "|---|" + "---|" * len(methods),
             ]
             for label, by_method in groups:

@@ -6,7 +6,18 @@ from pathlib import Path
 
 from fedmom_cli.errors import UserError
 from fedmom_cli.report.paired import across_settings_markdown, paired_markdown
-from fedmom_cli.report.tables import COLUMNS, DASH, NAMES, Cell, Table, marks, rankable
+from fedmom_cli.report.tables import (
+    BEYOND_THE_PAPER,
+    COLUMNS,
+    DASH,
+    NAMES,
+    Cell,
+    Table,
+    marks,
+    rankable,
+    row_name,
+    separator,
+)
 
 HEADERS = {
     "avg": "Avg.",
@@ -17,6 +28,11 @@ HEADERS = {
     "best_val": "Best validation loss",
 }
 ROW_NAMES = {**NAMES, "dense_svd": "w/ exact SVD"}
+
+
+def _row(method: str) -> str:
+    """A row's name: the paper's rows as the paper names them, any other method by `row_name`."""
+    return ROW_NAMES.get(method) or row_name(method)
 
 
 def _fmt(cell: Cell, digits: int, compare: bool, max_seeds: int) -> str:
@@ -80,6 +96,8 @@ def markdown(table: Table, compare: bool = False) -> str:
         "|---|" + "---|" * len(table.columns),
     ]
     for method, row in table.rows.items():
+        if table.beyond and method == table.beyond[0]:
+            lines.append(separator(len(table.columns)))
         cells = []
         for col in table.columns:  # the Pre-trained row is one evaluation, not seeds: no count
             text = _fmt(row[col], digits, compare, 0 if method == "pretrained" else max_seeds)
@@ -87,8 +105,13 @@ def markdown(table: Table, compare: bool = False) -> str:
             cells.append(
                 f"**{text}**" if mark == "bold" else f"<u>{text}</u>" if mark == "underline" else text
             )
-        lines.append(f"| {ROW_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
-    lines += ["", f"*{table.caption}*"]
+        lines.append(f"| {_row(method)} | " + " | ".join(cells) + " |")
+    caption = table.caption + (
+        f" Rows under '{BEYOND_THE_PAPER}': methods the paper lacks, found in the run folders."
+        if table.beyond
+        else ""
+    )
+    lines += ["", f"*{caption}*"]
     noise = (_within_noise(table, col, values[col], ranked[col], digits) for col in table.columns)
     notes = table.notes + [n for n in noise if n]
     if notes:
@@ -103,7 +126,7 @@ def long_form(tables: list[Table]):
         {
             "table": t.title,
             "setting": t.setting,
-            "row": ROW_NAMES.get(m, m),
+            "row": _row(m),
             "column": HEADERS.get(c, COLUMNS.get(c, c)),
             "mean": cell.mean,
             "error": cell.error,

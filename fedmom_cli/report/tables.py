@@ -9,6 +9,12 @@ the error being the harness's standard error averaged over seeds (the paper's GS
 or, with `--spread std`, the standard deviation across seeds. Averages are computed from the
 cells, never copied. Best value per column in bold, second underlined (ties share the mark);
 the Pre-trained row is shown but not ranked.
+
+The paper's tables keep the paper's rows in the paper's order. Methods the paper does not have that
+the run folders name (FlexLoRA, HetLoRA, FedSA-LoRA, FedSVD, a method a user registered, a name no
+longer registered) follow in the main tables (2-4), under a separator row, and in every table,
+paired table and figure built per method: `beyond_paper` finds them in the run folders, `row_name`
+names them as the method registry does (its registry name where it has no display name).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ NAMES = {
     "fedmomentum_no_balance": "w/o balance",
     "fedmomentum_no_residual": "w/o residual",
 }
+BEYOND_THE_PAPER = "Beyond the paper"  # the separator row above the methods the paper lacks
 MAIN = ["pretrained", "fedit", "flora", "ffa_lora", "rolora", "fedex_lora", "fedmomentum"]
 ABLATION = ["pretrained", "fedmomentum", "fedmomentum_no_balance", "fedmomentum_no_residual"]
 TABLES = [
@@ -50,6 +57,42 @@ TABLES = [
     ("table7", "Table 7", "code", ABLATION),
 ]
 DASH = "–"
+
+
+def _registry() -> dict:
+    """The method registry. Imported only where run folders name a method the paper does not have:
+    the registry's classes import torch, which a report of the paper's methods never loads."""
+    from fedmom_cli.methods import METHODS
+
+    return METHODS
+
+
+def row_name(method: str) -> str:
+    """A method's row and legend name: the paper's (NAMES), else the registry's display name, else
+    (a method without one, or one no longer registered) the name the run folder gives."""
+    if method in NAMES:
+        return NAMES[method]
+    registry = _registry()
+    if method not in registry:
+        return method
+    from fedmom_cli.methods import display_name
+
+    return display_name(method)
+
+
+def separator(columns: int) -> str:
+    """The markdown row above the methods the paper does not have (they follow the paper's rows)."""
+    return f"| **{BEYOND_THE_PAPER}** |" + " |" * columns
+
+
+def beyond_paper(runs) -> list[str]:
+    """The methods that `runs` name and the paper does not, in the registry's order, then those the
+    registry does not hold by name. Derived from the run folders found, never from a list."""
+    found = {m for r in runs if isinstance(m := r.config.get("method"), str) and m not in NAMES}
+    if not found:
+        return []
+    order = {m: i for i, m in enumerate(_registry())}
+    return sorted(found, key=lambda m: (order.get(m, len(order)), m))
 
 
 @dataclass
@@ -246,6 +289,7 @@ class Table:
     caption: str
     higher_is_better: bool = True
     spread: str = "stderr"  # what an evaluation cell's ± is: the harness standard error, or "std" over seeds
+    beyond: list[str] = field(default_factory=list)  # rows of methods the paper lacks, under a separator
 
 
 def build_tables(
@@ -259,7 +303,10 @@ def build_tables(
             members = [r for r in family_runs if r.settings == group]
             model = dict(group).get("model")
             pre = [p for p in pretrained if json.dumps(p.get("model")) == model and p.get("task") == family]
-            tables.append(_table(key, title, family, methods, members, pre, label, spread, paper.get(key)))
+            beyond = beyond_paper(members) if methods == MAIN else []
+            table = _table(key, title, family, methods + beyond, members, pre, label, spread, paper.get(key))
+            table.beyond = beyond
+            tables.append(table)
     return [
         t
         for t in tables
@@ -300,7 +347,7 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
             cell.limit = _one_limit([t.get("limit") for t in found])
             ns = [t["n"] for t in found if isinstance(t.get("n"), int)]
             cell.n = min(ns) if ns else None
-            if paper and col in COLUMNS:
+            if paper and col in COLUMNS and method in NAMES:  # the paper has no row for the others
                 why = _not_comparable(col, found) if found else None
                 if why is None:
                     cell.paper = paper["rows"].get(NAMES[method], {}).get(COLUMNS[col], {}).get("value")
@@ -310,7 +357,7 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
         missing = [COLUMNS.get(c, c) for c in columns if rows[method][c].mean is None]
         if missing and method != "pretrained":
             notes.append(
-                f"missing: {NAMES[method]}: "
+                f"missing: {row_name(method)}: "
                 + ("no finished, evaluated run" if len(missing) == len(columns) else ", ".join(missing))
             )
         means = [rows[method][c].mean for c in columns]
@@ -321,8 +368,10 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
         )
         avg.limited = any(rows[method][c].limited for c in columns)
         avg.limit = _one_limit([rows[method][c].limit for c in columns])
-        if paper and not any(
-            rows[method][c].paper is None and rows[method][c].mean is not None for c in columns
+        if (
+            paper
+            and method in NAMES
+            and not any(rows[method][c].paper is None and rows[method][c].mean is not None for c in columns)
         ):
             avg.paper = paper["rows"].get(NAMES[method], {}).get("Avg.", {}).get("value")
         rows[method]["avg"] = avg
@@ -372,7 +421,8 @@ def _sources(methods, pre, finished) -> list[dict]:
 
 
 def _metric_groups(runs: list[Run]):
-    """(family, setting label, {method: its finished runs with metrics}) per task and setting group."""
+    """(family, setting label, {method: its finished runs with metrics}) per task and setting group:
+    the paper's methods in the paper's order, then the methods beyond the paper (`beyond_paper`)."""
     for family in ("math", "commonsense", "code"):
         family_runs = [
             r
@@ -380,9 +430,10 @@ def _metric_groups(runs: list[Run]):
             if r.config.get("task") == family and r.metrics and r.result.get("status") == "finished"
         ]
         for group, label in labelled_groups({r.settings for r in family_runs}):
+            members = [r for r in family_runs if r.settings == group]
             by_method = {
-                m: [r for r in family_runs if r.settings == group and r.config.get("method") == m]
-                for m in NAMES
+                m: [r for r in members if r.config.get("method") == m]
+                for m in [*NAMES, *beyond_paper(members)]
                 if m != "pretrained"
             }
             yield family, label, {m: rs for m, rs in by_method.items() if rs}
@@ -400,11 +451,13 @@ def table8(runs: list[Run], bench: dict | None) -> list[Table]:
                 "aggregation": Cell(statistics.fmean(m["aggregation_seconds"] for m in records), None, seeds),
                 "update": Cell(statistics.fmean(m["update_seconds"] for m in records), None, seeds),
             }
-        if bench and family == "math":
+        beyond = [m for m in rows if m not in NAMES]
+        if bench and family == "math":  # the paper's row: above the methods beyond the paper
             rows["dense_svd"] = {
                 "aggregation": Cell(bench["dense_round_seconds"], None, 1),
                 "update": Cell(),
             }
+            rows = {m: rows[m] for m in sorted(rows, key=lambda m: m in beyond)}
         caption = f"{family}: seconds per round, mean over rounds and seeds (finished runs)." + (
             f" 'w/ exact SVD': fedmomentum's dense SVD per round, extrapolated from "
             f"`fedmom bench aggregate` ({bench['note']})."
@@ -421,6 +474,7 @@ def table8(runs: list[Run], bench: dict | None) -> list[Table]:
                 [],
                 caption,
                 higher_is_better=False,
+                beyond=beyond,
             )
         )
     return tables
@@ -455,6 +509,7 @@ def training_summary(runs: list[Run]) -> list[Table]:
                 [],
                 caption,
                 higher_is_better=False,
+                beyond=[m for m in rows if m not in NAMES],
             )
         )
     return tables

@@ -261,7 +261,15 @@ def template(tmp_path_factory) -> Path:
     (root / "sweeprep" / "math").mkdir(parents=True)
     (root / "sweeprep" / "report.md").write_text("my notes\n")
     (root / "bench_user.json").write_text('{"mine": true}')
+    _aggregate_done(root)
     return root
+
+
+def _aggregate_done(root: Path) -> None:
+    """A `fedmom aggregate` output folder (fedsa_lora: it has clients/ too)."""
+    from fedmom_cli import aggregate
+
+    aggregate.run(aggregate.AggregateOptions("fedsa_lora", [root / "c0", root / "c1"], root / "agg_done"))
 
 
 def snapshot(root: Path) -> dict[str, bytes | str]:
@@ -796,6 +804,54 @@ def test_force_replaces_a_run_folder_only_after_validation(world, monkeypatch, c
         cfg.local_steps == 2
         and json.loads((world / "run_done" / "result.json").read_text())["status"] == "finished"
     )
+
+
+# ---- --force never deletes a file fedmom did not write (issue 30) -----------------------------
+# Hidden names that merely look temporary are the user's: only `.<fedmom name>.tmp` is fedmom's.
+# Rows: (command, folder, the user's file put into a copy of it). Z01, F18, F19 of the outside review.
+HIDDEN = [".notes.markdown", ".env.template", ".draft.tmp", ".thesis.abcdefgh", ".backup.tmp"]
+FORCE_KEEPS = [
+    *[("train", "run_done", name) for name in HIDDEN],
+    ("train", "run_done", "adapter/notes.txt"),
+    ("train", "run_done", "eval_samples/mine.txt"),
+    *[("aggregate", "agg_done", name) for name in HIDDEN],
+    ("aggregate", "agg_done", "adapter/notes.txt"),
+    ("aggregate", "agg_done", "clients/0/serve.py"),
+    ("aggregate", "agg_done", "clients/extra.txt"),
+]
+
+
+@pytest.mark.parametrize("command,folder,name", FORCE_KEEPS)
+def test_force_refuses_a_folder_holding_a_hidden_or_nested_user_file(
+    world, monkeypatch, capsys, command, folder, name
+):
+    path = world / folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("mine")
+    args = {
+        "train": f"--recipe smoke {FAST} --no-progress --force --out {folder}",
+        "aggregate": f"-m fedsa_lora c0 c1 --force --out {folder}",
+    }[command]
+    check_case(world, monkeypatch, capsys, command, args, f"(it holds {name})")
+    assert path.read_text() == "mine"
+
+
+def test_force_still_replaces_fedmoms_own_folders_and_temporary_files(world, monkeypatch, capsys):
+    (world / "run_done" / ".result.json.tmp").write_text("left by a crash")  # fedmom's own temp name
+    (world / "run_done" / ".adapter.tmp").mkdir()
+    code, _, err = run_main(
+        monkeypatch, capsys, "train", "--recipe", "smoke", *shlex.split(FAST), "--no-progress",
+        "--force", "--out", "run_done",
+    )  # fmt: skip
+    assert code == 0, err
+    assert not (world / "run_done" / ".result.json.tmp").exists()
+    assert not (world / "run_done" / ".adapter.tmp").exists()
+    assert safety.is_aggregate_folder(world / "agg_done")  # clients/ is the aggregate's own
+    code, _, err = run_main(
+        monkeypatch, capsys, "aggregate", "-m", "fedit", "c0", "c1", "--force", "--out", "agg_done"
+    )
+    assert code == 0, err
+    assert json.loads((world / "agg_done" / "aggregation.json").read_text())["method"] == "fedit"
 
 
 # ---- locks ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_main
+from helpers import run_main, snapshot
 from safetensors.torch import load_file
 
 from fedmom_cli import config as cfgmod
@@ -175,6 +175,50 @@ def test_export_force_replaces_only_an_earlier_export(runs, tmp_path, monkeypatc
         run_main(monkeypatch, capsys, "export", runs["fedit"], "--out", out, "--adapter-only", "--force")[0]
         == 0
     )
+
+
+# ---- --force replaces only what an earlier export wrote (issue 30; X32, F20 of the outside review) --
+# (first export's flags, the user's files added to it, second export's flags, outcome): "ok" means
+# exit 0 with every user file byte-identical; otherwise the one-line error's fragment, nothing changed.
+USER = {"serve.py": "print('mine')\n", ".env": "TOKEN=x\n", "deploy/notes.txt": "notes\n"}
+EXPORT_FORCE = [
+    ("fedit", "--adapter-only", USER, "--adapter-only", "ok"),
+    ("flora", "--adapter-only --with-base-delta", USER, "--adapter-only --drop-base-delta", "ok"),
+    ("flora", "--adapter-only --drop-base-delta", USER, "--adapter-only --with-base-delta", "ok"),
+    ("fedit", "--adapter-only", USER, "", "ok"),  # adapter files replaced by a merged model's
+    ("flora", "--adapter-only --drop-base-delta", {"base_delta.safetensors": "mine"},
+     "--adapter-only --with-base-delta", "holds base_delta.safetensors, which fedmom did not write"),
+    ("fedit", "--adapter-only", {"fedmom_export.json": '{"kind": "adapter"}'}, "--adapter-only",
+     "lists no files"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("run,first,user,second,outcome", EXPORT_FORCE)
+def test_export_force_keeps_the_users_files(
+    runs, tmp_path, monkeypatch, capsys, run, first, user, second, outcome
+):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(monkeypatch, capsys, "export", runs[run], "--out", "exp", *first.split())
+    assert code == 0, err
+    for name, text in user.items():
+        (tmp_path / "exp" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "exp" / name).write_text(text)
+    before = snapshot(tmp_path)
+    code, _, err = run_main(
+        monkeypatch, capsys, "export", runs[run], "--out", "exp", "--force", *second.split()
+    )
+    if outcome != "ok":
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and outcome in err, err
+        assert snapshot(tmp_path) == before
+        return
+    assert code == 0, err
+    for name, text in user.items():
+        assert (tmp_path / "exp" / name).read_text() == text
+    files = json.loads((tmp_path / "exp" / "fedmom_export.json").read_text())["files"]
+    assert not set(files) & set(user)  # the manifest never claims the user's files
+    on_disk = {str(p.relative_to(tmp_path / "exp")) for p in (tmp_path / "exp").rglob("*") if p.is_file()}
+    assert on_disk == set(files) | set(user)  # the earlier export's stale files are gone
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exp.")]  # no staging left
 
 
 def test_push_offline_is_one_line(runs, tmp_path, monkeypatch, capsys):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import run_main
+from helpers import run_main, snapshot
 from safetensors.torch import load_file, save_file
 
 from fedmom_cli import config as cfgmod
@@ -270,20 +270,6 @@ def _aggregate_done(root: Path) -> None:
     from fedmom_cli import aggregate
 
     aggregate.run(aggregate.AggregateOptions("fedsa_lora", [root / "c0", root / "c1"], root / "agg_done"))
-
-
-def snapshot(root: Path) -> dict[str, bytes | str]:
-    """Every path under root: a file's bytes, 'dir', or a link's target."""
-    out: dict[str, bytes | str] = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        if path.is_symlink():
-            out[rel] = f"link:{os.readlink(path)}"
-        elif path.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = path.read_bytes()
-    return out
 
 
 @pytest.fixture

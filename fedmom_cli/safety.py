@@ -151,6 +151,30 @@ def is_aggregate_folder(folder: Path) -> bool:
     return isinstance(data, dict) and {"method", "round", "modules"} <= set(data)
 
 
+# What `fedmom eval --model` and `eval --generations` write into their --out (besides the lock).
+EVAL_NAMES = {runfolder.EVAL, "eval_samples", "eval_data", LOCK_FILE}
+
+
+def check_eval_out(out: Path, what: str) -> None:
+    """--out of `eval --model` / `eval --generations`: new, empty, or a folder holding only fedmom's
+    evaluation outputs. Never a run folder: a run's eval.json holds only its own model's results."""
+    out = Path(out)
+    check_out(out, "dir")
+    if not out.is_dir():
+        return
+    if any((out / name).exists() for name in (runfolder.CONFIG, runfolder.RESULT, runfolder.ADAPTER)):
+        raise UserError(
+            f"--out {out} is a fedmom run folder: its eval.json holds only evaluations of that run's "
+            f"model; give {what} its own --out"
+        )
+    foreign = foreign_names(out, EVAL_NAMES)
+    if foreign:
+        raise UserError(
+            f"--out {out} is not a fedmom evaluation folder (it holds "
+            f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose another --out"
+        )
+
+
 def check_replaceable(folder: Path, force: bool, recognise: Callable[[Path], bool], what: str) -> None:
     """An existing non-empty `folder` is only ever replaced with --force, and only if `what`."""
     folder = Path(folder)

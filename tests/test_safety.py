@@ -262,7 +262,40 @@ def template(tmp_path_factory) -> Path:
     (root / "sweeprep" / "report.md").write_text("my notes\n")
     (root / "bench_user.json").write_text('{"mine": true}')
     _aggregate_done(root)
+    _evaluations(root)
     return root
+
+
+def _evaluations(root: Path) -> None:
+    """Given generations (HumanEval and MBPP toys), their scored folder, a model's eval folder, and a
+    user's folder holding a file named eval.json."""
+    from test_sandbox import fake_humaneval
+
+    from fedmom_cli.evaluation import codeexec
+
+    rows = fake_humaneval(root / "gen_data")
+    _write_jsonl(
+        root / "gen.jsonl", [{"task_id": r["task_id"], "completion": r["canonical_solution"]} for r in rows]
+    )
+    mbpp = {
+        "task_id": 11,
+        "text": "Double x.",
+        "code": "def dbl(x):\n    return 2 * x",
+        "test_list": ["assert dbl(3) == 6"],
+    }
+    (root / "gen_data" / "mbpp").mkdir()
+    _write_jsonl(root / "gen_data" / "mbpp" / "mbpp.jsonl", [mbpp])
+    _write_jsonl(root / "gen_mbpp.jsonl", [{"task_id": 11, "completion": mbpp["code"]}])
+    codeexec.run_generations(
+        codeexec.GenerationsOptions(
+            root / "gen.jsonl", ["humaneval"], root / "gen_done", root / "gen_data", allow_unsandboxed=True
+        )
+    )
+    (root / "model_eval").mkdir()
+    model_eval = {"model": "tiny", "adapter": False, "method": "pretrained", "tasks": {"synthetic_math": {}}}
+    (root / "model_eval" / "eval.json").write_text(json.dumps(model_eval))
+    (root / "user_eval").mkdir()
+    (root / "user_eval" / "eval.json").write_text('{"mine": true}')
 
 
 def _aggregate_done(root: Path) -> None:
@@ -701,6 +734,62 @@ EVAL = [
 @pytest.mark.parametrize("args,fragment", EVAL)
 def test_eval_bad_input(world, monkeypatch, capsys, args, fragment):
     check_case(world, monkeypatch, capsys, "eval", args, fragment)
+
+
+# `eval --model --out` and `eval --generations --out` follow every writer's rules (issue 30): never a
+# run folder (a run's eval.json holds only its model's results: Z04), never a folder of the user's
+# (Z03, G18, G44), an eval.json of the same kind accumulates and a task in it needs --force (G19),
+# --out is checked before any program runs (G33, G34), the timeout is bounded (G23-G25).
+EVAL_OUT = [
+    ("--model tiny --tasks synthetic_math --limit 1 --out run_done", "is a fedmom run folder"),
+    ("--model tiny --tasks synthetic_math --limit 1 --out run_part", "is a fedmom run folder"),
+    ("--model tiny --tasks synthetic_math --limit 1 --out userdir", "not a fedmom evaluation folder"),
+    ("--model tiny --tasks synthetic_math --limit 1 --out .", "not a fedmom evaluation folder"),
+    ("--model tiny --tasks synthetic_math --limit 1 --out gen_done", "holds results of another model"),
+    ("--model tiny --tasks synthetic_math --limit 1 --out afile", "is a file, not a folder"),
+]
+GEN = "--tasks humaneval --data-dir gen_data --generations gen.jsonl --allow-unsandboxed-code"
+GENERATIONS_OUT = [
+    ("--out run_done", "is a fedmom run folder"),
+    ("--out run_done --force", "is a fedmom run folder"),
+    ("--out userdir", "not a fedmom evaluation folder (it holds notes, thesis.tex)"),
+    ("--out userdir --force", "not a fedmom evaluation folder"),
+    ("--out .", "not a fedmom evaluation folder"),
+    ("--out user_eval", "is not a fedmom eval.json"),
+    ("--out model_eval", "holds evaluations of a model (tiny)"),
+    ("--out model_eval --force", "holds evaluations of a model (tiny)"),
+    ("--out gen_done", "already holds humaneval; pass --force to replace"),
+    ("--out afile", "is a file, not a folder"),
+    ("--out afile/o", "afile is a file, not a folder"),
+    ("--out o --timeout nan", "--timeout must be in (0, 3600]"),
+    ("--out o --timeout inf", "--timeout must be in (0, 3600]"),
+    ("--out o --timeout 1e300", "--timeout must be in (0, 3600]"),
+    ("--out o --timeout 0", "--timeout must be in (0, 3600]"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", EVAL_OUT + [(f"{GEN} {a}", f) for a, f in GENERATIONS_OUT])
+def test_eval_out_bad(world, monkeypatch, capsys, args, fragment):
+    check_case(world, monkeypatch, capsys, "eval", args, fragment)
+
+
+def test_generations_accumulate_replace_with_force_and_take_the_lock(world, monkeypatch, capsys):
+    eval_json = world / "gen_done" / "eval.json"
+    first = json.loads(eval_json.read_text())["tasks"]["humaneval"]
+    mbpp = "--tasks mbpp --data-dir gen_data --generations gen_mbpp.jsonl --allow-unsandboxed-code"
+    code, _, err = run_main(monkeypatch, capsys, "eval", *shlex.split(mbpp), "--out", "gen_done")
+    assert code == 0, err
+    tasks = json.loads(eval_json.read_text())["tasks"]
+    assert set(tasks) == {"humaneval", "mbpp"} and tasks["humaneval"] == first  # accumulated
+    assert tasks["mbpp"]["value"] == 1.0
+    with safety.RunLock(world / "gen_done"):
+        check_case(world, monkeypatch, capsys, "eval", f"{GEN} --out gen_done --force", f"pid {os.getpid()}")
+    (world / "wrong.jsonl").write_text('{"task_id": "HumanEval/0", "completion": "    return 0\\n"}\n')
+    args = GEN.replace("gen.jsonl", "wrong.jsonl")
+    code, _, err = run_main(monkeypatch, capsys, "eval", *shlex.split(args), "--out", "gen_done", "--force")
+    assert code == 0, err
+    tasks = json.loads(eval_json.read_text())["tasks"]
+    assert tasks["humaneval"]["value"] == 0.0 and tasks["mbpp"]["value"] == 1.0  # replaced, kept
 
 
 # ---- usage errors: typer's box reduced to one line -----------------------------------------------

@@ -20,7 +20,6 @@ write: a failed eval leaves the folder as it was.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -140,6 +139,7 @@ def run(opts: EvalOptions) -> dict:
     else:
         if opts.model is None or opts.out is None:
             raise UserError("give RUN_DIR, or --model with --out")
+        safety.check_eval_out(opts.out, "the pre-trained model")  # never a run folder (issue 30)
         cfg = cfgmod.resolve(None, opts.task or "math", {"model": opts.model})
         out = opts.out
     if opts.precision is not None:
@@ -189,16 +189,15 @@ def run(opts: EvalOptions) -> dict:
     old = _existing(out, cfg, opts)
     if old and not opts.force and (again := [k for k in keys if k in old["tasks"]]):
         raise UserError(f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace")
+    if out.is_dir():
+        safety.probe_lock(out)
 
-    # From here on, files are written; a run folder is locked while this process writes it.
-    lock = safety.RunLock(out) if opts.run_dir is not None else contextlib.nullcontext()
-    with lock:
-        if opts.run_dir is not None:  # another writer may have finished while we were planning
-            old = _existing(out, cfg, opts)
-            if old and not opts.force and (again := [k for k in keys if k in old["tasks"]]):
-                raise UserError(
-                    f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace"
-                )
+    # From here on, files are written; the folder is locked while this process writes it.
+    out.mkdir(parents=True, exist_ok=True)
+    with safety.RunLock(out):
+        old = _existing(out, cfg, opts)  # another writer may have finished while we were planning
+        if old and not opts.force and (again := [k for k in keys if k in old["tasks"]]):
+            raise UserError(f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace")
         result = _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation)
         if opts.clients:
             from fedmom_cli.evaluation import client_eval

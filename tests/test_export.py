@@ -242,6 +242,9 @@ def test_push_uploads_the_export_with_its_card(runs, monkeypatch):
         def repo_info(self, repo):
             return type("Info", (), {"private": True})()
 
+        def list_repo_files(self, repo):
+            return []
+
         def upload_folder(self, folder_path, repo_id, commit_message, delete_patterns):
             seen["files"] = sorted(p.name for p in Path(folder_path).iterdir())
             seen["card"] = (Path(folder_path) / "README.md").read_text()
@@ -254,6 +257,81 @@ def test_push_uploads_the_export_with_its_card(runs, monkeypatch):
     assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= set(seen["files"])
     assert "FedIT" in seen["card"]
     assert str(runs["fedit"].parent) not in seen["marker"] + seen["message"]  # no machine path leaves
+
+
+class HubRecorder:
+    """A Hub repository in memory: huggingface_hub's own pattern filter decides what upload_folder's
+    delete_patterns delete (as upload_folder does), the upload then adds every file of the folder."""
+
+    def __init__(self, files: dict[str, str], tmp: Path):
+        self.files, self.tmp, self.deleted = dict(files), tmp, []
+
+    def create_repo(self, repo, private, exist_ok):
+        pass
+
+    def list_repo_files(self, repo):
+        return sorted(self.files)
+
+    def hf_hub_download(self, repo_id, filename):
+        path = self.tmp / "download" / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.files[filename])
+        return str(path)
+
+    def upload_folder(self, folder_path, repo_id, commit_message, delete_patterns):
+        from huggingface_hub.utils import filter_repo_objects
+
+        new = {str(p.relative_to(folder_path)): p for p in Path(folder_path).rglob("*") if p.is_file()}
+        if delete_patterns is not None:
+            gone = [f for f in filter_repo_objects(list(self.files), allow_patterns=delete_patterns)]
+            gone = [f for f in gone if f not in new and f != ".gitattributes"]
+            self.deleted += gone
+            for f in gone:
+                del self.files[f]
+        for name, path in new.items():
+            self.files[name] = path.read_bytes().decode(errors="replace")
+
+
+# A push deletes only what an earlier push uploaded (issue 30). Rows: the repository's files before,
+# the runs pushed one after the other (--adapter-only), and the outcome: the files that must remain
+# untouched, or the one-line error (nothing uploaded).
+USER_REMOTE = {
+    "notes.md": "mine",
+    "data/x.json": "{}",
+    "weights/extra.safetensors": "x",
+    ".gitattributes": "*",
+}
+PUSHES = [
+    (USER_REMOTE, ["flora", "fedit"], None),  # fedit's push lacks base_delta.safetensors: deleted
+    ({}, ["flora", "flora"], None),
+    ({".gitattributes": "*"}, ["fedit", "flora", "fedit"], None),
+    ({"README.md": "my card"}, ["fedit"], "holds README.md, which fedmom did not upload"),
+    ({"fedmom_export.json": '{"kind": "adapter"}'}, ["fedit"], "holds fedmom_export.json, which fedmom"),
+    ({"adapter_config.json": "{}"}, ["fedit"], "holds adapter_config.json, which fedmom did not upload"),
+]
+
+
+@pytest.mark.parametrize("remote,pushes,error", PUSHES)
+def test_push_deletes_only_what_an_earlier_push_uploaded(
+    runs, tmp_path, monkeypatch, capsys, remote, pushes, error
+):
+    from fedmom_cli import hub
+
+    api = HubRecorder(remote, tmp_path)
+    monkeypatch.setattr(hub, "_check_online", lambda: api)
+    for run in pushes:
+        code, _, err = run_main(monkeypatch, capsys, "push", runs[run], "--repo", "me/x", "--adapter-only")
+        if error:
+            assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and error in err, err
+            assert api.files == remote and not api.deleted
+            return
+        assert code == 0, err
+        manifest = json.loads(api.files["fedmom_export.json"])["files"]
+        assert set(manifest) <= set(api.files) and not set(manifest) & set(remote)
+    assert all(api.files[name] == text for name, text in remote.items())  # the user's files, untouched
+    assert set(api.files) == set(remote) | set(manifest)  # nothing stale of an earlier push is left
+    assert not set(api.deleted) & set(remote)
+    assert ("base_delta.safetensors" in api.deleted) == (pushes[-2:] == ["flora", "fedit"])
 
 
 def test_bf16_export_reports_what_rounding_loses(runs, tmp_path):

@@ -355,6 +355,12 @@ TRAIN = [
     ("--synthetic -5", "synthetic must be >= 1 or null"),
     ("--set target_modules=", "cannot be null"),
     ("--set target_modules=,", "target_modules must be a non-empty list"),
+    # target modules PEFT would accept while training fewer than config.yaml says (issue 30: M28, M31)
+    ("--set target_modules=q_proj,v_porj", "target_modules: 'v_porj' matches no module"),
+    ("--set target_modules=q_proj,v_prój", "target_modules: 'v_prój' matches no module"),
+    ("--set target_modules=qproj", "'qproj' matches no module"),
+    ("--set target_modules=layers.0.self_attn.q_proj", "matches in layers [0] but not in [1"),
+    ("--out run_done --force --set target_modules=q_proj,v_porj", "'v_porj' matches no module"),
     ("--lr 0", "lr must be > 0"),
     ("--lr -1", "lr must be > 0"),
     ("--set lr=.nan", "lr must be > 0"),
@@ -927,6 +933,47 @@ def test_force_still_replaces_fedmoms_own_folders_and_temporary_files(world, mon
     )
     assert code == 0, err
     assert json.loads((world / "agg_done" / "aggregation.json").read_text())["method"] == "fedit"
+
+
+# ---- determinism of what a run records (issue 30) ------------------------------------------------
+def test_adapter_config_lists_target_modules_sorted(world, monkeypatch, capsys):
+    modules = "v_proj,q_proj,o_proj,k_proj"
+    code, _, err = run_main(
+        monkeypatch, capsys, "train", "--recipe", "smoke", *shlex.split(FAST), "--set", "rounds=1",
+        "--set", f"target_modules={modules}", "--no-progress", "--out", "tm",
+    )  # fmt: skip
+    assert code == 0, err
+    saved = json.loads((world / "tm" / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert saved == sorted(modules.split(","))
+
+
+def test_a_failed_resume_is_not_counted(world, monkeypatch, capsys):
+    from fedmom_cli.errors import UserError
+
+    args = [
+        "train",
+        "--recipe",
+        "smoke",
+        *shlex.split(FAST),
+        "--no-progress",
+        "--out",
+        "run_part",
+        "--resume",
+    ]
+
+    def fail(self, *a, **k):
+        raise UserError("the round failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(Simulation, "run_round", fail)
+        code, _, err = run_main(monkeypatch, capsys, *args)
+    assert code == 2 and "the round failed" in err
+    result = json.loads((world / "run_part" / "result.json").read_text())
+    assert result["status"] == "failed" and result["resumed"] == 0
+    code, _, err = run_main(monkeypatch, capsys, *args)  # now it trains: one resume
+    assert code == 0, err
+    result = json.loads((world / "run_part" / "result.json").read_text())
+    assert result["status"] == "finished" and result["resumed"] == 1
 
 
 # ---- locks ---------------------------------------------------------------------------------------

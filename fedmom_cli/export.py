@@ -337,6 +337,8 @@ def fix_adapter_config(folder: Path, cfg: cfgmod.TrainConfig) -> None:
     path = Path(folder) / "adapter_config.json"
     data = json.loads(path.read_text())
     data["base_model_name_or_path"] = base_model_id(cfg.model)
+    if isinstance(data.get("target_modules"), list):  # PEFT saves a set: its order varies by run
+        data["target_modules"] = sorted(data["target_modules"])
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 

@@ -204,7 +204,8 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
         "rounds_completed": sim.round,
         "config_hash": cfg.hash(),
         "started": previous.get("started", _now()),
-        "resumed": previous.get("resumed", 0) + (action == "resume"),
+        # a resume counts once it has trained a round (or finished): a failed --resume does not
+        "resumed": previous.get("resumed", 0),
         "wall_seconds": previous.get("wall_seconds", 0.0),
         "device": runfolder.device_info(sim.accelerator.device),
         "versions": runfolder.versions(),
@@ -212,8 +213,12 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
     }
     runfolder.atomic_write_json(run_dir / runfolder.RESULT, result)
     start = time.perf_counter()
+    uncounted = [action == "resume"]
 
     def save(status: str, **extra) -> None:
+        if uncounted[0] and status in ("running", "finished"):  # a round done, or the run finished
+            result["resumed"] += 1
+            uncounted[0] = False
         result.update(
             status=status,
             rounds_completed=sim.round,

@@ -178,6 +178,9 @@ def _recipes(root: Path) -> None:
         "sw_sweepnull": "sweep: null\n",
         "sw_badvalue": "sweep:\n  grid:\n    method: [fedavg]\n",
         "sw_badsetting": "sweep:\n  grid:\n    settings: [{lr: -1}]\n",
+        "sw_evaltypo": "sweep:\n  grid:\n    method: [fedit]\n  eval_tasks: [nosuchtask]\n",
+        "sw_evalsynth": "sweep:\n  grid:\n    method: [fedit]\n  eval_tasks: [synthetic_maths]\n",
+        "sw_evalnodata": "sweep:\n  grid:\n    method: [fedit]\n  eval_tasks: [humaneval]\n",
     }
     for name, text in sweeps.items():
         (root / f"{name}.yaml").write_text(f"# test recipe\n{base}{text}")
@@ -663,6 +666,12 @@ SWEEP = [
     ("sw_good.yaml --out sweepres", "conflict with what their folders hold"),
     ("sw_good.yaml --out sweepuser", "not a fedmom run folder"),
     ("sw_good.yaml --out sweeprep", "report.md exists and is not a fedmom report"),
+    # evaluation tasks and data, before any cell trains (issue 30: S16, S17)
+    ("sw_evaltypo.yaml", "nosuchtask"),
+    ("sw_evalsynth.yaml", "unknown eval task 'synthetic_maths'"),
+    ("sw_evalnodata.yaml", "humaneval needs local data: pass --data-dir"),
+    ("sw_good.yaml --data-dir /nope", "--data-dir /nope is not a folder"),
+    ("sw_evalnodata.yaml --data-dir /nope", "--data-dir /nope is not a folder"),
 ]
 
 

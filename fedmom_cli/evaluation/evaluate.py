@@ -130,6 +130,25 @@ def _existing(out: Path, cfg, opts: EvalOptions) -> dict | None:
     return old
 
 
+def plan_tasks(opts: EvalOptions, cfg, names: list[str] | None = None) -> tuple[dict, list]:
+    """Plan every task, writing nothing: fedmom's rows ({name: rows}) and lm-eval's definitions.
+    An unknown task or missing data is a UserError; `fedmom sweep` calls this before training."""
+    if opts.data_dir is not None and not opts.data_dir.is_dir():
+        raise UserError(f"--data-dir {opts.data_dir} is not a folder")
+    planned, local = [], {}
+    for name in names if names is not None else _task_names(opts, cfg):
+        if name.startswith("synthetic") or name in CODE or opts.protocol == "train-format":
+            if opts.shots:
+                raise UserError(
+                    f"{name}: fedmom's {'code' if name in CODE else 'train-format'} path is "
+                    f"zero-shot (the fine-tuning format); --shots needs --protocol lm-eval"
+                )
+            local[name] = _local_rows(name, opts, cfg)
+        else:
+            planned.append(lmeval_tasks.plan(name, opts.shots, opts.data_dir, lmeval_tasks.online()))
+    return local, planned
+
+
 def run(opts: EvalOptions) -> dict:
     if opts.run_dir is not None:
         run_dir = opts.run_dir
@@ -170,19 +189,7 @@ def run(opts: EvalOptions) -> dict:
         isolation = sandbox.require_isolation(opts.allow_unsandboxed_code)
         if opts.allow_unsandboxed_code:
             sandbox.permit_unsandboxed()
-
-    # Plan every task (no writes): lm-eval's own definitions, or fedmom's rows.
-    planned, local = [], {}
-    for name in names:
-        if name.startswith("synthetic") or name in CODE or opts.protocol == "train-format":
-            if opts.shots:
-                raise UserError(
-                    f"{name}: fedmom's {'code' if name in CODE else 'train-format'} path is "
-                    f"zero-shot (the fine-tuning format); --shots needs --protocol lm-eval"
-                )
-            local[name] = _local_rows(name, opts, cfg)
-        else:
-            planned.append(lmeval_tasks.plan(name, opts.shots, opts.data_dir, lmeval_tasks.online()))
+    local, planned = plan_tasks(opts, cfg, names)
     keys = [*local, *(p.key for p in planned)]
     if len(set(keys)) != len(keys):
         raise UserError(f"--tasks names one benchmark twice: {','.join(names)}")

@@ -215,7 +215,14 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
     start = time.perf_counter()
     uncounted = [action == "resume"]
 
+    steps_before = previous.get("steps") or {"total": 0, "with_trainable_token": 0}
+    result["cutoff"] = getattr(sim, "cutoff", None)
+
     def save(status: str, **extra) -> None:
+        steps = getattr(sim, "steps", {})  # local steps, and those that had a trainable token
+        result["steps"] = {
+            k: steps_before.get(k, 0) + steps.get(k, 0) for k in ("total", "with_trainable_token")
+        }
         if uncounted[0] and status in ("running", "finished"):  # a round done, or the run finished
             result["resumed"] += 1
             uncounted[0] = False

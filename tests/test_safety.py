@@ -944,6 +944,37 @@ def test_force_still_replaces_fedmoms_own_folders_and_temporary_files(world, mon
     assert json.loads((world / "agg_done" / "aggregation.json").read_text())["method"] == "fedit"
 
 
+# ---- no run that "finishes" having learned nothing (issue 30) -----------------------------------
+def test_a_cutoff_that_removes_most_responses_is_refused_before_anything_is_written(
+    world, monkeypatch, capsys, gsm8k_train
+):
+    """The reviewer's case: real GSM8K rows at cutoff_len 64 (the prompts fill it)."""
+    args = f"--recipe smoke {FAST} --set synthetic=null --data {gsm8k_train} --set cutoff_len=64 --out g"
+    check_case(world, monkeypatch, capsys, "train", args, "more than 50% makes the run meaningless")
+
+
+def test_steps_without_a_trainable_token_have_no_loss_and_are_counted(world, monkeypatch, capsys):
+    rows = TASKS["math"].synthetic(40, 0)
+    long = "word " * 300  # prompts past the cutoff: their response is cut away entirely
+    _write_jsonl(
+        world / "mixed.jsonl",
+        [{**r, "query": long + r["query"]} if i % 5 == 0 else r for i, r in enumerate(rows)],
+    )
+    code, _, err = run_main(
+        monkeypatch, capsys, "train", "--recipe", "smoke", *shlex.split(FAST), "--set", "synthetic=null",
+        "--data", "mixed.jsonl", "--set", "batch_size=1", "--set", "local_steps=6", "--clients", "2",
+        "--set", "min_client_size=4", "--set", "beta=1000", "--no-progress", "--out", "mixed",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads((world / "mixed" / "result.json").read_text())
+    assert result["cutoff"]["rows_without_response"] == 8 and result["cutoff"]["rows"] == 40
+    steps = result["steps"]
+    assert steps["total"] == 3 * 2 * 6 and 0 < steps["with_trainable_token"] < steps["total"]
+    for record in runfolder.read_metrics(world / "mixed" / "metrics.jsonl"):
+        assert record["loss"] is None or record["loss"] > 0  # never a made-up 0.0
+        assert all(v is None or v > 0 for v in record["client_loss"].values())
+
+
 # ---- determinism of what a run records (issue 30) ------------------------------------------------
 def test_adapter_config_lists_target_modules_sorted(world, monkeypatch, capsys):
     modules = "v_proj,q_proj,o_proj,k_proj"

@@ -182,6 +182,8 @@ def adapter_tensors(modules: Mapping[str, LoraFactors], like: Adapter) -> dict[s
 
 def write_adapter(folder: Path, config: dict, tensors: dict[str, Tensor]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(config.get("target_modules"), list):  # one order, whatever order PEFT saved
+        config = {**config, "target_modules": sorted(config["target_modules"])}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt"})
 

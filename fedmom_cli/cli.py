@@ -349,9 +349,13 @@ def train(
     )
     console.print(
         f"{result['status']}: {cfg.method} on {cfg.task}, {result['rounds_completed']} rounds, "
-        f"{result['wall_seconds']:.1f} s, final loss {result.get('final_loss', float('nan')):.4f}",
+        f"{result['wall_seconds']:.1f} s, final loss {_loss(result.get('final_loss'))}",
         soft_wrap=True,
     )
+
+
+def _loss(value) -> str:
+    return "none (no step had a trainable token)" if value is None else f"{value:.4f}"
 
 
 def _benchmarks(keep) -> str:  # help texts list benchmarks.BENCHMARKS, never a copy of it

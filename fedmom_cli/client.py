@@ -74,12 +74,14 @@ class NonFiniteLoss(UserError):
 
 @dataclass
 class ClientStats:
-    losses: list[float]
+    losses: list[float]  # the steps that had a trainable (response) token
     compute_seconds: float  # forward, backward and optimizer steps only
+    empty_steps: int = 0  # steps whose batch had no trainable token: skipped, no loss
 
     @property
-    def mean_loss(self) -> float:
-        return float(np.mean(self.losses))
+    def mean_loss(self) -> float | None:
+        """Mean over the steps that computed a loss; None when none did (never a made-up 0.0)."""
+        return float(np.mean(self.losses)) if self.losses else None
 
 
 def train_client(
@@ -115,7 +117,7 @@ def train_client(
     )
     model.train()
     micro = batch_size // grad_accum
-    losses, compute = [], 0.0
+    losses, compute, empty = [], 0.0, 0
     for step in range(steps):
         batch = examples(batch_size)
         parts = [
@@ -123,6 +125,9 @@ def train_client(
         ]
         # Labels are shifted by one inside the model: count the positions that contribute.
         tokens = sum(int((p["labels"][:, 1:] != IGNORE_INDEX).sum()) for p in parts)
+        if tokens == 0:  # the cutoff removed every response of this batch: nothing to learn, no loss
+            empty += 1  # (no optimizer step either: AdamW's decay and moments would still move)
+            continue
         start = time.perf_counter()
         total = 0.0
         for part in parts:
@@ -150,4 +155,4 @@ def train_client(
         compute += time.perf_counter() - start
         losses.append(loss)
     model.eval()
-    return ClientStats(losses, compute)
+    return ClientStats(losses, compute, empty)

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -147,8 +149,63 @@ def model_card(cfg: cfgmod.TrainConfig, result: dict, evals: dict | None, kind: 
     return "\n".join(lines) + "\n"
 
 
+def export_files(folder: Path) -> list[str] | None:
+    """The files an earlier `fedmom export` wrote into `folder` (its manifest, the `files` of
+    fedmom_export.json, paths relative to the folder), or None when it is not such an export."""
+    path = Path(folder) / MARKER
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return None
+    for f in files:  # a manifest naming anything outside the folder is not one fedmom wrote
+        parts = Path(f).parts
+        if not f or Path(f).is_absolute() or ".." in parts or parts[0] == ".":
+            return None
+    return files
+
+
 def is_export(folder: Path) -> bool:
-    return (Path(folder) / MARKER).is_file()
+    return export_files(folder) is not None
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
+
+
+def _replace_own_files(new: Path, out: Path, old_files: list[str]) -> None:
+    """Put the export staged in `new` into the earlier export `out`, file by file: replace and delete
+    only what the earlier export's manifest lists; a user's file at a name the new export needs
+    stops it with nothing changed; every other file of the user's stays."""
+    new_files = _files_under(new)
+    own = set(old_files)
+    clash = [f for f in new_files if (out / f).exists() or (out / f).is_symlink()]
+    clash = [f for f in clash if f not in own or (out / f).is_dir()]
+    if clash:
+        raise UserError(
+            f"--out {out} holds {clash[0]}, which fedmom did not write there and the new export would "
+            "replace; move it away and export again"
+        )
+    # The manifest first, naming old and new files: an interrupted replacement leaves nothing that a
+    # later --force would take for the user's.
+    marker = json.loads((new / MARKER).read_text())
+    runfolder.atomic_write_json(out / MARKER, {**marker, "files": sorted(own | set(new_files))})
+    for f in sorted(own - set(new_files)):
+        target = out / f
+        if target.is_file() or target.is_symlink():
+            target.unlink()
+        parent = target.parent
+        while parent != out and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()  # a folder the earlier export made and nothing else uses
+            parent = parent.parent
+    for f in new_files:
+        if f == MARKER:
+            continue
+        (out / f).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(new / f, out / f)
+    os.replace(new / MARKER, out / MARKER)
 
 
 WHAT = "a `fedmom export` folder"
@@ -163,7 +220,9 @@ def export(
     force: bool = False,
     with_base_delta: bool = False,
 ) -> dict:
-    """Write the export into a temporary folder beside `out`, then rename it into place.
+    """Write the export into a temporary folder beside `out`, then rename it into place; with
+    --force over an earlier export, replace only the files its manifest lists (`files` in
+    fedmom_export.json), file by file, and keep every file the user added.
 
     The merge is done in float32 (base weights loaded in float32, delta added, s B A merged) and
     cast once at the end; the default dtype is float32, because s B A and the residuals are often
@@ -192,27 +251,52 @@ def export(
             "model (no --adapter-only), add --with-base-delta to ship the delta beside the adapter, or "
             "--drop-base-delta to export the incomplete adapter knowingly"
         )
+    if (out / MARKER).is_file() and not is_export(out):
+        raise UserError(
+            f"--out {out}: its {MARKER} lists no files (an earlier fedmom wrote it, or it is not "
+            "fedmom's), so --force cannot tell fedmom's files from yours; move it away or delete it"
+        )
     check_output_dir(out, force, is_export, WHAT)  # before the model is loaded
     if not adapter_only:
         check_model_source(cfg)  # before any folder is made
     evals = _read_eval(run_dir)
     info = {"run": run_dir.name, "method": cfg.method, "task": cfg.task, "config_hash": cfg.hash()}
-    with fresh_output_dir(out, force=force, recognise=is_export, what=WHAT) as tmp:
-        if adapter_only:
-            shutil.copytree(run_dir / runfolder.ADAPTER, tmp, dirs_exist_ok=True)
-            fix_adapter_config(tmp, cfg)
-            kind = (
-                "adapter" if not nonzero else "adapter+delta" if with_base_delta else "adapter-without-delta"
-            )
-            if with_base_delta and nonzero:
-                shutil.copyfile(run_dir / DELTA_FILE, tmp / DELTA_FILE)
-            (tmp / "README.md").write_text(model_card(cfg, result, evals, kind))
-            info.update(kind=kind, base_delta_dropped=nonzero and not with_base_delta)
-        else:
-            info.update(merge_precision(run_dir, tmp, precision or "fp32"))
-            (tmp / "README.md").write_text(model_card(cfg, result, evals, "merged"))
-        (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+    flags = (nonzero, with_base_delta)
+    old_files = export_files(out) if force and out.is_dir() and any(out.iterdir()) else None
+    if old_files is None:
+        with fresh_output_dir(out, force=force, recognise=is_export, what=WHAT) as tmp:
+            _write_export(run_dir, tmp, cfg, result, evals, info, adapter_only, precision, *flags)
+            _write_export_marker(tmp, info)
+        return info
+    out = out.resolve()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_export(run_dir, tmp, cfg, result, evals, info, adapter_only, precision, *flags)
+        _write_export_marker(tmp, info)
+        _replace_own_files(tmp, out, old_files)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return info
+
+
+def _write_export_marker(folder: Path, info: dict) -> None:
+    files = sorted({*_files_under(folder), MARKER})
+    (folder / MARKER).write_text(json.dumps({**info, "files": files}, indent=2) + "\n")
+
+
+def _write_export(run_dir, tmp, cfg, result, evals, info, adapter_only, precision, nonzero, with_delta):
+    """The export's files into `tmp`; `info` gains kind (and precision)."""
+    if adapter_only:
+        shutil.copytree(run_dir / runfolder.ADAPTER, tmp, dirs_exist_ok=True)
+        fix_adapter_config(tmp, cfg)
+        kind = "adapter" if not nonzero else "adapter+delta" if with_delta else "adapter-without-delta"
+        if with_delta and nonzero:
+            shutil.copyfile(run_dir / DELTA_FILE, tmp / DELTA_FILE)
+        (tmp / "README.md").write_text(model_card(cfg, result, evals, kind))
+        info.update(kind=kind, base_delta_dropped=nonzero and not with_delta)
+    else:
+        info.update(merge_precision(run_dir, tmp, precision or "fp32"))
+        (tmp / "README.md").write_text(model_card(cfg, result, evals, "merged"))
 
 
 @torch.no_grad()
@@ -253,6 +337,8 @@ def fix_adapter_config(folder: Path, cfg: cfgmod.TrainConfig) -> None:
     path = Path(folder) / "adapter_config.json"
     data = json.loads(path.read_text())
     data["base_model_name_or_path"] = base_model_id(cfg.model)
+    if isinstance(data.get("target_modules"), list):  # PEFT saves a set: its order varies by run
+        data["target_modules"] = sorted(data["target_modules"])
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 

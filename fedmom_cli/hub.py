@@ -3,10 +3,18 @@
 The export (merged model by default, or `--adapter-only`) is written to a temporary folder with
 `fedmom_cli.export.export` and uploaded with `huggingface_hub.HfApi.upload_folder` (one commit).
 Offline (HF_HUB_OFFLINE=1, no token, or no connection) it fails in one line before exporting.
+
+Into an existing repository, a push deletes only files fedmom uploaded itself: the `files` list of
+the repository's `fedmom_export.json` (the manifest every export carries) names what the earlier push
+uploaded, and only those the new upload lacks are deleted. A file fedmom did not upload is never
+deleted, and one at a name the new upload needs (a README.md of the user's) stops the push in one
+line before anything is uploaded.
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -48,10 +56,36 @@ def push(run_dir: Path, repo: str, private: bool = False, adapter_only: bool = F
         api.create_repo(repo, private=private, exist_ok=True)
         if private and not getattr(api.repo_info(repo), "private", True):
             raise UserError(f"{repo} exists and is public; --private will not upload into it")
+        stale = stale_files(api, repo, export.export_files(out) or [])
         commit = api.upload_folder(
             folder_path=str(out),
             repo_id=repo,
             commit_message=f"fedmom export: {info['method']} on {info['task']} ({info['kind']})",
-            delete_patterns=["*.safetensors", "*.json", "README.md"],  # no stale files of an earlier push
+            # exact names (escaped: fnmatch patterns), only files an earlier push uploaded
+            delete_patterns=[glob.escape(f) for f in stale] or None,
         )
     return getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo}"
+
+
+def stale_files(api, repo: str, new: list[str]) -> list[str]:
+    """What an earlier fedmom push uploaded to `repo` (its manifest) that this upload (`new`) lacks;
+    a file fedmom did not upload at a name this upload needs is a UserError."""
+    from fedmom_cli.export import MARKER
+
+    remote = set(api.list_repo_files(repo))
+    earlier: set[str] = set()
+    if MARKER in remote:
+        try:
+            data = json.loads(Path(api.hf_hub_download(repo_id=repo, filename=MARKER)).read_text())
+        except (OSError, ValueError):
+            data = None
+        files = data.get("files") if isinstance(data, dict) else None
+        if isinstance(files, list) and all(isinstance(f, str) for f in files):
+            earlier = set(files) & remote
+    clash = sorted((set(new) & remote) - earlier)
+    if clash:
+        raise UserError(
+            f"{repo} holds {clash[0]}, which fedmom did not upload there and this push would replace; "
+            "push into another repository, or remove it there first"
+        )
+    return sorted(earlier - set(new))

@@ -109,9 +109,36 @@ def load_base_model(cfg: TrainConfig, tokenizer):
     return _from_pretrained(AutoModelForCausalLM.from_pretrained, source(cfg.model), "model", dtype=dtype)
 
 
+def check_target_modules(model, targets) -> None:
+    """Every target module name matches a weight in every layer (PEFT's rule: the module's name, or
+    its last components). PEFT itself accepts a list where one name matches nothing (a typo such as
+    `v_porj` trained `q_proj` only while config.yaml recorded both) or matches in some layers only."""
+    import re
+
+    names = [n for n, m in model.named_modules() if n and not list(m.children())]
+    layer = re.compile(r"\.(\d+)\.")
+    every = {int(m.group(1)) for n in names if (m := layer.search(n))}
+    for target in targets:
+        hits = [n for n in names if n == target or n.endswith("." + target)]
+        if not hits:
+            raise UserError(
+                f"target_modules: {target!r} matches no module of the model (e.g. "
+                f"{', '.join(sorted({n.rsplit('.', 1)[-1] for n in names if '.' in n})[:6])})"
+            )
+        where = {int(m.group(1)) for n in hits if (m := layer.search(n))}
+        if where and where != every:
+            missing = sorted(every - where)
+            raise UserError(
+                f"target_modules: {target!r} matches in layers {sorted(where)[:4]} but not in "
+                f"{missing[:4]}{' ...' if len(missing) > 4 else ''}; name a module every layer has"
+            )
+
+
 def attach_lora(model, cfg: TrainConfig):
     """PEFT LoRA with PEFT's default init (A kaiming-uniform, B = 0), drawn from the run's seed."""
     from peft import LoraConfig, get_peft_model
+
+    check_target_modules(model, cfg.target_modules)
 
     lora = LoraConfig(
         r=cfg.lora_r,

@@ -72,19 +72,23 @@ class RoundProgress:
 
     def client_done(self, client: int, loss: float) -> None:
         if self._bar is not None:
-            self._bar.update(self._clients, advance=1, loss=f"client {client} loss {loss:.4f}")
+            self._bar.update(self._clients, advance=1, loss=f"client {client} loss {_fmt(loss)}")
         else:
-            print(f"round {self.round + 1}/{self.rounds} client {client}: loss {loss:.4f}", file=sys.stderr)
+            print(f"round {self.round + 1}/{self.rounds} client {client}: loss {_fmt(loss)}", file=sys.stderr)
 
     def round_done(self, record: dict) -> None:
         done = record["round"] + 1
         elapsed = time.perf_counter() - self._round_start
         if self._bar is not None:
-            self._bar.update(self._rounds, completed=done, loss=f"loss {record['loss']:.4f}")
+            self._bar.update(self._rounds, completed=done, loss=f"loss {_fmt(record['loss'])}")
         else:
             remaining = (self.rounds - done) * elapsed
             print(
-                f"round {done}/{self.rounds}: loss {record['loss']:.4f}, {elapsed:.1f} s/round, "
+                f"round {done}/{self.rounds}: loss {_fmt(record['loss'])}, {elapsed:.1f} s/round, "
                 f"eta {remaining:.0f} s, aggregation {record['aggregation_seconds']:.3f} s",
                 file=sys.stderr,
             )
+
+
+def _fmt(loss: float | None) -> str:
+    return "none (no trainable token)" if loss is None else f"{loss:.4f}"

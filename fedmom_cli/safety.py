@@ -10,7 +10,8 @@ docs/safety.md:
 - `--force` replaces only a fedmom output *of the same kind* (`is_run_folder`,
   `is_aggregate_folder`, a recogniser for single files), never the current folder or one of its
   parents, and it deletes only the names fedmom itself writes there (`clear_run_folder`); a folder
-  holding anything else is refused, so nothing outside fedmom's own files is ever deleted.
+  holding anything else (a hidden file included: only `.<fedmom name>.tmp` counts as fedmom's
+  temporary file, `is_own_tmp`) is refused, so nothing outside fedmom's own files is ever deleted.
 - A run folder is written by one process at a time: `RunLock` holds an exclusive `fcntl.flock` on
   `<run>/.fedmom.lock` (the holder's pid written inside). The kernel drops the lock when the
   process dies, so a crash (even kill -9) leaves no stale lock; the file itself stays and is part
@@ -48,8 +49,20 @@ RUN_NAMES = {
     "tracking.json",  # --report-to wandb / mlflow: the tracking run's id, for --resume
     LOCK_FILE,
 }
-AGGREGATE_NAMES = {runfolder.ADAPTER, runfolder.BASE_DELTA, "aggregation.json"}
-TMP_NAME = re.compile(r"^\..+\.tmp$|^\..+\.[A-Za-z0-9_]{8}$")  # atomic writes, mkdtemp folders
+AGGREGATE_NAMES = {runfolder.ADAPTER, runfolder.BASE_DELTA, "aggregation.json", "clients"}
+# What fedmom itself writes inside the sub-folders it owns (checked file by file before --force).
+ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+# fedmom's own temporary names are exactly `.<one of its names>.tmp` (atomic writes; train's
+# `.adapter.tmp`) and eval --clients' `.eval_client_<k>.tmp`. Nothing looser: a user's hidden
+# `.notes.markdown`, `.env.template` or `.draft.tmp` is the user's file (issue 30).
+_CLIENT_TMP = re.compile(r"^\.eval_client_\d+\.tmp$")
+
+
+def is_own_tmp(name: str, names: set[str] | frozenset[str]) -> bool:
+    """`name` is a temporary file fedmom writes next to one of `names` (and nothing else)."""
+    if _CLIENT_TMP.match(name):
+        return True
+    return name.startswith(".") and name.endswith(".tmp") and name[1:-4] in names
 
 
 # ---- paths ---------------------------------------------------------------------------------------
@@ -80,7 +93,39 @@ def refuse_cwd(path: Path, option: str = "--out") -> None:
 
 
 def foreign_names(folder: Path, names: set[str]) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name not in names and not TMP_NAME.match(p.name))
+    """What `folder` holds that fedmom did not write: any name outside `names` and their temporary
+    names, and any file inside a sub-folder fedmom owns that it would not write there."""
+    folder = Path(folder)
+    foreign = []
+    for p in folder.iterdir():
+        if p.name not in names and not is_own_tmp(p.name, names):
+            foreign.append(p.name)
+        elif p.name in names and p.is_dir() and not p.is_symlink():
+            foreign += [f"{p.name}/{q}" for q in _foreign_inside(p)]
+    return sorted(foreign)
+
+
+def _foreign_inside(sub: Path) -> list[str]:
+    """Files inside fedmom's own sub-folder (adapter/, clients/<k>/, eval_samples/, eval_data/)
+    that fedmom does not write there. merged/ and tensorboard/ hold files named by transformers
+    and TensorBoard and are not inspected."""
+
+    def plain(folder: Path, allowed) -> list[str]:
+        return [q.name for q in folder.iterdir() if not allowed(q)]
+
+    if sub.name == runfolder.ADAPTER:
+        return plain(sub, lambda q: q.is_file() and q.name in ADAPTER_FILES)
+    if sub.name in ("eval_samples", "eval_data"):
+        return plain(sub, lambda q: q.is_file() and q.name.endswith((".jsonl", ".jsonl.tmp")))
+    if sub.name == "clients":
+        out = []
+        for k in sub.iterdir():
+            if not (k.is_dir() and k.name.isdigit()):
+                out.append(k.name)
+                continue
+            out += [f"{k.name}/{n}" for n in plain(k, lambda q: q.is_file() and q.name in ADAPTER_FILES)]
+        return out
+    return []
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -106,6 +151,30 @@ def is_aggregate_folder(folder: Path) -> bool:
     return isinstance(data, dict) and {"method", "round", "modules"} <= set(data)
 
 
+# What `fedmom eval --model` and `eval --generations` write into their --out (besides the lock).
+EVAL_NAMES = {runfolder.EVAL, "eval_samples", "eval_data", LOCK_FILE}
+
+
+def check_eval_out(out: Path, what: str) -> None:
+    """--out of `eval --model` / `eval --generations`: new, empty, or a folder holding only fedmom's
+    evaluation outputs. Never a run folder: a run's eval.json holds only its own model's results."""
+    out = Path(out)
+    check_out(out, "dir")
+    if not out.is_dir():
+        return
+    if any((out / name).exists() for name in (runfolder.CONFIG, runfolder.RESULT, runfolder.ADAPTER)):
+        raise UserError(
+            f"--out {out} is a fedmom run folder: its eval.json holds only evaluations of that run's "
+            f"model; give {what} its own --out"
+        )
+    foreign = foreign_names(out, EVAL_NAMES)
+    if foreign:
+        raise UserError(
+            f"--out {out} is not a fedmom evaluation folder (it holds "
+            f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose another --out"
+        )
+
+
 def check_replaceable(folder: Path, force: bool, recognise: Callable[[Path], bool], what: str) -> None:
     """An existing non-empty `folder` is only ever replaced with --force, and only if `what`."""
     folder = Path(folder)
@@ -125,7 +194,7 @@ def check_replaceable(folder: Path, force: bool, recognise: Callable[[Path], boo
 def clear_run_folder(folder: Path) -> None:
     """Delete what fedmom wrote in a run folder (never its lock, never anything else)."""
     for entry in Path(folder).iterdir():
-        if entry.name == LOCK_FILE or (entry.name not in RUN_NAMES and not TMP_NAME.match(entry.name)):
+        if entry.name == LOCK_FILE or (entry.name not in RUN_NAMES and not is_own_tmp(entry.name, RUN_NAMES)):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)

@@ -71,7 +71,7 @@ class ClientUpdate:
     client: int
     factors: dict[str, LoraFactors]  # every LoRA module; factors it did not train are the global ones
     examples: int  # its number of training rows (the aggregation weight with client_weights=samples)
-    loss: float  # mean training loss of its local steps
+    loss: float | None  # mean training loss of its local steps that had a trainable token, or None
     seconds: dict[str, float] = field(default_factory=dict)  # client_compute, adapter_swap
 
 
@@ -231,7 +231,7 @@ class Server:
         record = RoundRecord(
             round=round_idx,
             lr=lr_at(self.cfg, round_idx),
-            loss=float(np.average([losses[k] for k in clients], weights=weights)),
+            loss=_mean_loss([losses[k] for k in clients], weights),
             client_loss={str(k): losses[k] for k in clients},
             val_loss=val_loss,
             clients=clients,
@@ -304,3 +304,11 @@ class Server:
         np.random.set_state(ckpt["rng"]["numpy"])
         random.setstate(ckpt["rng"]["python"])
         return ckpt["record"]
+
+
+def _mean_loss(losses: list[float | None], weights: list[float]) -> float | None:
+    """The weighted mean over clients that computed a loss; None when none did (no 0.0 made up)."""
+    pairs = [(x, w) for x, w in zip(losses, weights) if x is not None]
+    if not pairs:
+        return None
+    return float(np.average([x for x, _ in pairs], weights=[w for _, w in pairs]))

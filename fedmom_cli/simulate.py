@@ -40,6 +40,9 @@ from fedmom_cli.server import ClientUpdate, RoundRecord, Server, factor_norms, l
 from fedmom_cli.tasks import IGNORE_INDEX, encode, get_task
 
 CHECKPOINT = runfolder.CHECKPOINT
+# A client whose rows lose their whole response to cutoff_len in more than this share is refused:
+# most of its steps would see no trainable token (docs/safety.md).
+MAX_CUT_SHARE = 0.5
 
 
 class Simulation:
@@ -65,7 +68,7 @@ class Simulation:
         lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, use_rslora=cfg.use_rslora)
         method = build_method(cfg.method, lora, seed=cfg.seed, **method_kwargs(cfg))
         clients = self.partition["clients"]
-        self.encoded: dict[int, dict] = {}
+        self.steps = {"total": 0, "with_trainable_token": 0}  # this process's local steps
         self.validation = self._validation_rows()
         self.server = Server(
             cfg,
@@ -103,14 +106,39 @@ class Simulation:
             return part
         return make_partition(cfg.task, self.rows, cfg.clients, cfg.beta, cfg.seed, cfg.min_client_size)
 
-    def _check_cutoff(self, sample: int = 32) -> None:
-        """cutoff_len must leave response tokens to learn from (else the loss is 0 and nothing trains)."""
-        rows = self.rows.rows[:sample]
-        encoded = [encode(self.task, r, self.tokenizer, self.cfg.cutoff_len) for r in rows]
-        if not any(any(x != IGNORE_INDEX for x in e["labels"][1:]) for e in encoded):
+    def _check_cutoff(self) -> None:
+        """cutoff_len must leave response tokens to learn from. Every client row is encoded (once:
+        training reuses the encodings) and the share of rows whose response the cutoff removes is
+        measured per client; above MAX_CUT_SHARE in any client the run would train on a fraction of
+        its data with many empty steps, so it is refused (issue 30: cutoff_len 64 on GSM8K trained
+        nothing and reported loss 0.0)."""
+        self.encoded = {}
+        cut_per_client = []
+        for rows in self.partition["clients"]:
+            cut = 0
+            for i in rows:
+                e = self.encoded[i] = encode(
+                    self.task, self.rows.rows[i], self.tokenizer, self.cfg.cutoff_len
+                )
+                cut += not any(x != IGNORE_INDEX for x in e["labels"][1:])
+            cut_per_client.append((cut, len(rows)))
+        total = sum(n for _, n in cut_per_client)
+        shares = [c / n for c, n in cut_per_client]
+        worst = max(range(len(shares)), key=shares.__getitem__)
+        self.cutoff = {
+            "cutoff_len": self.cfg.cutoff_len,
+            "rows_without_response": sum(c for c, _ in cut_per_client),
+            "rows": total,
+            "share": sum(c for c, _ in cut_per_client) / total,
+            "max_client_share": shares[worst],
+            "threshold": MAX_CUT_SHARE,
+        }
+        if shares[worst] > MAX_CUT_SHARE:
+            c, n = cut_per_client[worst]
             raise UserError(
-                f"cutoff_len {self.cfg.cutoff_len} cuts every response of the first {len(rows)} rows "
-                f"(the prompts alone fill it); raise cutoff_len"
+                f"cutoff_len {self.cfg.cutoff_len} cuts every response token of {c} of client {worst}'s "
+                f"{n} rows ({100 * shares[worst]:.0f}%, {100 * self.cutoff['share']:.0f}% of all rows; "
+                f"more than {100 * MAX_CUT_SHARE:.0f}% makes the run meaningless); raise cutoff_len"
             )
 
     def _validation_rows(self) -> list[dict]:
@@ -208,6 +236,8 @@ class Simulation:
             accelerator=self.accelerator,
             label=f"round {round_idx} client {k}",
         )
+        self.steps["total"] += cfg.local_steps
+        self.steps["with_trainable_token"] += cfg.local_steps - stats.empty_steps
         start = time.perf_counter()
         factors = get_factors(self.modules)
         if cfg.client_ranks is not None:  # the rank-r_k LoRA the client really trained

@@ -201,9 +201,22 @@ def ensure_partition(cell: Cell) -> None:
     )
 
 
-def preflight(spec: dict, cells: list[Cell], root: Path) -> None:
-    """What would fail late (after hours of training) checked before the first cell trains."""
+def preflight(spec: dict, cells: list[Cell], root: Path, data_dir: Path | None = None) -> None:
+    """What would fail late (after hours of training) checked before the first cell trains: devices,
+    shared splits, the report and eval cache paths, and the evaluation tasks and their data (an
+    `eval_tasks` typo or `--data-dir /nope` once failed only after the first cell trained)."""
+    from fedmom_cli.evaluation import evaluate as ev
     from fedmom_cli.report import render as report_render
+
+    eval_tasks = spec.get("eval_tasks")
+    if eval_tasks != []:
+        seen = set()
+        for cell in cells:  # once per task family and synthetic-or-not: the default tasks differ
+            cfg = cell.config
+            if (cfg.task, cfg.synthetic is None) in seen:
+                continue
+            seen.add((cfg.task, cfg.synthetic is None))
+            ev.plan_tasks(ev.EvalOptions(tasks=eval_tasks, data_dir=data_dir), cfg)
 
     for cell in cells:
         safety.check_device(cell.config.device)
@@ -254,7 +267,7 @@ def run(
                 f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}); nothing trained; "
                 f"use another --out (--dry-run lists them)"
             )
-        preflight(spec, cells, root)
+        preflight(spec, cells, root, data_dir)
     log(f"sweep {recipe}: {len(cells)} cell(s) under {root}")
     for c in cells:
         log(

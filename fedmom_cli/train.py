@@ -204,7 +204,8 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
         "rounds_completed": sim.round,
         "config_hash": cfg.hash(),
         "started": previous.get("started", _now()),
-        "resumed": previous.get("resumed", 0) + (action == "resume"),
+        # a resume counts once it has trained a round (or finished): a failed --resume does not
+        "resumed": previous.get("resumed", 0),
         "wall_seconds": previous.get("wall_seconds", 0.0),
         "device": runfolder.device_info(sim.accelerator.device),
         "versions": runfolder.versions(),
@@ -212,8 +213,19 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
     }
     runfolder.atomic_write_json(run_dir / runfolder.RESULT, result)
     start = time.perf_counter()
+    uncounted = [action == "resume"]
+
+    steps_before = previous.get("steps") or {"total": 0, "with_trainable_token": 0}
+    result["cutoff"] = getattr(sim, "cutoff", None)
 
     def save(status: str, **extra) -> None:
+        steps = getattr(sim, "steps", {})  # local steps, and those that had a trainable token
+        result["steps"] = {
+            k: steps_before.get(k, 0) + steps.get(k, 0) for k in ("total", "with_trainable_token")
+        }
+        if uncounted[0] and status in ("running", "finished"):  # a round done, or the run finished
+            result["resumed"] += 1
+            uncounted[0] = False
         result.update(
             status=status,
             rounds_completed=sim.round,

@@ -56,3 +56,20 @@ def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else 1
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def snapshot(root) -> dict:
+    """Every path under root: a file's bytes, 'dir', or a link's target."""
+    import os
+    from pathlib import Path
+
+    out: dict = {}
+    for path in sorted(Path(root).rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = f"link:{os.readlink(path)}"
+        elif path.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = path.read_bytes()
+    return out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_main
+from helpers import run_main, snapshot
 from safetensors.torch import load_file
 
 from fedmom_cli import config as cfgmod
@@ -177,6 +177,50 @@ def test_export_force_replaces_only_an_earlier_export(runs, tmp_path, monkeypatc
     )
 
 
+# ---- --force replaces only what an earlier export wrote (issue 30; X32, F20 of the outside review) --
+# (first export's flags, the user's files added to it, second export's flags, outcome): "ok" means
+# exit 0 with every user file byte-identical; otherwise the one-line error's fragment, nothing changed.
+USER = {"serve.py": "print('mine')\n", ".env": "TOKEN=x\n", "deploy/notes.txt": "notes\n"}
+EXPORT_FORCE = [
+    ("fedit", "--adapter-only", USER, "--adapter-only", "ok"),
+    ("flora", "--adapter-only --with-base-delta", USER, "--adapter-only --drop-base-delta", "ok"),
+    ("flora", "--adapter-only --drop-base-delta", USER, "--adapter-only --with-base-delta", "ok"),
+    ("fedit", "--adapter-only", USER, "", "ok"),  # adapter files replaced by a merged model's
+    ("flora", "--adapter-only --drop-base-delta", {"base_delta.safetensors": "mine"},
+     "--adapter-only --with-base-delta", "holds base_delta.safetensors, which fedmom did not write"),
+    ("fedit", "--adapter-only", {"fedmom_export.json": '{"kind": "adapter"}'}, "--adapter-only",
+     "lists no files"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("run,first,user,second,outcome", EXPORT_FORCE)
+def test_export_force_keeps_the_users_files(
+    runs, tmp_path, monkeypatch, capsys, run, first, user, second, outcome
+):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(monkeypatch, capsys, "export", runs[run], "--out", "exp", *first.split())
+    assert code == 0, err
+    for name, text in user.items():
+        (tmp_path / "exp" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "exp" / name).write_text(text)
+    before = snapshot(tmp_path)
+    code, _, err = run_main(
+        monkeypatch, capsys, "export", runs[run], "--out", "exp", "--force", *second.split()
+    )
+    if outcome != "ok":
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and outcome in err, err
+        assert snapshot(tmp_path) == before
+        return
+    assert code == 0, err
+    for name, text in user.items():
+        assert (tmp_path / "exp" / name).read_text() == text
+    files = json.loads((tmp_path / "exp" / "fedmom_export.json").read_text())["files"]
+    assert not set(files) & set(user)  # the manifest never claims the user's files
+    on_disk = {str(p.relative_to(tmp_path / "exp")) for p in (tmp_path / "exp").rglob("*") if p.is_file()}
+    assert on_disk == set(files) | set(user)  # the earlier export's stale files are gone
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exp.")]  # no staging left
+
+
 def test_push_offline_is_one_line(runs, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, _, err = run_main(monkeypatch, capsys, "push", runs["fedit"], "--repo", "me/fedit-smoke")
@@ -198,6 +242,9 @@ def test_push_uploads_the_export_with_its_card(runs, monkeypatch):
         def repo_info(self, repo):
             return type("Info", (), {"private": True})()
 
+        def list_repo_files(self, repo):
+            return []
+
         def upload_folder(self, folder_path, repo_id, commit_message, delete_patterns):
             seen["files"] = sorted(p.name for p in Path(folder_path).iterdir())
             seen["card"] = (Path(folder_path) / "README.md").read_text()
@@ -210,6 +257,81 @@ def test_push_uploads_the_export_with_its_card(runs, monkeypatch):
     assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= set(seen["files"])
     assert "FedIT" in seen["card"]
     assert str(runs["fedit"].parent) not in seen["marker"] + seen["message"]  # no machine path leaves
+
+
+class HubRecorder:
+    """A Hub repository in memory: huggingface_hub's own pattern filter decides what upload_folder's
+    delete_patterns delete (as upload_folder does), the upload then adds every file of the folder."""
+
+    def __init__(self, files: dict[str, str], tmp: Path):
+        self.files, self.tmp, self.deleted = dict(files), tmp, []
+
+    def create_repo(self, repo, private, exist_ok):
+        pass
+
+    def list_repo_files(self, repo):
+        return sorted(self.files)
+
+    def hf_hub_download(self, repo_id, filename):
+        path = self.tmp / "download" / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.files[filename])
+        return str(path)
+
+    def upload_folder(self, folder_path, repo_id, commit_message, delete_patterns):
+        from huggingface_hub.utils import filter_repo_objects
+
+        new = {str(p.relative_to(folder_path)): p for p in Path(folder_path).rglob("*") if p.is_file()}
+        if delete_patterns is not None:
+            gone = [f for f in filter_repo_objects(list(self.files), allow_patterns=delete_patterns)]
+            gone = [f for f in gone if f not in new and f != ".gitattributes"]
+            self.deleted += gone
+            for f in gone:
+                del self.files[f]
+        for name, path in new.items():
+            self.files[name] = path.read_bytes().decode(errors="replace")
+
+
+# A push deletes only what an earlier push uploaded (issue 30). Rows: the repository's files before,
+# the runs pushed one after the other (--adapter-only), and the outcome: the files that must remain
+# untouched, or the one-line error (nothing uploaded).
+USER_REMOTE = {
+    "notes.md": "mine",
+    "data/x.json": "{}",
+    "weights/extra.safetensors": "x",
+    ".gitattributes": "*",
+}
+PUSHES = [
+    (USER_REMOTE, ["flora", "fedit"], None),  # fedit's push lacks base_delta.safetensors: deleted
+    ({}, ["flora", "flora"], None),
+    ({".gitattributes": "*"}, ["fedit", "flora", "fedit"], None),
+    ({"README.md": "my card"}, ["fedit"], "holds README.md, which fedmom did not upload"),
+    ({"fedmom_export.json": '{"kind": "adapter"}'}, ["fedit"], "holds fedmom_export.json, which fedmom"),
+    ({"adapter_config.json": "{}"}, ["fedit"], "holds adapter_config.json, which fedmom did not upload"),
+]
+
+
+@pytest.mark.parametrize("remote,pushes,error", PUSHES)
+def test_push_deletes_only_what_an_earlier_push_uploaded(
+    runs, tmp_path, monkeypatch, capsys, remote, pushes, error
+):
+    from fedmom_cli import hub
+
+    api = HubRecorder(remote, tmp_path)
+    monkeypatch.setattr(hub, "_check_online", lambda: api)
+    for run in pushes:
+        code, _, err = run_main(monkeypatch, capsys, "push", runs[run], "--repo", "me/x", "--adapter-only")
+        if error:
+            assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and error in err, err
+            assert api.files == remote and not api.deleted
+            return
+        assert code == 0, err
+        manifest = json.loads(api.files["fedmom_export.json"])["files"]
+        assert set(manifest) <= set(api.files) and not set(manifest) & set(remote)
+    assert all(api.files[name] == text for name, text in remote.items())  # the user's files, untouched
+    assert set(api.files) == set(remote) | set(manifest)  # nothing stale of an earlier push is left
+    assert not set(api.deleted) & set(remote)
+    assert ("base_delta.safetensors" in api.deleted) == (pushes[-2:] == ["flora", "fedit"])
 
 
 def test_bf16_export_reports_what_rounding_loses(runs, tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import run_main
+from helpers import run_main, snapshot
 from safetensors.torch import load_file, save_file
 
 from fedmom_cli import config as cfgmod
@@ -178,6 +178,9 @@ def _recipes(root: Path) -> None:
         "sw_sweepnull": "sweep: null\n",
         "sw_badvalue": "sweep:\n  grid:\n    method: [fedavg]\n",
         "sw_badsetting": "sweep:\n  grid:\n    settings: [{lr: -1}]\n",
+        "sw_evaltypo": "sweep:\n  grid:\n    method: [fedit]\n  eval_tasks: [nosuchtask]\n",
+        "sw_evalsynth": "sweep:\n  grid:\n    method: [fedit]\n  eval_tasks: [synthetic_maths]\n",
+        "sw_evalnodata": "sweep:\n  grid:\n    method: [fedit]\n  eval_tasks: [humaneval]\n",
     }
     for name, text in sweeps.items():
         (root / f"{name}.yaml").write_text(f"# test recipe\n{base}{text}")
@@ -261,21 +264,48 @@ def template(tmp_path_factory) -> Path:
     (root / "sweeprep" / "math").mkdir(parents=True)
     (root / "sweeprep" / "report.md").write_text("my notes\n")
     (root / "bench_user.json").write_text('{"mine": true}')
+    _aggregate_done(root)
+    _evaluations(root)
     return root
 
 
-def snapshot(root: Path) -> dict[str, bytes | str]:
-    """Every path under root: a file's bytes, 'dir', or a link's target."""
-    out: dict[str, bytes | str] = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        if path.is_symlink():
-            out[rel] = f"link:{os.readlink(path)}"
-        elif path.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = path.read_bytes()
-    return out
+def _evaluations(root: Path) -> None:
+    """Given generations (HumanEval and MBPP toys), their scored folder, a model's eval folder, and a
+    user's folder holding a file named eval.json."""
+    from test_sandbox import fake_humaneval
+
+    from fedmom_cli.evaluation import codeexec
+
+    rows = fake_humaneval(root / "gen_data")
+    _write_jsonl(
+        root / "gen.jsonl", [{"task_id": r["task_id"], "completion": r["canonical_solution"]} for r in rows]
+    )
+    mbpp = {
+        "task_id": 11,
+        "text": "Double x.",
+        "code": "def dbl(x):\n    return 2 * x",
+        "test_list": ["assert dbl(3) == 6"],
+    }
+    (root / "gen_data" / "mbpp").mkdir()
+    _write_jsonl(root / "gen_data" / "mbpp" / "mbpp.jsonl", [mbpp])
+    _write_jsonl(root / "gen_mbpp.jsonl", [{"task_id": 11, "completion": mbpp["code"]}])
+    codeexec.run_generations(
+        codeexec.GenerationsOptions(
+            root / "gen.jsonl", ["humaneval"], root / "gen_done", root / "gen_data", allow_unsandboxed=True
+        )
+    )
+    (root / "model_eval").mkdir()
+    model_eval = {"model": "tiny", "adapter": False, "method": "pretrained", "tasks": {"synthetic_math": {}}}
+    (root / "model_eval" / "eval.json").write_text(json.dumps(model_eval))
+    (root / "user_eval").mkdir()
+    (root / "user_eval" / "eval.json").write_text('{"mine": true}')
+
+
+def _aggregate_done(root: Path) -> None:
+    """A `fedmom aggregate` output folder (fedsa_lora: it has clients/ too)."""
+    from fedmom_cli import aggregate
+
+    aggregate.run(aggregate.AggregateOptions("fedsa_lora", [root / "c0", root / "c1"], root / "agg_done"))
 
 
 @pytest.fixture
@@ -328,6 +358,12 @@ TRAIN = [
     ("--synthetic -5", "synthetic must be >= 1 or null"),
     ("--set target_modules=", "cannot be null"),
     ("--set target_modules=,", "target_modules must be a non-empty list"),
+    # target modules PEFT would accept while training fewer than config.yaml says (issue 30: M28, M31)
+    ("--set target_modules=q_proj,v_porj", "target_modules: 'v_porj' matches no module"),
+    ("--set target_modules=q_proj,v_prój", "target_modules: 'v_prój' matches no module"),
+    ("--set target_modules=qproj", "'qproj' matches no module"),
+    ("--set target_modules=layers.0.self_attn.q_proj", "matches in layers [0] but not in [1"),
+    ("--out run_done --force --set target_modules=q_proj,v_porj", "'v_porj' matches no module"),
     ("--lr 0", "lr must be > 0"),
     ("--lr -1", "lr must be > 0"),
     ("--set lr=.nan", "lr must be > 0"),
@@ -630,6 +666,12 @@ SWEEP = [
     ("sw_good.yaml --out sweepres", "conflict with what their folders hold"),
     ("sw_good.yaml --out sweepuser", "not a fedmom run folder"),
     ("sw_good.yaml --out sweeprep", "report.md exists and is not a fedmom report"),
+    # evaluation tasks and data, before any cell trains (issue 30: S16, S17)
+    ("sw_evaltypo.yaml", "nosuchtask"),
+    ("sw_evalsynth.yaml", "unknown eval task 'synthetic_maths'"),
+    ("sw_evalnodata.yaml", "humaneval needs local data: pass --data-dir"),
+    ("sw_good.yaml --data-dir /nope", "--data-dir /nope is not a folder"),
+    ("sw_evalnodata.yaml --data-dir /nope", "--data-dir /nope is not a folder"),
 ]
 
 
@@ -707,6 +749,62 @@ EVAL = [
 @pytest.mark.parametrize("args,fragment", EVAL)
 def test_eval_bad_input(world, monkeypatch, capsys, args, fragment):
     check_case(world, monkeypatch, capsys, "eval", args, fragment)
+
+
+# `eval --model --out` and `eval --generations --out` follow every writer's rules (issue 30): never a
+# run folder (a run's eval.json holds only its model's results: Z04), never a folder of the user's
+# (Z03, G18, G44), an eval.json of the same kind accumulates and a task in it needs --force (G19),
+# --out is checked before any program runs (G33, G34), the timeout is bounded (G23-G25).
+EVAL_OUT = [
+    ("--model tiny --tasks synthetic_math --limit 1 --out run_done", "is a fedmom run folder"),
+    ("--model tiny --tasks synthetic_math --limit 1 --out run_part", "is a fedmom run folder"),
+    ("--model tiny --tasks synthetic_math --limit 1 --out userdir", "not a fedmom evaluation folder"),
+    ("--model tiny --tasks synthetic_math --limit 1 --out .", "not a fedmom evaluation folder"),
+    ("--model tiny --tasks synthetic_math --limit 1 --out gen_done", "holds results of another model"),
+    ("--model tiny --tasks synthetic_math --limit 1 --out afile", "is a file, not a folder"),
+]
+GEN = "--tasks humaneval --data-dir gen_data --generations gen.jsonl --allow-unsandboxed-code"
+GENERATIONS_OUT = [
+    ("--out run_done", "is a fedmom run folder"),
+    ("--out run_done --force", "is a fedmom run folder"),
+    ("--out userdir", "not a fedmom evaluation folder (it holds notes, thesis.tex)"),
+    ("--out userdir --force", "not a fedmom evaluation folder"),
+    ("--out .", "not a fedmom evaluation folder"),
+    ("--out user_eval", "is not a fedmom eval.json"),
+    ("--out model_eval", "holds evaluations of a model (tiny)"),
+    ("--out model_eval --force", "holds evaluations of a model (tiny)"),
+    ("--out gen_done", "already holds humaneval; pass --force to replace"),
+    ("--out afile", "is a file, not a folder"),
+    ("--out afile/o", "afile is a file, not a folder"),
+    ("--out o --timeout nan", "--timeout must be in (0, 3600]"),
+    ("--out o --timeout inf", "--timeout must be in (0, 3600]"),
+    ("--out o --timeout 1e300", "--timeout must be in (0, 3600]"),
+    ("--out o --timeout 0", "--timeout must be in (0, 3600]"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", EVAL_OUT + [(f"{GEN} {a}", f) for a, f in GENERATIONS_OUT])
+def test_eval_out_bad(world, monkeypatch, capsys, args, fragment):
+    check_case(world, monkeypatch, capsys, "eval", args, fragment)
+
+
+def test_generations_accumulate_replace_with_force_and_take_the_lock(world, monkeypatch, capsys):
+    eval_json = world / "gen_done" / "eval.json"
+    first = json.loads(eval_json.read_text())["tasks"]["humaneval"]
+    mbpp = "--tasks mbpp --data-dir gen_data --generations gen_mbpp.jsonl --allow-unsandboxed-code"
+    code, _, err = run_main(monkeypatch, capsys, "eval", *shlex.split(mbpp), "--out", "gen_done")
+    assert code == 0, err
+    tasks = json.loads(eval_json.read_text())["tasks"]
+    assert set(tasks) == {"humaneval", "mbpp"} and tasks["humaneval"] == first  # accumulated
+    assert tasks["mbpp"]["value"] == 1.0
+    with safety.RunLock(world / "gen_done"):
+        check_case(world, monkeypatch, capsys, "eval", f"{GEN} --out gen_done --force", f"pid {os.getpid()}")
+    (world / "wrong.jsonl").write_text('{"task_id": "HumanEval/0", "completion": "    return 0\\n"}\n')
+    args = GEN.replace("gen.jsonl", "wrong.jsonl")
+    code, _, err = run_main(monkeypatch, capsys, "eval", *shlex.split(args), "--out", "gen_done", "--force")
+    assert code == 0, err
+    tasks = json.loads(eval_json.read_text())["tasks"]
+    assert tasks["humaneval"]["value"] == 0.0 and tasks["mbpp"]["value"] == 1.0  # replaced, kept
 
 
 # ---- usage errors: typer's box reduced to one line -----------------------------------------------
@@ -796,6 +894,126 @@ def test_force_replaces_a_run_folder_only_after_validation(world, monkeypatch, c
         cfg.local_steps == 2
         and json.loads((world / "run_done" / "result.json").read_text())["status"] == "finished"
     )
+
+
+# ---- --force never deletes a file fedmom did not write (issue 30) -----------------------------
+# Hidden names that merely look temporary are the user's: only `.<fedmom name>.tmp` is fedmom's.
+# Rows: (command, folder, the user's file put into a copy of it). Z01, F18, F19 of the outside review.
+HIDDEN = [".notes.markdown", ".env.template", ".draft.tmp", ".thesis.abcdefgh", ".backup.tmp"]
+FORCE_KEEPS = [
+    *[("train", "run_done", name) for name in HIDDEN],
+    ("train", "run_done", "adapter/notes.txt"),
+    ("train", "run_done", "eval_samples/mine.txt"),
+    *[("aggregate", "agg_done", name) for name in HIDDEN],
+    ("aggregate", "agg_done", "adapter/notes.txt"),
+    ("aggregate", "agg_done", "clients/0/serve.py"),
+    ("aggregate", "agg_done", "clients/extra.txt"),
+]
+
+
+@pytest.mark.parametrize("command,folder,name", FORCE_KEEPS)
+def test_force_refuses_a_folder_holding_a_hidden_or_nested_user_file(
+    world, monkeypatch, capsys, command, folder, name
+):
+    path = world / folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("mine")
+    args = {
+        "train": f"--recipe smoke {FAST} --no-progress --force --out {folder}",
+        "aggregate": f"-m fedsa_lora c0 c1 --force --out {folder}",
+    }[command]
+    check_case(world, monkeypatch, capsys, command, args, f"(it holds {name})")
+    assert path.read_text() == "mine"
+
+
+def test_force_still_replaces_fedmoms_own_folders_and_temporary_files(world, monkeypatch, capsys):
+    (world / "run_done" / ".result.json.tmp").write_text("left by a crash")  # fedmom's own temp name
+    (world / "run_done" / ".adapter.tmp").mkdir()
+    code, _, err = run_main(
+        monkeypatch, capsys, "train", "--recipe", "smoke", *shlex.split(FAST), "--no-progress",
+        "--force", "--out", "run_done",
+    )  # fmt: skip
+    assert code == 0, err
+    assert not (world / "run_done" / ".result.json.tmp").exists()
+    assert not (world / "run_done" / ".adapter.tmp").exists()
+    assert safety.is_aggregate_folder(world / "agg_done")  # clients/ is the aggregate's own
+    code, _, err = run_main(
+        monkeypatch, capsys, "aggregate", "-m", "fedit", "c0", "c1", "--force", "--out", "agg_done"
+    )
+    assert code == 0, err
+    assert json.loads((world / "agg_done" / "aggregation.json").read_text())["method"] == "fedit"
+
+
+# ---- no run that "finishes" having learned nothing (issue 30) -----------------------------------
+def test_a_cutoff_that_removes_most_responses_is_refused_before_anything_is_written(
+    world, monkeypatch, capsys, gsm8k_train
+):
+    """The reviewer's case: real GSM8K rows at cutoff_len 64 (the prompts fill it)."""
+    args = f"--recipe smoke {FAST} --set synthetic=null --data {gsm8k_train} --set cutoff_len=64 --out g"
+    check_case(world, monkeypatch, capsys, "train", args, "more than 50% makes the run meaningless")
+
+
+def test_steps_without_a_trainable_token_have_no_loss_and_are_counted(world, monkeypatch, capsys):
+    rows = TASKS["math"].synthetic(40, 0)
+    long = "word " * 300  # prompts past the cutoff: their response is cut away entirely
+    _write_jsonl(
+        world / "mixed.jsonl",
+        [{**r, "query": long + r["query"]} if i % 5 == 0 else r for i, r in enumerate(rows)],
+    )
+    code, _, err = run_main(
+        monkeypatch, capsys, "train", "--recipe", "smoke", *shlex.split(FAST), "--set", "synthetic=null",
+        "--data", "mixed.jsonl", "--set", "batch_size=1", "--set", "local_steps=6", "--clients", "2",
+        "--set", "min_client_size=4", "--set", "beta=1000", "--no-progress", "--out", "mixed",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads((world / "mixed" / "result.json").read_text())
+    assert result["cutoff"]["rows_without_response"] == 8 and result["cutoff"]["rows"] == 40
+    steps = result["steps"]
+    assert steps["total"] == 3 * 2 * 6 and 0 < steps["with_trainable_token"] < steps["total"]
+    for record in runfolder.read_metrics(world / "mixed" / "metrics.jsonl"):
+        assert record["loss"] is None or record["loss"] > 0  # never a made-up 0.0
+        assert all(v is None or v > 0 for v in record["client_loss"].values())
+
+
+# ---- determinism of what a run records (issue 30) ------------------------------------------------
+def test_adapter_config_lists_target_modules_sorted(world, monkeypatch, capsys):
+    modules = "v_proj,q_proj,o_proj,k_proj"
+    code, _, err = run_main(
+        monkeypatch, capsys, "train", "--recipe", "smoke", *shlex.split(FAST), "--set", "rounds=1",
+        "--set", f"target_modules={modules}", "--no-progress", "--out", "tm",
+    )  # fmt: skip
+    assert code == 0, err
+    saved = json.loads((world / "tm" / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert saved == sorted(modules.split(","))
+
+
+def test_a_failed_resume_is_not_counted(world, monkeypatch, capsys):
+    from fedmom_cli.errors import UserError
+
+    args = [
+        "train",
+        "--recipe",
+        "smoke",
+        *shlex.split(FAST),
+        "--no-progress",
+        "--out",
+        "run_part",
+        "--resume",
+    ]
+
+    def fail(self, *a, **k):
+        raise UserError("the round failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(Simulation, "run_round", fail)
+        code, _, err = run_main(monkeypatch, capsys, *args)
+    assert code == 2 and "the round failed" in err
+    result = json.loads((world / "run_part" / "result.json").read_text())
+    assert result["status"] == "failed" and result["resumed"] == 0
+    code, _, err = run_main(monkeypatch, capsys, *args)  # now it trains: one resume
+    assert code == 0, err
+    result = json.loads((world / "run_part" / "result.json").read_text())
+    assert result["status"] == "finished" and result["resumed"] == 1
 
 
 # ---- locks ---------------------------------------------------------------------------------------

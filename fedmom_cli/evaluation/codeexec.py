@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedmom_cli import __version__, runfolder
+from fedmom_cli import __version__, runfolder, safety
 from fedmom_cli.errors import UserError
 from fedmom_cli.evaluation import sandbox, sandbox_modes
 from fedmom_cli.evaluation.answers import pass_at_k
@@ -168,6 +168,32 @@ class GenerationsOptions:
     timeout: float = 10.0
     workers: int = 2
     allow_unsandboxed: bool = False
+    force: bool = False  # replace this task's result in an existing eval.json
+
+
+MAX_TIMEOUT = 3600.0  # seconds per program; beyond it (inf, 1e300) the rlimit cannot be set
+
+
+def _existing(out: Path, task: str, force: bool) -> dict | None:
+    """The generations eval.json already in `out` (its tasks accumulate); another kind, or this
+    task without --force, is a UserError."""
+    path = out / runfolder.EVAL
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{path} is not valid JSON; move it away or delete it") from None
+    if not isinstance(old, dict) or not isinstance(old.get("tasks"), dict):
+        raise UserError(f"{path} is not a fedmom eval.json; move it away or delete it")
+    if old.get("method") != "generations":
+        raise UserError(
+            f"{path} holds evaluations of a model ({old.get('model')}); scores of given generations "
+            "go to their own --out"
+        )
+    if task in old["tasks"] and not force:
+        raise UserError(f"{path} already holds {task}; pass --force to replace")
+    return old
 
 
 def run_generations(opts: GenerationsOptions) -> dict:
@@ -179,10 +205,16 @@ def run_generations(opts: GenerationsOptions) -> dict:
     task = opts.tasks[0]
     if opts.out is None:
         raise UserError("--generations needs --out DIR")
-    if opts.out.exists() and not opts.out.is_dir():
-        raise UserError(f"--out {opts.out} exists and is not a folder")
-    if opts.timeout <= 0 or opts.workers < 1:
-        raise UserError("--timeout must be positive and --workers at least 1")
+    if not 0 < opts.timeout <= MAX_TIMEOUT or opts.workers < 1:  # NaN fails the comparison too
+        raise UserError(
+            f"--timeout must be in (0, {MAX_TIMEOUT:g}] seconds and --workers at least 1, "
+            f"got {opts.timeout} and {opts.workers}"
+        )
+    # The same rules as every writer (issue 30), checked before any program runs.
+    safety.check_eval_out(opts.out, "--generations")
+    _existing(opts.out, task, opts.force)
+    if opts.out.is_dir():
+        safety.probe_lock(opts.out)
     problems = load_problems(task, opts.data_dir)
     samples = read_generations(opts.generations, task, problems)
     mode = sandbox.require_isolation(opts.allow_unsandboxed)
@@ -224,8 +256,20 @@ def run_generations(opts: GenerationsOptions) -> dict:
         "device": None,
         "tasks": {task: entry},
     }
-    samples_dir = opts.out / "eval_samples"
-    samples_dir.mkdir(parents=True, exist_ok=True)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    with safety.RunLock(opts.out):
+        old = _existing(opts.out, task, opts.force)  # another writer may have written meanwhile
+        result["tasks"] = {
+            **(old["tasks"] if old else {}),
+            task: {**entry, "generations": str(opts.generations)},
+        }
+        _write_outputs(opts.out, task, problems, samples, outcomes, result)
+    return {**result, "tasks": {task: entry}}
+
+
+def _write_outputs(out: Path, task: str, problems, samples, outcomes, result: dict) -> None:
+    samples_dir = out / "eval_samples"
+    samples_dir.mkdir(exist_ok=True)
     lines = [
         json.dumps(
             {
@@ -240,8 +284,7 @@ def run_generations(opts: GenerationsOptions) -> dict:
         for (key, completion), outcome in zip(samples, outcomes)
     ]
     _write_whole(samples_dir / f"{task}.jsonl", "".join(lines))
-    _write_whole(opts.out / runfolder.EVAL, json.dumps(result, indent=2) + "\n")
-    return result
+    _write_whole(out / runfolder.EVAL, json.dumps(result, indent=2) + "\n")
 
 
 def _write_whole(path: Path, text: str) -> None:

@@ -20,7 +20,6 @@ write: a failed eval leaves the folder as it was.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -131,6 +130,25 @@ def _existing(out: Path, cfg, opts: EvalOptions) -> dict | None:
     return old
 
 
+def plan_tasks(opts: EvalOptions, cfg, names: list[str] | None = None) -> tuple[dict, list]:
+    """Plan every task, writing nothing: fedmom's rows ({name: rows}) and lm-eval's definitions.
+    An unknown task or missing data is a UserError; `fedmom sweep` calls this before training."""
+    if opts.data_dir is not None and not opts.data_dir.is_dir():
+        raise UserError(f"--data-dir {opts.data_dir} is not a folder")
+    planned, local = [], {}
+    for name in names if names is not None else _task_names(opts, cfg):
+        if name.startswith("synthetic") or name in CODE or opts.protocol == "train-format":
+            if opts.shots:
+                raise UserError(
+                    f"{name}: fedmom's {'code' if name in CODE else 'train-format'} path is "
+                    f"zero-shot (the fine-tuning format); --shots needs --protocol lm-eval"
+                )
+            local[name] = _local_rows(name, opts, cfg)
+        else:
+            planned.append(lmeval_tasks.plan(name, opts.shots, opts.data_dir, lmeval_tasks.online()))
+    return local, planned
+
+
 def run(opts: EvalOptions) -> dict:
     if opts.run_dir is not None:
         run_dir = opts.run_dir
@@ -140,6 +158,7 @@ def run(opts: EvalOptions) -> dict:
     else:
         if opts.model is None or opts.out is None:
             raise UserError("give RUN_DIR, or --model with --out")
+        safety.check_eval_out(opts.out, "the pre-trained model")  # never a run folder (issue 30)
         cfg = cfgmod.resolve(None, opts.task or "math", {"model": opts.model})
         out = opts.out
     if opts.precision is not None:
@@ -170,35 +189,22 @@ def run(opts: EvalOptions) -> dict:
         isolation = sandbox.require_isolation(opts.allow_unsandboxed_code)
         if opts.allow_unsandboxed_code:
             sandbox.permit_unsandboxed()
-
-    # Plan every task (no writes): lm-eval's own definitions, or fedmom's rows.
-    planned, local = [], {}
-    for name in names:
-        if name.startswith("synthetic") or name in CODE or opts.protocol == "train-format":
-            if opts.shots:
-                raise UserError(
-                    f"{name}: fedmom's {'code' if name in CODE else 'train-format'} path is "
-                    f"zero-shot (the fine-tuning format); --shots needs --protocol lm-eval"
-                )
-            local[name] = _local_rows(name, opts, cfg)
-        else:
-            planned.append(lmeval_tasks.plan(name, opts.shots, opts.data_dir, lmeval_tasks.online()))
+    local, planned = plan_tasks(opts, cfg, names)
     keys = [*local, *(p.key for p in planned)]
     if len(set(keys)) != len(keys):
         raise UserError(f"--tasks names one benchmark twice: {','.join(names)}")
     old = _existing(out, cfg, opts)
     if old and not opts.force and (again := [k for k in keys if k in old["tasks"]]):
         raise UserError(f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace")
+    if out.is_dir():
+        safety.probe_lock(out)
 
-    # From here on, files are written; a run folder is locked while this process writes it.
-    lock = safety.RunLock(out) if opts.run_dir is not None else contextlib.nullcontext()
-    with lock:
-        if opts.run_dir is not None:  # another writer may have finished while we were planning
-            old = _existing(out, cfg, opts)
-            if old and not opts.force and (again := [k for k in keys if k in old["tasks"]]):
-                raise UserError(
-                    f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace"
-                )
+    # From here on, files are written; the folder is locked while this process writes it.
+    out.mkdir(parents=True, exist_ok=True)
+    with safety.RunLock(out):
+        old = _existing(out, cfg, opts)  # another writer may have finished while we were planning
+        if old and not opts.force and (again := [k for k in keys if k in old["tasks"]]):
+            raise UserError(f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace")
         result = _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation)
         if opts.clients:
             from fedmom_cli.evaluation import client_eval

@@ -148,7 +148,7 @@ def client_app():
                 "metrics": MetricRecord(
                     {
                         "num-examples": update.examples,
-                        "loss": update.loss,
+                        "loss": float("nan") if update.loss is None else update.loss,  # None: no token
                         "partition-id": pid,
                         **update.seconds,
                     }

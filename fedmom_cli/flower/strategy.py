@@ -8,6 +8,7 @@ imports this module, after `require_flower`.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 
@@ -92,12 +93,13 @@ class FedmomStrategy(FedAvg):
             server.load_sampler_state(k, json.loads(str(msg.content["meta"]["sampler"])))
             seconds = {key: float(metrics[key]) for key in ("client_compute", "adapter_swap")}
             examples, loss = int(metrics["num-examples"]), float(metrics["loss"])
+            loss = None if math.isnan(loss) else loss  # a client whose steps saw no trainable token
             updates.append(ClientUpdate(k, factors, examples, loss, seconds))
         t = self.start_round + server_round - 1
         record = server.aggregate(t, updates, self.round_start, sent=(sent_up, self.sent_down))
         self.pending = record.deltas
         self.on_round(record)
-        return None, MetricRecord({"loss": record.loss})
+        return None, MetricRecord({"loss": float("nan") if record.loss is None else record.loss})
 
     def summary(self) -> None:
         pass

@@ -220,7 +220,9 @@ def _norms(main: list[Run], methods: list[str], order: list[str], folder: Path, 
     return _save(fig, folder, f"norms_{task}")
 
 
-def _diagnostics(main: list[Run], methods: list[str], order: list[str], folder: Path, task: str) -> list[Path]:
+def _diagnostics(
+    main: list[Run], methods: list[str], order: list[str], folder: Path, task: str
+) -> list[Path]:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     panels = (

@@ -64,7 +64,6 @@ class EvalOptions:
     cache: Path | None = None  # keep responses here (lm-eval's use_cache), keyed by response_cache
 
 
-
 def _git_hash_quietly() -> str | None:
     """lm-eval's get_git_commit_hash, minus git's stderr (`fatal: not a git repository` outside one)."""
     import subprocess
@@ -86,6 +85,7 @@ def quiet_git():
 
     with mock.patch("lm_eval.evaluator.get_git_commit_hash", _git_hash_quietly):
         yield
+
 
 def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
     tokenizer = load_tokenizer(cfg)

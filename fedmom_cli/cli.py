@@ -548,7 +548,8 @@ def report(
         "--out",
         "-o",
         show_default="RESULTS_DIR/report.md",
-        help="Markdown file to write; figures go to figures/ beside it.",
+        help="Markdown file to write (with --format csv/json, --out x.csv also works: x.csv and x.md); "
+        "figures go to figures/ beside it.",
     ),
     compare_paper: bool = typer.Option(
         False, "--compare-paper", help="Show the paper's published numbers and the difference."

@@ -7,6 +7,7 @@ a site install has every one. `copy` writes a recipe as a starting point for you
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -23,9 +24,17 @@ def names() -> list[str]:
 
 
 def describe(name: str) -> str:
-    """The recipe's first comment line (every shipped recipe opens with what it reproduces)."""
-    first = (root() / f"{name}.yaml").read_text().splitlines()[0]
-    return first.lstrip("# ").strip()
+    """The first sentence of the recipe's opening comment (every shipped recipe opens with what it
+    reproduces), whole however many lines it spans; the comment ends at a command line (`#   fedmom
+    ...`) or the first line that is not a comment."""
+    words: list[str] = []
+    for line in (root() / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#") or line.startswith("#  "):
+            break
+        words.extend(line[1:].split())
+    text = " ".join(words)
+    end = re.search(r"[.?!](?=\s|$)", text)
+    return text[: end.end()] if end else text
 
 
 def path(name: str) -> Path:

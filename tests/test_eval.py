@@ -326,3 +326,16 @@ def test_train_format_eval_prompts_are_the_training_prompts(family):
 
         want = TASKS["math"].format(gsm8k_to_metamath(gsm8k))[0]
         assert evaltasks.EVAL_TASKS["gsm8k"].prompt(gsm8k) == want
+
+
+def test_lm_eval_git_lookup_is_quiet_outside_a_checkout(tmp_path, monkeypatch, capfd):
+    """simple_evaluate's git look-up in a folder that is no git checkout prints nothing (issue 29)."""
+    import lm_eval.evaluator
+
+    from fedmom_cli.evaluation import evaluate as ev
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    with ev.quiet_git():
+        assert lm_eval.evaluator.get_git_commit_hash() is None
+    assert "fatal" not in capfd.readouterr().err

@@ -107,3 +107,15 @@ def test_recipes_list_show_copy(tmp_path, monkeypatch, capsys):
         code, _, err = run_main(monkeypatch, capsys, "recipes", *args)
         assert code == 2 and err.startswith("error:") and fragment in err
     assert (tmp_path / "mine.yaml").read_text() == "mine"
+
+
+def test_recipe_descriptions_are_whole_sentences_for_users():
+    """`fedmom recipes list` shows each recipe's first sentence whole, with no internal references."""
+    from fedmom_cli import recipebook
+
+    for name in recipebook.names():
+        text = recipebook.describe(name)
+        assert text[-1] in ".?!" and text[0].isupper(), (name, text)
+        assert "issue" not in text.lower() and "  " not in text, (name, text)
+    assert recipebook.describe("fig6").endswith("the six methods, GSM8K, one seed.")  # spans two lines
+    assert not any("issue" in line.lower() for line in recipebook.path("smoke").read_text().splitlines())

@@ -600,7 +600,6 @@ REPORT = [
         "rep_ok --out rep_ok/other.md --format csv --no-figures",
         "other.csv exists and is not a fedmom report csv",
     ),
-    ("run_done --out x.csv --format csv", "give the markdown path"),
     ("rep_badyaml", "cannot read rep_badyaml/math/fedit/seed0/config.yaml"),
     ("rep_cfglist", "config.yaml does not hold a dict"),
     ("rep_badresult", "cannot read rep_badresult/math/fedit/seed0/result.json"),
@@ -626,6 +625,16 @@ def test_report_regenerates_its_own_report_in_place(world, monkeypatch, capsys):
         assert code == 0, err
     assert (world / "run_done" / "report.md").read_text().startswith("# fedmom report")
     assert (world / "run_done" / "report.csv").is_file()
+
+
+def test_report_out_may_name_the_long_form_file(world, monkeypatch, capsys):
+    """`--format csv --out x.csv` writes x.csv (long form) and its markdown beside it as x.md."""
+    code, _, err = run_main(
+        monkeypatch, capsys, "report", "run_done", "--no-figures", "--format", "csv", "--out", "x.csv"
+    )
+    assert code == 0, err
+    assert (world / "x.md").read_text().startswith("# fedmom report")
+    assert (world / "x.csv").read_text().startswith("table,setting,row,column")
 
 
 # ---- sweep ---------------------------------------------------------------------------------------

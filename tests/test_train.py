@@ -289,3 +289,17 @@ def test_rounding_loss_by_hand():
     for _ in range(4):
         base.add("m", tiny)
     assert base.rounding_loss("m", tiny, torch.bfloat16) == 7.0
+
+
+def test_round_line_names_its_mean_and_shows_the_validation_loss(capsys):
+    """The console's round loss is the weighted mean metrics.jsonl records; val loss when there is one."""
+    from fedmom_cli.progress import RoundProgress
+
+    p = RoundProgress(rounds=2, clients_per_round=1, enabled=False)
+    p.round_started(0)
+    p.round_done({"round": 0, "loss": 1.5, "val_loss": 1.25, "aggregation_seconds": 0.001})
+    p.round_started(1)
+    p.round_done({"round": 1, "loss": 1.4, "val_loss": None, "aggregation_seconds": 0.001})
+    first, second = capsys.readouterr().err.splitlines()
+    assert first.startswith("round 1/2: loss 1.5000 (weighted mean), val loss 1.2500, ")
+    assert second.startswith("round 2/2: loss 1.4000 (weighted mean), ") and "val" not in second

@@ -63,6 +63,29 @@ class EvalOptions:
     cache: Path | None = None  # keep responses here (lm-eval's use_cache), keyed by response_cache
 
 
+def _git_hash_quietly() -> str | None:
+    """lm-eval's get_git_commit_hash, minus git's stderr (`fatal: not a git repository` outside one)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always"], capture_output=True, text=True, timeout=5, check=True
+        )
+        return done.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@contextlib.contextmanager
+def quiet_git():
+    """simple_evaluate records the cwd's git hash by running git with stderr to the console; swap in
+    the same look-up with stderr captured (fedmom's own commit is in result.json already)."""
+    from unittest import mock
+
+    with mock.patch("lm_eval.evaluator.get_git_commit_hash", _git_hash_quietly):
+        yield
+
+
 def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
     tokenizer = load_tokenizer(cfg)
     model = load_base_model(cfg, tokenizer)
@@ -260,15 +283,16 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
             }
         }
     start = time.perf_counter()
-    output = simple_evaluate(
-        model=lm,
-        tasks=specs,
-        limit=opts.limit,
-        log_samples=True,
-        use_cache=use_cache,
-        task_manager=lmeval_tasks.task_manager() if planned else TaskManager(include_defaults=False),
-        bootstrap_iters=1000,
-    )
+    with quiet_git():
+        output = simple_evaluate(
+            model=lm,
+            tasks=specs,
+            limit=opts.limit,
+            log_samples=True,
+            use_cache=use_cache,
+            task_manager=lmeval_tasks.task_manager() if planned else TaskManager(include_defaults=False),
+            bootstrap_iters=1000,
+        )
     seconds = time.perf_counter() - start
     common = {
         "dtype": dtype,

@@ -184,8 +184,6 @@ def check_report_targets(out: Path, fmt: str, figures: bool) -> None:
         safety.check_out(path, "file")
         if path.exists() and not recognise(path):
             raise UserError(f"--out {path} exists and is not {what}; choose another --out (nothing written)")
-    if out.with_suffix(f".{fmt}") == out and fmt != "md":
-        raise UserError(f"--out {out} ends in .{fmt}; give the markdown path (e.g. report.md)")
     if figures:
         safety.check_out(out.parent / "figures", "dir", "figures folder")
 
@@ -208,6 +206,8 @@ def run(
     if fmt not in ("md", "csv", "json"):
         raise UserError(f"--format must be md, csv or json, got {fmt!r}")
     out = out or root / "report.md"
+    if fmt != "md" and out.suffix.lower() == f".{fmt}":  # --out x.csv: x.csv, with the markdown as x.md
+        out = out.with_suffix(".md")
     check_report_targets(out, fmt, figures)
     runs, pretrained = report.collect(root)
     if not runs and not pretrained:

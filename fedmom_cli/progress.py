@@ -81,23 +81,15 @@ class RoundProgress:
         elapsed = time.perf_counter() - self._round_start
         # metrics.jsonl's `loss`: the clients' losses weighted as the aggregation weights them (by
         # their examples unless `client_weights: uniform`), not their plain mean; said so here.
-        losses = f"loss {record['loss']:.4f} (weighted mean)"
+        losses = f"loss {_fmt(record['loss'])} (weighted mean)"
         if record.get("val_loss") is not None:
             losses += f", val loss {record['val_loss']:.4f}"
         if self._bar is not None:
-<<<<<<< HEAD
-            self._bar.update(self._rounds, completed=done, loss=f"loss {_fmt(record['loss'])}")
-        else:
-            remaining = (self.rounds - done) * elapsed
-            print(
-                f"round {done}/{self.rounds}: loss {_fmt(record['loss'])}, {elapsed:.1f} s/round, "
-=======
             self._bar.update(self._rounds, completed=done, loss=losses)
         else:
             remaining = (self.rounds - done) * elapsed
             print(
                 f"round {done}/{self.rounds}: {losses}, {elapsed:.1f} s/round, "
->>>>>>> docs
                 f"eta {remaining:.0f} s, aggregation {record['aggregation_seconds']:.3f} s",
                 file=sys.stderr,
             )

@@ -20,6 +20,7 @@ write: a failed eval leaves the folder as it was.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging

@@ -14,6 +14,8 @@
   where runs logged them.
 - seeds_<task>: where methods have several seeds, the validation (else training) loss per round:
   the mean over seeds as a line, the range over seeds (min to max) as a band.
+- driftmap_<task>: FedEx-LoRA - FedIT final validation loss against FedIT's aggregation noise, one
+  point per setting group (fedmom_cli/report/driftmap.py).
 - settings_<task>: where a task has several setting groups (a regime study: local steps, learning
   rate), one panel per group, the validation (else training) loss against the local steps each
   client has taken (round x local_steps, so groups with different rounds share an axis), mean over
@@ -27,6 +29,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from fedmom_cli.report import driftmap
 from fedmom_cli.report.tables import NAMES, Run, beyond_paper, labelled_groups, row_name
 
 
@@ -163,6 +166,7 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
         written += _rank_figure(group, order, folder, task)
         if len(settings) > 1:
             written += _setting_panels(group, settings, order, folder, task)
+    written += driftmap.draw(runs, folder, _save, plt)
     return written
 
 

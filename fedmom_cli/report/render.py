@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedmom_cli.errors import UserError
+from fedmom_cli.report.driftmap import driftmap_markdown
 from fedmom_cli.report.factorial import factorial_markdown
 from fedmom_cli.report.paired import across_settings_markdown, paired_markdown
 from fedmom_cli.report.tables import (
@@ -233,6 +234,7 @@ def run(
     parts += paired_markdown(runs)
     parts += across_settings_markdown(runs)
     parts += factorial_markdown(runs)
+    parts += driftmap_markdown(runs)
     if figures:
         from fedmom_cli.report import figures as fig
 

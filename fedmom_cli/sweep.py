@@ -6,7 +6,8 @@ eval and report; finished cells are skipped, interrupted ones resumed.
     fedmom sweep fig6 --only method=fedmomentum --only lora_r=16
 
 A recipe's `sweep:` section holds `grid` (`method`, `seed` and optional `settings`: a list of
-setting overrides), `eval_tasks` (default: the task family's benchmarks, or the held-out synthetic
+setting overrides), `eval` (how cells are evaluated: `fedmom eval`'s protocol, limit, batch_size,
+precision and shots), `eval_tasks` (default: the task family's benchmarks, or the held-out synthetic
 rows for synthetic runs; [] for none), `pretrained` (also evaluate the base model) and `out` (the
 results root, default `results`). Cells live where `fedmom train` puts runs,
 <out>/<task>/<method>[/<setting>]/seed<S>, so recipes that share a cell (Table 2's FedMomentum and
@@ -84,7 +85,7 @@ def plan(recipe: str, only: dict, out: Path | None, overrides: dict) -> tuple[di
 
 def _check_spec(recipe: str, spec: dict) -> None:
     """The `sweep:` section's shape: a grid mapping of lists, known keys, typed values."""
-    unknown = set(spec) - {"grid", "eval_tasks", "pretrained", "out"}
+    unknown = set(spec) - {"grid", "eval_tasks", "eval", "pretrained", "out"}
     grid = spec["grid"]
     if not isinstance(grid, dict):
         raise UserError(f"recipe {recipe!r}: `sweep: grid:` must be a mapping (method, seed, settings)")
@@ -109,10 +110,40 @@ def _check_spec(recipe: str, spec: dict) -> None:
     tasks = spec.get("eval_tasks")
     if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks)):
         raise UserError(f"recipe {recipe!r}: `eval_tasks:` must be a list of benchmark names")
+    eval_options(recipe, spec)
     if not isinstance(spec.get("pretrained", False), bool):
         raise UserError(f"recipe {recipe!r}: `pretrained:` must be true or false")
     if spec.get("out") is not None and not isinstance(spec["out"], str):
         raise UserError(f"recipe {recipe!r}: `out:` must be a folder path")
+
+
+EVAL_KEYS = {  # a recipe's `sweep: eval:` options: EvalOptions field -> (check, what it must be)
+    "protocol": (lambda v: v in ("lm-eval", "train-format"), "lm-eval or train-format"),
+    "limit": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive whole number"),
+    "batch_size": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "a positive whole number",
+    ),
+    "precision": (lambda v: v in ("fp32", "bf16", "fp16"), "fp32, bf16 or fp16"),
+    "shots": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number >= 0"),
+}
+
+
+def eval_options(recipe: str, spec: dict) -> dict:
+    """The `sweep: eval:` mapping (how every cell is evaluated, as `fedmom eval`'s options of the same
+    names), checked: e.g. `eval: {protocol: train-format, limit: 300, batch_size: 32, precision: fp32}`."""
+    given = spec.get("eval") or {}
+    if not isinstance(given, dict):
+        raise UserError(f"recipe {recipe!r}: `sweep: eval:` must be a mapping of fedmom eval options")
+    for key, value in given.items():
+        if key not in EVAL_KEYS:
+            raise UserError(
+                f"recipe {recipe!r}: `sweep: eval:` has unknown key {key!r}; known: {', '.join(EVAL_KEYS)}"
+            )
+        check, what = EVAL_KEYS[key]
+        if not check(value):
+            raise UserError(f"recipe {recipe!r}: `sweep: eval: {key}:` must be {what}, got {value!r}")
+    return dict(given)
 
 
 def conflict(cell: Cell) -> list[str] | None:
@@ -216,7 +247,7 @@ def preflight(spec: dict, cells: list[Cell], root: Path, data_dir: Path | None =
             if (cfg.task, cfg.synthetic is None) in seen:
                 continue
             seen.add((cfg.task, cfg.synthetic is None))
-            ev.plan_tasks(ev.EvalOptions(tasks=eval_tasks, data_dir=data_dir), cfg)
+            ev.plan_tasks(ev.EvalOptions(tasks=eval_tasks, data_dir=data_dir, **spec.get("eval", {})), cfg)
 
     for cell in cells:
         safety.check_device(cell.config.device)
@@ -290,7 +321,8 @@ def run(
                 log(f"[{i}/{len(cells)}] {cell.run_dir}: done, skipped")
                 continue
             ensure_partition(cell)  # each seed's split once, before any worker starts
-            work.append((i, cell, sweep_jobs.job_spec(cell, report_to, eval_tasks, data_dir, cache)))
+            job = sweep_jobs.job_spec(cell, report_to, eval_tasks, data_dir, cache, spec.get("eval") or {})
+            work.append((i, cell, job))
         failed = sweep_jobs.run_cells(work, len(cells), root, pool, log)
         in_process = []  # every cell went to a worker
     for i, cell in enumerate(in_process, 1):
@@ -312,7 +344,15 @@ def run(
             )
         if eval_tasks != []:
             log(f"[{i}/{len(cells)}] {cell.run_dir}: evaluating")
-            ev.run(ev.EvalOptions(run_dir=cell.run_dir, tasks=eval_tasks, data_dir=data_dir, cache=cache))
+            ev.run(
+                ev.EvalOptions(
+                    run_dir=cell.run_dir,
+                    tasks=eval_tasks,
+                    data_dir=data_dir,
+                    cache=cache,
+                    **(spec.get("eval") or {}),
+                )
+            )
     if spec.get("pretrained"):
         cfg = cells[0].config
         pre = root / cfg.task / "pretrained"
@@ -320,7 +360,13 @@ def run(
             log(f"evaluating the pre-trained model {cfg.model}")
             ev.run(
                 ev.EvalOptions(
-                    model=cfg.model, task=cfg.task, out=pre, tasks=eval_tasks, data_dir=data_dir, cache=cache
+                    model=cfg.model,
+                    task=cfg.task,
+                    out=pre,
+                    tasks=eval_tasks,
+                    data_dir=data_dir,
+                    cache=cache,
+                    **(spec.get("eval") or {}),
                 )
             )
     text = report_render.run(root, root / "report.md")

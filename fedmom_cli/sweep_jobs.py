@@ -97,8 +97,11 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def job_spec(cell, report_to: str | None, eval_tasks, data_dir: Path | None, cache: Path) -> dict:
+def job_spec(
+    cell, report_to: str | None, eval_tasks, data_dir: Path | None, cache: Path, eval_options: dict
+) -> dict:
     return {
+        "eval_options": eval_options,
         "config": cfgmod.to_yaml(cell.config),
         "run_dir": str(cell.run_dir),
         "report_to": report_to,

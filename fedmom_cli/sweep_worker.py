@@ -32,7 +32,11 @@ def main() -> int:
             data_dir = Path(spec["data_dir"]) if spec["data_dir"] else None
             ev.run(
                 ev.EvalOptions(
-                    run_dir=run_dir, tasks=spec["eval_tasks"], data_dir=data_dir, cache=Path(spec["cache"])
+                    run_dir=run_dir,
+                    tasks=spec["eval_tasks"],
+                    data_dir=data_dir,
+                    cache=Path(spec["cache"]),
+                    **spec["eval_options"],
                 )
             )
     except UserError as exc:

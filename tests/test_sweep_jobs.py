@@ -146,3 +146,43 @@ def test_kill_9_of_the_sweep_ends_its_workers_and_a_rerun_resumes(tmp_path):
     for method in ("fedit", "fedmomentum"):
         result = json.loads((out / "math" / method / "seed0" / "result.json").read_text())
         assert result["status"] == "finished" and result["rounds_completed"] == 40
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_recipes_eval_options_reach_every_evaluation(tmp_path, jobs):
+    recipe = small_recipe(tmp_path, methods=("fedit",), rounds=1)
+    data = yaml.safe_load(recipe.read_text())
+    del data["sweep"]["eval_tasks"]  # the default: held-out synthetic rows
+    data["sweep"]["eval"] = {"limit": 5, "batch_size": 4}
+    recipe.write_text(yaml.safe_dump(data))
+    sw.run(str(recipe), {}, tmp_path / "res", progress=False, log=lambda _: None, jobs=jobs)
+    (entry,) = json.loads((tmp_path / "res" / "math" / "fedit" / "seed0" / "eval.json").read_text())[
+        "tasks"
+    ].values()
+    assert entry["n"] == 5 and entry["limit"] == 5 and entry["batch_size"] == 4
+
+
+@pytest.mark.parametrize(
+    "section,message",
+    [
+        ({"limit": 0}, "eval: limit:` must be a positive whole number"),
+        ({"limit": True}, "eval: limit:` must be a positive whole number"),
+        ({"protocol": "paper"}, "eval: protocol:` must be lm-eval or train-format"),
+        ({"precision": "fp8"}, "eval: precision:` must be fp32, bf16 or fp16"),
+        ({"shots": -1}, "eval: shots:` must be a whole number >= 0"),
+        ({"temperature": 0.2}, "`sweep: eval:` has unknown key 'temperature'"),
+        (["limit", 5], "`sweep: eval:` must be a mapping"),
+    ],
+)
+def test_a_bad_eval_section_is_one_line_before_anything_is_written(
+    tmp_path, monkeypatch, capsys, section, message
+):
+    recipe = small_recipe(tmp_path)
+    data = yaml.safe_load(recipe.read_text())
+    data["sweep"]["eval"] = section
+    recipe.write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    code, out, err = run_main(monkeypatch, capsys, "sweep", str(recipe), "--out", "res")
+    assert code == 2 and err.count("error:") == 1 and message in err, err
+    assert snapshot(tmp_path) == before

@@ -116,7 +116,19 @@ def _foreign_inside(sub: Path) -> list[str]:
     if sub.name == runfolder.ADAPTER:
         return plain(sub, lambda q: q.is_file() and q.name in ADAPTER_FILES)
     if sub.name in ("eval_samples", "eval_data"):
-        return plain(sub, lambda q: q.is_file() and q.name.endswith((".jsonl", ".jsonl.tmp")))
+
+        def samples(q: Path) -> bool:
+            return q.is_file() and q.name.endswith((".jsonl", ".jsonl.tmp"))
+
+        out = plain(sub, lambda q: samples(q) or (q.name == "clients" and q.is_dir() and not q.is_symlink()))
+        clients = sub / "clients"  # eval --clients: eval_samples/clients/<k>/<task>.jsonl
+        if clients.is_dir() and not clients.is_symlink():
+            for k in clients.iterdir():
+                if not (k.is_dir() and k.name.isdigit() and not k.is_symlink()):
+                    out.append(f"clients/{k.name}")
+                    continue
+                out += [f"clients/{k.name}/{n}" for n in plain(k, samples)]
+        return out
     if sub.name == "clients":
         out = []
         for k in sub.iterdir():

@@ -913,6 +913,8 @@ FORCE_KEEPS = [
     *[("train", "run_done", name) for name in HIDDEN],
     ("train", "run_done", "adapter/notes.txt"),
     ("train", "run_done", "eval_samples/mine.txt"),
+    ("train", "run_done", "eval_samples/clients/0/mine.txt"),  # eval --clients' own layout, a user file in it
+    ("train", "run_done", "eval_samples/clients/x.jsonl"),
     *[("aggregate", "agg_done", name) for name in HIDDEN],
     ("aggregate", "agg_done", "adapter/notes.txt"),
     ("aggregate", "agg_done", "clients/0/serve.py"),

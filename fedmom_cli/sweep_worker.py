@@ -27,13 +27,7 @@ def main() -> int:
     try:
         cfg = cfgmod.from_yaml(spec["config"])
         run_dir = Path(spec["run_dir"])
-        from fedmom_cli import sweep as sw
-
-        # another sweep on the same root may have finished this cell since this sweep planned it
-        if sw.cell_state(sw.Cell(cfg, run_dir, "")) not in ("trained", "done"):
-            tr.run(
-                tr.TrainOptions(cfg, out=run_dir, resume=True, progress=False, report_to=spec["report_to"])
-            )
+        tr.run(tr.TrainOptions(cfg, out=run_dir, resume=True, progress=False, report_to=spec["report_to"]))
         if spec["evaluate"]:
             data_dir = Path(spec["data_dir"]) if spec["data_dir"] else None
             ev.run(

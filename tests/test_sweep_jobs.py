@@ -234,14 +234,3 @@ def test_a_killed_worker_is_named_by_its_signal():
     assert sweep_jobs._exit_text(-9) == "killed by SIGKILL"
     assert sweep_jobs._exit_text(-15) == "killed by SIGTERM"
     assert sweep_jobs._exit_text(2) == "exit 2"
-
-
-def test_a_cell_another_sweep_finished_meanwhile_is_not_a_failure(tmp_path, monkeypatch):
-    """Two sweeps on one root: the second planned the cell as todo, the first finished it."""
-    recipe = small_recipe(tmp_path, methods=("fedit",))
-    root = tmp_path / "res"
-    sw.run(str(recipe), {}, root, progress=False, log=lambda _: None, jobs=2)
-    _, cells, _ = sw.plan(str(recipe), {}, root, {})
-    work = [(1, cells[0], sweep_jobs.job_spec(cells[0], "none", [], None, root / "eval_cache"))]
-    failed = sweep_jobs.run_cells(work, 1, root, sweep_jobs.slots(2, []), lambda _: None)
-    assert failed == []

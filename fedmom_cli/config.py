@@ -84,6 +84,10 @@ class TrainConfig:
     # separate (a frozen side path x @ D^T, exact in bf16/fp16); unset: separate unless fp32
     # (fedmom_cli/model.py, docs/miniature.md)
     delta_path: str | None = None
+    # per-round aggregation diagnostics (fedmom_cli/diagnostics.py): unset = every LoRA module, 0 =
+    # none, N = N modules evenly spaced over the model (the same every round). Never changes training;
+    # on a 7B model all 224 modules cost minutes of CPU per round, a few cost about a second
+    diagnostic_modules: int | None = None
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(as_dict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -91,7 +95,7 @@ class TrainConfig:
 
 #: Keys added after runs were recorded: left out of hashes and config.yaml while unset, so that
 #: existing run folders keep their hash (and resume) unchanged.
-LATER_KEYS = ("client_ranks", "method_options", "delta_path")
+LATER_KEYS = ("client_ranks", "method_options", "delta_path", "diagnostic_modules")
 LEGACY_METHOD_KEYS = ("tau", "svd")  # top-level keys that are options of a method
 
 
@@ -183,6 +187,10 @@ def _check(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}")
     if not cfg.lr > 0:
         raise UserError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.diagnostic_modules is not None and cfg.diagnostic_modules < 0:
+        raise UserError(
+            f"diagnostic_modules must be >= 0 (0: none; unset: all), got {cfg.diagnostic_modules}"
+        )
     if cfg.clients_per_round is not None and not 1 <= cfg.clients_per_round <= cfg.clients:
         raise UserError(f"clients_per_round must be in 1..{cfg.clients}, got {cfg.clients_per_round}")
     _check_ranges(cfg)

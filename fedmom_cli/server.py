@@ -193,10 +193,17 @@ class Server:
         weights = sizes if self.cfg.client_weights == "samples" else [1.0] * len(clients)
         finals = {m: [u.factors[m] for u in updates] for m in self.modules}
         start = time.perf_counter()  # what each client started from, before the method moves on
-        starts_by_client = [self.client_start(k) for k in clients]
-        diag_modules, diag = diagnostics.round_diagnostics(
-            finals, {m: [s[m] for s in starts_by_client] for m in self.modules}, weights
-        )
+        measured = diagnostics.pick_modules(list(self.modules), self.cfg.diagnostic_modules)
+        diag_modules, diag = {}, {}
+        if measured:
+            starts_by_client = [self.client_start(k) for k in clients]
+            diag_modules, diag = diagnostics.round_diagnostics(
+                {m: finals[m] for m in measured},
+                {m: [s[m] for s in starts_by_client] for m in measured},
+                weights,
+            )
+            if len(measured) < len(self.modules):
+                diag["diagnostic_modules"] = len(measured)  # pooled over these only
         seconds["diagnostics"] = time.perf_counter() - start
         start = time.perf_counter()
         extra = {"client_ids": clients} if hasattr(self.method, "client_factors") else {}

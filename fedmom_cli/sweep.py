@@ -263,6 +263,10 @@ def preflight(spec: dict, cells: list[Cell], root: Path, data_dir: Path | None =
     report_render.check_report_targets(root / "report.md", "md", True)
     safety.check_out(root / EVAL_CACHE, "dir", "the sweep's eval cache")
     safety.check_out(root / "logs", "dir", "the sweep's logs (--jobs)")
+    from fedmom_cli import sweep_jobs
+
+    for cell in cells:  # a file in the way of a cell's log would lose the cell in its worker
+        safety.check_out(sweep_jobs.log_path(root, cell.run_dir), "file", "the sweep's logs (--jobs)")
 
 
 def run(
@@ -374,10 +378,7 @@ def run(
     if failed:
         raise UserError(
             f"{len(failed)} cell(s) failed, the others finished and are in the report: "
-            + "; ".join(
-                f"{c.run_dir} (exit {code}: {sweep_jobs.last_line(path)}; log {path})"
-                for c, code, path in failed
-            )
+            + "; ".join(sweep_jobs.failure_text(c, code, path) for c, code, path in failed)
         )
     return text
 

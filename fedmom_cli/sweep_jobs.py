@@ -88,13 +88,23 @@ def log_path(root: Path, run_dir: Path) -> Path:
     return Path(root) / LOGS / rel.parent / f"{rel.name}.log"
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _load_prctl():
+    """libc's prctl, loaded once in the sweep itself: the child must not dlopen between fork and exec
+    (another worker thread may hold the loader's lock at fork time; the child would hang)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+_PRCTL = _load_prctl() if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def job_spec(
@@ -128,31 +138,38 @@ def run_cells(work: list[tuple[int, object, dict]], total: int, root: Path, pool
             except queue.Empty:
                 return
             path = log_path(root, cell.run_dir)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            env = dict(os.environ, OMP_NUM_THREADS=str(slot.threads), MKL_NUM_THREADS=str(slot.threads))
-            env["FEDMOM_THREADS"] = str(slot.threads)
-            if slot.device is not None:
-                env["CUDA_VISIBLE_DEVICES"] = slot.device.split(":")[1]
-            where = f" on {slot.device}" if slot.device else ""
+            try:
+                code = run_one(i, cell, spec, slot, path)
+            except Exception as exc:  # noqa: BLE001 - a cell that cannot start is a failed cell, never a lost one
+                code = f"not started: {type(exc).__name__}: {exc}".splitlines()[0][:300]
             with lock:
-                log(f"[{i}/{total}] {cell.run_dir}: started (job {slot.index + 1}{where}, log {path})")
-            t0 = time.perf_counter()
-            with open(path, "ab") as out:
-                proc = subprocess.run(
-                    [sys.executable, "-m", "fedmom_cli.sweep_worker"],
-                    input=json.dumps(spec).encode(),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-                )
-            minutes = (time.perf_counter() - t0) / 60
+                if code != 0:
+                    failed.append((cell, code, path))
+                    log(f"[{i}/{total}] {cell.run_dir}: FAILED ({_exit_text(code)}), see {path}")
+
+    def run_one(i: int, cell, spec: dict, slot: Slot, path: Path) -> int:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, OMP_NUM_THREADS=str(slot.threads), MKL_NUM_THREADS=str(slot.threads))
+        env["FEDMOM_THREADS"] = str(slot.threads)
+        if slot.device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot.device.split(":")[1]
+        where = f" on {slot.device}" if slot.device else ""
+        with lock:
+            log(f"[{i}/{total}] {cell.run_dir}: started (job {slot.index + 1}{where}, log {path})")
+        t0 = time.perf_counter()
+        with open(path, "ab") as out:
+            proc = subprocess.run(
+                [sys.executable, "-m", "fedmom_cli.sweep_worker"],
+                input=json.dumps(spec).encode(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        if proc.returncode == 0:
             with lock:
-                if proc.returncode == 0:
-                    log(f"[{i}/{total}] {cell.run_dir}: finished in {minutes:.1f} min")
-                else:
-                    failed.append((cell, proc.returncode, path))
-                    log(f"[{i}/{total}] {cell.run_dir}: FAILED (exit {proc.returncode}), see {path}")
+                log(f"[{i}/{total}] {cell.run_dir}: finished in {(time.perf_counter() - t0) / 60:.1f} min")
+        return proc.returncode
 
     threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in pool]
     for t in threads:
@@ -161,6 +178,25 @@ def run_cells(work: list[tuple[int, object, dict]], total: int, root: Path, pool
         t.join()
     log(f"{len(work)} cell(s) in {(time.perf_counter() - started) / 60:.1f} min with {len(pool)} job(s)")
     return failed
+
+
+def _exit_text(code) -> str:
+    """`exit 2`, `killed by SIGKILL` (a negative return code), or why the worker never started."""
+    if isinstance(code, str):
+        return code
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit {code}"
+
+
+def failure_text(cell, code, path: Path) -> str:
+    """One failed cell for the sweep's final `error:` line."""
+    if isinstance(code, str):
+        return f"{cell.run_dir} ({code})"
+    return f"{cell.run_dir} ({_exit_text(code)}: {last_line(path)}; log {path})"
 
 
 def last_line(path: Path) -> str:

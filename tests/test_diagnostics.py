@@ -12,6 +12,7 @@ from helpers import dense_M, make_clients
 
 from fedmom_cli import config as cfgmod
 from fedmom_cli import diagnostics
+from fedmom_cli.errors import UserError
 from fedmom_cli.methods import METHODS, LoraFactors
 from fedmom_cli.methods.base import zero_pad
 from fedmom_cli.simulate import Simulation
@@ -166,3 +167,146 @@ def test_every_method_records_both_diagnostics(tmp_path, method):
         assert 0 <= stats["aggregation_noise"] < 1, method
         if method in ("ffa_lora",) or (method == "rolora"):
             assert stats["aggregation_noise"] == 0.0, method  # one factor frozen and shared
+
+
+# ---- review: rounding floor, non-finite factors, real heterogeneous runs, the bounded option -----
+
+
+def test_a_mean_update_of_exactly_zero_gives_no_drift_value_not_a_ratio_of_rounding_errors():
+    g = torch.Generator().manual_seed(11)
+    start = LoraFactors(torch.randn(2, 12, generator=g), torch.randn(10, 2, generator=g))
+    dB = torch.randn(10, 2, generator=g)
+    finals = [LoraFactors(start.A, start.B + dB), LoraFactors(start.A, start.B - dB)]  # opposite moves
+    got = diagnostics.from_terms(diagnostics.module_terms(finals, [start, start], [1, 1]))
+    assert got["client_drift"] is None  # was ~3e7: rounding of c^T T c divided by rounding
+    same = [LoraFactors(start.A, start.B + dB)] * 3
+    got = diagnostics.from_terms(diagnostics.module_terms(same, [start] * 3, [1, 2, 3]))
+    assert got["client_drift"] == 0.0  # identical clients: exactly no spread
+
+
+def test_a_small_but_real_mean_update_is_still_measured_accurately():
+    g = torch.Generator().manual_seed(12)
+    start = LoraFactors(
+        torch.randn(3, 40, generator=g, dtype=torch.float64),
+        torch.randn(30, 3, generator=g, dtype=torch.float64),
+    )
+    dB = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    tilt = 1e-4 * torch.randn(30, 3, generator=g, dtype=torch.float64)
+    finals = [LoraFactors(start.A, start.B + dB + tilt), LoraFactors(start.A, start.B - dB + tilt)]
+    got = diagnostics.from_terms(diagnostics.module_terms(finals, [start, start], [1, 1]))
+    assert got["client_drift"] == pytest.approx(dense_drift(finals, [start, start], [1, 1]), rel=1e-4)
+
+
+def test_nan_or_inf_factors_give_no_value_for_the_module_nor_the_pooled_one():
+    finals = {"a": make_clients(3, 2, 10, 12, seed=1), "b": make_clients(3, 2, 10, 12, seed=2)}
+    starts = {m: shared_start(2, 10, 12, 3) for m in finals}
+    for bad in (float("nan"), float("inf")):
+        broken = finals["a"][1].B.clone()
+        broken[0, 0] = bad
+        finals_bad = {**finals, "a": [finals["a"][0], LoraFactors(finals["a"][1].A, broken), finals["a"][2]]}
+        per_module, pooled = diagnostics.round_diagnostics(finals_bad, starts, [1, 1, 1])
+        assert per_module["a"] == {"aggregation_noise": None, "client_drift": None}
+        assert per_module["b"]["client_drift"] > 0
+        assert pooled == {"aggregation_noise": None, "client_drift": None}
+        json.dumps(pooled, allow_nan=False)  # metrics.jsonl stays strict JSON
+
+
+REAL_RUNS = {
+    "fedsa_lora, 2 of 4 clients a round (own B starts)": {"method": "fedsa_lora", "clients_per_round": 2},
+    "hetlora, ranks 1..4, 3 of 4 clients": {
+        "method": "hetlora",
+        "client_ranks": [1, 2, 3, 4],
+        "clients_per_round": 3,
+    },
+    "rolora, ranks 1..4 (alternating, frozen factor padded)": {
+        "method": "rolora",
+        "client_ranks": [1, 2, 3, 4],
+    },
+}
+
+
+@pytest.mark.parametrize("name", REAL_RUNS)
+def test_real_runs_record_what_a_dense_computation_gives_from_the_clients_actual_starts(
+    tmp_path, monkeypatch, name
+):
+    """The starts are captured as each client trains (not recomputed at aggregation time)."""
+    cfg = cfgmod.resolve(
+        "smoke", "math", {"clients": 4, "rounds": 3, "local_steps": 1, "synthetic": 90, **REAL_RUNS[name]}
+    )
+    sim = Simulation(cfg, tmp_path)
+    seen = {}
+    import fedmom_cli.simulate as simulate
+
+    set_factors = simulate.set_factors
+
+    def record_start(modules, factors):
+        seen[len(seen)] = {m: LoraFactors(f.A.clone(), f.B.clone()) for m, f in factors.items()}
+        return set_factors(modules, factors)
+
+    monkeypatch.setattr(simulate, "set_factors", record_start)
+    for t in range(3):
+        seen.clear()
+        record = sim.run_round(t)
+        starts_in_order = [seen[i] for i in range(len(record.clients))]  # train_one runs clients in order
+        for m in sim.modules:
+            finals = [u.factors[m] for u in record.updates]
+            starts = [s[m] for s in starts_in_order]
+            r = max(f.A.shape[0] for f in [*finals, *starts])
+            finals_p, starts_p = [zero_pad(f, r) for f in finals], [zero_pad(s, r) for s in starts]
+            got = record.module_stats[m]
+            assert got["aggregation_noise"] == pytest.approx(dense_noise(finals_p, record.weights), rel=1e-5)
+            assert got["client_drift"] == pytest.approx(
+                dense_drift(finals_p, starts_p, record.weights), rel=1e-5
+            )
+
+
+def test_pick_modules_spreads_a_bounded_number_over_the_model():
+    names = [f"m{i}" for i in range(10)]
+    assert diagnostics.pick_modules(names, None) == names
+    assert diagnostics.pick_modules(names, 10) == names and diagnostics.pick_modules(names, 50) == names
+    assert diagnostics.pick_modules(names, 0) == []
+    assert diagnostics.pick_modules(names, 1) == ["m5"]
+    assert diagnostics.pick_modules(names, 3) == ["m1", "m5", "m8"]
+    assert len(set(diagnostics.pick_modules(names, 7))) == 7
+
+
+def test_diagnostic_modules_bounds_the_measurement_and_no_setting_changes_training(tmp_path):
+    def run(extra):
+        cfg = cfgmod.resolve(
+            "smoke",
+            "math",
+            {"method": "fedmomentum", "clients": 3, "rounds": 2, "local_steps": 2, "synthetic": 90, **extra},
+        )
+        folder = tmp_path / f"diag{extra.get('diagnostic_modules', 'all')}"
+        folder.mkdir()
+        sim = Simulation(cfg, folder)
+        return sim, [sim.run_round(t) for t in range(2)]
+
+    full_sim, full = run({})
+    none_sim, none = run({"diagnostic_modules": 0})
+    two_sim, two = run({"diagnostic_modules": 2})
+    for a, b, c in zip(full, none, two):
+        assert a.loss == b.loss == c.loss and a.client_loss == b.client_loss == c.client_loss
+        assert a.val_loss == b.val_loss == c.val_loss
+    for m, f in full_sim.server.global_factors.items():
+        for other in (none_sim, two_sim):
+            assert torch.equal(f.A, other.server.global_factors[m].A)
+            assert torch.equal(f.B, other.server.global_factors[m].B)
+    assert not any("aggregation_noise" in s for s in none[0].module_stats.values())
+    assert "aggregation_noise" not in none[0].stats and "client_drift" not in none[0].stats
+    measured = diagnostics.pick_modules(list(two_sim.modules), 2)
+    assert [m for m, s in two[1].module_stats.items() if "client_drift" in s] == measured
+    assert two[1].stats["diagnostic_modules"] == 2
+    assert "diagnostic_modules" not in full[1].stats
+    for m in measured:  # the measured modules get the same values as in the full measurement
+        assert two[1].module_stats[m]["client_drift"] == pytest.approx(
+            full[1].module_stats[m]["client_drift"], rel=1e-12
+        )
+
+
+def test_diagnostic_modules_is_checked_and_left_out_of_the_hash_while_unset():
+    base = cfgmod.resolve("smoke", "math", {})
+    assert "diagnostic_modules" not in cfgmod.as_dict(base)
+    assert cfgmod.resolve("smoke", "math", {"diagnostic_modules": 4}).hash() != base.hash()
+    with pytest.raises(UserError, match="diagnostic_modules must be >= 0"):
+        cfgmod.resolve("smoke", "math", {"diagnostic_modules": -1})

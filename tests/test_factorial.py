@@ -68,3 +68,38 @@ def test_no_table_without_all_four_arms(tmp_path):
             _run(tmp_path, method, seed, [1.5, 1.0])
     runs, _ = report.collect(tmp_path)
     assert factorial_markdown(runs) == []
+
+
+def test_no_table_when_the_four_arms_share_no_seed(tmp_path):
+    for i, method in enumerate(("fedit", "fedit_resplit", "fedex_lora", "fedmomentum")):
+        _run(tmp_path, method, i, [1.5, 1.0 + i / 10])  # each arm with a seed of its own
+    runs, _ = report.collect(tmp_path)
+    assert factorial_markdown(runs) == []
+
+
+def test_a_seed_run_twice_by_one_arm_is_left_out_and_said(tmp_path):
+    for method, finals in FINAL.items():
+        for seed, v in enumerate(finals):
+            _run(tmp_path, method, seed, [1.5, v])
+    _run(tmp_path / "copy", "fedit", 1, [1.5, 9.0])  # same settings and seed, another folder
+    runs, _ = report.collect(tmp_path)
+    (text,) = factorial_markdown(runs)
+    rows = rows_of(text)
+    column = rows["Effect"].index("Final validation loss")
+
+    def seeds(cell: str) -> str:
+        return cell.split("[")[1].split("/")[1].rstrip("]").split(",")[0]
+
+    assert seeds(rows["interaction"][column]) == "2"  # seeds 0 and 2 only
+    assert seeds(rows["balance (FedMomentum - w/o balance)"][column]) == "3"  # fedit not in it
+    assert "Left out: seed(s) 1" in text
+
+
+def test_unlike_setting_groups_get_a_table_each_and_are_never_paired(tmp_path):
+    for method in ("fedit", "fedit_resplit", "fedex_lora", "fedmomentum"):
+        _run(tmp_path, method, 0, [1.5, 1.0])
+    for method in ("fedit", "fedit_resplit"):  # two arms only at lora_r=8: no table for that group
+        _run(tmp_path, method, 0, [1.5, 3.0], setting={"lora_r": 8})
+    runs, _ = report.collect(tmp_path)
+    (text,) = factorial_markdown(runs)
+    assert "+0.0000 [0/1, 1 tied]" in rows_of(text)["interaction"]

@@ -186,3 +186,91 @@ def test_a_bad_eval_section_is_one_line_before_anything_is_written(
     code, out, err = run_main(monkeypatch, capsys, "sweep", str(recipe), "--out", "res")
     assert code == 2 and err.count("error:") == 1 and message in err, err
     assert snapshot(tmp_path) == before
+
+
+# ---- review: user mistakes around the logs, cells that cannot start, killed workers -------------
+
+
+def _logs_file(root: Path) -> None:
+    (root / "logs").parent.mkdir(parents=True, exist_ok=True)
+    (root / "logs").write_text("mine")
+
+
+def _logs_task_file(root: Path) -> None:  # ROOT/logs/math in the way of every cell's log folder
+    (root / "logs").mkdir(parents=True)
+    (root / "logs" / "math").write_text("mine")
+
+
+def _cell_log_folder(root: Path) -> None:  # a folder where a cell's log file goes
+    (root / "logs" / "math" / "fedit" / "seed0.log").mkdir(parents=True)
+
+
+@pytest.mark.parametrize(
+    "prepare,args,message",
+    [
+        (_logs_file, ["--jobs", "2"], "res/logs is a file, not a folder"),
+        (_logs_task_file, ["--jobs", "2"], "res/logs/math is a file, not a folder"),
+        (_cell_log_folder, ["--jobs", "2"], "seed0.log is a folder, not a file"),
+        (_logs_task_file, ["--jobs", "2", "--only", "method=fedit"], "res/logs/math is a file, not a folder"),
+        (None, ["--jobs", "2", "--only", "method=nope"], "no cell of the grid matches"),
+        (None, ["--jobs", "2", "--only", "bogus=1"], "--only bogus=...: unknown key"),
+    ],
+)
+def test_a_file_in_the_way_of_the_logs_is_one_line_before_anything_is_written(
+    tmp_path, monkeypatch, capsys, prepare, args, message
+):
+    recipe = small_recipe(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    if prepare is not None:
+        prepare(tmp_path / "res")
+    before = snapshot(tmp_path)
+    code, out, err = run_main(monkeypatch, capsys, "sweep", str(recipe), "--out", "res", *args)
+    assert code == 2 and err.count("error:") == 1 and len(err.strip().splitlines()) == 1, err
+    assert message in err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("extra", [[], ["--only", "method=fedit"], ["--jobs", "9"]])
+def test_dry_run_with_jobs_writes_nothing(tmp_path, monkeypatch, capsys, extra):
+    recipe = small_recipe(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    code, out, err = run_main(
+        monkeypatch, capsys, "sweep", str(recipe), "--out", "res", "--jobs", "2", "--dry-run", *extra
+    )
+    assert code == 0 and "todo" in out + err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_cell_whose_worker_cannot_start_is_a_failed_cell_never_a_lost_one(tmp_path, monkeypatch):
+    recipe = small_recipe(tmp_path)
+    _, cells, root = sw.plan(str(recipe), {}, tmp_path / "res", {})
+    real = subprocess.run
+
+    def run(cmd, *args, **kwargs):
+        if "fedit" in kwargs["input"].decode():
+            raise OSError("Too many open files")
+        return real(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_jobs.subprocess, "run", run)
+    work = [
+        (i, c, sweep_jobs.job_spec(c, "none", [], None, root / "eval_cache")) for i, c in enumerate(cells, 1)
+    ]
+    for c in cells:
+        sw.ensure_partition(c)
+    lines: list[str] = []
+    failed = sweep_jobs.run_cells(work, len(cells), root, sweep_jobs.slots(2, []), lines.append)
+    assert [(c.config.method, code) for c, code, _ in failed] == [
+        ("fedit", "not started: OSError: Too many open files")
+    ]
+    assert any("fedit/seed0: FAILED (not started: OSError" in line for line in lines)
+    assert (
+        json.loads((root / "math" / "fedmomentum" / "seed0" / "result.json").read_text())["status"]
+        == "finished"
+    )
+
+
+def test_a_killed_worker_is_named_by_its_signal():
+    assert sweep_jobs._exit_text(-9) == "killed by SIGKILL"
+    assert sweep_jobs._exit_text(-15) == "killed by SIGTERM"
+    assert sweep_jobs._exit_text(2) == "exit 2"

@@ -49,12 +49,23 @@ EFFECTS = {
 }
 
 
+def repeated_seeds(by_method: dict[str, list[Run]], methods) -> set:
+    """Seeds for which one of `methods` has more than one run in the group (two folders with the same
+    settings and seed): which of them the contrast should use is not known, so the seed is left out."""
+    repeated = set()
+    for m in methods:
+        seeds = [r.config.get("seed") for r in by_method.get(m, [])]
+        repeated |= {s for s in seeds if seeds.count(s) > 1}
+    return repeated
+
+
 def effect(
     by_method: dict[str, list[Run]], weights: dict[str, float], value, lower_is_better: bool
 ) -> Paired:
-    """sum_m weights[m] * value(m, s) per seed s where every method in `weights` has a value."""
+    """sum_m weights[m] * value(m, s) per seed s where every method in `weights` has a value (and
+    exactly one run of that seed)."""
     per_method = {m: {r.config.get("seed"): value(r) for r in by_method.get(m, [])} for m in weights}
-    seeds = set.intersection(*(set(v) for v in per_method.values()))
+    seeds = set.intersection(*(set(v) for v in per_method.values())) - repeated_seeds(by_method, weights)
     diffs, better, tied = [], 0, 0
     for s in sorted(seeds, key=str):
         values = [per_method[m][s] for m in weights]
@@ -81,11 +92,23 @@ def factorial_markdown(runs: list[Run]) -> list[str]:
             "| Effect | " + " | ".join(c[0] for c in columns) + " |",
             "|---|" + "---|" * len(columns),
         ]
+        measured = False
         for name, weights in EFFECTS.items():
             if not all(by_method.get(m) for m in weights):
                 continue
-            cells = [effect(by_method, weights, f, lower).text(d) for _, f, lower, d in columns]
+            paired = [effect(by_method, weights, f, lower) for _, f, lower, _ in columns]
+            measured |= any(p.diffs for p in paired)
+            cells = [p.text(d) for p, (_, _, _, d) in zip(paired, columns)]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if not measured:  # the four arms ran, but never with one seed in common: nothing to pair
+            continue
+        repeated = sorted(repeated_seeds(by_method, by_method), key=str)
+        note = (
+            f" Left out: seed(s) {', '.join(map(str, repeated))}, run more than once by one method in "
+            "this group (which run to pair is unknown)."
+            if repeated
+            else ""
+        )
         lines += [
             "",
             f"*{family}: {{FedIT's average, exact aggregation}} x {{keep the factors, SVD re-split}} = "
@@ -93,7 +116,7 @@ def factorial_markdown(runs: list[Run]) -> list[str]:
             "the effect's contrast of final values (main effect: mean of the two simple effects; "
             "interaction: difference of the two re-split effects); mean ± std over seeds [k/n]: the "
             "effect lowers the loss (raises the accuracy) in k of n seeds (t tied). Accuracy in "
-            "percentage points. fedmom_cli/report/factorial.py.*",
+            f"percentage points.{note} fedmom_cli/report/factorial.py.*",
             "",
         ]
         out.append("\n".join(lines))

@@ -266,7 +266,79 @@ def template(tmp_path_factory) -> Path:
     (root / "bench_user.json").write_text('{"mine": true}')
     _aggregate_done(root)
     _evaluations(root)
+    _review(root)
     return root
+
+
+LONG = "x" * 300  # one name longer than the file system's 255 bytes (ENAMETOOLONG)
+DEEP = "/".join(["d" * 200] * 25)  # every name fits, the path does not (4096 bytes)
+
+
+def _review(root: Path) -> None:
+    """Fixtures of the outside review's second pass (issue 30): damaged run folders for eval and
+    export, damaged response caches, code problems lacking fields, a source for data convert, a
+    dangling link, a bf16 client adapter."""
+    run = root / "run_done"
+
+    def damaged(name: str, file: str, content: bytes | None) -> Path:
+        folder = root / name
+        shutil.copytree(run, folder)
+        if content is None:
+            (folder / file).unlink()
+        else:
+            (folder / file).write_bytes(content)
+        return folder
+
+    blob = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    damaged("ev_badcfg", "config.yaml", b"method: [unclosed\n")
+    damaged("ev_cfglist", "config.yaml", b"- 1\n- 2\n")
+    damaged("ev_trunc", "adapter/adapter_model.safetensors", blob[: len(blob) // 2])
+    damaged("ev_nodelta", "base_delta.safetensors", None)
+    damaged("ev_deltatrunc", "base_delta.safetensors", b"\x08\x00\x00")
+    module = next(k for k in load_file(run / "adapter" / "adapter_model.safetensors") if "lora_A" in k)
+    key = module.replace(".lora_A.weight", ".weight")
+    folder = damaged("ev_deltashape", "base_delta.safetensors", None)
+    save_file({key: torch.zeros(3, 3)}, folder / "base_delta.safetensors", metadata={"format": "pt"})
+    # Response caches this evaluation would use (their file name is the fingerprint of run_done).
+    from fedmom_cli.evaluation import evaluate as ev
+    from fedmom_cli.evaluation import response_cache
+
+    opts = ev.EvalOptions(run_dir=run, limit=2, force=True)
+    db = f"responses-{response_cache.fingerprint(opts, 'tiny', 'float32', 'cpu')}_rank0.db"
+    for name in ("cache_corrupt", "cache_empty", "cache_dir", "cache_link"):
+        (root / name).mkdir()
+    (root / "cache_corrupt" / db).write_bytes(b"this is not a database" * 10)
+    (root / "cache_empty" / db).write_bytes(b"")
+    (root / "cache_dir" / db).mkdir()
+    os.symlink("../userdir/thesis.tex", root / "cache_link" / db)
+    # HumanEval rows without `test`, without `task_id` (G41, G42).
+    import gzip
+
+    rows = [
+        json.loads(line) for line in gzip.open(root / "gen_data" / "humaneval" / "HumanEval.jsonl.gz", "rt")
+    ]
+    for name, field in (("gd_notest", "test"), ("gd_noid", "task_id")):
+        (root / name / "humaneval").mkdir(parents=True)
+        with gzip.open(root / name / "humaneval" / "HumanEval.jsonl.gz", "wt") as f:
+            f.writelines(json.dumps({k: v for k, v in r.items() if k != field}) + "\n" for r in rows)
+    # data convert's source: LLM-Adapters' ARC-Easy.json
+    arc = {
+        "instruction": "Please choose the correct answer to the question: Q?\n\nAnswer1: a Answer2: b\n\n"
+        "Answer format: answer1/answer2",
+        "input": "",
+        "output": "the correct answer is answer2",
+        "answer": "answer2",
+    }
+    (root / "conv").mkdir()
+    (root / "conv" / "ARC-Easy.json").write_text(json.dumps([arc, arc]))
+    os.symlink("outside/recipe.yaml", root / "dangling.yaml")  # recipes copy must not write through it
+    weights = load_file(root / "c1" / "adapter_model.safetensors")
+    shutil.copytree(root / "c1", root / "a_bf16")
+    save_file(
+        {k: v.to(torch.bfloat16) for k, v in weights.items()},
+        root / "a_bf16" / "adapter_model.safetensors",
+        metadata={"format": "pt"},
+    )
 
 
 def _evaluations(root: Path) -> None:
@@ -475,7 +547,11 @@ TRAIN = [
 def test_train_bad_input(world, monkeypatch, capsys, args, fragment):
     recipe = "" if "--recipe" in args or "--task" in args else "--recipe smoke"
     out = "" if "--out" in args else "--out newrun"
-    check_case(world, monkeypatch, capsys, "train", f"{recipe} {FAST} --no-progress {out} {args}", fragment)
+    # a row's own --rounds/--lr/... replaces FAST's --set of that key (both would disagree: issue 30)
+    fast = " ".join(
+        f"--set {k}={v}" for k, v in TINY.items() if f"--{k.replace('_', '-')} " not in f"{args} "
+    )
+    check_case(world, monkeypatch, capsys, "train", f"{recipe} {fast} --no-progress {out} {args}", fragment)
 
 
 # ---- partition -----------------------------------------------------------------------------------
@@ -865,6 +941,206 @@ def test_check_out_names_an_unwritable_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda *a, **k: False)
     with pytest.raises(Exception, match="cannot write in .* \\(permission denied\\)"):
         safety.check_out(tmp_path / "x", "dir")
+
+
+# ---- the outside review's second pass (issue 30) -------------------------------------------------
+# One row per case of ../shared/notes/outside_review_cases.jsonl that was a traceback, a silent
+# accept, a write on error or a lost file and is not covered by a table above; the id is the
+# review's. Each asserts exit 2, one `error:` line and the whole tree unchanged.
+T = "--recipe smoke --no-progress --out r"
+REVIEW = [
+    # train: an option and a --set of the same key disagree (the option won silently)
+    ("F03", "train", f"{T} --rounds 1 --set rounds=2", "--rounds 1 and --set rounds=2 disagree"),
+    ("SG07", "train", f"{T} --rounds 1 --set rounds=1e3", "config key 'rounds' expects"),
+    ("SG08", "train", f"{T} --rounds 1 --set rounds=True", "config key 'rounds' expects"),
+    ("F03b", "train", f"{T} --lr 0.1 --set lr=-1", "--lr 0.1 and --set lr=-1 disagree"),
+    (
+        "SG05",
+        "train",
+        f"{T} --set 'client_ranks=!!python/object/apply:os.system [\"touch pwned\"]'",
+        "YAML tags",
+    ),
+    ("SG05b", "train", f"{T} --set 'lr=!!python/object/apply:os.system [\"touch pwned\"]'", "YAML tags"),
+    ("CR31", "train", f"{T} --set lora_r=128", "rank 128 (lora_r or client_ranks) is larger than"),
+    (
+        "CR04",
+        "train",
+        f"{T} --set lora_r=128 --set clients=3 --set 'client_ranks=[64, 100, 128]'",
+        "rank 128",
+    ),
+    ("SG31", "train", f"{T} --method fedit --set svd=randomized", "method fedit does not take svd"),
+    ("SG31b", "train", f"{T} --method fedit --set tau=0.5", "method fedit does not take tau"),
+    ("M03", "train", f"--recipe smoke --no-progress --out {LONG}", "longer than the file system allows"),
+    ("M02", "train", f"--recipe smoke --no-progress --out {DEEP}", "the path is longer than"),
+    # partition
+    (
+        "P19",
+        "partition",
+        "--task math --synthetic 100 --clients 3 --min-size 1 --seed -1 --out p.json",
+        "--seed",
+    ),
+    (
+        "Z07",
+        "partition",
+        "--task math --synthetic 100 --clients 3 --min-size 1 --seed=-1 --out p.json",
+        "--seed",
+    ),
+    ("M04", "partition", f"--task math --synthetic 100 --clients 3 --min-size 1 --out {LONG}", "longer than"),
+    # bench: a rank no module of the shapes can hold
+    (
+        "B08",
+        "bench",
+        "aggregate --shapes 8x8 --rank 64 --clients 2 --layers 1 --no-dense --repeat 1",
+        "--rank 64",
+    ),
+    ("B08b", "bench", "aggregate --full-model --rank 5000 --layers 1 --repeat 1", "--rank 5000 is larger"),
+    ("B06b", "bench", f"aggregate --shapes 8x8 --rank 2 --json {LONG}.json", "longer than"),
+    # aggregate
+    (
+        "AH07",
+        "aggregate",
+        "-m fedmomentum --heterogeneous --rank 1000 c0 c1 --out o",
+        "--rank 1000 is larger",
+    ),
+    ("A21", "aggregate", "-m fedit c0 a_bf16 --out o", "disagree on the dtype"),
+    ("AH19", "aggregate", "-m fedmomentum --heterogeneous a_bf16 c0 --out o", "disagree on the dtype"),
+    ("M-agg", "aggregate", f"-m fedit c0 c1 --out {LONG}", "longer than"),
+    # sweep
+    (
+        "SO07",
+        "sweep",
+        "sw_good.yaml --dry-run --only method=fedit --only method=flora --out sw",
+        "given twice",
+    ),
+    # eval on a damaged run: one line, and eval_data/ (or a lock) is not written first
+    ("E04", "eval", "ev_badcfg --limit 1", "ev_badcfg/config.yaml cannot be read"),
+    ("E04b", "eval", "ev_cfglist --limit 1", "ev_cfglist/config.yaml cannot be read"),
+    ("E06", "eval", "ev_trunc --limit 1", "cannot read ev_trunc/adapter/adapter_model.safetensors"),
+    ("E07", "eval", "ev_deltashape --limit 1", "a base delta of another model"),
+    ("E08", "eval", "ev_nodelta --limit 1", "is not a readable safetensors file"),
+    ("E05", "eval", "ev_deltatrunc --limit 1", "is not a readable safetensors file"),
+    ("E16", "eval", "run_done --limit 1 --device bogus", "device must be auto, cpu"),
+    ("K04", "eval", "run_done --limit 2 --cache cache_corrupt --force", "is not an SQLite database"),
+    ("K12", "eval", "run_done --limit 2 --cache cache_empty --force", "is empty, so it is not"),
+    ("K11", "eval", "run_done --limit 2 --cache cache_dir --force", "is not a file"),
+    ("F13", "eval", "run_done --limit 2 --cache cache_link --force", "is a symbolic link"),
+    ("M-eval", "eval", f"--model tiny --tasks synthetic_math --limit 1 --out {LONG}", "longer than"),
+    # eval --generations: options it would ignore, problems lacking fields, a name too long
+    ("K07", "eval", f"{GEN} --out o --cache c", "--cache would be ignored"),
+    ("L09", "eval", f"{GEN} --out o --clients all", "--clients would be ignored"),
+    (
+        "G48",
+        "eval",
+        f"{GEN} --out o --limit 1 --precision bogus --shots 5",
+        "--limit, --shots, --precision would",
+    ),
+    ("G48b", "eval", f"{GEN} --out o --device cpu", "--device would be ignored"),
+    ("G41", "eval", f"{GEN.replace('gen_data', 'gd_notest')} --out o", "row 1 lacks test"),
+    ("G42", "eval", f"{GEN.replace('gen_data', 'gd_noid')} --out o", "row 1 lacks task_id"),
+    ("M06", "eval", f"{GEN} --out {LONG}", "longer than the file system allows"),
+    # export
+    ("X20", "export", "ev_trunc --out exp", "cannot read ev_trunc/adapter/adapter_model.safetensors"),
+    ("X04", "export", "run_done --out run_done/exp", "lies inside the run folder"),
+    ("X04b", "export", "run_done --out run_done", "lies inside the run folder"),
+    ("M05", "export", f"run_done --out {LONG}", "longer than the file system allows"),
+    # recipes copy
+    ("Q15", "recipes", "copy smoke dangling.yaml", "is a symbolic link"),
+    ("Q-long", "recipes", f"copy smoke {LONG}.yaml", "longer than"),
+    # data convert
+    ("C10", "data", "convert conv --out afile", "is a file, not a folder"),
+    ("C14", "data", "convert conv --out afile/o", "afile is a file, not a folder"),
+    ("C13", "data", "convert conv --out o --sets ''", "--sets names no set"),
+    ("C13b", "data", "convert conv --out o --sets ,", "--sets names no set"),
+    ("M26", "data", f"convert conv --out {LONG}", "longer than"),
+    # report
+    ("M30", "report", f"run_done --no-figures --out {LONG}.md", "longer than"),
+]
+
+
+@pytest.mark.parametrize("command,args,fragment", [pytest.param(*r[1:], id=r[0]) for r in REVIEW])
+def test_review_case(world, monkeypatch, capsys, command, args, fragment):
+    check_case(world, monkeypatch, capsys, command, args, fragment)
+
+
+# A read-only folder, as root too: os.access says no for that folder only (E24, Q09, C15, G33).
+READ_ONLY_ANYONE = [
+    ("E24", "eval", "run_done --limit 1", "run_done"),
+    ("Q09", "recipes", "copy smoke ro/x.yaml", "ro"),
+    ("C15", "data", "convert conv --out ro/o", "ro"),
+    ("G33", "eval", f"{GEN} --out ro/o", "ro"),
+    ("M-model", "eval", "--model tiny --tasks synthetic_math --limit 1 --out ro/o", "ro"),
+    *[(f"ro-{c}", c, a, "ro") for c, a in READ_ONLY],
+    ("X-ro", "export", "run_done --out ro/exp", "ro"),
+]
+
+
+@pytest.mark.parametrize("command,args,folder", [pytest.param(*r[1:], id=r[0]) for r in READ_ONLY_ANYONE])
+def test_read_only_folder_is_one_line(world, monkeypatch, capsys, command, args, folder):
+    (world / "ro").mkdir(exist_ok=True)
+    real, ro = os.access, (world / folder).resolve()
+
+    def access(p, mode, **k):  # writing in `ro` is denied; reading it is not
+        return real(p, mode, **k) and not (mode & os.W_OK and Path(p).resolve() == ro)
+
+    monkeypatch.setattr(os, "access", access)
+    check_case(world, monkeypatch, capsys, command, args, "permission denied")
+
+
+# A full disk on every writer: one line, nothing left behind (no .tmp, no half-made folder).
+# ENOSPC is raised where the data reaches the disk (fsync) or where it is renamed into place.
+DISK_FULL = [
+    ("M24", "partition", "--task math --synthetic 100 --clients 3 --min-size 1 --out new/p.json", "fsync"),
+    ("M26", "data", "convert conv --out o", "fsync"),
+    ("M26b", "data", "convert conv --out o", "replace"),
+    ("M23", "eval", f"{GEN} --out o", "replace"),
+    (
+        "B-json",
+        "bench",
+        "aggregate --shapes 8x8 --rank 2 --clients 2 --layers 1 --no-dense --repeat 1 --json b/b.json",
+        "fsync",
+    ),
+    ("M-report", "report", "run_done --no-figures --out rep.md", "fsync"),
+    ("M22", "export", "run_done --out exp --adapter-only", "replace"),
+    ("M-agg", "aggregate", "-m fedit c0 c1 --out o", "replace"),
+]
+
+
+@pytest.mark.parametrize("command,args,where", [pytest.param(*r[1:], id=r[0]) for r in DISK_FULL])
+def test_a_full_disk_is_one_line_and_leaves_nothing(world, monkeypatch, capsys, command, args, where):
+    import errno
+
+    real = getattr(os, where)
+
+    def full(*a, **k):
+        if where == "replace" and ".fedmom.lock" in str(a[0]):
+            return real(*a, **k)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, where, full)
+    before = snapshot(world)
+    code, out, err = run_main(monkeypatch, capsys, *shlex.split(f"{command} {args}"))
+    assert code == 2, (code, out, err)
+    lines = err.splitlines()  # bench logs its timings on stderr before it writes
+    assert lines[-1].startswith("error: ") and "no space left on the device" in lines[-1], err
+    assert sum(x.startswith("error:") for x in lines) == 1 and (command == "bench" or len(lines) == 1), err
+    monkeypatch.undo()
+    assert snapshot(world) == before
+
+
+def test_bench_json_makes_its_folder(world, monkeypatch, capsys):
+    """B06: `--json DIR/b.json` under a folder that does not exist was a traceback."""
+    args = (
+        "aggregate --shapes 8x8 --rank 2 --clients 2 --layers 1 --no-dense --repeat 1 --json nope/dir/b.json"
+    )
+    code, _, err = run_main(monkeypatch, capsys, "bench", *shlex.split(args))
+    assert code == 0, err
+    assert json.loads((world / "nope" / "dir" / "b.json").read_text())["rows"]
+
+
+def test_only_given_twice_with_one_value_is_fine(world, monkeypatch, capsys):
+    args = "sw_good.yaml --dry-run --only method=fedit --only method=fedit --out sw"
+    code, _, err = run_main(monkeypatch, capsys, "sweep", *shlex.split(args))
+    assert code == 0, err
 
 
 # ---- --force and user folders --------------------------------------------------------------------

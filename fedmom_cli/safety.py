@@ -100,7 +100,7 @@ def os_error_line(exc: BaseException) -> str | None:
     if what is None:
         return None
     where = f" ({str(filename)[:120]})" if filename else ""
-    return f"cannot write{where}: {what}; nothing was kept of this command's output"
+    return f"cannot write{where}: {what}"
 
 
 def check_names(path: Path, option: str = "--out") -> None:

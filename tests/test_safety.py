@@ -332,6 +332,18 @@ def _review(root: Path) -> None:
     (root / "conv").mkdir()
     (root / "conv" / "ARC-Easy.json").write_text(json.dumps([arc, arc]))
     os.symlink("outside/recipe.yaml", root / "dangling.yaml")  # recipes copy must not write through it
+    os.symlink("afile", root / "filelink.yaml")
+    for name, content in {
+        "conv_garbled": b"{not json",
+        "conv_zero": b"",
+        "conv_emptylist": b"[]",
+        "conv_object": b"{}",
+        "conv_binary": b"\xff\xfe\x00",
+        "conv_schema": json.dumps([{"question": "q"}]).encode(),
+        "conv_intanswer": json.dumps([{**arc, "answer": 2}]).encode(),
+    }.items():
+        (root / name).mkdir()
+        (root / name / "ARC-Easy.json").write_bytes(content)
     weights = load_file(root / "c1" / "adapter_model.safetensors")
     shutil.copytree(root / "c1", root / "a_bf16")
     save_file(
@@ -1057,7 +1069,61 @@ REVIEW = [
 ]
 
 
-@pytest.mark.parametrize("command,args,fragment", [pytest.param(*r[1:], id=r[0]) for r in REVIEW])
+# Cases of the review that were already one clean line: kept as rows so that a regression fails.
+REVIEW_CLEAN = [
+    ("X01", "export", "run_part --out exp", "is not a finished fedmom run folder"),
+    ("X03", "export", "agg_done --out exp", "is not a finished fedmom run folder"),
+    ("X06", "export", "run_done --out userdir", "already exists and is not empty"),
+    ("X07", "export", "run_done --out userdir --force", "is not a `fedmom export` folder"),
+    ("X08", "export", "run_done --out exp --precision bogus", "--precision must be fp32, bf16 or fp16"),
+    ("X09", "export", "run_done --out exp --precision fp8", "--precision must be fp32, bf16 or fp16"),
+    ("X12", "export", "run_done --out exp --adapter-only --with-base-delta --drop-base-delta", "contradict"),
+    ("X13", "export", "run_done --out exp --drop-base-delta", "only applies with --adapter-only"),
+    ("X14", "export", "run_done --out exp --with-base-delta", "only applies with --adapter-only"),
+    ("X15", "export", "run_done --out afile", "is a file, not a folder"),
+    ("X16", "export", "run_done --out afile/exp", "afile is a file, not a folder"),
+    ("X18", "export", "run_done --out .", "is the current folder or contains it"),
+    ("X19", "export", "/nope/run --out exp", "is not a finished fedmom run folder"),
+    ("X21", "export", "ev_nodelta --out exp", "base_delta.safetensors is missing"),
+    ("X22", "export", "ev_badcfg --out exp", "unreadable config.yaml"),
+    ("X25", "export", "run_done --out run_done/adapter --force", "lies inside the run folder"),
+    ("X28", "export", "run_done --out ''", "is the current folder or contains it"),
+    ("X30", "export", "run_done --out /dev/null", "is a file, not a folder"),
+    ("Z09", "export", "run_done --out run_part --force", "is not a `fedmom export` folder"),
+    ("Q01", "recipes", "show nosuch", "no shipped recipe 'nosuch'"),
+    ("Q02", "recipes", "show ../../../../../../etc/passwd", "no shipped recipe"),
+    ("Q03", "recipes", "show /etc/passwd", "no shipped recipe"),
+    ("Q04", "recipes", "show ''", "no shipped recipe ''"),
+    ("Q05", "recipes", "copy nosuch x.yaml", "no shipped recipe 'nosuch'"),
+    ("Q06", "recipes", "copy smoke afile", "afile already exists; recipes copy never overwrites"),
+    ("Q08", "recipes", "copy smoke nodir/x.yaml", "folder nodir does not exist"),
+    ("Q10", "recipes", "copy smoke afile/x.yaml", "folder afile does not exist"),
+    ("Q13", "recipes", "copy ../recipes/smoke x.yaml", "no shipped recipe"),
+    ("Q14", "recipes", "copy smoke /dev/null", "/dev/null already exists"),
+    ("Q16", "recipes", "copy smoke filelink.yaml", "filelink.yaml is a symbolic link"),
+    ("Q17", "recipes", "show mini", "no shipped recipe 'mini'"),
+    ("C01", "data", "convert /nope --out o", "/nope is not a folder"),
+    ("C02", "data", "convert afile --out o", "afile is not a folder"),
+    ("C03", "data", "convert emptydir --out o", "emptydir holds none of ARC-Easy.json"),
+    ("C04", "data", "convert conv_garbled --out o", "not valid JSON (JSONDecodeError)"),
+    ("C05", "data", "convert conv_zero --out o", "not valid JSON (JSONDecodeError)"),
+    ("C06", "data", "convert conv_emptylist --out o", "expected a non-empty JSON list of rows"),
+    ("C07", "data", "convert conv_schema --out o", "row 0 cannot be mapped to lm-eval's schema"),
+    ("C11", "data", "convert conv --out o --sets nosuch", "unknown set 'nosuch'"),
+    ("C12", "data", "convert conv --out o --sets boolq", "boolq: cannot convert"),
+    ("C18", "data", "convert conv_binary --out o", "not valid JSON (UnicodeDecodeError)"),
+    ("C20", "data", "convert conv_object --out o", "expected a non-empty JSON list of rows"),
+    ("C21", "data", "convert conv_intanswer --out o", "no string 'answer'"),
+    ("C24", "data", "convert conv --out o --sets piqa", "piqa.json not found"),
+    ("M01", "models", "get gpt5", "unknown model 'gpt5'"),
+    ("Z10", "models", "get nosuch --force", "unknown model 'nosuch'"),
+    ("M02m", "models", "get", "Missing argument 'NAME'"),
+]
+
+
+@pytest.mark.parametrize(
+    "command,args,fragment", [pytest.param(*r[1:], id=r[0]) for r in REVIEW + REVIEW_CLEAN]
+)
 def test_review_case(world, monkeypatch, capsys, command, args, fragment):
     check_case(world, monkeypatch, capsys, command, args, fragment)
 
@@ -1093,6 +1159,8 @@ DISK_FULL = [
     ("M26", "data", "convert conv --out o", "fsync"),
     ("M26b", "data", "convert conv --out o", "replace"),
     ("M23", "eval", f"{GEN} --out o", "replace"),
+    ("M25", "eval", "run_done --limit 1", "replace"),
+    ("M25b", "eval", "--model tiny --tasks synthetic_math --limit 1 --out o", "replace"),
     (
         "B-json",
         "bench",
@@ -1120,11 +1188,37 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(world, monkeypatch, capsys, 
     before = snapshot(world)
     code, out, err = run_main(monkeypatch, capsys, *shlex.split(f"{command} {args}"))
     assert code == 2, (code, out, err)
-    lines = err.splitlines()  # bench logs its timings on stderr before it writes
+    lines = err.splitlines()  # bench, eval and train may log progress on stderr before they write
     assert lines[-1].startswith("error: ") and "no space left on the device" in lines[-1], err
-    assert sum(x.startswith("error:") for x in lines) == 1 and (command == "bench" or len(lines) == 1), err
+    assert sum(x.startswith("error:") for x in lines) == 1, err
     monkeypatch.undo()
     assert snapshot(world) == before
+
+
+@pytest.mark.parametrize("where", ["fsync", "torch.save"])
+def test_train_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(world, monkeypatch, capsys, where):
+    """M21, M27: train keeps what it wrote (a checkpoint to --resume from) but no `.tmp`."""
+    import errno
+
+    if where == "fsync":
+
+        def full(*a, **k):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "fsync", full)
+    else:  # torch's zip writer reports a full disk this way
+
+        def full(obj, f, *a, **k):
+            Path(f).write_bytes(b"half")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+        monkeypatch.setattr(torch, "save", full)
+    args = f"--recipe smoke {FAST} --no-progress --out full"
+    code, out, err = run_main(monkeypatch, capsys, "train", *shlex.split(args))
+    lines = err.splitlines()  # the rounds it trained, then one line
+    assert code == 2 and lines[-1].startswith("error: cannot write"), (out, err)
+    assert "no space left on the device" in lines[-1] and sum(x.startswith("error:") for x in lines) == 1
+    assert not [p for p in (world / "full").rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_bench_json_makes_its_folder(world, monkeypatch, capsys):

@@ -250,20 +250,25 @@ def run(opts: EvalOptions) -> dict:
     loaded = _load_model(opts, cfg)
     response_cache.check_store(opts, cfg.model, loaded[0], _device(opts))
 
-    # From here on, files are written; the folder is locked while this process writes it.
-    out.mkdir(parents=True, exist_ok=True)
-    with safety.RunLock(out):
-        old = _existing(out, cfg, opts)  # another writer may have finished while we were planning
-        if old and not opts.force and (again := [k for k in keys if k in old["tasks"]]):
-            raise UserError(f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace")
-        result = _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation, loaded)
-        if opts.clients:
-            from fedmom_cli.evaluation import client_eval
+    # From here on, files are written; the folder is locked while this process writes it. What this
+    # call creates (the folder, eval_data/, eval_samples/, the lock) goes again if it fails.
+    made = [out, out / "eval_data", out / "eval_samples", out / safety.LOCK_FILE]
+    with safety.removed_on_failure(*made):
+        out.mkdir(parents=True, exist_ok=True)
+        with safety.RunLock(out):
+            old = _existing(out, cfg, opts)  # another writer may have finished while we were planning
+            if old and not opts.force and (again := [k for k in keys if k in old["tasks"]]):
+                raise UserError(
+                    f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace"
+                )
+            result = _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation, loaded)
+            if opts.clients:
+                from fedmom_cli.evaluation import client_eval
 
-            result = client_eval.evaluate_clients(
-                opts, cfg, out, local, planned, code_tasks, isolation, result
-            )
-        return result
+                result = client_eval.evaluate_clients(
+                    opts, cfg, out, local, planned, code_tasks, isolation, result
+                )
+            return result
 
 
 def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation, loaded=None) -> dict:

@@ -168,6 +168,12 @@ def check_compatible(adapters: list[Adapter], heterogeneous: bool = False) -> No
                     f"A {tuple(f.A.shape)}, B {tuple(f.B.shape)}, {other.path} has "
                     f"A {tuple(g.A.shape)}, B {tuple(g.B.shape)}"
                 )
+            if (f.A.dtype, f.B.dtype) != (g.A.dtype, g.B.dtype):  # bf16 next to fp32 (issue 30: A21)
+                name = str(g.A.dtype).removeprefix("torch.")
+                raise UserError(
+                    f"adapters disagree on the dtype of {module}: {first.path} has "
+                    f"{str(f.A.dtype).removeprefix('torch.')}, {other.path} has {name}"
+                )
 
 
 def adapter_tensors(modules: Mapping[str, LoraFactors], like: Adapter) -> dict[str, Tensor]:

@@ -81,6 +81,12 @@ def run(opts: AggregateOptions) -> dict:
     first = adapters[0]
     specs = [a.lora for a in adapters]
     spec = hetero.global_spec(specs, opts.rank, opts.alpha)
+    for module, f in first.modules.items():  # a rank above the layer's width (issue 30: AH07)
+        if spec.r > min(f.B.shape[0], f.A.shape[1]):
+            raise UserError(
+                f"--rank {spec.r} is larger than {module} ({f.B.shape[0]}x{f.A.shape[1]}) allows "
+                f"(at most {min(f.B.shape[0], f.A.shape[1])})"
+            )
     mixed = any(s.r != spec.r or s.scaling != spec.scaling for s in specs)
     method = build_method(
         opts.method,

@@ -14,6 +14,7 @@ dense SVD's, and of the full factored reconstruction against M itself.
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 import time
@@ -48,6 +49,26 @@ def check_options(opts: BenchOptions) -> None:
     for name in ("clients", "rank", "layers", "repeat"):
         if getattr(opts, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(opts, name)}")
+    check_rank(opts.rank, opts.shapes)
+
+
+def check_rank(rank: int, shapes) -> None:
+    """A rank above a module's smaller side is no low-rank adapter (issue 30: B08)."""
+    small = min(min(s) for s in shapes)
+    if rank > small:
+        out_f, in_f = next(s for s in shapes if min(s) == small)
+        raise UserError(f"--rank {rank} is larger than the {out_f}x{in_f} module allows (at most {small})")
+
+
+def write_json(path: Path, data) -> None:
+    """--json written whole, its missing folders made (and removed again if the write fails)."""
+    from fedmom_cli import runfolder, safety
+
+    path = Path(path)
+    missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    with safety.removed_on_failure(*missing[-1:]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        runfolder.atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def _is_bench_json(path: Path, kind: str) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -334,7 +333,10 @@ def train(
 
     overrides = cfgmod.parse_set(set_ or [])
     given = {k: v for k, v in locals().items() if k in cfgmod.FIELDS and k != "task" and v is not None}
-    overrides.update({k: str(v) if isinstance(v, Path) else v for k, v in given.items()})
+    if task is not None:
+        given["task"] = task
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
+    overrides = cfgmod.merge_options(overrides, given)
     cfg = cfgmod.resolve(recipe, task, overrides)
     result = tr.run(
         _options(
@@ -469,6 +471,26 @@ def eval_(
 
         if run_dir is not None or model is not None:
             raise UserError("--generations scores given completions: give no RUN_DIR and no --model")
+        ignored = [  # options of a model's evaluation that scoring given completions would ignore
+            name
+            for name, given in (
+                ("--limit", limit is not None),
+                ("--shots", shots is not None),
+                ("--precision", precision is not None),
+                ("--cache", cache is not None),
+                ("--clients", clients is not None),
+                ("--task", task is not None),
+                ("--batch-size", batch_size != 8),
+                ("--device", device != "auto"),
+                ("--protocol", protocol != "lm-eval"),
+            )
+            if given
+        ]
+        if ignored:
+            raise UserError(
+                f"--generations scores given completions and loads no model: {', '.join(ignored)} "
+                "would be ignored; leave it out"
+            )
         result = codeexec.run_generations(
             _options(
                 codeexec.GenerationsOptions,
@@ -528,7 +550,7 @@ def data_convert(
     """Turn LLM-Adapters' test files into lm-eval's offline layout, in the HF datasets' schema."""
     from fedmom_cli.evaluation import convert
 
-    done = convert.run(src, out, [s.strip() for s in sets.split(",")] if sets else None, force)
+    done = convert.run(src, out, [s.strip() for s in sets.split(",")] if sets is not None else None, force)
     for name, w in done["written"].items():
         print(f"{name}: {w['rows']} rows -> {w['file']}")
     for name, why in done["skipped"].items():
@@ -707,15 +729,16 @@ def bench_aggregate(
         ):
             if value < 1:
                 raise UserError(f"{name} must be >= 1, got {value}")
+        bench.check_rank(rank, tuple(bench_round.LLAMA2_7B_MODULES.values()))
         report = bench_round.run(bench_round.FullModelOptions(clients, rank, layers, repeat))
         print(bench_round.render(report))
         if json_out is not None:
-            json_out.write_text(json.dumps(report, indent=2) + "\n")
+            bench.write_json(json_out, report)
         return
 
     rows = bench.run(_options(bench.BenchOptions, locals(), shapes=bench.parse_shapes(shapes)))
     if json_out is not None:
-        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+        bench.write_json(json_out, rows)
 
 
 @bench_app.command("train")
@@ -737,17 +760,17 @@ def bench_train(
     from fedmom_cli import config as cfgmod
 
     bench.check_json_out(json_out, force, "train")
-    overrides = cfgmod.parse_set(set_ or [])
-    overrides.update(
+    overrides = cfgmod.merge_options(
+        cfgmod.parse_set(set_ or []),
         {
             "rounds": rounds,
             **({"model": model} if model else {}),
             **({"data": str(data), "synthetic": None} if data else {}),
-        }
+        },
     )
     rows = bench.train_overhead(recipe, [m.strip() for m in methods.split(",")], overrides, task)
     if json_out is not None:
-        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+        bench.write_json(json_out, rows)
 
 
 @app.command()
@@ -863,6 +886,14 @@ def main() -> None:
     except click.Abort:
         print("error: aborted", file=sys.stderr)
         sys.exit(1)
+    except Exception as exc:  # a full disk, a too-long name, a read-only folder: one line (issue 30)
+        from fedmom_cli.safety import os_error_line
+
+        line = os_error_line(exc)
+        if line is None:
+            raise
+        print(f"error: {_one_line(line)}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -160,7 +160,7 @@ def _coerce(key: str, value):
                 raise ValueError
             return float(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, yaml.YAMLError):
         raise UserError(f"config key {key!r} expects {hint}, got {value!r}") from None
 
 
@@ -281,6 +281,14 @@ def _check_method_options(cfg: TrainConfig) -> None:
     for key in LEGACY_METHOD_KEYS:
         owner = next(name for name in METHODS if key in method_options(name))
         build_method(owner, lora, **{key: getattr(cfg, key)})
+        value = getattr(cfg, key)
+        if value != FIELDS[key].default and key not in method_options(cfg.method):
+            # `--set svd=randomized` with fedit trained exactly as without it (issue 30: SG31)
+            takes = [name for name in METHODS if key in method_options(name)]
+            raise UserError(
+                f"{key}={value}: method {cfg.method} does not take {key} (only {', '.join(takes)}); "
+                "leave it out"
+            )
     build_method(cfg.method, lora, seed=cfg.seed, **method_kwargs(cfg))
 
 
@@ -332,9 +340,22 @@ def parse_set(items: list[str]) -> dict:
             raise UserError(f"--set expects KEY=VALUE with a known key, got {item!r}")
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.constructor.ConstructorError:  # a tag (!!python/object/...): never constructed
+            raise UserError(f"--set {key.strip()}: YAML tags are not accepted, got {value!r}") from None
         except yaml.YAMLError:  # not a YAML scalar (e.g. ",", "[a"): the text itself, typed later
             out[key.strip()] = value
     return out
+
+
+def merge_options(overrides: dict, given: dict) -> dict:
+    """--set overrides plus a command's own options (--rounds, --lr, ...); a setting given both ways
+    with different values is an error (the option used to win silently, hiding a bad --set value)."""
+    for key in sorted(set(overrides) & set(given)):
+        a, b = _coerce(key, overrides[key]), _coerce(key, given[key])
+        if a != b:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"{flag} {given[key]} and --set {key}={overrides[key]} disagree; give one")
+    return {**overrides, **given}
 
 
 def resolve(recipe: str | None, task: str | None, overrides: dict) -> TrainConfig:

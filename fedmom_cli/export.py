@@ -229,11 +229,18 @@ def export(
     below bf16's resolution at the weights' magnitude: with `--precision bf16|fp16` the fraction of
     the update (delta + s B A) that the rounded weights do not show is measured and reported.
     """
-    from fedmom_cli.adapters import check_output_dir, fresh_output_dir
+    from fedmom_cli import safety
+    from fedmom_cli.adapters import check_output_dir, fresh_output_dir, read_adapter
     from fedmom_cli.model import check_model_source
 
     run_dir, out = Path(run_dir), Path(out)
+    safety.check_names(out)  # a name too long: one line before anything looks at the path
     cfg, result = read_run(run_dir)
+    read_adapter(run_dir / runfolder.ADAPTER)  # a truncated adapter was a traceback (issue 30: X20)
+    if run_dir.resolve() == out.resolve() or run_dir.resolve() in out.resolve().parents:
+        raise UserError(  # issue 30: X04; the run folder holds only what train and eval write
+            f"--out {out} lies inside the run folder {run_dir}; export to a folder outside it"
+        )
     if precision is not None and precision not in ("fp32", "bf16", "fp16"):
         raise UserError(f"--precision must be fp32, bf16 or fp16, got {precision!r}")
     if drop_base_delta and not adapter_only:

@@ -109,7 +109,7 @@ def load_base_model(cfg: TrainConfig, tokenizer):
     return _from_pretrained(AutoModelForCausalLM.from_pretrained, source(cfg.model), "model", dtype=dtype)
 
 
-def check_target_modules(model, targets) -> None:
+def check_target_modules(model, targets, rank: int | None = None) -> None:
     """Every target module name matches a weight in every layer (PEFT's rule: the module's name, or
     its last components). PEFT itself accepts a list where one name matches nothing (a typo such as
     `v_porj` trained `q_proj` only while config.yaml recorded both) or matches in some layers only."""
@@ -132,13 +132,23 @@ def check_target_modules(model, targets) -> None:
                 f"target_modules: {target!r} matches in layers {sorted(where)[:4]} but not in "
                 f"{missing[:4]}{' ...' if len(missing) > 4 else ''}; name a module every layer has"
             )
+        if rank is not None:  # r above min(in, out) is no low-rank adapter (issue 30: CR04, CR31)
+            for n in hits:
+                m = model.get_submodule(n)
+                sides = [getattr(m, a) for a in ("in_features", "out_features") if hasattr(m, a)]
+                if sides and rank > min(sides):
+                    raise UserError(
+                        f"rank {rank} (lora_r or client_ranks) is larger than {target} allows: "
+                        f"{n} is {getattr(m, 'out_features', '?')}x{getattr(m, 'in_features', '?')}, "
+                        f"so at most {min(sides)}"
+                    )
 
 
 def attach_lora(model, cfg: TrainConfig):
     """PEFT LoRA with PEFT's default init (A kaiming-uniform, B = 0), drawn from the run's seed."""
     from peft import LoraConfig, get_peft_model
 
-    check_target_modules(model, cfg.target_modules)
+    check_target_modules(model, cfg.target_modules, max([cfg.lora_r, *(cfg.client_ranks or [])]))
 
     lora = LoraConfig(
         r=cfg.lora_r,

@@ -191,10 +191,14 @@ def run(opts: PartitionOptions) -> dict:
         raise UserError(f"--out {opts.out} is not a `fedmom partition` file; --force only replaces one")
     if opts.by and opts.iid:
         raise UserError("--by and --iid exclude each other")
+    if opts.seed < 0:  # numpy's traceback before (issue 30: P19, Z07)
+        raise UserError(f"--seed must be >= 0, got {opts.seed}")
     rows = load_rows(task, opts.data, opts.synthetic, seed=opts.seed)
     result = make_partition(
         task.name, rows, opts.clients, opts.beta, opts.seed, opts.min_size, by=opts.by, iid=opts.iid
     )
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(opts.out, result, indent=None)
+    missing = [p for p in [opts.out.parent, *opts.out.parent.parents] if not p.exists()]
+    with safety.removed_on_failure(*missing[-1:]):  # the first folder this call makes, if any
+        opts.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(opts.out, result, indent=None)
     return result

@@ -45,15 +45,27 @@ def path(name: str) -> Path:
 
 
 def copy(name: str, dest: Path) -> Path:
+    from fedmom_cli import safety
+
     src = path(name)
+    safety.check_names(Path(dest), "DEST")
     if str(dest).endswith("/") and not Path(dest).is_dir():
         raise UserError(f"folder {dest} does not exist")
     dest = Path(dest)
     if dest.is_dir():
         dest = dest / src.name
+    if dest.is_symlink():  # a dangling link too: writing through it would write outside (issue 30)
+        raise UserError(f"{dest} is a symbolic link; recipes copy never writes through one")
     if dest.exists():
         raise UserError(f"{dest} already exists; recipes copy never overwrites a file")
     if not dest.parent.is_dir():
         raise UserError(f"folder {dest.parent} does not exist")
-    dest.write_text(src.read_text())
+    safety.check_out(dest, "file", "DEST")  # a read-only folder, a name too long: one line
+    text = src.read_text()
+    try:
+        with open(dest, "x") as f:  # O_EXCL: never through a link, never over a file
+            f.write(text)
+    except BaseException:
+        dest.unlink(missing_ok=True)  # a full disk leaves no half recipe
+        raise
     return dest

@@ -23,6 +23,7 @@ the frozen weight in float32 and rounded once to the weight's dtype.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -54,6 +55,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None:  # a full disk on write or fsync names no file: name the output
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)  # only left when os.replace failed
 
@@ -67,10 +72,16 @@ def atomic_torch_save(path: Path, obj) -> None:
     import torch
 
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch reports a full disk as "unexpected pos" from its writer
+            raise OSError(errno.ENOSPC, f"{exc}".splitlines()[0], str(path)) from None
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when a step above failed
 
 
 def read_json(path: Path):
@@ -193,6 +204,12 @@ def apply_base_delta(model, delta: dict, separate: bool | None = None) -> int:
     missing = sorted(set(delta) - set(targets))
     if missing:
         raise UserError(f"base delta key {missing[0]!r} matches no weight of the model")
+    for key, d in delta.items():  # every shape before any weight changes (a wrong one was a traceback)
+        if tuple(d.shape) != tuple(targets[key].shape) or not d.is_floating_point():
+            raise UserError(
+                f"base delta {key!r} is {tuple(d.shape)} {str(d.dtype).removeprefix('torch.')}; the "
+                f"model's weight is {tuple(targets[key].shape)} (a base delta of another model?)"
+            )
     with torch.no_grad():
         for key, d in delta.items():
             w = targets[key]
@@ -221,10 +238,15 @@ def write_client_factors(run_dir: Path, method, round_: int) -> None:
     for k, own in state["local_B"].items():
         tensors.update({f"local_B.{int(k)}.{m}": t for m, t in own.items()})
     tmp = run_dir / f".{CLIENT_FACTORS}.tmp"
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"round": str(round_)}
-    )
-    tmp.replace(run_dir / CLIENT_FACTORS)
+    try:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+            tmp,
+            metadata={"round": str(round_)},
+        )
+        tmp.replace(run_dir / CLIENT_FACTORS)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_client_factors(run_dir: Path) -> tuple[int, dict]:

@@ -24,6 +24,8 @@ Nothing here imports torch: `fedmom report` uses it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -39,6 +41,7 @@ try:  # POSIX only
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
+NAME_MAX, PATH_MAX = 255, 4096  # Linux's; a name is checked in bytes, as the kernel does
 LOCK_FILE = ".fedmom.lock"
 # Every name `fedmom train` (and `fedmom eval` on a run) writes inside a run folder.
 RUN_NAMES = {
@@ -66,9 +69,57 @@ def is_own_tmp(name: str, names: set[str] | frozenset[str]) -> bool:
 
 
 # ---- paths ---------------------------------------------------------------------------------------
+# What the file system says when the machine, not the command, is the problem. `main` turns these
+# into one line (exit 2) if they get past the checks below; every writer removes its temporary file.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENAMETOOLONG: "a file name is too long for the file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "a folder stands where a file should be",
+    errno.EMLINK: "too many links",
+    errno.ELOOP: "too many symbolic links",
+}
+
+
+def os_error_line(exc: BaseException) -> str | None:
+    """One line for an environment error (full disk, long name, read-only), or None for other errors.
+    Libraries that wrap the OSError (safetensors, torch's zip writer) are recognised by its text."""
+    if isinstance(exc, OSError):
+        what = ENVIRONMENT_ERRNOS.get(exc.errno)
+        filename = exc.filename
+    else:
+        text = str(exc)
+        code = next((c for c in ENVIRONMENT_ERRNOS if os.strerror(c) in text), None)
+        what, filename = ENVIRONMENT_ERRNOS.get(code), None
+        if code is None and "unexpected pos" in text:  # torch.save on a full disk
+            what = ENVIRONMENT_ERRNOS[errno.ENOSPC]
+    if what is None:
+        return None
+    where = f" ({str(filename)[:120]})" if filename else ""
+    return f"cannot write{where}: {what}"
+
+
+def check_names(path: Path, option: str = "--out") -> None:
+    """Every part of `path` fits the file system's limits (a 300-character name was a traceback)."""
+    path = Path(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise UserError(
+                f"{option} {str(path)[:60]}...: a name of {len(os.fsencode(part))} bytes is longer than the "
+                f"file system allows ({NAME_MAX})"
+            )
+    if len(os.fsencode(os.path.abspath(path))) >= PATH_MAX:
+        raise UserError(f"{option} {str(path)[:60]}...: the path is longer than the file system allows")
+
+
 def check_out(path: Path, kind: str = "dir", option: str = "--out") -> None:
     """`path` can be created (or replaced) as a `kind` ('dir' or 'file'), with nothing written yet."""
     path = Path(path)
+    check_names(path, option)
     if kind == "dir" and path.exists() and not path.is_dir():
         raise UserError(f"{option} {path} is a file, not a folder")
     if kind == "file" and path.is_dir():
@@ -83,6 +134,22 @@ def check_out(path: Path, kind: str = "dir", option: str = "--out") -> None:
     target = path if kind == "dir" and path.exists() else parent
     if not os.access(target, os.W_OK | os.X_OK):
         raise UserError(f"{option} {path}: cannot write in {target} (permission denied)")
+
+
+@contextlib.contextmanager
+def removed_on_failure(*paths: Path):
+    """Whatever of `paths` did not exist before is removed again if the block fails (a full disk
+    mid-write): a failed command leaves the file system as it found it."""
+    new = [Path(p) for p in paths if not (Path(p).exists() or Path(p).is_symlink())]
+    try:
+        yield
+    except BaseException:
+        for p in new:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists() or p.is_symlink():
+                p.unlink(missing_ok=True)
+        raise
 
 
 def refuse_cwd(path: Path, option: str = "--out") -> None:

@@ -278,11 +278,14 @@ class Simulation:
         set_factors(self.modules, self.server.global_factors)
         tmp = self.run_dir / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
         deltas = self.server.base.delta
-        self._describe_adapter(tmp, any(bool(d.abs().max() > 0) for d in deltas.values() if d.numel()))
-        shutil.rmtree(self.run_dir / runfolder.ADAPTER, ignore_errors=True)
-        tmp.rename(self.run_dir / runfolder.ADAPTER)
+        try:
+            self.model.save_pretrained(tmp)
+            self._describe_adapter(tmp, any(bool(d.abs().max() > 0) for d in deltas.values() if d.numel()))
+            shutil.rmtree(self.run_dir / runfolder.ADAPTER, ignore_errors=True)
+            tmp.rename(self.run_dir / runfolder.ADAPTER)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half adapter behind
         runfolder.write_base_delta(self.run_dir, deltas)
         if hasattr(self.server.method, "client_factors"):  # fedsa_lora: each client's B, for eval --clients
             runfolder.write_client_factors(self.run_dir, self.server.method, self.round)

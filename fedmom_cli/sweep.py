@@ -389,5 +389,10 @@ def parse_only(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--only expects KEY=VALUE, got {item!r}")
+        if key.strip() in out and out[key.strip()] != value.strip():  # the last one won silently
+            raise UserError(
+                f"--only {key.strip()} is given twice ({out[key.strip()]}, {value.strip()}); a cell has one "
+                f"value: give one --only {key.strip()}=..., or run the sweep once per value"
+            )
         out[key.strip()] = value.strip()
     return out

@@ -266,7 +266,108 @@ def template(tmp_path_factory) -> Path:
     (root / "bench_user.json").write_text('{"mine": true}')
     _aggregate_done(root)
     _evaluations(root)
+    _review(root)
     return root
+
+
+LONG = "x" * 300  # one name longer than the file system's 255 bytes (ENAMETOOLONG)
+DEEP = "/".join(["d" * 200] * 25)  # every name fits, the path does not (4096 bytes)
+
+
+def _review(root: Path) -> None:
+    """Fixtures of the outside review's second pass (issue 30): damaged run folders for eval and
+    export, damaged response caches, code problems lacking fields, a source for data convert, a
+    dangling link, a bf16 client adapter."""
+    run = root / "run_done"
+
+    def damaged(name: str, file: str, content: bytes | None) -> Path:
+        folder = root / name
+        shutil.copytree(run, folder)
+        if content is None:
+            (folder / file).unlink()
+        else:
+            (folder / file).write_bytes(content)
+        return folder
+
+    blob = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    damaged("ev_badcfg", "config.yaml", b"method: [unclosed\n")
+    damaged("ev_cfglist", "config.yaml", b"- 1\n- 2\n")
+    damaged("ev_trunc", "adapter/adapter_model.safetensors", blob[: len(blob) // 2])
+    damaged("ev_nodelta", "base_delta.safetensors", None)
+    damaged("ev_deltatrunc", "base_delta.safetensors", b"\x08\x00\x00")
+    module = next(k for k in load_file(run / "adapter" / "adapter_model.safetensors") if "lora_A" in k)
+    key = module.replace(".lora_A.weight", ".weight")
+    folder = damaged("ev_deltashape", "base_delta.safetensors", None)
+    save_file({key: torch.zeros(3, 3)}, folder / "base_delta.safetensors", metadata={"format": "pt"})
+    # Response caches this evaluation would use (their file name is the fingerprint of run_done).
+    from fedmom_cli.evaluation import evaluate as ev
+    from fedmom_cli.evaluation import response_cache
+
+    opts = ev.EvalOptions(run_dir=run, limit=2, force=True)
+    db = f"responses-{response_cache.fingerprint(opts, 'tiny', 'float32', 'cpu')}_rank0.db"
+    for name in ("cache_corrupt", "cache_empty", "cache_dir", "cache_link"):
+        (root / name).mkdir()
+    (root / "cache_corrupt" / db).write_bytes(b"this is not a database" * 10)
+    (root / "cache_empty" / db).write_bytes(b"")
+    (root / "cache_dir" / db).mkdir()
+    os.symlink("../userdir/thesis.tex", root / "cache_link" / db)
+    # HumanEval rows without `test`, without `task_id` (G41, G42).
+    import gzip
+
+    rows = [
+        json.loads(line) for line in gzip.open(root / "gen_data" / "humaneval" / "HumanEval.jsonl.gz", "rt")
+    ]
+    for name, field in (("gd_notest", "test"), ("gd_noid", "task_id")):
+        (root / name / "humaneval").mkdir(parents=True)
+        with gzip.open(root / name / "humaneval" / "HumanEval.jsonl.gz", "wt") as f:
+            f.writelines(json.dumps({k: v for k, v in r.items() if k != field}) + "\n" for r in rows)
+    # data convert's source: LLM-Adapters' ARC-Easy.json
+    arc = {
+        "instruction": "Please choose the correct answer to the question: Q?\n\nAnswer1: a Answer2: b\n\n"
+        "Answer format: answer1/answer2",
+        "input": "",
+        "output": "the correct answer is answer2",
+        "answer": "answer2",
+    }
+    (root / "conv").mkdir()
+    (root / "conv" / "ARC-Easy.json").write_text(json.dumps([arc, arc]))
+    os.symlink("outside/recipe.yaml", root / "dangling.yaml")  # recipes copy must not write through it
+    os.symlink("afile", root / "filelink.yaml")
+    gens = {  # --generations files the review tried (G01-G37)
+        "g_malformed": b'{"task_id": "HumanEval/0", "completion": "x"}\n{bad\n',
+        "g_wrongid": b'{"task_id": "HumanEval/999", "completion": "x"}\n',
+        "g_empty": b"",
+        "g_blank": b"\n\n   \n",
+        "g_nonstr": b'{"task_id": "HumanEval/0", "completion": 5}\n',
+        "g_intid": b'{"task_id": 0, "completion": "x"}\n',
+        "g_nocompl": b'{"task_id": "HumanEval/0"}\n',
+        "g_array": b"[1, 2]\n",
+        "g_junk": b"\xff\xfe\x00junk\n",
+        "g_bom": '\ufeff{"task_id": "HumanEval/0", "completion": "x"}\n'.encode(),
+        "g_mbppid": b'{"task_id": "Mbpp/11", "completion": "x"}\n',
+        "g_nullid": b'{"task_id": null, "completion": "x"}\n',
+        "g_string": b'"just a string"\n',
+    }
+    for name, content in gens.items():
+        (root / f"{name}.jsonl").write_bytes(content)
+    for name, content in {
+        "conv_garbled": b"{not json",
+        "conv_zero": b"",
+        "conv_emptylist": b"[]",
+        "conv_object": b"{}",
+        "conv_binary": b"\xff\xfe\x00",
+        "conv_schema": json.dumps([{"question": "q"}]).encode(),
+        "conv_intanswer": json.dumps([{**arc, "answer": 2}]).encode(),
+    }.items():
+        (root / name).mkdir()
+        (root / name / "ARC-Easy.json").write_bytes(content)
+    weights = load_file(root / "c1" / "adapter_model.safetensors")
+    shutil.copytree(root / "c1", root / "a_bf16")
+    save_file(
+        {k: v.to(torch.bfloat16) for k, v in weights.items()},
+        root / "a_bf16" / "adapter_model.safetensors",
+        metadata={"format": "pt"},
+    )
 
 
 def _evaluations(root: Path) -> None:
@@ -475,7 +576,11 @@ TRAIN = [
 def test_train_bad_input(world, monkeypatch, capsys, args, fragment):
     recipe = "" if "--recipe" in args or "--task" in args else "--recipe smoke"
     out = "" if "--out" in args else "--out newrun"
-    check_case(world, monkeypatch, capsys, "train", f"{recipe} {FAST} --no-progress {out} {args}", fragment)
+    # a row's own --rounds/--lr/... replaces FAST's --set of that key (both would disagree: issue 30)
+    fast = " ".join(
+        f"--set {k}={v}" for k, v in TINY.items() if f"--{k.replace('_', '-')} " not in f"{args} "
+    )
+    check_case(world, monkeypatch, capsys, "train", f"{recipe} {fast} --no-progress {out} {args}", fragment)
 
 
 # ---- partition -----------------------------------------------------------------------------------
@@ -867,6 +972,472 @@ def test_check_out_names_an_unwritable_folder(tmp_path, monkeypatch):
         safety.check_out(tmp_path / "x", "dir")
 
 
+# ---- the outside review's second pass (issue 30) -------------------------------------------------
+# One row per case of ../shared/notes/outside_review_cases.jsonl that was a traceback, a silent
+# accept, a write on error or a lost file and is not covered by a table above; the id is the
+# review's. Each asserts exit 2, one `error:` line and the whole tree unchanged.
+T = "--recipe smoke --no-progress --out r"
+REVIEW = [
+    # train: an option and a --set of the same key disagree (the option won silently)
+    ("F03", "train", f"{T} --rounds 1 --set rounds=2", "--rounds 1 and --set rounds=2 disagree"),
+    ("SG07", "train", f"{T} --rounds 1 --set rounds=1e3", "config key 'rounds' expects"),
+    ("SG08", "train", f"{T} --rounds 1 --set rounds=True", "config key 'rounds' expects"),
+    ("F03b", "train", f"{T} --lr 0.1 --set lr=-1", "--lr 0.1 and --set lr=-1 disagree"),
+    (
+        "SG05",
+        "train",
+        f"{T} --set 'client_ranks=!!python/object/apply:os.system [\"touch pwned\"]'",
+        "YAML tags",
+    ),
+    ("SG05b", "train", f"{T} --set 'lr=!!python/object/apply:os.system [\"touch pwned\"]'", "YAML tags"),
+    ("CR31", "train", f"{T} --set lora_r=128", "rank 128 (lora_r or client_ranks) is larger than"),
+    (
+        "CR04",
+        "train",
+        f"{T} --set lora_r=128 --set clients=3 --set 'client_ranks=[64, 100, 128]'",
+        "rank 128",
+    ),
+    ("SG31", "train", f"{T} --method fedit --set svd=randomized", "method fedit does not take svd"),
+    ("SG31b", "train", f"{T} --method fedit --set tau=0.5", "method fedit does not take tau"),
+    ("M03", "train", f"--recipe smoke --no-progress --out {LONG}", "longer than the file system allows"),
+    ("M02", "train", f"--recipe smoke --no-progress --out {DEEP}", "the path is longer than"),
+    # partition
+    (
+        "P19",
+        "partition",
+        "--task math --synthetic 100 --clients 3 --min-size 1 --seed -1 --out p.json",
+        "--seed",
+    ),
+    (
+        "Z07",
+        "partition",
+        "--task math --synthetic 100 --clients 3 --min-size 1 --seed=-1 --out p.json",
+        "--seed",
+    ),
+    ("M04", "partition", f"--task math --synthetic 100 --clients 3 --min-size 1 --out {LONG}", "longer than"),
+    # bench: a rank no module of the shapes can hold
+    (
+        "B08",
+        "bench",
+        "aggregate --shapes 8x8 --rank 64 --clients 2 --layers 1 --no-dense --repeat 1",
+        "--rank 64",
+    ),
+    ("B08b", "bench", "aggregate --full-model --rank 5000 --layers 1 --repeat 1", "--rank 5000 is larger"),
+    ("B06b", "bench", f"aggregate --shapes 8x8 --rank 2 --json {LONG}.json", "longer than"),
+    # aggregate
+    (
+        "AH07",
+        "aggregate",
+        "-m fedmomentum --heterogeneous --rank 1000 c0 c1 --out o",
+        "--rank 1000 is larger",
+    ),
+    ("A21", "aggregate", "-m fedit c0 a_bf16 --out o", "disagree on the dtype"),
+    ("AH19", "aggregate", "-m fedmomentum --heterogeneous a_bf16 c0 --out o", "disagree on the dtype"),
+    ("M-agg", "aggregate", f"-m fedit c0 c1 --out {LONG}", "longer than"),
+    # sweep
+    (
+        "SO07",
+        "sweep",
+        "sw_good.yaml --dry-run --only method=fedit --only method=flora --out sw",
+        "given twice",
+    ),
+    # eval on a damaged run: one line, and eval_data/ (or a lock) is not written first
+    ("E04", "eval", "ev_badcfg --limit 1", "ev_badcfg/config.yaml cannot be read"),
+    ("E04b", "eval", "ev_cfglist --limit 1", "ev_cfglist/config.yaml cannot be read"),
+    ("E06", "eval", "ev_trunc --limit 1", "cannot read ev_trunc/adapter/adapter_model.safetensors"),
+    ("E07", "eval", "ev_deltashape --limit 1", "a base delta of another model"),
+    ("E08", "eval", "ev_nodelta --limit 1", "is not a readable safetensors file"),
+    ("E05", "eval", "ev_deltatrunc --limit 1", "is not a readable safetensors file"),
+    ("E16", "eval", "run_done --limit 1 --device bogus", "device must be auto, cpu"),
+    ("K04", "eval", "run_done --limit 2 --cache cache_corrupt --force", "is not an SQLite database"),
+    ("K12", "eval", "run_done --limit 2 --cache cache_empty --force", "is empty, so it is not"),
+    ("K11", "eval", "run_done --limit 2 --cache cache_dir --force", "is not a file"),
+    ("F13", "eval", "run_done --limit 2 --cache cache_link --force", "is a symbolic link"),
+    ("M-eval", "eval", f"--model tiny --tasks synthetic_math --limit 1 --out {LONG}", "longer than"),
+    # eval --generations: options it would ignore, problems lacking fields, a name too long
+    ("K07", "eval", f"{GEN} --out o --cache c", "--cache would be ignored"),
+    ("L09", "eval", f"{GEN} --out o --clients all", "--clients would be ignored"),
+    (
+        "G48",
+        "eval",
+        f"{GEN} --out o --limit 1 --precision bogus --shots 5",
+        "--limit, --shots, --precision would",
+    ),
+    ("G48b", "eval", f"{GEN} --out o --device cpu", "--device would be ignored"),
+    ("G41", "eval", f"{GEN.replace('gen_data', 'gd_notest')} --out o", "row 1 lacks test"),
+    ("G42", "eval", f"{GEN.replace('gen_data', 'gd_noid')} --out o", "row 1 lacks task_id"),
+    ("M06", "eval", f"{GEN} --out {LONG}", "longer than the file system allows"),
+    # export
+    ("X20", "export", "ev_trunc --out exp", "cannot read ev_trunc/adapter/adapter_model.safetensors"),
+    ("X04", "export", "run_done --out run_done/exp", "lies inside the run folder"),
+    ("X04b", "export", "run_done --out run_done", "lies inside the run folder"),
+    ("M05", "export", f"run_done --out {LONG}", "longer than the file system allows"),
+    # recipes copy
+    ("Q15", "recipes", "copy smoke dangling.yaml", "is a symbolic link"),
+    ("Q-long", "recipes", f"copy smoke {LONG}.yaml", "longer than"),
+    # data convert
+    ("C10", "data", "convert conv --out afile", "is a file, not a folder"),
+    ("C14", "data", "convert conv --out afile/o", "afile is a file, not a folder"),
+    ("C13", "data", "convert conv --out o --sets ''", "--sets names no set"),
+    ("C13b", "data", "convert conv --out o --sets ,", "--sets names no set"),
+    ("M26", "data", f"convert conv --out {LONG}", "longer than"),
+    # report
+    ("M30", "report", f"run_done --no-figures --out {LONG}.md", "longer than"),
+]
+
+
+# Cases of the review that were already one clean line: kept as rows so that a regression fails.
+REVIEW_CLEAN = [
+    ("X01", "export", "run_part --out exp", "is not a finished fedmom run folder"),
+    ("X03", "export", "agg_done --out exp", "is not a finished fedmom run folder"),
+    ("X06", "export", "run_done --out userdir", "already exists and is not empty"),
+    ("X07", "export", "run_done --out userdir --force", "is not a `fedmom export` folder"),
+    ("X08", "export", "run_done --out exp --precision bogus", "--precision must be fp32, bf16 or fp16"),
+    ("X09", "export", "run_done --out exp --precision fp8", "--precision must be fp32, bf16 or fp16"),
+    ("X12", "export", "run_done --out exp --adapter-only --with-base-delta --drop-base-delta", "contradict"),
+    ("X13", "export", "run_done --out exp --drop-base-delta", "only applies with --adapter-only"),
+    ("X14", "export", "run_done --out exp --with-base-delta", "only applies with --adapter-only"),
+    ("X15", "export", "run_done --out afile", "is a file, not a folder"),
+    ("X16", "export", "run_done --out afile/exp", "afile is a file, not a folder"),
+    ("X18", "export", "run_done --out .", "is the current folder or contains it"),
+    ("X19", "export", "/nope/run --out exp", "is not a finished fedmom run folder"),
+    ("X21", "export", "ev_nodelta --out exp", "base_delta.safetensors is missing"),
+    ("X22", "export", "ev_badcfg --out exp", "unreadable config.yaml"),
+    ("X25", "export", "run_done --out run_done/adapter --force", "lies inside the run folder"),
+    ("X28", "export", "run_done --out ''", "is the current folder or contains it"),
+    ("X30", "export", "run_done --out /dev/null", "is a file, not a folder"),
+    ("Z09", "export", "run_done --out run_part --force", "is not a `fedmom export` folder"),
+    ("Q01", "recipes", "show nosuch", "no shipped recipe 'nosuch'"),
+    ("Q02", "recipes", "show ../../../../../../etc/passwd", "no shipped recipe"),
+    ("Q03", "recipes", "show /etc/passwd", "no shipped recipe"),
+    ("Q04", "recipes", "show ''", "no shipped recipe ''"),
+    ("Q05", "recipes", "copy nosuch x.yaml", "no shipped recipe 'nosuch'"),
+    ("Q06", "recipes", "copy smoke afile", "afile already exists; recipes copy never overwrites"),
+    ("Q08", "recipes", "copy smoke nodir/x.yaml", "folder nodir does not exist"),
+    ("Q10", "recipes", "copy smoke afile/x.yaml", "folder afile does not exist"),
+    ("Q13", "recipes", "copy ../recipes/smoke x.yaml", "no shipped recipe"),
+    ("Q14", "recipes", "copy smoke /dev/null", "/dev/null already exists"),
+    ("Q16", "recipes", "copy smoke filelink.yaml", "filelink.yaml is a symbolic link"),
+    ("Q17", "recipes", "show mini", "no shipped recipe 'mini'"),
+    ("C01", "data", "convert /nope --out o", "/nope is not a folder"),
+    ("C02", "data", "convert afile --out o", "afile is not a folder"),
+    ("C03", "data", "convert emptydir --out o", "emptydir holds none of ARC-Easy.json"),
+    ("C04", "data", "convert conv_garbled --out o", "not valid JSON (JSONDecodeError)"),
+    ("C05", "data", "convert conv_zero --out o", "not valid JSON (JSONDecodeError)"),
+    ("C06", "data", "convert conv_emptylist --out o", "expected a non-empty JSON list of rows"),
+    ("C07", "data", "convert conv_schema --out o", "row 0 cannot be mapped to lm-eval's schema"),
+    ("C11", "data", "convert conv --out o --sets nosuch", "unknown set 'nosuch'"),
+    ("C12", "data", "convert conv --out o --sets boolq", "boolq: cannot convert"),
+    ("C18", "data", "convert conv_binary --out o", "not valid JSON (UnicodeDecodeError)"),
+    ("C20", "data", "convert conv_object --out o", "expected a non-empty JSON list of rows"),
+    ("C21", "data", "convert conv_intanswer --out o", "no string 'answer'"),
+    ("C24", "data", "convert conv --out o --sets piqa", "piqa.json not found"),
+    ("M01", "models", "get gpt5", "unknown model 'gpt5'"),
+    ("Z10", "models", "get nosuch --force", "unknown model 'nosuch'"),
+    ("M02m", "models", "get", "Missing argument 'NAME'"),
+    # partition
+    ("P02", "partition", "--task math --data empty.jsonl --clients 3 --out p.json", "no rows"),
+    ("P13", "partition", "--task poetry --synthetic 100 --out p.json", "unknown task 'poetry'"),
+    (
+        "P22",
+        "partition",
+        "--task math --synthetic 100 --clients 2 --by nosuch --out p.json",
+        "lack that field",
+    ),
+    (
+        "P23",
+        "partition",
+        "--task math --synthetic 10 --clients 100 --out p.json",
+        "more clients (100) than rows",
+    ),
+    # train
+    ("T01", "train", f"{T} --method fedsgd", "unknown method 'fedsgd'"),
+    ("T02", "train", "--task poetry --recipe smoke --no-progress --out r", "unknown task 'poetry'"),
+    ("T03", "train", "--recipe nosuch --no-progress --out r", "recipe 'nosuch' not found"),
+    ("T10", "train", f"{T} --rounds 1 --set lora_r=abc", "config key 'lora_r' expects"),
+    ("T15", "train", f"{T} --rounds 1 --set lr=.inf", "lr must be a finite number"),
+    ("T16", "train", f"{T} --rounds 1 --set target_modules=nosuch_proj", "'nosuch_proj' matches no module"),
+    ("T28", "train", f"{T} --rounds 1 --data empty.jsonl --set synthetic=null", "no rows"),
+    ("CR01", "train", f"{T} --set 'client_ranks=[-1, 2, 4]'", "client_ranks must be in 1..lora_r=4"),
+    ("CR02", "train", f"{T} --set 'client_ranks=[0, 2, 4]'", "client_ranks must be in 1..lora_r=4"),
+    ("CR03", "train", f"{T} --set 'client_ranks=[1, 2, 8]'", "client_ranks must be in 1..lora_r=4"),
+    ("CR05", "train", f"{T} --set 'client_ranks=[1, 2]'", "client_ranks has 2 entries for 3 clients"),
+    ("CR06", "train", f"{T} --set 'client_ranks=[1, 2, 3, 4]'", "client_ranks has 4 entries for 3 clients"),
+    ("CR07", "train", f"{T} --set 'client_ranks={{ramp: [1, 4]}}'", "client_ranks must be a list of ranks"),
+    ("CR08", "train", f"{T} --set 'client_ranks={{spread: [4]}}'", "spread expects [low, high]"),
+    ("CR09", "train", f"{T} --set 'client_ranks={{spread: [4, 1]}}'", "spread expects low <= high"),
+    ("CR10", "train", f"{T} --set 'client_ranks={{cycle: []}}'", "cycle expects a non-empty list"),
+    ("CR11", "train", f"{T} --set 'client_ranks={{cycle: [1.5, 2]}}'", "cycle expects a non-empty list"),
+    ("CR12", "train", f"{T} --set client_ranks=abc", "config key 'client_ranks' expects"),
+    ("CR13", "train", f"{T} --set client_ranks=true", "config key 'client_ranks' expects"),
+    ("CR14", "train", f"{T} --set client_ranks=4", "config key 'client_ranks' expects"),
+    ("CR15", "train", f"{T} --set \"client_ranks=[1, '2', 4]\"", "config key 'client_ranks' expects"),
+    (
+        "CR17",
+        "train",
+        f"{T} --method fedsa_lora --set 'client_ranks=[1, 2, 4]'",
+        "does not support heterogeneous",
+    ),
+    (
+        "CR18",
+        "train",
+        f"{T} --method ffa_lora --set 'client_ranks=[1, 2, 2]'",
+        "the largest client rank must",
+    ),
+    (
+        "CR24",
+        "train",
+        f"{T} --set 'client_ranks={{spread: [1, 1000000000]}}'",
+        "client_ranks must be in 1..lora_r",
+    ),
+    ("CR27", "train", f"{T} --clients 5 --set 'client_ranks=[1, 2, 4]'", "client_ranks has 3 entries for 5"),
+    ("CR29", "train", f"{T} --set 'client_ranks=[1, 2, 4.0]'", "config key 'client_ranks' expects"),
+    ("CR32", "train", f"{T} --method rolora --set 'client_ranks=[1, 2, 2]'", "the largest client rank must"),
+    ("SG04", "train", f"{T} --set 'lora_r=[1,2'", "config key 'lora_r' expects"),
+    ("SG06", "train", f"{T} --set lr=1e400", "lr must be a finite number"),
+    ("SG10", "train", f"{T} --set lora_r=4=5", "config key 'lora_r' expects"),
+    ("SG11", "train", f"{T} --set 'lr=0.1\nrounds: 0'", "config key 'lr' expects"),
+    ("SG14", "train", f"{T} --set delta_path=bogus", "delta_path must be merged or separate"),
+    ("SG17", "train", f"{T} --set lora_alpha=.nan", "lora_alpha must be a finite number"),
+    ("SG21", "train", f"{T} --set clients=1e2", "config key 'clients' expects"),
+    ("SG22", "train", f"{T} --set cutoff_len=1e9", "config key 'cutoff_len' expects"),
+    (
+        "SG32",
+        "train",
+        f"{T} --set gradient_checkpointing=maybe",
+        "config key 'gradient_checkpointing' expects",
+    ),
+    ("SG33", "train", f"{T} --set 'method_options=[1, 2]'", "config key 'method_options' expects"),
+    ("SG36", "train", f"{T} --set clients_per_round=1.5", "config key 'clients_per_round' expects"),
+    ("RT01", "train", f"{T} --report-to bogus", "--report-to must be one of none, tensorboard"),
+    ("RT03", "train", f"{T} --report-to tensorboard,wandb", "--report-to must be one of"),
+    ("RT09", "train", f"{T} --report-to TENSORBOARD", "--report-to must be one of"),
+    # sweep
+    ("S01", "sweep", "nosuch --dry-run", "recipe 'nosuch' not found"),
+    ("SO04", "sweep", "sw_good.yaml --dry-run --only =fedit --out sw", "--only =...: unknown key"),
+    (
+        "SO09",
+        "sweep",
+        "sw_good.yaml --dry-run --only METHOD=fedit --out sw",
+        "--only METHOD=...: unknown key",
+    ),
+    ("RT06", "sweep", "sw_good.yaml --out sw --report-to bogus --no-progress", "--report-to must be one of"),
+    # aggregate
+    ("A22", "aggregate", "-m fedit --weights 1,2 c0 c1 a_trunc --out o", "cannot read a_trunc"),
+    ("A31", "aggregate", "-m fedsgd c0 c1 --out o", "unknown method 'fedsgd'"),
+    (
+        "AH09",
+        "aggregate",
+        "-m fedmomentum --heterogeneous --alpha 0 c0 c1 --out o",
+        "--alpha must be a positive",
+    ),
+    (
+        "AH10",
+        "aggregate",
+        "-m fedmomentum --heterogeneous --alpha=-8 c0 c1 --out o",
+        "--alpha must be a positive",
+    ),
+    (
+        "AH11",
+        "aggregate",
+        "-m fedmomentum --heterogeneous --alpha nan c0 c1 --out o",
+        "--alpha must be a positive",
+    ),
+    ("AH12", "aggregate", "-m fedmomentum --rank 4 c0 c1 --out o", "add --heterogeneous"),
+    (
+        "AH16",
+        "aggregate",
+        "-m fedmomentum --heterogeneous --weights 1,2,3 c0 c1 --out o",
+        "got 3 weights for 2",
+    ),
+    (
+        "AH18",
+        "aggregate",
+        "-m fedmomentum --heterogeneous --alpha inf c0 c1 --out o",
+        "--alpha must be a positive",
+    ),
+    ("AH20", "aggregate", "-m fedit --alpha 16 c0 c1 --out o", "add --heterogeneous"),
+    # bench
+    ("B09", "bench", "train --methods bogus --rounds 1", "unknown method 'bogus'"),
+    ("B11", "bench", "train --recipe nosuch --methods fedit --rounds 1", "recipe 'nosuch' not found"),
+    # push: the repository id, before anything is exported
+    ("H04", "push", "run_done --repo 'not a repo'", "--repo must look like OWNER/NAME"),
+    ("H05", "push", "run_done --repo a/b/c", "--repo must look like OWNER/NAME"),
+    ("H06", "push", "run_done --repo ''", "--repo must look like OWNER/NAME"),
+    ("H07", "push", "run_done --repo ../x", "--repo must look like OWNER/NAME"),
+    # eval on a run
+    ("E12", "eval", "run_done --limit 0", "--limit must be at least 1"),
+    ("E13", "eval", "run_done --limit -1", "--limit must be at least 1"),
+    ("E14", "eval", "run_done --limit 1 --batch-size 0", "--batch-size must be at least 1"),
+    ("E15", "eval", "run_done --limit 1 --shots -1", "--shots must be 0 or more"),
+    ("E20", "eval", "--model tiny --task poetry --out pre", "unknown task 'poetry'"),
+    ("E22", "eval", "run_done --tasks ' , '", "--tasks lists a task twice or an empty name"),
+    ("E23", "eval", "run_done --limit 1 --shots 3", "--shots needs --protocol lm-eval"),
+    ("E25", "eval", "run_done --tasks humaneval --data-dir emptydir", "not found under --data-dir"),
+    ("K01", "eval", "run_done --limit 1 --cache run_done/cache", "lies inside run_done"),
+    ("K02", "eval", "run_done --limit 1 --cache run_done", "lies inside run_done"),
+    ("K08", "eval", "--model tiny --tasks synthetic_math --limit 1 --out o --cache o/c", "lies inside o"),
+    ("L02", "eval", "run_done --limit 1 --clients 0", "--clients needs a fedsa_lora run"),
+    ("L03", "eval", "run_done --limit 1 --clients abc", "--clients expects 'all' or client indices"),
+    ("L07", "eval", "run_done --limit 1 --clients ''", "--clients expects 'all' or client indices"),
+    (
+        "L08",
+        "eval",
+        "--model tiny --out o --tasks synthetic_math --limit 1 --clients 0",
+        "--clients needs RUN_DIR",
+    ),
+    # eval --generations
+    ("G01", "eval", f"{GEN.replace('gen.jsonl', 'g_malformed.jsonl')} --out o", "line 2 is not JSON"),
+    ("G02", "eval", f"{GEN.replace('gen.jsonl', 'g_wrongid.jsonl')} --out o", "is not a humaneval task"),
+    ("G04", "eval", f"{GEN.replace('gen.jsonl', 'g_empty.jsonl')} --out o", "holds no completions"),
+    ("G06", "eval", f"{GEN.replace('gen.jsonl', 'g_blank.jsonl')} --out o", "holds no completions"),
+    ("G07", "eval", f"{GEN.replace('gen.jsonl', 'g_nonstr.jsonl')} --out o", "needs an object with task_id"),
+    (
+        "G08",
+        "eval",
+        f"{GEN.replace('gen.jsonl', 'g_intid.jsonl')} --out o",
+        "task_id 0 is not a humaneval task",
+    ),
+    ("G09", "eval", f"{GEN.replace('gen.jsonl', 'g_nocompl.jsonl')} --out o", "needs an object with task_id"),
+    ("G10", "eval", f"{GEN.replace('gen.jsonl', 'g_array.jsonl')} --out o", "needs an object with task_id"),
+    ("G11", "eval", f"{GEN.replace('gen.jsonl', 'g_junk.jsonl')} --out o", "cannot read g_junk.jsonl"),
+    ("G12", "eval", f"{GEN.replace('gen.jsonl', 'g_bom.jsonl')} --out o", "line 1 is not JSON"),
+    ("G14", "eval", f"{GEN.replace('humaneval', 'humaneval,mbpp', 1)} --out o", "scores one task at a time"),
+    ("G15", "eval", f"{GEN.replace('humaneval', 'gsm8k', 1)} --out o", "scores one task at a time"),
+    ("G16", "eval", f"{GEN.replace('--data-dir gen_data', '')} --out o", "humaneval needs its problems"),
+    ("G17", "eval", GEN, "--generations needs --out DIR"),
+    ("G22", "eval", f"{GEN} --out o --timeout=-1", "--timeout must be in (0, 3600]"),
+    ("G26", "eval", f"{GEN} --out o --workers 0", "--workers at least 1"),
+    ("G27", "eval", f"{GEN} --out o --workers=-5", "--workers at least 1"),
+    ("G31", "eval", f"{GEN} run_done --out o", "give no RUN_DIR and no --model"),
+    ("G32", "eval", f"{GEN} --model tiny --out o", "give no RUN_DIR and no --model"),
+    (
+        "G35",
+        "eval",
+        f"{GEN.replace('gen.jsonl', 'g_mbppid.jsonl')} --out o",
+        "'Mbpp/11' is not a humaneval task",
+    ),
+    ("G36", "eval", f"{GEN.replace('gen.jsonl', 'g_nullid.jsonl')} --out o", "None is not a humaneval task"),
+    ("G37", "eval", f"{GEN.replace('gen.jsonl', 'g_string.jsonl')} --out o", "needs an object with task_id"),
+]
+
+
+@pytest.mark.parametrize(
+    "command,args,fragment", [pytest.param(*r[1:], id=r[0]) for r in REVIEW + REVIEW_CLEAN]
+)
+def test_review_case(world, monkeypatch, capsys, command, args, fragment):
+    check_case(world, monkeypatch, capsys, command, args, fragment)
+
+
+# A read-only folder, as root too: os.access says no for that folder only (E24, Q09, C15, G33).
+READ_ONLY_ANYONE = [
+    ("E24", "eval", "run_done --limit 1", "run_done"),
+    ("Q09", "recipes", "copy smoke ro/x.yaml", "ro"),
+    ("C15", "data", "convert conv --out ro/o", "ro"),
+    ("G33", "eval", f"{GEN} --out ro/o", "ro"),
+    ("M-model", "eval", "--model tiny --tasks synthetic_math --limit 1 --out ro/o", "ro"),
+    *[(f"ro-{c}", c, a, "ro") for c, a in READ_ONLY],
+    ("X-ro", "export", "run_done --out ro/exp", "ro"),
+]
+
+
+@pytest.mark.parametrize("command,args,folder", [pytest.param(*r[1:], id=r[0]) for r in READ_ONLY_ANYONE])
+def test_read_only_folder_is_one_line(world, monkeypatch, capsys, command, args, folder):
+    (world / "ro").mkdir(exist_ok=True)
+    real, ro = os.access, (world / folder).resolve()
+
+    def access(p, mode, **k):  # writing in `ro` is denied; reading it is not
+        return real(p, mode, **k) and not (mode & os.W_OK and Path(p).resolve() == ro)
+
+    monkeypatch.setattr(os, "access", access)
+    check_case(world, monkeypatch, capsys, command, args, "permission denied")
+
+
+# A full disk on every writer: one line, nothing left behind (no .tmp, no half-made folder).
+# ENOSPC is raised where the data reaches the disk (fsync) or where it is renamed into place.
+DISK_FULL = [
+    ("M24", "partition", "--task math --synthetic 100 --clients 3 --min-size 1 --out new/p.json", "fsync"),
+    ("M26", "data", "convert conv --out o", "fsync"),
+    ("M26b", "data", "convert conv --out o", "replace"),
+    ("M23", "eval", f"{GEN} --out o", "replace"),
+    ("M25", "eval", "run_done --limit 1", "replace"),
+    ("M25b", "eval", "--model tiny --tasks synthetic_math --limit 1 --out o", "replace"),
+    (
+        "B-json",
+        "bench",
+        "aggregate --shapes 8x8 --rank 2 --clients 2 --layers 1 --no-dense --repeat 1 --json b/b.json",
+        "fsync",
+    ),
+    ("M-report", "report", "run_done --no-figures --out rep.md", "fsync"),
+    ("M22", "export", "run_done --out exp --adapter-only", "replace"),
+    ("M-agg", "aggregate", "-m fedit c0 c1 --out o", "replace"),
+]
+
+
+@pytest.mark.parametrize("command,args,where", [pytest.param(*r[1:], id=r[0]) for r in DISK_FULL])
+def test_a_full_disk_is_one_line_and_leaves_nothing(world, monkeypatch, capsys, command, args, where):
+    import errno
+
+    real = getattr(os, where)
+
+    def full(*a, **k):
+        if where == "replace" and ".fedmom.lock" in str(a[0]):
+            return real(*a, **k)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, where, full)
+    before = snapshot(world)
+    code, out, err = run_main(monkeypatch, capsys, *shlex.split(f"{command} {args}"))
+    assert code == 2, (code, out, err)
+    lines = err.splitlines()  # bench, eval and train may log progress on stderr before they write
+    assert lines[-1].startswith("error: ") and "no space left on the device" in lines[-1], err
+    assert sum(x.startswith("error:") for x in lines) == 1, err
+    monkeypatch.undo()
+    assert snapshot(world) == before
+
+
+@pytest.mark.parametrize("where", ["fsync", "torch.save"])
+def test_train_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(world, monkeypatch, capsys, where):
+    """M21, M27: train keeps what it wrote (a checkpoint to --resume from) but no `.tmp`."""
+    import errno
+
+    if where == "fsync":
+
+        def full(*a, **k):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "fsync", full)
+    else:  # torch's zip writer reports a full disk this way
+
+        def full(obj, f, *a, **k):
+            Path(f).write_bytes(b"half")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+        monkeypatch.setattr(torch, "save", full)
+    args = f"--recipe smoke {FAST} --no-progress --out full"
+    code, out, err = run_main(monkeypatch, capsys, "train", *shlex.split(args))
+    lines = err.splitlines()  # the rounds it trained, then one line
+    assert code == 2 and lines[-1].startswith("error: cannot write"), (out, err)
+    assert "no space left on the device" in lines[-1] and sum(x.startswith("error:") for x in lines) == 1
+    assert not [p for p in (world / "full").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_bench_json_makes_its_folder(world, monkeypatch, capsys):
+    """B06: `--json DIR/b.json` under a folder that does not exist was a traceback."""
+    args = (
+        "aggregate --shapes 8x8 --rank 2 --clients 2 --layers 1 --no-dense --repeat 1 --json nope/dir/b.json"
+    )
+    code, _, err = run_main(monkeypatch, capsys, "bench", *shlex.split(args))
+    assert code == 0, err
+    assert json.loads((world / "nope" / "dir" / "b.json").read_text())["rows"]
+
+
+def test_only_given_twice_with_one_value_is_fine(world, monkeypatch, capsys):
+    args = "sw_good.yaml --dry-run --only method=fedit --only method=fedit --out sw"
+    code, _, err = run_main(monkeypatch, capsys, "sweep", *shlex.split(args))
+    assert code == 0, err
+
+
 # ---- --force and user folders --------------------------------------------------------------------
 def test_force_on_a_user_folder_keeps_every_file(world, monkeypatch, capsys):
     before = snapshot(world / "userdir")
@@ -973,7 +1544,7 @@ def test_steps_without_a_trainable_token_have_no_loss_and_are_counted(world, mon
     )
     code, _, err = run_main(
         monkeypatch, capsys, "train", "--recipe", "smoke", *shlex.split(FAST), "--set", "synthetic=null",
-        "--data", "mixed.jsonl", "--set", "batch_size=1", "--set", "local_steps=6", "--clients", "2",
+        "--data", "mixed.jsonl", "--set", "batch_size=1", "--set", "local_steps=6", "--set", "clients=2",
         "--set", "min_client_size=4", "--set", "beta=1000", "--no-progress", "--out", "mixed",
     )  # fmt: skip
     assert code == 0, err

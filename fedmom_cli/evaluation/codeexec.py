@@ -156,7 +156,16 @@ def load_problems(task: str, data_dir: Path | None) -> dict[str, dict]:
             rows = [json.loads(line) for line in f if line.strip()]
     except (OSError, ValueError, EOFError) as exc:
         raise UserError(f"{task}: cannot read {path}: {exc}") from None
+    need = PROBLEM_FIELDS[task]
+    for number, row in enumerate(rows, 1):  # a row without `test` or `task_id` was a KeyError
+        lacks = [f for f in need if not isinstance(row, dict) or f not in row]
+        if lacks:
+            raise UserError(f"{task}: {path} row {number} lacks {', '.join(lacks)} (needs {', '.join(need)})")
     return {task_key(task, r["task_id"]): r for r in rows}
+
+
+# What `program` reads of a problem row, per task.
+PROBLEM_FIELDS = {"humaneval": ("task_id", "prompt", "test", "entry_point"), "mbpp": ("task_id", "test_list")}
 
 
 @dataclass(frozen=True)
@@ -256,15 +265,17 @@ def run_generations(opts: GenerationsOptions) -> dict:
         "device": None,
         "tasks": {task: entry},
     }
-    opts.out.mkdir(parents=True, exist_ok=True)
-    with safety.RunLock(opts.out):
-        old = _existing(opts.out, task, opts.force)  # another writer may have written meanwhile
-        result["tasks"] = {
-            **(old["tasks"] if old else {}),
-            task: {**entry, "generations": str(opts.generations)},
-        }
-        _write_outputs(opts.out, task, problems, samples, outcomes, result)
+    with safety.removed_on_failure(opts.out, opts.out / "eval_samples"):
+        opts.out.mkdir(parents=True, exist_ok=True)
+        with safety.RunLock(opts.out):
+            _score_write(opts, task, problems, samples, outcomes, result, entry)
     return {**result, "tasks": {task: entry}}
+
+
+def _score_write(opts, task, problems, samples, outcomes, result, entry) -> None:
+    old = _existing(opts.out, task, opts.force)  # another writer may have written meanwhile
+    result["tasks"] = {**(old["tasks"] if old else {}), task: {**entry, "generations": str(opts.generations)}}
+    _write_outputs(opts.out, task, problems, samples, outcomes, result)
 
 
 def _write_outputs(out: Path, task: str, problems, samples, outcomes, result: dict) -> None:
@@ -290,5 +301,8 @@ def _write_outputs(out: Path, task: str, problems, samples, outcomes, result: di
 def _write_whole(path: Path, text: str) -> None:
     """Written whole or not at all (as results.atomic_write_json, without importing torch)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no temporary file

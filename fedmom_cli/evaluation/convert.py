@@ -28,12 +28,14 @@ written then.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
-from fedmom_cli import runfolder
+from fedmom_cli import safety
 from fedmom_cli.errors import UserError
 
 REFUSED = {
@@ -167,10 +169,40 @@ def convert_rows(name: str, rows: list) -> list[dict]:
     return out
 
 
+def _write_all(files: dict[Path, str]) -> None:
+    """Every file or none: each is written under its temporary name first, then all are renamed;
+    a failure (a full disk) removes the temporary files and the folders this call made."""
+    made, tmps = [], []
+    try:
+        for target, text in files.items():
+            missing = [p for p in [target.parent, *target.parent.parents] if not p.exists()]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made += reversed(missing)
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmps.append(tmp)
+            with open(tmp, "wb") as f:
+                f.write(text.encode())
+                f.flush()
+                os.fsync(f.fileno())
+        for target in files:
+            os.replace(target.with_name(f".{target.name}.tmp"), target)
+    except BaseException:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: nothing of the user's is touched
+        raise
+
+
 def run(src: Path, out: Path, sets: list[str] | None = None, force: bool = False) -> dict:
     """Convert; validate every requested set and target before the first write."""
     if not src.is_dir():
         raise UserError(f"{src} is not a folder (expected LLM-Adapters' <set>.json files)")
+    if sets is not None and not [s for s in sets if s]:
+        raise UserError("--sets names no set; leave it out to convert every set present")
+    sets = [s for s in sets if s] if sets is not None else None
+    safety.check_out(out, "dir")  # a file, under a file, read-only, a name too long: one line
     known = [*SETS, *REFUSED]
     if sets is None:
         chosen = [s for s in SETS if (src / f"{s}.json").is_file()]
@@ -196,12 +228,13 @@ def run(src: Path, out: Path, sets: list[str] | None = None, force: bool = False
             raise UserError(f"{path}: expected a non-empty JSON list of rows")
         task, split, _ = SETS[s]
         target = out / task / f"{split}.jsonl"
+        safety.check_out(target, "file")
+        if target.is_symlink():
+            raise UserError(f"{target} is a symbolic link; move it away")
         if target.exists() and not force:
             raise UserError(f"{target} exists; pass --force to overwrite it")
         converted[s] = (target, convert_rows(s, rows))
-    for target, rows in converted.values():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        runfolder.atomic_write_bytes(target, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    _write_all({t: "".join(json.dumps(r) + "\n" for r in rows) for t, rows in converted.values()})
     skipped = {s: REFUSED[s] for s in REFUSED if sets is None and (src / f"{s}.json").is_file()}
     return {
         "written": {s: {"file": str(t), "rows": len(r)} for s, (t, r) in converted.items()},

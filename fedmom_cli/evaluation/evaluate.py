@@ -87,6 +87,24 @@ def quiet_git():
         yield
 
 
+def read_run_config(run_dir: Path) -> cfgmod.TrainConfig:
+    """The run's config.yaml; a malformed one is one line naming it (it was a YAML traceback)."""
+    import yaml
+
+    path = run_dir / runfolder.CONFIG
+    try:
+        return cfgmod.from_yaml(path.read_text())
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+        raise UserError(f"{path} cannot be read ({reason})") from None
+
+
+def _device(opts: EvalOptions) -> str:
+    return opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
     tokenizer = load_tokenizer(cfg)
     model = load_base_model(cfg, tokenizer)
@@ -94,6 +112,9 @@ def _load_model(opts: EvalOptions, cfg: cfgmod.TrainConfig):
         return model, tokenizer
     from peft import PeftModel
 
+    from fedmom_cli.adapters import read_adapter
+
+    read_adapter(opts.run_dir / runfolder.ADAPTER)  # truncated or foreign: one line, not PEFT's traceback
     model = PeftModel.from_pretrained(model, opts.run_dir / runfolder.ADAPTER)
     # as the run trained: a float32 side path in bf16/fp16 unless the run merged (fedmom_cli/model.py)
     delta = runfolder.read_base_delta(opts.run_dir)
@@ -178,7 +199,7 @@ def run(opts: EvalOptions) -> dict:
         run_dir = opts.run_dir
         if not (run_dir / runfolder.CONFIG).is_file() or not (run_dir / runfolder.ADAPTER).is_dir():
             raise UserError(f"{run_dir} is not a finished fedmom run folder (config.yaml, adapter/)")
-        cfg, out = cfgmod.from_yaml((run_dir / runfolder.CONFIG).read_text()), run_dir
+        cfg, out = read_run_config(run_dir), run_dir
     else:
         if opts.model is None or opts.out is None:
             raise UserError("give RUN_DIR, or --model with --out")
@@ -199,6 +220,7 @@ def run(opts: EvalOptions) -> dict:
         raise UserError(f"--batch-size must be at least 1, got {opts.batch_size}")
     if opts.data_dir is not None and not opts.data_dir.is_dir():
         raise UserError(f"--data-dir {opts.data_dir} is not a folder")
+    safety.check_device(opts.device)  # `--device bogus` was a traceback after eval_data/ was written
     response_cache.check(opts.cache, out)
     if opts.clients is not None:  # fedsa_lora's per-client models: checked before any write
         from fedmom_cli.evaluation import client_eval
@@ -222,24 +244,35 @@ def run(opts: EvalOptions) -> dict:
         raise UserError(f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace")
     if out.is_dir():
         safety.probe_lock(out)
+    safety.check_out(out, "dir", "RUN_DIR" if opts.run_dir is not None else "--out")  # read-only: now
+    # The model (adapter, base delta, device) and the response cache are loaded and checked before
+    # anything is written: a truncated adapter or a base delta of the wrong shape wrote eval_data/.
+    loaded = _load_model(opts, cfg)
+    response_cache.check_store(opts, cfg.model, loaded[0], _device(opts))
 
-    # From here on, files are written; the folder is locked while this process writes it.
-    out.mkdir(parents=True, exist_ok=True)
-    with safety.RunLock(out):
-        old = _existing(out, cfg, opts)  # another writer may have finished while we were planning
-        if old and not opts.force and (again := [k for k in keys if k in old["tasks"]]):
-            raise UserError(f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace")
-        result = _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation)
-        if opts.clients:
-            from fedmom_cli.evaluation import client_eval
+    # From here on, files are written; the folder is locked while this process writes it. What this
+    # call creates (the folder, eval_data/, eval_samples/, the lock) goes again if it fails.
+    made = [out, out / "eval_data", out / "eval_samples", out / safety.LOCK_FILE]
+    with safety.removed_on_failure(*made):
+        out.mkdir(parents=True, exist_ok=True)
+        with safety.RunLock(out):
+            old = _existing(out, cfg, opts)  # another writer may have finished while we were planning
+            if old and not opts.force and (again := [k for k in keys if k in old["tasks"]]):
+                raise UserError(
+                    f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace"
+                )
+            result = _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation, loaded)
+            if opts.clients:
+                from fedmom_cli.evaluation import client_eval
 
-            result = client_eval.evaluate_clients(
-                opts, cfg, out, local, planned, code_tasks, isolation, result
-            )
-        return result
+                result = client_eval.evaluate_clients(
+                    opts, cfg, out, local, planned, code_tasks, isolation, result
+                )
+            return result
 
 
-def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation) -> dict:
+def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation, loaded=None) -> dict:
+    model, tokenizer = loaded if loaded is not None else _load_model(opts, cfg)
     out.mkdir(parents=True, exist_ok=True)
     specs, meta = [], {}
     if local:
@@ -257,14 +290,13 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
     for p in planned:
         specs.extend(p.spec)
 
-    model, tokenizer = _load_model(opts, cfg)
     # lm-eval warns that it was handed a model object rather than a name: that is the design here.
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(opts)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     lm = HFLM(
         pretrained=model.to(device),

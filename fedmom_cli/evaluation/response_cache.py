@@ -90,6 +90,40 @@ def fingerprint(opts, model: str, dtype: str, device: str) -> str:
     return h.hexdigest()[:24]
 
 
+def check_store(opts, model_name: str, model, device: str) -> None:
+    """Before any write: the store this evaluation would use, if it exists, is a readable lm-eval
+    response cache (a corrupt, empty, folder or symlinked store was a traceback mid-evaluation)."""
+    if opts.cache is None:
+        return
+    import torch
+
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    key = fingerprint(opts, model_name, dtype, torch.device(device).type)
+    path = Path(f"{opts.cache / f'responses-{key}'}_rank0.db")
+    if not (path.exists() or path.is_symlink()):
+        return
+    why = None
+    if path.is_symlink():
+        why = "is a symbolic link"
+    elif not path.is_file():
+        why = "is not a file"
+    elif path.stat().st_size == 0:
+        why = "is empty"
+    else:
+        import sqlite3
+
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            why = f"is not an SQLite database ({exc})"
+    if why:
+        raise UserError(
+            f"--cache: {path} {why}, so it is not a fedmom response cache; move it away (fedmom never "
+            "deletes a cache) or give another --cache"
+        )
+
+
 def prefix(folder: Path, key: str) -> str:
     """What to pass as simple_evaluate's use_cache (lm-eval appends `_rank<N>.db`)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -241,11 +241,12 @@ def run(
         paths = fig.draw(runs, out.parent / "figures")
         parts += ["## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in paths if p.suffix == ".png"]
     text = "\n".join(parts) + "\n"
-    out.write_text(text)
+    from fedmom_cli.runfolder import atomic_write_bytes  # whole or not at all: no .tmp on a full disk
+
+    atomic_write_bytes(out, text.encode())
     if fmt != "md":
         frame = long_form(tables)
         target = out.with_suffix(f".{fmt}")
-        frame.to_csv(target, index=False) if fmt == "csv" else frame.to_json(
-            target, orient="records", indent=1
-        )
+        body = frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=1)
+        atomic_write_bytes(target, body.encode())
     return text

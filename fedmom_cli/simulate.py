@@ -281,6 +281,7 @@ class Simulation:
         self.model.save_pretrained(tmp)
         deltas = self.server.base.delta
         self._describe_adapter(tmp, any(bool(d.abs().max() > 0) for d in deltas.values() if d.numel()))
+        runfolder.follow_umask(tmp)  # PEFT's save_file writes the weights 0600
         shutil.rmtree(self.run_dir / runfolder.ADAPTER, ignore_errors=True)
         tmp.rename(self.run_dir / runfolder.ADAPTER)
         runfolder.write_base_delta(self.run_dir, deltas)
@@ -291,3 +292,4 @@ class Simulation:
             merged = self.model.merge_and_unload()
             merged.save_pretrained(self.run_dir / runfolder.MERGED)
             self.tokenizer.save_pretrained(self.run_dir / runfolder.MERGED)
+            runfolder.follow_umask(self.run_dir / runfolder.MERGED)

@@ -85,8 +85,8 @@ def check_mlflow_store() -> None:
     if allowed or not hasattr(mlflow.environment_variables, "MLFLOW_ALLOW_FILE_STORE"):
         return  # opted in, or an MLflow before 3.17 (no such refusal)
     raise UserError(
-        f"--report-to mlflow: the tracking URI {uri!r} is a file store, which MLflow "
-        f"{mlflow.__version__} refuses unless MLFLOW_ALLOW_FILE_STORE=true; either set "
+        f"--report-to mlflow: the tracking URI {uri!r} is a file store, which MLflow (since 3.17) "
+        "refuses unless MLFLOW_ALLOW_FILE_STORE=true; either set "
         "MLFLOW_ALLOW_FILE_STORE=true to keep that store (read it with the same setting: "
         "MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri ...), or use a database store, e.g. "
         "MLFLOW_TRACKING_URI=sqlite:///mlflow.db (`mlflow migrate-filestore` moves existing runs there); "

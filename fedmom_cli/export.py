@@ -257,6 +257,7 @@ def export(
     precision: str | None = None,
     force: bool = False,
     with_base_delta: bool = False,
+    public: bool = False,
 ) -> dict:
     """Write the export into a temporary folder beside `out`, then rename it into place; with
     --force over an earlier export, replace only the files its manifest lists (`files` in
@@ -298,7 +299,7 @@ def export(
     if not adapter_only:
         check_model_source(cfg)  # before any folder is made
     evals = _read_eval(run_dir)
-    info = run_identity(run_dir, cfg, result)
+    info = run_identity(run_dir, cfg, result, public)
     flags = (nonzero, with_base_delta)
     old_files = export_files(out) if force and out.is_dir() and any(out.iterdir()) else None
     if old_files is None:
@@ -317,12 +318,13 @@ def export(
     return info
 
 
-def run_identity(run_dir: Path, cfg: cfgmod.TrainConfig, result: dict) -> dict:
+def run_identity(run_dir: Path, cfg: cfgmod.TrainConfig, result: dict, public: bool = False) -> dict:
     """What names the exported run unambiguously: its folder's absolute path, its settings' hash and
-    the fedmom commit that trained it (result.json's git), beside method, task and seed."""
+    the fedmom commit that trained it (result.json's git), beside method, task and seed. `public`
+    (an export bound for the Hub): the folder's name only, as no path of this machine leaves it."""
     git = result.get("git") or {}
     return {
-        "run": str(Path(run_dir).resolve()),
+        "run": Path(run_dir).resolve().name if public else str(Path(run_dir).resolve()),
         "method": cfg.method,
         "task": cfg.task,
         "seed": cfg.seed,

@@ -21,9 +21,9 @@ BAR_CHARS = set("█▉▊▋▌▍▎▏━╸╺━░▒▓") | {"\r"}  # tqd
 def _in_terminal(args: list[str], cwd, module: bool = True) -> tuple[int, str]:
     import pty
 
-    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TQDM_DISABLE", "FORCE_COLOR")}
+    quiet = ("NO_COLOR", "FORCE_COLOR", "TQDM_DISABLE", "FEDMOM_NO_PROGRESS", "WANDB_SILENT")
+    env = {k: v for k, v in os.environ.items() if k not in quiet and not k.endswith("_PROGRESS_BARS")}
     env.update(TERM="xterm-256color", COLUMNS="120", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env.pop("HF_DATASETS_DISABLE_PROGRESS_BARS", None)
     master, slave = pty.openpty()
     import fcntl
     import struct

@@ -122,6 +122,7 @@ def quiet_libraries() -> None:
             "NO_COLOR": "1",
             "WANDB_SILENT": "true",
             "WANDB_CONSOLE": "off",
+            "RAY_COLOR_PREFIX": "0",  # Ray's "(ClientAppActor pid=...)" prefix, coloured even in a pipe
         }
     )
     import tqdm.std

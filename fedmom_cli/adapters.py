@@ -20,6 +20,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from fedmom_cli import runfolder
 from fedmom_cli.errors import UserError
 from fedmom_cli.methods.base import LoraFactors, LoraSpec
 
@@ -192,6 +193,7 @@ def write_adapter(folder: Path, config: dict, tensors: dict[str, Tensor]) -> Non
         config = {**config, "target_modules": sorted(config["target_modules"])}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    runfolder.follow_umask(folder / WEIGHTS_FILE)  # save_file writes 0600
 
 
 def check_output_dir(out: Path, force: bool = False, recognise=None, what: str | None = None) -> Path:
@@ -228,7 +230,7 @@ def fresh_output_dir(
     old = None
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: give it a normal folder's mode
+        runfolder.follow_umask(tmp)  # mkdtemp makes it 0700, save_file 0600: the umask's modes instead
         if out.exists():  # swap: the old output aside, the new one in, then the old one deleted
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old / "x")
@@ -242,9 +244,3 @@ def fresh_output_dir(
             shutil.rmtree(tmp)
         if old is not None and old.exists():
             shutil.rmtree(old)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

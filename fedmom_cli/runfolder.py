@@ -47,6 +47,33 @@ NAMES = (CONFIG, PARTITION, METRICS, CHECKPOINT, ADAPTER, BASE_DELTA, RESULT, ME
 PACKAGES = ("fedmom", "torch", "transformers", "peft", "accelerate", "datasets", "lm_eval", "numpy")
 
 
+def umask() -> int:
+    """This process's umask (read without changing it where /proc says it, else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path) -> None:
+    """Give `path` (a file, or a folder and everything under it) the mode a plain `open` or `mkdir`
+    would have given it: 0644 / 0755 under the usual umask 022. safetensors' `save_file` (and so
+    PEFT's and transformers' `save_pretrained`) writes 0600 and `tempfile.mkdtemp` makes 0700
+    whatever the umask, which would keep collaborators on a shared machine out of a run's weights."""
+    mask = umask()
+    path = Path(path)
+    entries = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for entry in entries:
+        if entry.is_symlink():
+            continue
+        os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~mask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -77,6 +104,7 @@ def atomic_torch_save(path: Path, obj) -> None:
             torch.save(obj, tmp)
         except RuntimeError as exc:  # torch reports a full disk as "unexpected pos" from its writer
             raise OSError(errno.ENOSPC, f"{exc}".splitlines()[0], str(path)) from None
+        follow_umask(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -165,6 +193,7 @@ def write_base_delta(folder: Path, deltas: dict) -> None:
     tmp = Path(folder) / f".{BASE_DELTA}.tmp"
     try:
         save_file(tensors, tmp, metadata={"format": "pt"})
+        follow_umask(tmp)  # save_file writes 0600
         tmp.replace(Path(folder) / BASE_DELTA)
     finally:
         tmp.unlink(missing_ok=True)
@@ -244,6 +273,7 @@ def write_client_factors(run_dir: Path, method, round_: int) -> None:
             tmp,
             metadata={"round": str(round_)},
         )
+        follow_umask(tmp)  # save_file writes 0600
         tmp.replace(run_dir / CLIENT_FACTORS)
     finally:
         tmp.unlink(missing_ok=True)

@@ -49,7 +49,8 @@ RUN_NAMES = {
     "eval_samples",
     "eval_data",
     "tensorboard",  # --report-to tensorboard
-    "tracking.json",  # --report-to wandb / mlflow: the tracking run's id, for --resume
+    "wandb",  # --report-to wandb without WANDB_DIR
+    "tracking.json",  # --report-to: the backend and tracking run's id, for --resume and eval
     LOCK_FILE,
 }
 AGGREGATE_NAMES = {runfolder.ADAPTER, runfolder.BASE_DELTA, "aggregation.json", "clients"}

@@ -282,6 +282,7 @@ class Simulation:
         try:
             self.model.save_pretrained(tmp)
             self._describe_adapter(tmp, any(bool(d.abs().max() > 0) for d in deltas.values() if d.numel()))
+            runfolder.follow_umask(tmp)  # PEFT's save_file writes the weights 0600
             shutil.rmtree(self.run_dir / runfolder.ADAPTER, ignore_errors=True)
             tmp.rename(self.run_dir / runfolder.ADAPTER)
         finally:
@@ -294,3 +295,4 @@ class Simulation:
             merged = self.model.merge_and_unload()
             merged.save_pretrained(self.run_dir / runfolder.MERGED)
             self.tokenizer.save_pretrained(self.run_dir / runfolder.MERGED)
+            runfolder.follow_umask(self.run_dir / runfolder.MERGED)

@@ -23,6 +23,9 @@ def main() -> int:
     from fedmom_cli import train as tr
     from fedmom_cli.errors import UserError
     from fedmom_cli.evaluation import evaluate as ev
+    from fedmom_cli.progress import quiet_if_asked
+
+    quiet_if_asked()  # `fedmom sweep --no-progress` reaches its workers through the environment
 
     try:
         cfg = cfgmod.from_yaml(spec["config"])

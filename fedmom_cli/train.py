@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -164,13 +166,50 @@ def run(opts: TrainOptions) -> dict:
     metrics_path = run_dir / runfolder.METRICS
     if action == "resume":
         records = _completed_records(metrics_path, sim.round, last)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    with safety.RunLock(run_dir):
-        if _prepare(run_dir, cfg, opts.resume, opts.force, probe=False) != action:  # changed while we loaded
-            raise UserError(f"{run_dir} changed while this run was loading; run the command again")
-        if action in ("force", "restart"):
-            safety.clear_run_folder(run_dir)
-        return _train(opts, cfg, run_dir, sim, action, records if action == "resume" else [])
+    try:
+        with safety.RunLock(run_dir):
+            if _prepare(run_dir, cfg, opts.resume, opts.force, probe=False) != action:  # changed meanwhile
+                raise UserError(f"{run_dir} changed while this run was loading; run the command again")
+            # The tracker starts before anything of the run is written or cleared: one that will not
+            # start leaves the folder as it was (its own earlier files moved aside and back).
+            aside = _tracker_files_aside(run_dir) if action in ("force", "restart") else []
+            try:
+                tracker = tracking.Tracker(opts.report_to, run_dir, cfg, resume=action == "resume")
+            except BaseException:
+                for tmp, name in aside:
+                    os.replace(tmp, run_dir / name)
+                raise
+            try:
+                if action in ("force", "restart"):
+                    safety.clear_run_folder(run_dir)  # the moved-aside tracker files too
+            except BaseException:
+                tracker.close()
+                raise
+            try:
+                return _train(opts, cfg, run_dir, sim, action, records if action == "resume" else [], tracker)
+            finally:
+                tracker.close()
+    except BaseException:
+        if created and not any(p.name != safety.LOCK_FILE for p in run_dir.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)  # a folder this call made and never used
+        raise
+
+
+def _tracker_files_aside(run_dir: Path) -> list[tuple[Path, str]]:
+    """Before --force or a restart: the old run's tracker files renamed to fedmom's own temporary
+    names, so that the new tracker starts in a clean place and a failed start can put them back."""
+    moved = []
+    for name in tracking.OWN:
+        path = run_dir / name
+        if path.exists() or path.is_symlink():
+            tmp = run_dir / f".{name}.tmp"
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            os.replace(path, tmp)
+            moved.append((tmp, name))
+    return moved
 
 
 def _completed_records(metrics_path: Path, round_: int, last: dict) -> list[dict]:
@@ -188,7 +227,7 @@ def _completed_records(metrics_path: Path, round_: int, last: dict) -> list[dict
     return records
 
 
-def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str, records) -> dict:
+def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str, records, tracker) -> dict:
     metrics_path = run_dir / runfolder.METRICS
     previous = (_read_result(run_dir) or {}) if action == "resume" else {}
     if action != "resume":
@@ -234,13 +273,7 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
         )
         runfolder.atomic_write_json(run_dir / runfolder.RESULT, result)
 
-    try:
-        tracker = tracking.Tracker(opts.report_to, run_dir, cfg, resume=action == "resume")
-    except Exception as exc:  # noqa: BLE001 - a tracking service that will not start: one line
-        save("failed", error=f"--report-to {opts.report_to}: {exc}")
-        raise UserError(
-            f"--report-to {opts.report_to} could not start: {str(exc).splitlines()[0][:200]}"
-        ) from None
+    tracker.save_state()
     try:
         with RoundProgress(cfg.rounds, len(sim.sampled_clients(0)), sim.round, opts.progress) as progress:
 

@@ -39,3 +39,15 @@ def smoke_run(tmp_path_factory) -> Path:
     cfg = cfgmod.resolve("smoke", "math", {"rounds": 2, "local_steps": 2})
     tr.run(tr.TrainOptions(cfg, out=out, progress=False))
     return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """`--no-progress` run in this process (run_main) sets process-wide switches in os.environ
+    (fedmom_cli.progress.quiet_libraries: TQDM_DISABLE, NO_COLOR, ...): each test starts from the
+    environment the one before it started with."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)

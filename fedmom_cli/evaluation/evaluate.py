@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import runfolder, safety
+from fedmom_cli import runfolder, safety, tracking
 from fedmom_cli.benchmarks import FAMILY_TASKS
 from fedmom_cli.errors import UserError
 from fedmom_cli.evaluation import evaltasks, lmeval_tasks, response_cache, sandbox
@@ -261,13 +261,26 @@ def run(opts: EvalOptions) -> dict:
                 raise UserError(
                     f"{out / 'eval.json'} already holds {', '.join(again)}; pass --force to replace"
                 )
-            result = _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation, loaded)
-            if opts.clients:
-                from fedmom_cli.evaluation import client_eval
-
-                result = client_eval.evaluate_clients(
-                    opts, cfg, out, local, planned, code_tasks, isolation, result
+            # the run's own tracking run (RUN_DIR/tracking.json), resumed before the long part: a
+            # tracker that will not start stops the evaluation before it begins
+            tracker = tracking.for_eval(opts.run_dir, cfg) if opts.run_dir is not None else None
+            try:
+                result = _evaluate_and_write(
+                    opts, cfg, out, local, planned, old, code_tasks, isolation, loaded
                 )
+                if tracker is not None:
+                    done = safety.read_json_or_none(opts.run_dir / runfolder.RESULT) or {}
+                    step = done.get("rounds_completed") or cfg.rounds  # the last round's step
+                    tracker.log(tracking.eval_values(result["tasks"]), step=step)
+                if opts.clients:
+                    from fedmom_cli.evaluation import client_eval
+
+                    result = client_eval.evaluate_clients(
+                        opts, cfg, out, local, planned, code_tasks, isolation, result
+                    )
+            finally:
+                if tracker is not None:
+                    tracker.close()
             return result
 
 

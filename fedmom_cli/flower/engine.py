@@ -120,6 +120,9 @@ def client_app():
 
     @app.train()
     def train(msg: Message, context) -> Message:
+        from fedmom_cli.progress import quiet_if_asked
+
+        quiet_if_asked()  # --no-progress reaches the clients' processes through the environment
         config = msg.content["config"]
         pid = int(context.node_config["partition-id"])
         if os.environ.get("FEDMOM_FAULT_CLIENT") == str(pid):
@@ -169,6 +172,9 @@ def run(server, on_round, grid=None, client_resources: dict | None = None) -> No
     a local Flower simulation; `on_round(record)` after each."""
     require_flower()
     from fedmom_cli.flower.strategy import FedmomStrategy
+    from fedmom_cli.progress import quiet_if_asked
+
+    quiet_if_asked()  # Flower is imported now: its coloured log prefix off too with --no-progress
 
     strategy = FedmomStrategy(server, on_round)
     rounds = server.cfg.rounds - server.round

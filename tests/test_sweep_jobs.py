@@ -254,7 +254,8 @@ def test_a_cell_whose_worker_cannot_start_is_a_failed_cell_never_a_lost_one(tmp_
 
     monkeypatch.setattr(sweep_jobs.subprocess, "run", run)
     work = [
-        (i, c, sweep_jobs.job_spec(c, "none", [], None, root / "eval_cache")) for i, c in enumerate(cells, 1)
+        (i, c, sweep_jobs.job_spec(c, "none", [], None, root / "eval_cache", {}))
+        for i, c in enumerate(cells, 1)
     ]
     for c in cells:
         sw.ensure_partition(c)

@@ -378,7 +378,7 @@ def run(
     if failed:
         raise UserError(
             f"{len(failed)} cell(s) failed, the others finished and are in the report: "
-            + "; ".join(sweep_jobs.failure_text(c, code, path) for c, code, path in failed)
+            + "; ".join(sweep_jobs.failure_text(f) for f in failed)
         )
     return text
 

@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from fedmom_cli import config as cfgmod
 from fedmom_cli.errors import UserError
@@ -122,13 +123,22 @@ def job_spec(
     }
 
 
-def run_cells(work: list[tuple[int, object, dict]], total: int, root: Path, pool: list[Slot], log) -> list:
-    """Run the (number, cell, job spec) items on the slots; returns [(cell, exit code, log path)] of
-    the cells that failed."""
+class Failed(NamedTuple):
+    cell: object
+    code: int | str  # the worker's exit code, or why it never started
+    log: Path
+    last_line: str  # the worker's own last output line (from its pipe, never another process's)
+
+
+def run_cells(
+    work: list[tuple[int, object, dict]], total: int, root: Path, pool: list[Slot], log
+) -> list[Failed]:
+    """Run the (number, cell, job spec) items on the slots; returns the cells that failed."""
     todo: queue.Queue = queue.Queue()
     for item in work:
         todo.put(item)
     failed, lock = [], threading.Lock()
+    last: dict = {}  # each cell's last output line, from its worker's own pipe
     started = time.perf_counter()
 
     def worker(slot: Slot) -> None:
@@ -144,7 +154,7 @@ def run_cells(work: list[tuple[int, object, dict]], total: int, root: Path, pool
                 code = f"not started: {type(exc).__name__}: {exc}".splitlines()[0][:300]
             with lock:
                 if code != 0:
-                    failed.append((cell, code, path))
+                    failed.append(Failed(cell, code, path, last.get(cell.run_dir, "")))
                     log(f"[{i}/{total}] {cell.run_dir}: FAILED ({_exit_text(code)}), see {path}")
 
     def run_one(i: int, cell, spec: dict, slot: Slot, path: Path) -> int:
@@ -158,14 +168,24 @@ def run_cells(work: list[tuple[int, object, dict]], total: int, root: Path, pool
             log(f"[{i}/{total}] {cell.run_dir}: started (job {slot.index + 1}{where}, log {path})")
         t0 = time.perf_counter()
         with open(path, "ab") as out:
-            proc = subprocess.run(
-                [sys.executable, "-m", "fedmom_cli.sweep_worker"],
-                input=json.dumps(spec).encode(),
-                stdout=out,
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fedmom_cli.sweep_worker", str(cell.run_dir)],  # named for ps
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=env,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
+            proc.stdin.write(json.dumps(spec).encode())
+            proc.stdin.close()
+            # the worker's own output, copied to its log as it comes; its last line is kept from the
+            # pipe, not read back from the file, which another sweep on the same root may append to
+            for raw in proc.stdout:
+                out.write(raw)
+                out.flush()
+                if raw.strip():
+                    last[cell.run_dir] = raw.decode(errors="replace").strip()[:300]
+            proc.wait()
         if proc.returncode == 0:
             with lock:
                 log(f"[{i}/{total}] {cell.run_dir}: finished in {(time.perf_counter() - t0) / 60:.1f} min")
@@ -192,17 +212,9 @@ def _exit_text(code) -> str:
     return f"exit {code}"
 
 
-def failure_text(cell, code, path: Path) -> str:
-    """One failed cell for the sweep's final `error:` line."""
+def failure_text(failure: Failed) -> str:
+    """One failed cell for the sweep's final `error:` line: why, its own last output line, its log."""
+    cell, code, path, line = failure
     if isinstance(code, str):
         return f"{cell.run_dir} ({code})"
-    return f"{cell.run_dir} ({_exit_text(code)}: {last_line(path)}; log {path})"
-
-
-def last_line(path: Path) -> str:
-    """The last non-empty line of a cell's log (its error line, when it failed)."""
-    try:
-        lines = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return lines[-1].strip()[:300] if lines else ""
+    return f"{cell.run_dir} ({_exit_text(code)}: {line}; log {path})"

@@ -1,6 +1,7 @@
 """One sweep cell in its own process (`fedmom sweep --jobs N`, fedmom_cli/sweep_jobs.py): reads the
-cell's job as JSON on stdin, trains it (resuming) and evaluates it with the same calls `--jobs 1`
-makes in-process. Exit 0 when done, 2 with one `error:` line for a user error."""
+cell's job as JSON on stdin (its run folder is also its one argument, so `ps` shows which cell runs),
+trains it (resuming) and evaluates it with the same calls `--jobs 1` makes in-process. Exit 0 when
+done, 2 with one `error:` line for a user error."""
 
 from __future__ import annotations
 

@@ -245,14 +245,14 @@ def test_dry_run_with_jobs_writes_nothing(tmp_path, monkeypatch, capsys, extra):
 def test_a_cell_whose_worker_cannot_start_is_a_failed_cell_never_a_lost_one(tmp_path, monkeypatch):
     recipe = small_recipe(tmp_path)
     _, cells, root = sw.plan(str(recipe), {}, tmp_path / "res", {})
-    real = subprocess.run
+    real = subprocess.Popen
 
-    def run(cmd, *args, **kwargs):
-        if "fedit" in kwargs["input"].decode():
+    def popen(cmd, *args, **kwargs):
+        if "fedit" in cmd[-1]:  # the worker's argument: its cell's run folder
             raise OSError("Too many open files")
         return real(cmd, *args, **kwargs)
 
-    monkeypatch.setattr(sweep_jobs.subprocess, "run", run)
+    monkeypatch.setattr(sweep_jobs.subprocess, "Popen", popen)
     work = [
         (i, c, sweep_jobs.job_spec(c, "none", [], None, root / "eval_cache", {}))
         for i, c in enumerate(cells, 1)
@@ -261,7 +261,7 @@ def test_a_cell_whose_worker_cannot_start_is_a_failed_cell_never_a_lost_one(tmp_
         sw.ensure_partition(c)
     lines: list[str] = []
     failed = sweep_jobs.run_cells(work, len(cells), root, sweep_jobs.slots(2, []), lines.append)
-    assert [(c.config.method, code) for c, code, _ in failed] == [
+    assert [(f.cell.config.method, f.code) for f in failed] == [
         ("fedit", "not started: OSError: Too many open files")
     ]
     assert any("fedit/seed0: FAILED (not started: OSError" in line for line in lines)

@@ -306,3 +306,19 @@ def read_client_factors(run_dir: Path) -> tuple[int, dict]:
     except Exception as exc:  # noqa: BLE001 - truncated, garbage or foreign: the user's file
         raise UserError(f"--clients: {path} cannot be read ({type(exc).__name__})") from None
     return round_, state
+
+
+def read_eval(path: Path) -> dict | None:
+    """An existing eval.json as a dict with a `tasks` mapping, None where there is none; a file that is
+    not one is a UserError (it is left as it is)."""
+    from fedmom_cli.errors import UserError
+
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{path} is not valid JSON; move it away or delete it") from None
+    if not isinstance(old, dict) or not isinstance(old.get("tasks"), dict):
+        raise UserError(f"{path} is not a fedmom eval.json; move it away or delete it")
+    return old

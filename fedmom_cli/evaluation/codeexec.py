@@ -187,14 +187,9 @@ def _existing(out: Path, task: str, force: bool) -> dict | None:
     """The generations eval.json already in `out` (its tasks accumulate); another kind, or this
     task without --force, is a UserError."""
     path = out / runfolder.EVAL
-    if not path.is_file():
+    old = runfolder.read_eval(path)
+    if old is None:
         return None
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise UserError(f"{path} is not valid JSON; move it away or delete it") from None
-    if not isinstance(old, dict) or not isinstance(old.get("tasks"), dict):
-        raise UserError(f"{path} is not a fedmom eval.json; move it away or delete it")
     if old.get("method") != "generations":
         raise UserError(
             f"{path} holds evaluations of a model ({old.get('model')}); scores of given generations "

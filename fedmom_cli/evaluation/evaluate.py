@@ -162,14 +162,9 @@ def _local_rows(name: str, opts: EvalOptions, cfg) -> list[dict]:
 
 def _existing(out: Path, cfg, opts: EvalOptions) -> dict | None:
     path = out / runfolder.EVAL
-    if not path.is_file():
+    old = runfolder.read_eval(path)
+    if old is None:
         return None
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise UserError(f"{path} is not valid JSON; move it away or delete it") from None
-    if not isinstance(old, dict) or not isinstance(old.get("tasks"), dict):
-        raise UserError(f"{path} is not a fedmom eval.json; move it away or delete it")
     if old.get("model") != cfg.model or old.get("adapter") != (opts.run_dir is not None):
         raise UserError(f"{path} holds results of another model ({old.get('model')}); use another --out")
     return old

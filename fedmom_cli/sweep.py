@@ -45,6 +45,9 @@ class Cell:
         }
 
 
+SPLIT_KEYS = ("clients", "beta", "min_client_size", "data", "synthetic")  # what make_partition reads
+
+
 def _variant_label(variant: dict, base: cfgmod.TrainConfig) -> str:
     changed = {k: v for k, v in variant.items() if getattr(base, k) != v}
     return ",".join(f"{k}={v}" for k, v in sorted(changed.items()))
@@ -68,7 +71,10 @@ def plan(recipe: str, only: dict, out: Path | None, overrides: dict) -> tuple[di
     ):
         cfg0 = cfgmod.resolve(str(path), None, {**overrides, **variant, "method": method, "seed": seed})
         label = _variant_label(variant, base)
-        part = root / cfg0.task / "partitions" / f"seed{seed}.json"
+        # one split per seed and split-defining settings: a setting variant that changes how the rows
+        # are split (beta, clients, ...) gets its own file, never the recipe's own split
+        split = _variant_label({k: v for k, v in variant.items() if k in SPLIT_KEYS}, base)
+        part = root / cfg0.task / "partitions" / (f"seed{seed}" + (f"-{split}" if split else "") + ".json")
         cfg = cfgmod.resolve(
             str(path), None, {**overrides, **variant, "method": method, "seed": seed, "partition": str(part)}
         )
@@ -254,7 +260,7 @@ def preflight(spec: dict, cells: list[Cell], root: Path, data_dir: Path | None =
         part = Path(cell.config.partition)
         if part.exists():
             data = safety.read_json_or_none(part)
-            want = {"clients_n": cell.config.clients, "seed": cell.config.seed}
+            want = {"clients_n": cell.config.clients, "seed": cell.config.seed, "beta": cell.config.beta}
             if not isinstance(data, dict) or any(data.get(k) != v for k, v in want.items()):
                 raise UserError(
                     f"{part} is not this sweep's client split (want {want}); nothing trained; "

@@ -275,3 +275,19 @@ def test_a_killed_worker_is_named_by_its_signal():
     assert sweep_jobs._exit_text(-9) == "killed by SIGKILL"
     assert sweep_jobs._exit_text(-15) == "killed by SIGTERM"
     assert sweep_jobs._exit_text(2) == "exit 2"
+
+
+def test_a_setting_that_changes_the_split_gets_its_own_split(tmp_path):
+    """beta (or clients, ...) varied in a grid's settings must not train on the recipe's own split."""
+    recipe = small_recipe(tmp_path)
+    data = yaml.safe_load(recipe.read_text())
+    data["sweep"]["grid"]["settings"] = [{}, {"beta": 0.1}, {"lr": 0.003}]
+    recipe.write_text(yaml.safe_dump(data))
+    _, cells, root = sw.plan(str(recipe), {}, tmp_path / "res", {})
+    parts = {(c.config.beta, c.config.lr): Path(c.config.partition).name for c in cells}
+    assert parts[(0.1, data["lr"])] == "seed0-beta=0.1.json"
+    assert parts[(0.5, data["lr"])] == parts[(0.5, 0.003)] == "seed0.json"  # lr does not change the split
+    for c in cells:
+        sw.ensure_partition(c)
+        assert json.loads(Path(c.config.partition).read_text())["beta"] == c.config.beta
+    sw.preflight({"eval_tasks": []}, cells, root)  # the files it made are the cells' own

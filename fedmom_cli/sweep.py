@@ -170,6 +170,11 @@ def conflict(cell: Cell) -> list[str] | None:
         return [str(exc)]
 
 
+def finished(state: str, eval_tasks) -> bool:
+    """Nothing left to do for a cell in `state` (evaluated, or trained where nothing is evaluated)."""
+    return state == "done" or (state == "trained" and eval_tasks == [])
+
+
 def cell_state(cell: Cell) -> str:
     diff = conflict(cell)
     if diff:
@@ -321,23 +326,23 @@ def run(
     if dry_run:
         return None
     eval_tasks = spec.get("eval_tasks")
+    eval_opts = spec.get("eval") or {}  # the recipe's `sweep: eval:` options, for every evaluation
     cache = root / EVAL_CACHE  # responses kept as made: an evaluation stopped midway resumes
     failed, in_process = [], cells
     if len(pool) > 1 or pool[0].device is not None:
         work = []
         for i, cell in enumerate(cells, 1):
-            state = cell_state(cell)
-            if state == "done" or (state == "trained" and eval_tasks == []):
+            if finished(cell_state(cell), eval_tasks):
                 log(f"[{i}/{len(cells)}] {cell.run_dir}: done, skipped")
                 continue
             ensure_partition(cell)  # each seed's split once, before any worker starts
-            job = sweep_jobs.job_spec(cell, report_to, eval_tasks, data_dir, cache, spec.get("eval") or {})
+            job = sweep_jobs.job_spec(cell, report_to, eval_tasks, data_dir, cache, eval_opts)
             work.append((i, cell, job))
         failed = sweep_jobs.run_cells(work, len(cells), root, pool, log)
         in_process = []  # every cell went to a worker
     for i, cell in enumerate(in_process, 1):
         state = cell_state(cell)
-        if state == "done" or (state == "trained" and eval_tasks == []):
+        if finished(state, eval_tasks):
             log(f"[{i}/{len(cells)}] {cell.run_dir}: done, skipped")
             continue
         if state != "trained":
@@ -360,7 +365,7 @@ def run(
                     tasks=eval_tasks,
                     data_dir=data_dir,
                     cache=cache,
-                    **(spec.get("eval") or {}),
+                    **eval_opts,
                 )
             )
     if spec.get("pretrained"):
@@ -376,7 +381,7 @@ def run(
                     tasks=eval_tasks,
                     data_dir=data_dir,
                     cache=cache,
-                    **(spec.get("eval") or {}),
+                    **eval_opts,
                 )
             )
     text = report_render.run(root, root / "report.md")

@@ -17,6 +17,7 @@ from rich.console import Console
 from fedmom_cli import __version__
 from fedmom_cli.benchmarks import BENCHMARKS
 from fedmom_cli.errors import UserError
+from fedmom_cli.evaluation.sandbox_memory import DEFAULT_MIB as MEMORY_BUDGET_MIB
 
 app = typer.Typer(
     help="fedmom: federated LoRA fine-tuning experiments (FedMomentum and its baselines).",
@@ -453,6 +454,13 @@ def eval_(
     ),
     timeout: float = typer.Option(10.0, "--timeout", help="With --generations: seconds per program."),
     workers: int = typer.Option(2, "--workers", help="With --generations: programs run at a time."),
+    memory_budget: int = typer.Option(
+        MEMORY_BUDGET_MIB,
+        "--memory-budget",
+        help="With --generations: MiB for each program and everything it starts, together (a cgroup "
+        "where fedmom may make one; --workers x this must fit in half the available memory; "
+        "docs/sandbox.md).",
+    ),
     allow_unsandboxed_code: bool = typer.Option(
         False,
         "--allow-unsandboxed-code",

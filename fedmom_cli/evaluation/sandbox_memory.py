@@ -109,6 +109,17 @@ def _parents(kind: str) -> list[str]:
     return [memory] + ([pids] if pids else []) if memory else []
 
 
+def _enable_controllers(root: str) -> None:
+    """Give the v2 root's children the memory (and pids) controllers if they lack them (the root
+    cgroup may, though it holds processes); where it is refused, making the run's cgroup fails."""
+    enabled = _read(f"{root}/cgroup.subtree_control").split()
+    wanted = [
+        c for c in ("memory", "pids") if c not in enabled and c in _read(f"{root}/cgroup.controllers").split()
+    ]
+    for controller in wanted:
+        _write(f"{root}/cgroup.subtree_control", f"+{controller}")
+
+
 def _remove_stale(parent: str) -> None:
     """Empty run cgroups of fedmom processes that are gone (killed before they could clean up)."""
     for name in os.listdir(parent):
@@ -135,15 +146,20 @@ class RunBudget:
         budget = str(self.mib << 20)
         try:
             for parent in _parents(self.mechanism):
+                if self.mechanism == "cgroup2":
+                    _enable_controllers(parent)
                 path = os.path.join(parent, name)
                 os.mkdir(path)
                 self.dirs.append(path)
                 if self.mechanism == "cgroup2":
                     _write(f"{path}/memory.max", budget)
-                    for key, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
+                    for key, value in (
+                        ("memory.swap.max", "0"),  # absent without swap accounting
+                        ("memory.oom.group", "1"),
+                        ("pids.max", str(MAX_TASKS)),  # absent without the pids controller
+                    ):
                         if os.path.exists(f"{path}/{key}"):
                             _write(f"{path}/{key}", value)
-                    _write(f"{path}/pids.max", str(MAX_TASKS))
                 elif os.path.exists(f"{path}/memory.limit_in_bytes"):
                     _write(f"{path}/memory.limit_in_bytes", budget)
                     if os.path.exists(f"{path}/memory.memsw.limit_in_bytes"):  # no swap either

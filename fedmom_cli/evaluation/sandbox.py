@@ -177,7 +177,7 @@ def run_program(
         del opened[1:]
         try:
             deadline = time.monotonic() + timeout
-            err, result, timed_out = _read_bounded(proc, result_r, deadline, lambda: budget.oom_kills() > 0)
+            err, result, timed_out = _read_bounded(proc, result_r, deadline, _oom_watch(budget))
         finally:
             proc.stdout.close()  # first, so that no writer of the run blocks on a full pipe
             proc.stderr.close()
@@ -188,7 +188,7 @@ def run_program(
             return Outcome(False, "failed", f"memory: over the {memory_mb} MiB budget", mode, peak_mib)
         outcome = _outcome(proc.returncode, err, result, secret, timed_out, timeout, mode)
         return replace(outcome, peak_mib=peak_mib)
-    except OSError as exc:
+    except (OSError, subprocess.SubprocessError) as exc:  # SubprocessError: the preexec_fn failed
         return Outcome(False, "error", str(exc), mode)
     finally:
         if budget is not None:
@@ -196,6 +196,21 @@ def run_program(
         for fd in opened:
             os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _oom_watch(budget: memory.RunBudget):
+    """`stop()` for _read_bounded: whether the kernel killed a process of the run for memory, read
+    from its cgroup at most every 0.2 s (a flood of output calls it for every chunk)."""
+    state = {"next": 0.0, "hit": False}
+
+    def stop() -> bool:
+        now = time.monotonic()
+        if not state["hit"] and now >= state["next"]:
+            state["next"] = now + 0.2
+            state["hit"] = budget.oom_kills() > 0
+        return state["hit"]
+
+    return stop
 
 
 def _outcome(rc, err: bytes, result: bytes, secret: bytes, timed_out, timeout, mode) -> Outcome:

@@ -34,6 +34,7 @@ import itertools
 import os
 import re
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from functools import cache
@@ -235,13 +236,18 @@ def mechanism() -> str:
         return forced
     if os.geteuid() == 0:
         for kind in ("cgroup2", "cgroup1"):
+            budget = None
             try:
                 for parent in _parents(kind):
                     _remove_stale(parent)
-                RunBudget(MIN_MIB, kind).close()
+                budget = RunBudget(MIN_MIB, kind)
+                subprocess.run(["true"], preexec_fn=budget.join, check=True, timeout=20)  # may join
                 return kind
-            except (OSError, ValueError, IndexError):
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
                 continue
+            finally:
+                if budget is not None:
+                    budget.close()
         return "rlimits"
     return "per-process"
 

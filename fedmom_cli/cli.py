@@ -531,6 +531,20 @@ def eval_(
             scores = ", ".join(f"{k} = {v:.4f}" for k, v in t["pass_at_k"].items())
             print(f"{name}: {scores} (n={t['n']}, {t['completions']} completions, {t['isolation']})")
         return
+    sandbox_only = [  # a run's code tasks run one program at a time with the defaults
+        name
+        for name, given in (
+            ("--timeout", timeout != 10.0),
+            ("--workers", workers != 2),
+            ("--memory-budget", memory_budget != MEMORY_BUDGET_MIB),
+        )
+        if given
+    ]
+    if sandbox_only:
+        raise UserError(
+            f"{', '.join(sandbox_only)}: only with --generations; a model's code tasks run one "
+            f"program at a time, 10 s and {MEMORY_BUDGET_MIB} MiB each; leave it out"
+        )
     from fedmom_cli.evaluation import evaluate as ev
 
     result = ev.run(

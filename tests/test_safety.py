@@ -857,6 +857,10 @@ EVAL = [
     ("run_done --protocol magic", "--protocol must be lm-eval or train-format"),
     ("--model tiny", "give RUN_DIR, or --model with --out"),
     ("run_done --limit x", "Invalid value for '--limit'"),
+    # issue 30: options of --generations' sandbox were silently ignored when evaluating a model
+    ("run_done --workers 4", "--workers: only with --generations"),
+    ("run_done --timeout 3 --memory-budget 512", "--timeout, --memory-budget: only with --generations"),
+    ("--model tiny --out o --memory-budget 512", "--memory-budget: only with --generations"),
 ]
 
 
@@ -894,6 +898,10 @@ GENERATIONS_OUT = [
     ("--out o --timeout inf", "--timeout must be in (0, 3600]"),
     ("--out o --timeout 1e300", "--timeout must be in (0, 3600]"),
     ("--out o --timeout 0", "--timeout must be in (0, 3600]"),
+    # issue 30: a memory budget per program, and workers x budget within half of MemAvailable
+    ("--out o --memory-budget 10", "--memory-budget must be at least"),
+    ("--out o --workers 100000", "over 50% of this machine's available memory"),
+    ("--out o --memory-budget 99999999", "over 50% of this machine's available memory"),
 ]
 
 

@@ -883,7 +883,7 @@ EVAL_OUT = [
 ]
 GEN = "--tasks humaneval --data-dir gen_data --generations gen.jsonl --allow-unsandboxed-code"
 GENERATIONS_OUT = [
-    ("--out run_done", "is a fedmom run folder"),
+    ("--out run_done", "is a fedmom run folder"),  # F16: it took no lock and wrote into a run
     ("--out run_done --force", "is a fedmom run folder"),
     ("--out userdir", "not a fedmom evaluation folder (it holds notes, thesis.tex)"),
     ("--out userdir --force", "not a fedmom evaluation folder"),
@@ -900,7 +900,7 @@ GENERATIONS_OUT = [
     ("--out o --timeout 0", "--timeout must be in (0, 3600]"),
     # issue 30: a memory budget per program, and workers x budget within half of MemAvailable
     ("--out o --memory-budget 10", "--memory-budget must be at least"),
-    ("--out o --workers 100000", "over 50% of this machine's available memory"),
+    ("--out o --memory-budget 5000000", "over 50% of this machine's available memory"),
     ("--out o --memory-budget 99999999", "over 50% of this machine's available memory"),
 ]
 

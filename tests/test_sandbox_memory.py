@@ -125,13 +125,16 @@ def test_rlimits_fallback_bounds_the_total():
     [
         (["--memory-budget", "10"], "--memory-budget must be at least"),
         (["--memory-budget", "-1"], "--memory-budget must be at least"),
-        (["--workers", "100000"], "over 50% of this machine's available memory"),
+        (["--memory-budget", "5000000"], "over 50% of this machine's available memory"),
         (["--memory-budget", "100000000"], "over 50% of this machine's available memory"),
+        # 3 programs run at once at most, whatever --workers says (the review's G28 still succeeds)
+        (["--workers", "100000", "--memory-budget", str(1 << 20)], "--workers 100000 (3 programs at once) x"),
     ],
 )
 def test_budget_and_workers_are_checked_together(tmp_path, args, message):
-    fake_humaneval(tmp_path / "data")
-    (tmp_path / "s.jsonl").write_text('{"task_id": "HumanEval/0", "completion": "    return x\\n"}\n')
+    fake_humaneval(tmp_path / "data", n=3)
+    line = '{"task_id": "HumanEval/0", "completion": "    return x\\n"}\n'
+    (tmp_path / "s.jsonl").write_text(line * 3)
     proc = eval_cli("--generations", tmp_path / "s.jsonl", "--tasks", "humaneval",
                     "--data-dir", tmp_path / "data", "--out", tmp_path / "out", *args)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr

@@ -227,7 +227,7 @@ def run_generations(opts: GenerationsOptions) -> dict:
     problems = load_problems(task, opts.data_dir)
     samples = read_generations(opts.generations, task, problems)
     mode = sandbox.require_isolation(opts.allow_unsandboxed)
-    sandbox_memory.check_total(opts.workers, opts.memory_budget)
+    sandbox_memory.check_total(opts.workers, opts.memory_budget, programs=len(samples))
     start = time.perf_counter()
     pairs = [(problems[k], c) for k, c in samples]
     outcomes = score_all(task, pairs, opts.timeout, opts.workers, mode, opts.memory_budget)

@@ -25,7 +25,8 @@ In every mode no process may map more than the budget (RLIMIT_AS), so one big al
 once with MemoryError. A run in which the kernel killed any process for memory fails with the reason
 "memory: over the N MiB budget", even if it had passed: with cgroup v2 the whole run is killed at
 that moment anyway, and the rule should not depend on the mechanism. `check_total` refuses (one
-`error:` line) when workers x budget exceeds SAFE_SHARE of the host's MemAvailable.
+`error:` line) when the programs that can run at once (min(workers, programs)) x budget exceed SAFE_SHARE
+of the host's MemAvailable.
 """
 
 from __future__ import annotations
@@ -276,16 +277,21 @@ def mem_available_mib() -> int:
     raise OSError("no MemAvailable in /proc/meminfo")
 
 
-def check_total(workers: int, mib: int, kind: str | None = None) -> None:
-    """Refuse a budget too small to run Python, or workers x budget over SAFE_SHARE of MemAvailable."""
+def check_total(workers: int, mib: int, kind: str | None = None, programs: int | None = None) -> None:
+    """Refuse a budget too small to run Python, or workers x budget over SAFE_SHARE of MemAvailable
+    (with `programs`, no more run at once than there are)."""
     kind = kind or mechanism()
+    at_once = workers if programs is None else min(workers, programs)
+    said = f"--workers {workers}"
+    if at_once != workers:
+        said += f" ({at_once} program{'s' * (at_once > 1)} at once)"
     least = TMPFS_MIB + FALLBACK_TASKS * FALLBACK_MIN_TASK_MIB if kind == "rlimits" else MIN_MIB
     if mib < least:
         raise UserError(f"--memory-budget must be at least {least} MiB here ({kind}), got {mib}")
     available = mem_available_mib()
-    if workers * mib > SAFE_SHARE * available:
+    if at_once * mib > SAFE_SHARE * available:
         raise UserError(
-            f"--workers {workers} x --memory-budget {mib} MiB = {workers * mib} MiB is over "
+            f"{said} x --memory-budget {mib} MiB = {at_once * mib} MiB is over "
             f"{SAFE_SHARE:.0%} of this machine's available memory ({available} MiB); "
             "lower --workers or --memory-budget"
         )

@@ -929,6 +929,32 @@ def test_generations_accumulate_replace_with_force_and_take_the_lock(world, monk
     assert tasks["humaneval"]["value"] == 0.0 and tasks["mbpp"]["value"] == 1.0  # replaced, kept
 
 
+# Given generations the review scored successfully (issue 30's "documented success"): odd but valid
+# files score every line; an odd completion is a failed case, never an error of the command.
+X0 = '{"task_id": "HumanEval/0", "completion": "    return x + 0\\n"}'  # right
+GENERATIONS_OK = [
+    ("G03", X0 + "\n" + X0.replace("x + 0", "x + 5") + "\n", "", 2, 0.5),  # a task twice: pass@k
+    ("G13", X0 + "\r\n" + X0.replace("/0", "/1").replace("x + 0", "x + 1") + "\r\n", "", 2, 1.0),
+    ("G28", X0 + "\n", "--workers 100000", 1, 1.0),  # one program at a time: within the memory budget
+    ("G38", X0[:-1] + ', "model": "m", "extra": [1, 2]}\n', "", 1, 1.0),
+    ("G39", "\n" * 2000 + X0 + "\n", "", 1, 1.0),
+    ("G45", X0.replace("x + 0", "x + 0  # \\ud800") + "\n", "", 1, 0.0),  # lone surrogate: fails to run
+    ("G46", X0.replace("x + 0", "x + 0\\u0000") + "\n", "", 1, 0.0),  # NUL byte: fails to run
+]
+
+
+@pytest.mark.parametrize(
+    "text,extra,completions,value", [pytest.param(*r[1:], id=r[0]) for r in GENERATIONS_OK]
+)  # noqa: E501
+def test_review_generations_that_succeed(world, monkeypatch, capsys, text, extra, completions, value):
+    (world / "g.jsonl").write_text(text)
+    args = GEN.replace("gen.jsonl", "g.jsonl")
+    code, out, err = run_main(monkeypatch, capsys, "eval", *shlex.split(f"{args} --out o {extra}"))
+    assert code == 0, err
+    entry = json.loads((world / "o" / "eval.json").read_text())["tasks"]["humaneval"]
+    assert entry["completions"] == completions and entry["value"] == value, entry
+
+
 # ---- usage errors: typer's box reduced to one line -----------------------------------------------
 USAGE = [
     ("train --bogus", "No such option"),

@@ -955,6 +955,51 @@ def test_review_generations_that_succeed(world, monkeypatch, capsys, text, extra
     assert entry["completions"] == completions and entry["value"] == value, entry
 
 
+# FIFOs and devices where a file is expected (review M15-M20): refused at once, never read. An
+# alarm turns a blocked open or read into a failure (a BaseException: no handler of fedmom's
+# turns it into an `error:` line).
+SPECIAL_FILES = [
+    ("M15", "partition", "--task math --data fifo.jsonl --clients 3 --out p.json", "data file not found"),
+    ("M16", "train", "--recipe smoke --rounds 1 --data fifo.jsonl --set synthetic=null --out r", "not found"),
+    ("M17", "train", "--recipe fifo.yaml --out r", "not found"),
+    ("M18", "partition", "--task math --data zero.jsonl --clients 3 --out p.json", "data file not found"),
+    ("M19", "eval", "--tasks humaneval --data-dir gd --generations fifo.jsonl --out o", "is not a file"),
+    ("M20", "data", "convert src --out o", "holds none of"),
+]
+
+
+class Blocked(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("command,args,fragment", [pytest.param(*r[1:], id=r[0]) for r in SPECIAL_FILES])
+def test_special_files_are_refused_without_blocking(tmp_path, monkeypatch, capsys, command, args, fragment):
+    import signal
+
+    from test_sandbox import fake_humaneval
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "src").mkdir()
+    for fifo in ("fifo.jsonl", "fifo.yaml", "src/ARC-Easy.json"):
+        os.mkfifo(fifo)
+    os.symlink("/dev/zero", "zero.jsonl")
+    fake_humaneval(tmp_path / "gd")
+    before = sorted(map(str, tmp_path.rglob("*")))  # names only: reading a FIFO would block here
+
+    def blocked(*_):
+        raise Blocked(f"{command} {args} blocked on a special file")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(120)
+    try:
+        code, out, err = run_main(monkeypatch, capsys, command, *shlex.split(args))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and fragment in err, (out, err)
+    assert sorted(map(str, tmp_path.rglob("*"))) == before
+
+
 # ---- usage errors: typer's box reduced to one line -----------------------------------------------
 USAGE = [
     ("train --bogus", "No such option"),

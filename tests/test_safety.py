@@ -190,6 +190,17 @@ def _recipes(root: Path) -> None:
         f"{base}learning_rate: 1\nsweep:\n  grid:\n    method: [fedit]\n"
     )
     (root / "sw_good.yaml").write_text(f"# test recipe\n{base}sweep:\n  grid:\n    method: [fedit]\n")
+    for name, text in {  # recipe files of the review (T07, T08, CR19-CR22, RT07, CR33)
+        "t_wrongtype": base.replace("lora_r: 4", "lora_r: abc"),
+        "t_negrounds": base.replace("rounds: 1", "rounds: -1"),
+        "cr_zero": f"{base}client_ranks: [0, 1, 2]\n",
+        "cr_spreadneg": f"{base}client_ranks: {{spread: [-4, 4]}}\n",
+        "cr_typo": f"{base}client_rank: [1, 2, 4]\n",
+        "cr_bool": f"{base}client_ranks: [true, 2, 4]\n",
+        "rt_bogus": f"{base}report_to: bogus\n",
+        "cr_sweep": f"{base}sweep:\n  grid:\n    settings: [{{client_ranks: [0, 9, 9]}}]\n",
+    }.items():
+        (root / f"{name}.yaml").write_text(text)
 
 
 def _reports(root: Path, run: Path) -> None:
@@ -1668,6 +1679,14 @@ REVIEW_IDS = [
     ("H10", "push", "/nope --repo me/x", "is not a finished fedmom run folder"),
     ("H12", "push", f"run_done --repo me/{'x' * 200}", "--repo must look like OWNER/NAME"),
     ("H13", "push", "run_done --repo me/x.git", "--repo must look like OWNER/NAME"),
+    ("T07", "train", "--recipe t_wrongtype.yaml --no-progress --out r", "config key 'lora_r' expects"),
+    ("T08", "train", "--recipe t_negrounds.yaml --no-progress --out r", "rounds must be >= 1"),
+    ("CR19", "train", "--recipe cr_zero.yaml --no-progress --out r", "client_ranks must be in 1..lora_r=4"),
+    ("CR20", "train", "--recipe cr_spreadneg.yaml --no-progress --out r", "client_ranks must be in 1.."),
+    ("CR21", "train", "--recipe cr_typo.yaml --no-progress --out r", "unknown key(s) client_rank"),
+    ("CR22", "train", "--recipe cr_bool.yaml --no-progress --out r", "config key 'client_ranks' expects"),
+    ("RT07", "train", "--recipe rt_bogus.yaml --no-progress --out r", "--report-to must be one of"),
+    ("CR33", "sweep", "cr_sweep.yaml --dry-run --out sw", "client_ranks must be in 1..lora_r=4"),
     (
         "Z06",
         "report",

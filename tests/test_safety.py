@@ -98,6 +98,18 @@ def _adapters(root: Path) -> None:
     variant("a_noB", tensors={k: v for k, v in weights.items() if "lora_B" not in k})
     variant("a_nofactors", tensors={"other.weight": torch.zeros(2, 2)})
     variant("a_3d", tensors={**weights, first_a: weights[first_a][None]})
+    # the review's A12-A19, AH01-AH15: adapters that disagree with c0, or are malformed in themselves
+    save_client(root / "a_r8", seed=5, r=8)
+    variant("a_alpha32", config={**good, "lora_alpha": 32})
+    variant("a_qonly", config={**good, "target_modules": ["q_proj"]},
+            tensors={k: v for k, v in weights.items() if "q_proj" in k})  # fmt: skip
+    half = {k: v[:, : v.shape[1] // 2] if "lora_A" in k else v[: v.shape[0] // 2] for k, v in weights.items()}
+    variant("a_shape", tensors={k: v.contiguous() for k, v in half.items()})
+    variant(
+        "a_inconsistent", tensors={k: v[:2].contiguous() if "lora_A" in k else v for k, v in weights.items()}
+    )
+    variant("a_onlyB", tensors={k: v for k, v in weights.items() if "lora_B" in k})
+    variant("a_1d", tensors={**weights, first_a: weights[first_a].flatten()})
     (root / "a_nocfg").mkdir()
     shutil.copy(root / "c0" / "adapter_model.safetensors", root / "a_nocfg")
     (root / "a_noweights").mkdir()
@@ -716,15 +728,15 @@ REPORT = [
         "rep_ok --out rep_ok/other.md --format csv --no-figures",
         "other.csv exists and is not a fedmom report csv",
     ),
-    ("rep_badyaml", "cannot read rep_badyaml/math/fedit/seed0/config.yaml"),
-    ("rep_cfglist", "config.yaml does not hold a dict"),
+    ("rep_badyaml", "cannot read rep_badyaml/math/fedit/seed0/config.yaml"),  # review R03
+    ("rep_cfglist", "config.yaml does not hold a dict"),  # R05
     ("rep_badresult", "cannot read rep_badresult/math/fedit/seed0/result.json"),
-    ("rep_resultlist", "result.json does not hold a dict"),
-    ("rep_badmetrics", "metrics.jsonl: line 2 is not JSON"),
+    ("rep_resultlist", "result.json does not hold a dict"),  # R07
+    ("rep_badmetrics", "metrics.jsonl: line 2 is not JSON"),  # R04
     ("rep_metricslist", "metrics.jsonl: line 1 is not a round record"),
     ("rep_badeval", "cannot read rep_badeval/math/fedit/seed0/eval.json"),
     ("rep_evallist", "eval.json does not hold a dict"),
-    ("rep_evaltasks", "has an unexpected shape"),
+    ("rep_evaltasks", "has an unexpected shape"),  # R06
     ("rep_binary", "cannot read rep_binary/math/fedit/seed0/result.json"),
     ("rep_badpre", "cannot read rep_badpre/pretrained/eval.json"),
 ]
@@ -1687,6 +1699,19 @@ REVIEW_IDS = [
     ("CR22", "train", "--recipe cr_bool.yaml --no-progress --out r", "config key 'client_ranks' expects"),
     ("RT07", "train", "--recipe rt_bogus.yaml --no-progress --out r", "--report-to must be one of"),
     ("CR33", "sweep", "cr_sweep.yaml --dry-run --out sw", "client_ranks must be in 1..lora_r=4"),
+    ("A12", "aggregate", f"{AG} c0 a_r8 --out o", "adapters disagree on rank r"),
+    ("A13", "aggregate", f"{AG} c0 a_alpha32 --out o", "adapters disagree on lora_alpha"),
+    ("A14", "aggregate", f"{AG} c0 a_qonly --out o", "adapters disagree on target_modules"),
+    ("A15", "aggregate", f"{AG} c0 a_shape --out o", "adapters disagree on the shape"),
+    ("A16", "aggregate", f"{AG} a_inconsistent a_inconsistent --out o", "has A (2, "),
+    ("A18", "aggregate", f"{AG} a_onlyB a_onlyB --out o", "no LoRA factors"),
+    ("A19", "aggregate", f"{AG} a_1d a_1d --out o", "of 1 dims"),
+    ("AH01", "aggregate", "-m fedmomentum --heterogeneous c0 a_qonly --out o", "disagree on target_modules"),
+    ("AH02", "aggregate", "-m fedmomentum --heterogeneous c0 a_shape --out o", "disagree on the shape"),
+    ("AH04", "aggregate", "-m fedmomentum --heterogeneous a_rank a_r8 --out o", "says r=8"),
+    ("AH13", "aggregate", "-m fedsvd --heterogeneous c0 a_r8 --out o", "factor shapes differ"),
+    ("AH14", "aggregate", "-m fedsa_lora --heterogeneous c0 a_r8 --out o", "factor shapes differ"),
+    ("AH15", "aggregate", "-m ffa_lora --heterogeneous c0 a_r8 --out o", "A is frozen"),
     (
         "Z06",
         "report",

@@ -384,6 +384,35 @@ def _review(root: Path) -> None:
     }.items():
         (root / name).mkdir()
         (root / name / "ARC-Easy.json").write_bytes(content)
+    # more of the review's fixtures: links (M07, X34, K10), a run holding an export (F12), a user's
+    # eval.json in a run (E21), a config.yaml linked to /etc/passwd (M14), data convert sources
+    os.symlink("userdir", root / "link_user")
+    os.symlink("run_done", root / "link_run")
+    shutil.copytree(run, root / "run_withexp")
+    (root / "run_withexp" / "exp").mkdir()
+    (root / "run_withexp" / "exp" / "serve.py").write_text("print('mine')\n")
+    damaged("ev_usereval", "eval.json", b'{"mine": true}')
+    passwd = root / "rep_passwd" / "math" / "fedit" / "seed0"
+    shutil.copytree(run, passwd)
+    (passwd / "config.yaml").unlink()
+    os.symlink("/etc/passwd", passwd / "config.yaml")
+    wino = {
+        "instruction": "Please choose the correct answer to fill in the blank to complete the given "
+        "sentence: No blank here.\n\nOption1: a Option2: b Answer format: option1/option2",
+        "input": "",
+        "output": "the correct answer is option1",
+        "answer": "option1",
+    }
+    for name, files in {
+        "conv_onebad": {"ARC-Easy.json": json.dumps([arc] * 5 + [{**arc, "instruction": "Q?"}])},
+        "conv_wino": {"winogrande.json": json.dumps([wino])},
+        "conv_boolq": {"boolq.json": json.dumps([arc])},
+        "conv_isdir": {},
+    }.items():
+        (root / name).mkdir()
+        for file, text in files.items():
+            (root / name / file).write_text(text)
+    (root / "conv_isdir" / "ARC-Easy.json").mkdir()
     weights = load_file(root / "c1" / "adapter_model.safetensors")
     shutil.copytree(root / "c1", root / "a_bf16")
     save_file(
@@ -1712,6 +1741,24 @@ REVIEW_IDS = [
     ("AH13", "aggregate", "-m fedsvd --heterogeneous c0 a_r8 --out o", "factor shapes differ"),
     ("AH14", "aggregate", "-m fedsa_lora --heterogeneous c0 a_r8 --out o", "factor shapes differ"),
     ("AH15", "aggregate", "-m ffa_lora --heterogeneous c0 a_r8 --out o", "A is frozen"),
+    ("X05", "export", "run_done --out run_done", "lies inside the run folder"),
+    ("X29", "export", "sweepres/math/fedit/seed0 --out sweepres --force", "is not a `fedmom export` folder"),
+    ("X34", "export", "run_done --out link_user --force", "is a symbolic link"),
+    ("K10", "eval", "run_done --limit 1 --cache link_run", "lies inside"),
+    (
+        "Z02",
+        "train",
+        "--recipe smoke --rounds 1 --no-progress --force --out rep_ok",
+        "not a fedmom run folder",
+    ),
+    ("F12", "train", "--recipe smoke --rounds 1 --no-progress --force --out run_withexp", "it holds exp"),
+    ("M07", "train", "--recipe smoke --rounds 1 --no-progress --out link_user", "link_user"),
+    ("M14", "report", "rep_passwd --no-figures", "does not hold a dict"),
+    ("E21", "eval", "ev_usereval --limit 1", "is not a fedmom eval.json"),
+    ("C08", "data", "convert conv_onebad --out o", "row 5 cannot be mapped"),
+    ("C17", "data", "convert conv_wino --out o", "the sentence has no blank"),
+    ("C19", "data", "convert conv_isdir --out o", "holds none of"),
+    ("C22", "data", "convert conv_boolq --out o", "holds none of"),
     (
         "Z06",
         "report",

@@ -1776,14 +1776,16 @@ def test_review_case(world, monkeypatch, capsys, command, args, fragment):
 
 
 # A read-only folder, as root too: os.access says no for that folder only (E24, Q09, C15, G33).
+RO_IDS = {"partition": "P27", "train": "T49", "aggregate": "A34", "report": "R13"}  # the review's ids
 READ_ONLY_ANYONE = [
     ("E24", "eval", "run_done --limit 1", "run_done"),
     ("Q09", "recipes", "copy smoke ro/x.yaml", "ro"),
     ("C15", "data", "convert conv --out ro/o", "ro"),
     ("G33", "eval", f"{GEN} --out ro/o", "ro"),
     ("M-model", "eval", "--model tiny --tasks synthetic_math --limit 1 --out ro/o", "ro"),
-    *[(f"ro-{c}", c, a, "ro") for c, a in READ_ONLY],
-    ("X-ro", "export", "run_done --out ro/exp", "ro"),
+    *[(RO_IDS.get(c, f"ro-{c}"), c, a, "ro") for c, a in READ_ONLY],
+    ("X17", "export", "run_done --out ro/exp", "ro"),
+    ("K05", "eval", "run_done --limit 1 --cache ro/c", "ro"),
 ]
 
 

@@ -110,6 +110,7 @@ def _adapters(root: Path) -> None:
     )
     variant("a_onlyB", tensors={k: v for k, v in weights.items() if "lora_B" in k})
     variant("a_1d", tensors={**weights, first_a: weights[first_a].flatten()})
+    variant("a_extramod", config={**good, "target_modules": sorted({*good["target_modules"], "v_proj"})})
     (root / "a_nocfg").mkdir()
     shutil.copy(root / "c0" / "adapter_model.safetensors", root / "a_nocfg")
     (root / "a_noweights").mkdir()
@@ -160,6 +161,10 @@ def _data(root: Path) -> None:
     (root / "garbage.jsonl").write_text("this is not json\n")
     (root / "half.jsonl").write_text(json.dumps(good[0]) + "\n" + json.dumps(good[1])[:20] + "\n")
     (root / "dict.json").write_text(json.dumps({"a": 1}))
+    (root / "ints.json").write_text("[1, 2, 3]")  # review P07
+    (root / "garbage.parquet").write_bytes(b"PAR1 but garbage")  # P09
+    (root / "qdir").mkdir()  # Q11: a folder already holding smoke.yaml
+    (root / "qdir" / "smoke.yaml").write_text("# mine\n")
     (root / "data.csv").write_text("query,response\nq,r\n")
     (root / "binary.jsonl").write_bytes(b"\xff\xfe\x00\x01")
     code = TASKS["code"].synthetic(5, 0)
@@ -340,6 +345,8 @@ def _review(root: Path) -> None:
     rows = [
         json.loads(line) for line in gzip.open(root / "gen_data" / "humaneval" / "HumanEval.jsonl.gz", "rt")
     ]
+    (root / "gd_corrupt" / "humaneval").mkdir(parents=True)  # G40
+    (root / "gd_corrupt" / "humaneval" / "HumanEval.jsonl.gz").write_bytes(b"not gzip at all")
     for name, field in (("gd_notest", "test"), ("gd_noid", "task_id")):
         (root / name / "humaneval").mkdir(parents=True)
         with gzip.open(root / name / "humaneval" / "HumanEval.jsonl.gz", "wt") as f:
@@ -370,6 +377,7 @@ def _review(root: Path) -> None:
         "g_mbppid": b'{"task_id": "Mbpp/11", "completion": "x"}\n',
         "g_nullid": b'{"task_id": null, "completion": "x"}\n',
         "g_string": b'"just a string"\n',
+        "g_spaceid": b'{"task_id": "HumanEval/0 ", "completion": "x"}\n',  # G47
     }
     for name, content in gens.items():
         (root / f"{name}.jsonl").write_bytes(content)
@@ -1759,6 +1767,15 @@ REVIEW_IDS = [
     ("C17", "data", "convert conv_wino --out o", "the sentence has no blank"),
     ("C19", "data", "convert conv_isdir --out o", "holds none of"),
     ("C22", "data", "convert conv_boolq --out o", "holds none of"),
+    ("P07", "partition", f"{P} --data ints.json --clients 3", "expected a list of JSON objects"),
+    ("P09", "partition", f"{P} --data garbage.parquet --clients 3", "cannot read data file"),
+    *([("T20", "train", f"{T} --rounds 1 --device cuda", "CUDA is not available")] if NO_CUDA else []),
+    ("B14", "bench", "train --methods fedit --rounds 1 --json bench_user.json", "already exists"),
+    ("H11", "push", "run_done --repo me/x --adapter-only", "cannot push to the Hugging Face Hub offline"),
+    ("Q11", "recipes", "copy smoke qdir", "qdir/smoke.yaml already exists"),
+    ("G40", "eval", f"{GEN.replace('gen_data', 'gd_corrupt')} --out o", "cannot read"),
+    ("G47", "eval", f"{GEN.replace('gen.jsonl', 'g_spaceid.jsonl')} --out o", "is not a humaneval task"),
+    ("M32", "aggregate", f"{AG} a_extramod c1 --out o", "target_modules"),
     (
         "Z06",
         "report",

@@ -1015,6 +1015,23 @@ def test_review_generations_that_succeed(world, monkeypatch, capsys, text, extra
     assert entry["completions"] == completions and entry["value"] == value, entry
 
 
+# Sweep dry runs the review found fine (SO06, SO12, F14, M29): they plan, print and write nothing.
+SWEEP_DRY_OK = [
+    ("SO06", "smoke --dry-run --only lora_r=4 --out sw", "cell(s) to train"),  # smoke's lora_r is 4
+    ("SO12", "smoke --dry-run --only 'method = fedit' --out sw", "1 cell(s) to train"),
+    ("F14", "smoke --dry-run --only method=fedit --only seed=0 --out sw", "1 cell(s) to train"),
+    ("M29", "smoke --dry-run --out 'sw ü x'", "cell(s) to train"),
+]
+
+
+@pytest.mark.parametrize("args,shown", [pytest.param(*r[1:], id=r[0]) for r in SWEEP_DRY_OK])
+def test_review_sweep_dry_runs_plan_and_write_nothing(world, monkeypatch, capsys, args, shown):
+    before = snapshot(world)
+    code, out, err = run_main(monkeypatch, capsys, "sweep", *shlex.split(args))
+    assert code == 0 and shown in err, (out, err)  # the plan goes to stderr
+    assert snapshot(world) == before
+
+
 # FIFOs and devices where a file is expected (review M15-M20): refused at once, never read. An
 # alarm turns a blocked open or read into a failure (a BaseException: no handler of fedmom's
 # turns it into an `error:` line).

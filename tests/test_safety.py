@@ -1032,6 +1032,27 @@ def test_review_sweep_dry_runs_plan_and_write_nothing(world, monkeypatch, capsys
     assert snapshot(world) == before
 
 
+# Commands the review ran successfully (its "documented success"): exit 0, the output made, and every
+# file that was there before still there, byte for byte.
+REVIEW_OK = [
+    ("Q07", "recipes", "copy smoke userdir", "userdir/smoke.yaml"),
+    ("Q12", "recipes", "copy mini/math x.yaml", "x.yaml"),
+    ("AH21", "aggregate", "-m fedmomentum --heterogeneous a_r8 --out o", "o/adapter/adapter_config.json"),
+    ("AH22", "aggregate", "-m fedmomentum --heterogeneous a_r8 a_r8 --out o", "o/adapter/adapter_config.json"),
+    ("AH17", "aggregate", "-m fedmomentum --heterogeneous c0 a_r8 c1 --out o", "o/adapter/adapter_config.json"),
+]
+
+
+@pytest.mark.parametrize("command,args,made", [pytest.param(*r[1:], id=r[0]) for r in REVIEW_OK])
+def test_review_successes_keep_every_file(world, monkeypatch, capsys, command, args, made):
+    before = snapshot(world)
+    code, out, err = run_main(monkeypatch, capsys, command, *shlex.split(args))
+    assert code == 0, (out, err)
+    assert (world / made).is_file()
+    after = snapshot(world)
+    assert {k: v for k, v in after.items() if k in before} == before
+
+
 # FIFOs and devices where a file is expected (review M15-M20): refused at once, never read. An
 # alarm turns a blocked open or read into a failure (a BaseException: no handler of fedmom's
 # turns it into an `error:` line).

@@ -166,6 +166,7 @@ def test_fedmom_offline_protocol_equals_lm_eval_on_its_own_config(converted, tmp
             tasks=list(SIX),  # fedmom's spellings; mapped to lm-eval's tasks
             data_dir=converted,
             limit=limit,
+            shots=0,  # the independent run below is lm-eval's own zero-shot default
         )
     )
     theirs = _independent_lm_eval(converted, limit)
@@ -302,7 +303,7 @@ def test_mbpp_is_bigcodes_500_test_problems_with_its_prompt(mbpp_file):
 
 def test_eval_json_accumulates_and_force_replaces(converted, tmp_path):
     out = tmp_path / "pre"
-    base = dict(model="tiny", task="commonsense", out=out, data_dir=converted, limit=2)
+    base = dict(model="tiny", task="commonsense", out=out, data_dir=converted, limit=2, shots=0)
     ev.run(ev.EvalOptions(tasks=["arc_easy"], **base))
     first = json.loads((out / "eval.json").read_text())
     ev.run(ev.EvalOptions(tasks=["openbookqa"], **base))
@@ -326,6 +327,10 @@ BAD = [  # (arguments after `fedmom eval --model tiny --task commonsense --out O
     (
         ["--tasks", "arc_easy", "--data-dir", "{data}", "--shots", "1"],
         r"arc_easy: .*arc_easy/train\.jsonl not found \(few-shot",
+    ),
+    (  # the 5-shot default needs the few-shot split, which `fedmom data convert` does not write
+        ["--tasks", "arc_easy", "--data-dir", "{data}"],
+        r"arc_easy: .*arc_easy/train\.jsonl not found \(few-shot examples for 5-shot; .*pass --shots 0",
     ),
     (["--tasks", "boolq", "--data-dir", "{data}"], r"boolq: .*boolq/validation\.jsonl not found"),
     (["--tasks", "hellaswag", "--data-dir", "{data}"], r"hellaswag/validation\.jsonl not found"),

@@ -1038,8 +1038,18 @@ REVIEW_OK = [
     ("Q07", "recipes", "copy smoke userdir", "userdir/smoke.yaml"),
     ("Q12", "recipes", "copy mini/math x.yaml", "x.yaml"),
     ("AH21", "aggregate", "-m fedmomentum --heterogeneous a_r8 --out o", "o/adapter/adapter_config.json"),
-    ("AH22", "aggregate", "-m fedmomentum --heterogeneous a_r8 a_r8 --out o", "o/adapter/adapter_config.json"),
-    ("AH17", "aggregate", "-m fedmomentum --heterogeneous c0 a_r8 c1 --out o", "o/adapter/adapter_config.json"),
+    (
+        "AH22",
+        "aggregate",
+        "-m fedmomentum --heterogeneous a_r8 a_r8 --out o",
+        "o/adapter/adapter_config.json",
+    ),
+    (
+        "AH17",
+        "aggregate",
+        "-m fedmomentum --heterogeneous c0 a_r8 c1 --out o",
+        "o/adapter/adapter_config.json",
+    ),
 ]
 
 

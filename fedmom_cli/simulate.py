@@ -16,7 +16,6 @@ import time
 import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fedmom_cli import runfolder
@@ -35,6 +34,7 @@ from fedmom_cli.model import (
     set_factors,
     set_trainable,
 )
+from fedmom_cli.participation import Participation, sample_round
 from fedmom_cli.partition import check_partition, make_partition
 from fedmom_cli.server import ClientUpdate, RoundRecord, Server, factor_norms, lr_at, summarise  # noqa: F401
 from fedmom_cli.tasks import IGNORE_INDEX, encode, get_task
@@ -195,13 +195,13 @@ class Simulation:
         return take
 
     # ---- one round ------------------------------------------------------------------------------
+    def participation(self, round_idx: int) -> Participation:
+        """Who is sampled in this round and who returns: the pure draw both engines make."""
+        cfg = self.cfg
+        return sample_round(cfg.clients, cfg.clients_per_round, cfg.client_dropout, cfg.seed, round_idx)
+
     def sampled_clients(self, round_idx: int) -> list[int]:
-        n, k = self.cfg.clients, self.cfg.clients_per_round
-        if k is None or k == n:
-            return list(range(n))
-        return sorted(
-            int(c) for c in np.random.default_rng([self.cfg.seed, round_idx]).choice(n, k, replace=False)
-        )
+        return self.participation(round_idx).sampled
 
     def train_one(
         self,
@@ -248,8 +248,9 @@ class Simulation:
         return ClientUpdate(k, factors, len(sampler.rows), stats.mean_loss, seconds)
 
     def train_clients(self, round_idx: int, progress=None) -> list[ClientUpdate]:
+        """The round's returning clients trained in turn (a dropped client fails before it trains)."""
         updates = []
-        for k in self.sampled_clients(round_idx):
+        for k in self.participation(round_idx).returned:
             updates.append(self.train_one(round_idx, k))
             if progress is not None:
                 progress.client_done(k, updates[-1].loss)
@@ -257,7 +258,9 @@ class Simulation:
 
     def run_round(self, round_idx: int, progress=None) -> RoundRecord:
         wall = time.perf_counter()
-        return self.server.aggregate(round_idx, self.train_clients(round_idx, progress), wall)
+        part = self.participation(round_idx)
+        updates = self.train_clients(round_idx, progress)
+        return self.server.aggregate(round_idx, updates, wall, participation=part)
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def load_checkpoint(self) -> dict:

@@ -78,7 +78,9 @@ def _weights(updates) -> list[float]:
 
 
 def _exact(updates, m, s, rec):
-    return s * sum(w * u.factors[m].B.double() @ u.factors[m].A.double() for w, u in zip(_weights(updates), updates))
+    return s * sum(
+        w * u.factors[m].B.double() @ u.factors[m].A.double() for w, u in zip(_weights(updates), updates)
+    )
 
 
 def _product(updates, m, s, rec, weights=None):
@@ -163,7 +165,9 @@ def test_a_round_with_no_client_back_leaves_the_model_as_it_was(tmp_path, method
     empty = sim.server.aggregate(1, [], time.perf_counter(), participation=Participation([1, 2], [], [1, 2]))
     assert empty.clients == [] and empty.loss is None and empty.dropped == [1, 2] and sim.round == 2
     for m, (A, B) in before.items():
-        assert torch.equal(sim.server.global_factors[m].A, A) and torch.equal(sim.server.global_factors[m].B, B)
+        assert torch.equal(sim.server.global_factors[m].A, A) and torch.equal(
+            sim.server.global_factors[m].B, B
+        )
         assert torch.equal(sim.server.base.delta.get(m, torch.zeros(1)), delta.get(m, torch.zeros(1)))
     assert sim.server.method.state_dict().keys() == state.keys()
     record = sim.run_round(2)  # the next round trains as usual (RoLoRA: round 2 trains B)

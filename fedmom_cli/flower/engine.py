@@ -34,6 +34,7 @@ from fedmom_cli import config as cfgmod
 from fedmom_cli.errors import UserError
 from fedmom_cli.methods.base import BaseDelta, LoraFactors
 
+DROPPED = 5017  # the error code of a client's reply when it was drawn to drop (client_dropout)
 INSTALL_HINT = 'the Flower engine needs Flower: pip install "fedmom[flower]" (flwr[simulation]==1.41.0)'
 _SIMULATIONS: dict[str, object] = {}  # per Ray worker process: one loaded Simulation per config
 
@@ -112,11 +113,35 @@ def _client_simulation(cfg_yaml: str, site_data: str | None):
     return _SIMULATIONS[key]
 
 
+def site_info(sim, pid: int, site_data: str | None) -> dict:
+    """What a node trains on: its partition id and, for a site's own file, the path the site gave,
+    its rows and their fingerprint (data.Rows.fingerprint: sha256 of the rows' canonical JSON);
+    without one, the rows of partition `pid` of the run's dataset."""
+    if site_data is None:
+        return {"partition_id": pid, "data": None, "rows": len(sim.partition["clients"][pid])}
+    fp = sim.rows.fingerprint()
+    return {"partition_id": pid, "data": site_data, "rows": fp["rows"], "sha256": fp["sha256"]}
+
+
 def client_app():
-    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context) -> Message:
+        """The node's partition id and what it trains on (the server records it)."""
+        from fedmom_cli.progress import quiet_if_asked
+
+        quiet_if_asked()
+        pid = int(context.node_config["partition-id"])
+        site_data = context.node_config.get("data")
+        sim = _client_simulation(
+            str(msg.content["config"]["fedmom-config"]), str(site_data) if site_data else None
+        )
+        info = site_info(sim, pid, str(site_data) if site_data else None)
+        return Message(RecordDict({"site": ConfigRecord({"json": json.dumps(info)})}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context) -> Message:
@@ -125,6 +150,8 @@ def client_app():
         quiet_if_asked()  # --no-progress reaches the clients' processes through the environment
         config = msg.content["config"]
         pid = int(context.node_config["partition-id"])
+        if config["drop"]:  # drawn to fail this round (client_dropout): it answers with an error
+            return Message(Error(code=DROPPED, reason=f"client {pid} dropped (client_dropout)"), reply_to=msg)
         if os.environ.get("FEDMOM_FAULT_CLIENT") == str(pid):
             raise RuntimeError(f"injected fault in client {pid}")
         site_data = context.node_config.get("data")
@@ -167,16 +194,17 @@ def client_app():
 # ---- server ----------------------------------------------------------------------------------------
 
 
-def run(server, on_round, grid=None, client_resources: dict | None = None) -> None:
+def run(server, on_round, grid=None, client_resources: dict | None = None, wait: float = 300.0) -> None:
     """The remaining rounds of `server` (a server.Server) on `grid` (a deployment's ServerApp) or in
-    a local Flower simulation; `on_round(record)` after each."""
+    a local Flower simulation; `on_round(record)` after each. `wait`: seconds to wait for the nodes
+    (FedmomStrategy.connect)."""
     require_flower()
     from fedmom_cli.flower.strategy import FedmomStrategy
     from fedmom_cli.progress import quiet_if_asked
 
     quiet_if_asked()  # Flower is imported now: its coloured log prefix off too with --no-progress
 
-    strategy = FedmomStrategy(server, on_round)
+    strategy = FedmomStrategy(server, on_round, wait=wait)
     rounds = server.cfg.rounds - server.round
 
     def start(grid) -> None:

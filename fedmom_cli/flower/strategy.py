@@ -14,73 +14,145 @@ from collections.abc import Callable
 
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli.flower.engine import array_record, delta_arrays, flatten, nbytes, nest, tensors_of
+from fedmom_cli.flower.engine import (
+    FlowerClientError,
+    array_record,
+    delta_arrays,
+    flatten,
+    nbytes,
+    nest,
+    tensors_of,
+)
 from fedmom_cli.methods.base import BaseDelta, LoraFactors
+from fedmom_cli.participation import Participation, sample_round
 from fedmom_cli.server import ClientUpdate, RoundRecord, Server
 
 
 class FedmomStrategy(FedAvg):
-    """All `server.cfg.clients` nodes train every round; the first failed or missing reply stops the
-    run (`error`), since Flower itself would only log it."""
+    """Each round: the clients `participation.sample_round` draws (the sequential engine's draw),
+    each on the node that reported its partition id; a sampled client drawn to drop is told so and
+    answers with an error instead of training. The first failed or missing reply of any other
+    client stops the run (`error`), since Flower itself would only log it.
 
-    def __init__(self, server: Server, on_round: Callable[[RoundRecord], None]) -> None:
+    `wait`: seconds to wait for the run's `clients` nodes to connect before the first round; fewer
+    after that is an error, not an endless wait (Flower's `sample_nodes` waits forever).
+    """
+
+    def __init__(self, server: Server, on_round: Callable[[RoundRecord], None], wait: float = 300.0) -> None:
         n = server.cfg.clients
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n)
-        self.server, self.on_round, self.n = server, on_round, n
+        self.server, self.on_round, self.n, self.wait = server, on_round, n, wait
         self.start_round = server.round  # > 0 when resumed
         self.error: str | None = None
         self.pending: dict[str, BaseDelta] = {}  # the last round's base deltas, sent with the next
+        self.nodes: dict[int, int] = {}  # partition id -> node id
+        self.sites: dict[int, dict] = {}  # partition id -> what the node reported of its data
+        self.synced: set[int] = set()  # partition ids whose node holds the base delta up to last round
         self.sent_down = 0
         self.round_start = 0.0
+        self.part: Participation | None = None
 
+    # ---- nodes ------------------------------------------------------------------------------------
+    def connect(self, grid) -> None:
+        """Wait (at most `wait` s) for `n` nodes, then ask each for its partition id (a QUERY)."""
+        deadline = time.monotonic() + self.wait
+        while len(nodes := list(grid.get_node_ids())) < self.n:
+            if time.monotonic() >= deadline:
+                raise FlowerClientError(
+                    f"only {len(nodes)} of {self.n} SuperNodes connected after {self.wait:g} s "
+                    f"(the run needs one per client; --wait / run config `wait` sets how long to wait)"
+                )
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        ask = ConfigRecord({"fedmom-config": cfgmod.to_yaml(self.server.cfg)})  # a site loads its data
+        query = [
+            Message(content=RecordDict({"config": ask}), message_type=MessageType.QUERY, dst_node_id=node)
+            for node in sorted(nodes)
+        ]
+        replies = list(grid.send_and_receive(query, timeout=max(self.wait, 60.0)))
+        for msg in replies:
+            if msg.has_error():
+                raise FlowerClientError(
+                    f"node {msg.metadata.src_node_id} did not say its partition: {msg.error.reason}"
+                )
+            info = json.loads(str(msg.content["site"]["json"]))
+            pid = int(info["partition_id"])
+            if not 0 <= pid < self.n:
+                raise FlowerClientError(
+                    f"a node has partition-id {pid}; the run's clients are 0..{self.n - 1}"
+                )
+            if pid in self.nodes:
+                raise FlowerClientError(f"two nodes have partition-id {pid}")
+            self.nodes[pid], self.sites[pid] = msg.metadata.src_node_id, info
+        missing = sorted(set(range(self.n)) - set(self.nodes))
+        if missing:
+            raise FlowerClientError(f"no node answered for partition(s) {missing}")
+
+    # ---- a round ----------------------------------------------------------------------------------
     def configure_train(self, server_round, arrays, config, grid):
         if self.error is not None:
             return []
-        server = self.server
+        server, cfg = self.server, self.server.cfg
         t = self.start_round + server_round - 1
         self.round_start = time.perf_counter()
-        resumed = server_round == 1 and self.start_round > 0  # nodes start bare: send the whole delta
-        delta = delta_arrays(server.base_delta() if resumed else self.pending)
+        if not self.nodes:
+            try:
+                self.connect(grid)
+            except FlowerClientError as exc:
+                self.error = str(exc)
+                return []
+        self.part = sample_round(cfg.clients, cfg.clients_per_round, cfg.client_dropout, cfg.seed, t)
         glob = flatten({m: {"A": f.A, "B": f.B} for m, f in server.global_factors.items()})
-        self.sent_down = nbytes(glob) + nbytes(delta)
-        content = RecordDict(
-            {
-                "global": array_record(glob),
-                "delta": array_record(delta),
-                "config": ConfigRecord(
-                    {
-                        "round": t,
-                        "replace-delta": resumed,
-                        "fedmom-config": cfgmod.to_yaml(server.cfg),
-                        "samplers": json.dumps({str(k): s for k, s in server.sampler_states().items()}),
-                    }
-                ),
-            }
-        )
-        nodes, _ = sample_nodes(grid, self.n, self.n)  # waits until all n nodes have connected
-        train = MessageType.TRAIN
-        return [Message(content=content, message_type=train, dst_node_id=node) for node in sorted(nodes)]
+        settings = {
+            "round": t,
+            "fedmom-config": cfgmod.to_yaml(cfg),
+            "samplers": json.dumps({str(k): s for k, s in server.sampler_states().items()}),
+        }
+        # A node that did not train last round missed that round's delta: it gets the whole of it.
+        incremental = array_record(delta_arrays(self.pending))
+        whole = None
+        messages, self.sent_down = [], 0
+        for k in self.part.sampled:
+            behind = k not in self.synced
+            if behind and whole is None:
+                whole = array_record(delta_arrays(server.base_delta()))
+            delta = whole if behind else incremental
+            self.sent_down = max(self.sent_down, nbytes(glob) + nbytes(tensors_of(delta)))
+            content = RecordDict(
+                {
+                    "global": array_record(glob),
+                    "delta": delta,
+                    "config": ConfigRecord(
+                        {**settings, "replace-delta": behind, "drop": k in self.part.dropped}
+                    ),
+                }
+            )
+            messages.append(
+                Message(content=content, message_type=MessageType.TRAIN, dst_node_id=self.nodes[k])
+            )
+        return messages
 
     def aggregate_train(self, server_round, replies):
         replies = list(replies)
         if self.error is not None:  # keep the first failure; later rounds send nothing
             return None, None
-        failed = [m for m in replies if m.has_error()]
+        part, pid_of = self.part, {node: k for k, node in self.nodes.items()}
+        expected_drops = {self.nodes[k] for k in part.dropped}
+        failed = [m for m in replies if m.has_error() and m.metadata.src_node_id not in expected_drops]
         if failed:
             self.error = (
                 f"client on node {failed[0].metadata.src_node_id} failed: "
                 + (failed[0].error.reason or f"error code {failed[0].error.code}").strip().splitlines()[-1]
             )
             return None, None
-        if len(replies) != self.n:
-            self.error = f"round {server_round}: {len(replies)} of {self.n} clients replied"
+        answered = [m for m in replies if not m.has_error()]
+        if sorted(pid_of.get(m.metadata.src_node_id, -1) for m in answered) != part.returned:
+            self.error = f"round {server_round}: {len(answered)} of {len(part.returned)} clients replied"
             return None, None
         server = self.server
         updates, sent_up = [], 0
-        for msg in replies:
+        for msg in answered:
             metrics = msg.content["metrics"]
             k = int(metrics["partition-id"])
             up = tensors_of(msg.content["factors"])
@@ -96,8 +168,11 @@ class FedmomStrategy(FedAvg):
             loss = None if math.isnan(loss) else loss  # a client whose steps saw no trainable token
             updates.append(ClientUpdate(k, factors, examples, loss, seconds))
         t = self.start_round + server_round - 1
-        record = server.aggregate(t, updates, self.round_start, sent=(sent_up, self.sent_down))
+        record = server.aggregate(
+            t, updates, self.round_start, sent=(sent_up, self.sent_down), participation=part
+        )
         self.pending = record.deltas
+        self.synced = set(part.returned)  # they applied everything up to this round's delta
         self.on_round(record)
         return None, MetricRecord({"loss": float("nan") if record.loss is None else record.loss})
 

@@ -62,6 +62,10 @@ class TrainConfig:
     # a sampled client fails to return with this probability, drawn from (seed, round): the round
     # aggregates the clients that returned (fedmom_cli/participation.py); None = none drop
     client_dropout: float | None = None
+    # a Flower deployment whose sites train on their own files: {partition id: {data: the path the
+    # site gave, rows, sha256 (data.Rows.fingerprint)}}, as the sites reported them; set by the
+    # ServerApp (flower/strategy.py: site_settings), not by hand; data/synthetic/partition are null
+    sites: dict[str, Any] | None = None
     client_weights: str = "samples"  # samples | uniform
     rounds: int = 50
     # local training (the paper: 10 steps of batch 16, AdamW lr 3e-4, a fresh optimizer per round)
@@ -98,7 +102,7 @@ class TrainConfig:
 
 #: Keys added after runs were recorded: left out of hashes and config.yaml while unset, so that
 #: existing run folders keep their hash (and resume) unchanged.
-LATER_KEYS = ("client_ranks", "method_options", "delta_path", "diagnostic_modules", "client_dropout")
+LATER_KEYS = ("client_ranks", "method_options", "delta_path", "diagnostic_modules", "client_dropout", "sites")
 LEGACY_METHOD_KEYS = ("tau", "svd")  # top-level keys that are options of a method
 
 

@@ -33,6 +33,7 @@ class TrainOptions:
     grid: object | None = None  # a deployed Flower ServerApp's grid (engine flower)
     client_resources: dict | None = None  # engine flower, simulation: Ray resources per client
     wait: float = 300.0  # engine flower: seconds to wait for the run's SuperNodes before failing
+    connection: object | None = None  # engine flower, deployment: the nodes found, or the error
     report_to: str = "none"  # experiment tracking (not a setting: metrics.jsonl is the source of truth)
 
 
@@ -154,6 +155,10 @@ def run(opts: TrainOptions) -> dict:
 
         require_flower()
         check_client_resources(opts.client_resources)
+    if cfg.sites is not None and opts.grid is None:
+        raise UserError(
+            "sites is recorded by a Flower deployment's ServerApp from its SuperNodes; it cannot be set"
+        )
     if not (opts.wait > 0 and opts.wait < float("inf")):
         raise UserError(f"--wait must be a positive number of seconds, got {opts.wait}")
     tracking.check(opts.report_to)
@@ -297,6 +302,7 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
                     grid=opts.grid,
                     client_resources=opts.client_resources,
                     wait=opts.wait,
+                    connection=opts.connection,
                 )
             else:
                 for t in range(sim.round, cfg.rounds):

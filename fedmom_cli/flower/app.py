@@ -52,9 +52,26 @@ def main(grid, context) -> None:
     wait = float(rc.get("wait", 300))
     if threading.current_thread() is threading.main_thread():  # flwr stop: interrupted, not running
         signal.signal(signal.SIGTERM, _interrupt)
+    from fedmom_cli.flower.engine import FlowerClientError
+    from fedmom_cli.flower.strategy import connect, site_settings
+
+    try:  # the nodes first: the sites' data are part of the run's settings
+        connection = connect(grid, cfg, wait)
+        cfg = site_settings(cfg, connection)
+    except FlowerClientError as exc:
+        connection = exc  # the run fails with it, recorded in result.json
     try:
         tr.run(
-            tr.TrainOptions(cfg, out=out, resume=True, engine="flower", grid=grid, progress=False, wait=wait)
+            tr.TrainOptions(
+                cfg,
+                out=out,
+                resume=True,
+                engine="flower",
+                grid=grid,
+                progress=False,
+                wait=wait,
+                connection=connection,
+            )
         )
     except UserError as exc:
         log(ERROR, "error: %s", exc)

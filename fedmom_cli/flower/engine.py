@@ -102,13 +102,20 @@ def _client_simulation(cfg_yaml: str, site_data: str | None):
 
     from fedmom_cli.simulate import Simulation
 
-    key = f"{cfg_yaml}\n{site_data}"
+    cfg = cfgmod.from_yaml(cfg_yaml)
+    if site_data is not None:  # the same settings whether or not the server has recorded the sites
+        cfg = dataclasses.replace(
+            cfg,
+            data=site_data,
+            synthetic=None,
+            partition=None,
+            clients=1,
+            min_client_size=1,
+            val_rows=0,
+            sites=None,
+        )
+    key = cfgmod.to_yaml(cfg)
     if key not in _SIMULATIONS:
-        cfg = cfgmod.from_yaml(cfg_yaml)
-        if site_data is not None:
-            cfg = dataclasses.replace(
-                cfg, data=site_data, synthetic=None, partition=None, clients=1, min_client_size=1, val_rows=0
-            )
         _SIMULATIONS[key] = Simulation(cfg, Path(os.devnull))
     return _SIMULATIONS[key]
 
@@ -194,17 +201,27 @@ def client_app():
 # ---- server ----------------------------------------------------------------------------------------
 
 
-def run(server, on_round, grid=None, client_resources: dict | None = None, wait: float = 300.0) -> None:
+def run(
+    server,
+    on_round,
+    grid=None,
+    client_resources: dict | None = None,
+    wait: float = 300.0,
+    connection=None,
+) -> None:
     """The remaining rounds of `server` (a server.Server) on `grid` (a deployment's ServerApp) or in
     a local Flower simulation; `on_round(record)` after each. `wait`: seconds to wait for the nodes
-    (FedmomStrategy.connect)."""
+    (strategy.connect); `connection`: the nodes a deployment's ServerApp already found, or the
+    error that finding them raised (then the run fails with it)."""
     require_flower()
     from fedmom_cli.flower.strategy import FedmomStrategy
     from fedmom_cli.progress import quiet_if_asked
 
     quiet_if_asked()  # Flower is imported now: its coloured log prefix off too with --no-progress
 
-    strategy = FedmomStrategy(server, on_round, wait=wait)
+    if isinstance(connection, BaseException):  # the deployment's nodes never all connected
+        raise FlowerClientError(str(connection))
+    strategy = FedmomStrategy(server, on_round, wait=wait, connection=connection)
     rounds = server.cfg.rounds - server.round
 
     def start(grid) -> None:

@@ -7,10 +7,12 @@ imports this module, after `require_flower`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
@@ -30,6 +32,75 @@ from fedmom_cli.participation import Participation, sample_round
 from fedmom_cli.server import ClientUpdate, RoundRecord, Server
 
 
+@dataclass(frozen=True)
+class Connection:
+    """The run's nodes, found once: partition id -> node id, and what each site trains on."""
+
+    nodes: dict[int, int]
+    sites: dict[int, dict]
+
+
+def connect(grid, cfg, wait: float) -> Connection:
+    """Wait (at most `wait` s) for `cfg.clients` nodes, then ask each (a QUERY message carrying the
+    run's settings, so that a site can load its data) for its partition id and data (site_info)."""
+    n = cfg.clients
+    deadline = time.monotonic() + wait
+    while len(nodes := list(grid.get_node_ids())) < n:
+        if time.monotonic() >= deadline:
+            raise FlowerClientError(
+                f"only {len(nodes)} of {n} SuperNodes connected after {wait:g} s "
+                f"(the run needs one per client; --wait / run config `wait` sets how long to wait)"
+            )
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    ask = ConfigRecord({"fedmom-config": cfgmod.to_yaml(cfg)})
+    query = [
+        Message(content=RecordDict({"config": ask}), message_type=MessageType.QUERY, dst_node_id=node)
+        for node in sorted(nodes)
+    ]
+    found, sites = {}, {}
+    for msg in grid.send_and_receive(query, timeout=max(wait, 60.0)):
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            reason = (msg.error.reason or f"error code {msg.error.code}").strip().splitlines()[-1]
+            raise FlowerClientError(f"node {node} did not say what it trains on: {reason}")
+        info = json.loads(str(msg.content["site"]["json"]))
+        pid = int(info["partition_id"])
+        if not 0 <= pid < n:
+            raise FlowerClientError(f"node {node} has partition-id {pid}; the run's clients are 0..{n - 1}")
+        if pid in found:
+            raise FlowerClientError(f"two nodes have partition-id {pid}")
+        found[pid], sites[pid] = node, info
+    missing = sorted(set(range(n)) - set(found))
+    if missing:
+        raise FlowerClientError(f"no node answered for partition(s) {missing}")
+    own = [pid for pid, info in sites.items() if info["data"] is not None]
+    if own and len(own) != n:
+        raise FlowerClientError(
+            f"SuperNodes {sorted(own)} train on their own data= files and the others on partitions of "
+            f"the run's dataset; give every SuperNode a data= file, or none"
+        )
+    return Connection(found, sites)
+
+
+def site_settings(cfg, connection: Connection):
+    """The run's settings as the sites train them: where every site gave its own file, `sites`
+    records each (path, rows, sha256) and the server has no dataset of its own (data, synthetic
+    and partition null), so config.yaml, partition.json and the config hash say what trained."""
+    if not connection.sites or connection.sites[0]["data"] is None:
+        return cfg
+    sites = {
+        str(pid): {k: v for k, v in info.items() if k != "partition_id"}
+        for pid, info in connection.sites.items()
+    }
+    return dataclasses.replace(
+        cfg,
+        sites=dict(sorted(sites.items(), key=lambda kv: int(kv[0]))),
+        data=None,
+        synthetic=None,
+        partition=None,
+    )
+
+
 class FedmomStrategy(FedAvg):
     """Each round: the clients `participation.sample_round` draws (the sequential engine's draw),
     each on the node that reported its partition id; a sampled client drawn to drop is told so and
@@ -40,54 +111,24 @@ class FedmomStrategy(FedAvg):
     after that is an error, not an endless wait (Flower's `sample_nodes` waits forever).
     """
 
-    def __init__(self, server: Server, on_round: Callable[[RoundRecord], None], wait: float = 300.0) -> None:
+    def __init__(
+        self,
+        server: Server,
+        on_round: Callable[[RoundRecord], None],
+        wait: float = 300.0,
+        connection: Connection | None = None,
+    ) -> None:
         n = server.cfg.clients
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n)
         self.server, self.on_round, self.n, self.wait = server, on_round, n, wait
         self.start_round = server.round  # > 0 when resumed
         self.error: str | None = None
         self.pending: dict[str, BaseDelta] = {}  # the last round's base deltas, sent with the next
-        self.nodes: dict[int, int] = {}  # partition id -> node id
-        self.sites: dict[int, dict] = {}  # partition id -> what the node reported of its data
+        self.nodes: dict[int, int] = connection.nodes if connection else {}  # partition id -> node
         self.synced: set[int] = set()  # partition ids whose node holds the base delta up to last round
         self.sent_down = 0
         self.round_start = 0.0
         self.part: Participation | None = None
-
-    # ---- nodes ------------------------------------------------------------------------------------
-    def connect(self, grid) -> None:
-        """Wait (at most `wait` s) for `n` nodes, then ask each for its partition id (a QUERY)."""
-        deadline = time.monotonic() + self.wait
-        while len(nodes := list(grid.get_node_ids())) < self.n:
-            if time.monotonic() >= deadline:
-                raise FlowerClientError(
-                    f"only {len(nodes)} of {self.n} SuperNodes connected after {self.wait:g} s "
-                    f"(the run needs one per client; --wait / run config `wait` sets how long to wait)"
-                )
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        ask = ConfigRecord({"fedmom-config": cfgmod.to_yaml(self.server.cfg)})  # a site loads its data
-        query = [
-            Message(content=RecordDict({"config": ask}), message_type=MessageType.QUERY, dst_node_id=node)
-            for node in sorted(nodes)
-        ]
-        replies = list(grid.send_and_receive(query, timeout=max(self.wait, 60.0)))
-        for msg in replies:
-            if msg.has_error():
-                raise FlowerClientError(
-                    f"node {msg.metadata.src_node_id} did not say its partition: {msg.error.reason}"
-                )
-            info = json.loads(str(msg.content["site"]["json"]))
-            pid = int(info["partition_id"])
-            if not 0 <= pid < self.n:
-                raise FlowerClientError(
-                    f"a node has partition-id {pid}; the run's clients are 0..{self.n - 1}"
-                )
-            if pid in self.nodes:
-                raise FlowerClientError(f"two nodes have partition-id {pid}")
-            self.nodes[pid], self.sites[pid] = msg.metadata.src_node_id, info
-        missing = sorted(set(range(self.n)) - set(self.nodes))
-        if missing:
-            raise FlowerClientError(f"no node answered for partition(s) {missing}")
 
     # ---- a round ----------------------------------------------------------------------------------
     def configure_train(self, server_round, arrays, config, grid):
@@ -98,10 +139,10 @@ class FedmomStrategy(FedAvg):
         self.round_start = time.perf_counter()
         if not self.nodes:
             try:
-                self.connect(grid)
-            except FlowerClientError as exc:
+                self.nodes = connect(grid, cfg, self.wait).nodes
+            except FlowerClientError as exc:  # ends the strategy's loop now (no empty rounds)
                 self.error = str(exc)
-                return []
+                raise
         self.part = sample_round(cfg.clients, cfg.clients_per_round, cfg.client_dropout, cfg.seed, t)
         glob = flatten({m: {"A": f.A, "B": f.B} for m, f in server.global_factors.items()})
         settings = {

@@ -104,6 +104,8 @@ def test_a_failing_client_fails_the_run_with_its_error(tmp_path):
         (["--engine", "flower", "--client-cpus", "0"], "--client-cpus must be in"),
         (["--engine", "flower", "--client-cpus", "4096"], "this machine's cores"),
         (["--client-cpus", "2"], "apply to --engine flower only"),
+        (["--engine", "flower", "--wait", "0"], "--wait must be a positive number"),
+        (["--engine", "flower", "--wait", "inf"], "--wait must be a positive number"),
     ],
 )
 def test_client_resources_refused_before_anything_starts(tmp_path, monkeypatch, capsys, args, fragment):

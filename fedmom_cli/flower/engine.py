@@ -14,8 +14,13 @@
   the node keeps its own copy of the accumulated base delta in `context.state`.
 - Messages: a flat ArrayRecord per message, keys `<module>|<part>` (`flatten` / `nest`), parts
   A, B (factors) and dense or up, down (`BaseDelta.to_arrays`).
-- Flower swallows ClientApp exceptions: failed or missing replies stop the run with the client's
-  error. In simulation Ray stays on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray starts).
+- Nodes: before the first round the strategy waits (at most `wait` s) for one node per client and
+  asks each with a QUERY for its partition id and data (`site_info`); each round it sends TRAIN
+  only to the sampled clients' nodes (participation.py), and a client drawn to drop answers with an
+  error (code DROPPED) instead of training.
+- Flower swallows ClientApp exceptions: any other failed or missing reply stops the run with the
+  client's error. In simulation Ray stays on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before
+  Ray starts).
 - Determinism: client seeds and data order are the sequential engine's, so the final adapter and
   base delta agree with it to float tolerance (Ray actors compute with 1 thread).
 - Fault injection for testing failure handling: FEDMOM_FAULT_CLIENT=<partition-id> makes that

@@ -332,6 +332,12 @@ def train(
         help="With --engine flower (simulation): GPU share per client (fractional, e.g. 0.25 puts four "
         "clients on one GPU); 0 trains the clients on the CPU.",
     ),
+    wait: float = typer.Option(
+        300.0,
+        "--wait",
+        help="With --engine flower: seconds to wait for one node per client before the run fails "
+        "(a deployment's ServerApp takes it from the run config key `wait`).",
+    ),
     progress: bool = typer.Option(
         None,
         "--progress/--no-progress",

@@ -16,15 +16,19 @@ from safetensors.torch import load_file
 
 pytest.importorskip("flwr")
 
+# Each equality test starts Ray and trains twice (~35 s on 2 idle cores, minutes on a busy one): the
+# default suite keeps one method per kind of server (FedIT's average, FLoRA's stacking, FedMomentum's
+# residual + SVD re-split); the others run under -m slow.
+SLOW = pytest.mark.slow
 METHODS = [
     "fedit",
     "flora",
-    "ffa_lora",
-    "rolora",
-    "fedex_lora",
+    pytest.param("ffa_lora", marks=SLOW),
+    pytest.param("rolora", marks=SLOW),
+    pytest.param("fedex_lora", marks=SLOW),
     "fedmomentum",
-    "fedmomentum_no_balance",
-    "fedmomentum_no_residual",
+    pytest.param("fedmomentum_no_balance", marks=SLOW),
+    pytest.param("fedmomentum_no_residual", marks=SLOW),
 ]
 ENV = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1")
 
@@ -119,7 +123,7 @@ def test_client_resources_refused_before_anything_starts(tmp_path, monkeypatch, 
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("method", ["fedex_lora", "fedmomentum"])
+@pytest.mark.parametrize("method", [pytest.param("fedex_lora", marks=SLOW), "fedmomentum"])
 def test_partial_participation_and_dropouts_equal_the_sequential_engine(tmp_path, method):
     """clients_per_round 2 of 3 and client_dropout 0.4 (seed 0): round 0 trains client 2 (client 1
     drops), round 1 loses both its clients (the model is unchanged), round 2 trains 0 and 1, which

@@ -14,8 +14,9 @@ bigcode) and synthetic_* the train-format path (they have no lm-eval definition)
 
 The model is the run's base model + base_delta.safetensors + adapter/ (a PeftModel; nothing merged
 is written to disk). eval.json accumulates one entry per task (re-evaluating one needs --force);
-per-document records go to eval_samples/<task>.jsonl. Everything is validated before the first
-write: a failed eval leaves the folder as it was.
+per-document records go to eval_samples/<task>.jsonl, and lm-eval's own results_<date>.json and
+samples_<task>_<date>.jsonl to lm_eval/ (lmeval_output.py). Everything is validated before the
+first write: a failed eval leaves the folder as it was.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ class EvalTask:
     """One of fedmom's own generation tasks. Scoring is split in two, as lm-eval's filters and
     metrics are: `extract` turns a generation into the answer that is judged (the number after "The
     answer is", the first answerN token, the program the sandbox runs), `judge` compares that answer
-    with the document's gold. lm_eval_config runs `extract` as the task's filter, so lm-eval's sample
-    records hold `target` (the gold, `target`) and `filtered_resps` (the extracted answer)."""
+    with the document's gold (`target`). lm_eval_config runs `extract` as the task's filter, so
+    lm-eval's sample records hold the gold (`target`) and the extracted answer (`filtered_resps`)."""
 
     name: str
     metric: str
@@ -91,10 +91,18 @@ def _passes(doc, program: str) -> bool:
 
 
 def _math_task(name, gold, judge, until, max_gen_toks) -> EvalTask:
+    """MetaMath's protocol: the text after the last "The answer is" (else the last number), judged
+    against `gold(doc)` by `judge(answer, gold)` (answers.py)."""
     return EvalTask(
-        name, "exact_match", _math_prompt, gold, lambda d, g: answers.extract_math(g),
-        lambda d, a: judge(a, gold(d)), until, max_gen_toks,
-    )  # fmt: skip
+        name,
+        "exact_match",
+        _math_prompt,
+        gold,
+        lambda d, g: answers.extract_math(g),
+        lambda d, a: judge(a, gold(d)),
+        until,
+        max_gen_toks,
+    )
 
 
 def _commonsense_task(name: str, answer_kind: str, max_gen_toks: int) -> EvalTask:
@@ -140,7 +148,7 @@ EVAL_TASKS: dict[str, EvalTask] = {  # benchmarks.BENCHMARKS' scorers, + the syn
         answers.math_answer_correct,
         TRAIN_FORMAT_STOPS,
         512,
-    ),  # fmt: skip
+    ),
     **{name: _commonsense_task(name, name, 32) for name in COMMONSENSE},
     "humaneval": _bigcode_task("humaneval", codeexec.HUMANEVAL_STOPS),
     "mbpp": _bigcode_task("mbpp", codeexec.MBPP_UNTIL),

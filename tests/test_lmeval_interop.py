@@ -305,6 +305,7 @@ BAD_OUT = [  # (what is already in --out, stderr pattern): nothing written, noth
     ({"arc_easy/arc_easy.yaml": "task: mine\n"}, r"arc_easy/arc_easy\.yaml exists; pass --force"),
     ({"arc_easy/arc_easy.yaml/x": "a folder"}, r"arc_easy/arc_easy\.yaml"),
     ({"arc_easy": "a file"}, r"arc_easy"),
+    ({"": "a file of the user's at --out itself"}, r"--out .*out is a file, not a folder"),
 ]
 
 
@@ -314,10 +315,14 @@ def test_convert_never_replaces_a_users_file(src, tmp_path, monkeypatch, capsys,
     for rel, text in present.items():
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_text(text)
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def files():
+        return {p: p.read_bytes() for p in [out, *out.rglob("*")] if p.is_file()}
+
+    before = files()
     code, _, err = run_main(monkeypatch, capsys, "data", "convert", src, "--out", out, "--sets", "ARC-Easy")
     assert code == 2 and err.count("\n") == 1 and err.startswith("error:") and re.search(pattern, err), err
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert files() == before
 
 
 def test_convert_refuses_a_symlinked_yaml(src, tmp_path, monkeypatch, capsys):

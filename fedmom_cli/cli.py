@@ -422,8 +422,19 @@ def eval_(
     shots: int = typer.Option(
         None,
         "--shots",
-        show_default="the paper's per benchmark, else the lm-eval task's own",
-        help="Few-shot examples per prompt (lm-eval's num_fewshot, drawn from the few-shot split).",
+        show_default="the paper's per benchmark (GSM8K 5, MATH 4, commonsense 5), else the task's own",
+        help="Few-shot examples per prompt (lm-eval's num_fewshot, drawn from the few-shot split); "
+        "--shots 0 for lm-eval's zero-shot commonsense default (docs/evaluation.md).",
+    ),
+    code_sampling: str = typer.Option(
+        "greedy",
+        "--code-sampling",
+        help="Code tasks: greedy (one deterministic completion per problem), or harness: the bigcode "
+        "harness's default sampling (temperature 0.2, top_p 0.95, top_k 0, seed 0), --n-samples "
+        "completions per problem, pass@k by the unbiased estimator (recorded in eval.json).",
+    ),
+    n_samples: int = typer.Option(
+        1, "--n-samples", help="With --code-sampling harness: completions per code problem (pass@k, k <= N)."
     ),
     force: bool = typer.Option(False, "--force", help="Replace tasks already in eval.json."),
     precision: str = typer.Option(
@@ -503,6 +514,8 @@ def eval_(
                 ("--batch-size", batch_size != 8),
                 ("--device", device != "auto"),
                 ("--protocol", protocol != "lm-eval"),
+                ("--code-sampling", code_sampling != "greedy"),
+                ("--n-samples", n_samples != 1),
             )
             if given
         ]
@@ -523,6 +536,7 @@ def eval_(
             scores = ", ".join(f"{k} = {v:.4f}" for k, v in t["pass_at_k"].items())
             print(f"{name}: {scores} (n={t['n']}, {t['completions']} completions, {t['isolation']})")
         return
+    from fedmom_cli.evaluation import codesampling
     from fedmom_cli.evaluation import evaluate as ev
 
     result = ev.run(
@@ -536,9 +550,10 @@ def eval_(
     for name, t in result["tasks"].items():
         err = f" ± {t['stderr']:.4f}" if t["stderr"] is not None else ""
         lim = f", limit {t['limit']}" if t.get("limit") else ""
+        how = f", {codesampling.label(t)}" if "sampling" in t else ""
         print(
             f"{name}: {t.get('metric_key', t['metric'])} = {t['value']:.4f}{err} "
-            f"(n={t['n']}{lim}, {t['shots']}-shot, {t['protocol']})"
+            f"(n={t['n']}{lim}, {t['shots']}-shot, {t['protocol']}{how})"
         )
     for name, m in result.get("clients", {}).get("mean", {}).items():
         values = ", ".join(f"{v:.4f}" for v in m["values"])

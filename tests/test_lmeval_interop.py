@@ -64,6 +64,7 @@ def evaluated(converted, smoke_run, tmp_path_factory) -> dict[str, Path]:
             out=root / "ev",
             tasks=list(SETS.values()),
             data_dir=converted,
+            shots=0,  # the YAMLs' setting: the converted folder holds no few-shot split
             precision="fp32",  # the export's dtype; lm-eval's hf model loads it as saved
             device="cpu",
         )

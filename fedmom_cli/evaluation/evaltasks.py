@@ -23,7 +23,7 @@ from pathlib import Path
 from fedmom_cli import synthetic
 from fedmom_cli.benchmarks import BENCHMARKS, COMMONSENSE
 from fedmom_cli.errors import UserError
-from fedmom_cli.evaluation import answers, codeexec
+from fedmom_cli.evaluation import answers, codeexec, codesampling
 from fedmom_cli.evaluation.sandbox import run_program
 from fedmom_cli.tasks import TASKS
 
@@ -229,15 +229,26 @@ def select_rows(name: str, rows: list[dict], path: Path) -> list[dict]:
     return chosen
 
 
-def lm_eval_config(name: str, jsonl: Path, max_gen_cap: int | None = None) -> dict:
+def lm_eval_config(
+    name: str, jsonl: Path, max_gen_cap: int | None = None, sampling: str = "greedy", n_samples: int = 1
+) -> dict:
     """An lm-eval generate_until task over a JSONL file, scored by fedmom's own answer parsing (zero-shot).
 
-    The filter pipeline is lm-eval's default (`take_first`) followed by fedmom's `extract` (a
-    `custom` filter), under lm-eval's default pipeline name "none", so result keys stay
+    Greedy by default. The filter pipeline is lm-eval's default (`take_first`) followed by fedmom's
+    `extract` (a `custom` filter), under lm-eval's default pipeline name "none", so result keys stay
     `<metric>,none`; process_results then judges the extracted answer against `target`. lm-eval's
     sample records therefore hold the gold (`target`), the generation (`resps`) and the answer that
-    was judged (`filtered_resps`)."""
+    was judged (`filtered_resps`).
+
+    `sampling="harness"` (code tasks only) samples as the bigcode harness does by default
+    (codesampling.HARNESS), `n_samples` completions per problem (lm-eval's `repeats`, all kept by a
+    take_first_k filter, so `filtered_resps` are the n completions); each problem scores its
+    unbiased pass@k estimate."""
     task = _task(name)
+    if sampling != "greedy":
+        if task.metric != "pass@1":
+            raise UserError(f"{name}: --code-sampling applies to code tasks only")
+        return _sampled_config(name, task, jsonl, max_gen_cap, n_samples)
 
     def extract(resps, docs):
         return [task.extract(doc, generation) for generation, doc in zip(resps, docs)]
@@ -266,6 +277,36 @@ def lm_eval_config(name: str, jsonl: Path, max_gen_cap: int | None = None) -> di
             "max_gen_toks": min(task.max_gen_toks, max_gen_cap or task.max_gen_toks),
         },
         "metric_list": [{"metric": task.metric, "aggregation": "mean", "higher_is_better": True}],
+        "num_fewshot": 0,
+        "metadata": {"version": 1.0},
+    }
+
+
+def _sampled_config(name: str, task: EvalTask, jsonl: Path, max_gen_cap: int | None, n: int) -> dict:
+    """lm_eval_config's sampled variant: n completions per problem, pass@k for k <= n (harness's ks)."""
+    ks = codesampling.ks(n)
+
+    def process_results(doc, results):
+        passed = sum(bool(task.score(doc, g)) for g in results[0])  # the n kept completions
+        return {f"pass@{k}": codesampling.pass_at_k(n, passed, k) for k in ks}
+
+    return {
+        "task": f"fedmom_{name}",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(jsonl)}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": task.prompt,
+        "doc_to_target": task.target,
+        "process_results": process_results,
+        "generation_kwargs": {
+            "until": task.until or ["</s>"],
+            **codesampling.generation_kwargs("harness"),
+            "max_gen_toks": min(task.max_gen_toks, max_gen_cap or task.max_gen_toks),
+        },
+        "repeats": n,
+        "filter_list": [{"name": "none", "filter": [{"function": "take_first_k", "k": n}]}],
+        "metric_list": [{"metric": f"pass@{k}", "aggregation": "mean", "higher_is_better": True} for k in ks],
         "num_fewshot": 0,
         "metadata": {"version": 1.0},
     }

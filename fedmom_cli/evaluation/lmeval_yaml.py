@@ -20,8 +20,9 @@ Choices, all written in the YAML's header comment:
   with its importable module (`lm_eval.tasks.winogrande.preprocess_winogrande`), which lm-eval's
   loader imports when no file of that name sits beside the YAML; anything that does not import
   back to the same object is refused (never written).
-- Zero-shot only: the converted folder holds the evaluated split alone (the paper's commonsense
-  setting is 0-shot; `fedmom eval --shots K` needs the few-shot split's file as well).
+- Zero-shot only: the converted folder holds the evaluated split alone (LLM-Adapters ships no
+  train split), so these YAMLs are the counterpart of `fedmom eval --shots 0`, not of its 5-shot
+  commonsense default (which needs the few-shot split's file as well; docs/evaluation.md).
 """
 
 from __future__ import annotations

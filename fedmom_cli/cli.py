@@ -17,6 +17,7 @@ from rich.console import Console
 from fedmom_cli import __version__
 from fedmom_cli.benchmarks import BENCHMARKS
 from fedmom_cli.errors import UserError
+from fedmom_cli.evaluation.sandbox_memory import DEFAULT_MIB as MEMORY_BUDGET_MIB
 
 app = typer.Typer(
     help="fedmom: federated LoRA fine-tuning experiments (FedMomentum and its baselines).",
@@ -331,6 +332,12 @@ def train(
         help="With --engine flower (simulation): GPU share per client (fractional, e.g. 0.25 puts four "
         "clients on one GPU); 0 trains the clients on the CPU.",
     ),
+    wait: float = typer.Option(
+        300.0,
+        "--wait",
+        help="With --engine flower: seconds to wait for one node per client before the run fails "
+        "(a deployment's ServerApp takes it from the run config key `wait`).",
+    ),
     progress: bool = typer.Option(
         None,
         "--progress/--no-progress",
@@ -464,6 +471,13 @@ def eval_(
     ),
     timeout: float = typer.Option(10.0, "--timeout", help="With --generations: seconds per program."),
     workers: int = typer.Option(2, "--workers", help="With --generations: programs run at a time."),
+    memory_budget: int = typer.Option(
+        MEMORY_BUDGET_MIB,
+        "--memory-budget",
+        help="With --generations: MiB for each program and everything it starts, together (a cgroup "
+        "where fedmom may make one; --workers x this must fit in half the available memory; "
+        "docs/sandbox.md).",
+    ),
     allow_unsandboxed_code: bool = typer.Option(
         False,
         "--allow-unsandboxed-code",
@@ -536,6 +550,20 @@ def eval_(
             scores = ", ".join(f"{k} = {v:.4f}" for k, v in t["pass_at_k"].items())
             print(f"{name}: {scores} (n={t['n']}, {t['completions']} completions, {t['isolation']})")
         return
+    sandbox_only = [  # a run's code tasks run one program at a time with the defaults
+        name
+        for name, given in (
+            ("--timeout", timeout != 10.0),
+            ("--workers", workers != 2),
+            ("--memory-budget", memory_budget != MEMORY_BUDGET_MIB),
+        )
+        if given
+    ]
+    if sandbox_only:
+        raise UserError(
+            f"{', '.join(sandbox_only)}: only with --generations; a model's code tasks run one "
+            f"program at a time, 10 s and {MEMORY_BUDGET_MIB} MiB each; leave it out"
+        )
     from fedmom_cli.evaluation import codesampling
     from fedmom_cli.evaluation import evaluate as ev
 

@@ -43,6 +43,7 @@ from fedmom_cli.evaluation import (
     lmeval_tasks,
     response_cache,
     sandbox,
+    sandbox_memory,
 )
 from fedmom_cli.model import check_model_source, load_base_model, load_tokenizer, uses_separate_path
 
@@ -244,6 +245,7 @@ def run(opts: EvalOptions) -> dict:
     isolation = None
     if code_tasks:  # before anything is loaded or written
         isolation = sandbox.require_isolation(opts.allow_unsandboxed_code)
+        sandbox_memory.check_total(1, sandbox_memory.DEFAULT_MIB)  # one program at a time here
         if opts.allow_unsandboxed_code:
             sandbox.permit_unsandboxed()
     local, planned = plan_tasks(opts, cfg, names)
@@ -399,6 +401,8 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
             tasks[name].update(
                 scorer="fedmom sandbox",
                 isolation=isolation,
+                memory_budget_mib=sandbox_memory.DEFAULT_MIB,
+                memory_limit=sandbox_memory.mechanism(),
                 sampling=codesampling.record(opts.code_sampling if sampled else "greedy", opts.n_samples),
             )
         if sampled:  # every pass@k the harness reports for n samples, by the unbiased estimator

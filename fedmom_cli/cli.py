@@ -601,7 +601,11 @@ def data_convert(
     src: Path = typer.Argument(
         ..., metavar="SRC_DIR", help="LLM-Adapters' commonsense_eval folder (<set>.json files)."
     ),
-    out: Path = typer.Option(..., "--out", help="Folder to write <lm-eval task>/<split>.jsonl into."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Folder to write <lm-eval task>/<split>.jsonl and <task>.yaml (lm-eval's task) into.",
+    ),
     sets: str = typer.Option(
         None,
         "--sets",
@@ -610,12 +614,13 @@ def data_convert(
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite files already in --out."),
 ) -> None:
-    """Turn LLM-Adapters' test files into lm-eval's offline layout, in the HF datasets' schema."""
+    """Turn LLM-Adapters' test files into lm-eval's offline layout, in the HF datasets' schema, with
+    lm-eval task YAMLs for `lm_eval --include_path OUT`."""
     from fedmom_cli.evaluation import convert
 
     done = convert.run(src, out, [s.strip() for s in sets.split(",")] if sets is not None else None, force)
     for name, w in done["written"].items():
-        print(f"{name}: {w['rows']} rows -> {w['file']}")
+        print(f"{name}: {w['rows']} rows -> {w['file']}, lm-eval task {w['task']}: {w['yaml']}")
     for name, why in done["skipped"].items():
         print(f"{name}: not converted: {why}")
 

@@ -51,8 +51,10 @@ RUN_NAMES = {
     "tensorboard",  # --report-to tensorboard
     "wandb",  # --report-to wandb without WANDB_DIR
     "tracking.json",  # --report-to: the backend and tracking run's id, for --resume and eval
+    "lm_eval",  # fedmom eval: lm-eval's own results_<date>.json, samples_<task>_<date>.jsonl
     LOCK_FILE,
 }
+LM_EVAL_FILE = re.compile(r"results_[^/]+\.json|samples_[^/]+_[^/]+\.jsonl")  # lmeval_output.FILE
 AGGREGATE_NAMES = {runfolder.ADAPTER, runfolder.BASE_DELTA, "aggregation.json", "clients"}
 # What fedmom itself writes inside the sub-folders it owns (checked file by file before --force).
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md"}
@@ -197,6 +199,8 @@ def _foreign_inside(sub: Path) -> list[str]:
                     continue
                 out += [f"clients/{k.name}/{n}" for n in plain(k, samples)]
         return out
+    if sub.name == "lm_eval":  # evaluation/lmeval_output.py: lm-eval's own file names
+        return plain(sub, lambda q: q.is_file() and LM_EVAL_FILE.fullmatch(q.name) is not None)
     if sub.name == "clients":
         out = []
         for k in sub.iterdir():
@@ -232,7 +236,7 @@ def is_aggregate_folder(folder: Path) -> bool:
 
 
 # What `fedmom eval --model` and `eval --generations` write into their --out (besides the lock).
-EVAL_NAMES = {runfolder.EVAL, "eval_samples", "eval_data", LOCK_FILE}
+EVAL_NAMES = {runfolder.EVAL, "eval_samples", "eval_data", "lm_eval", LOCK_FILE}
 
 
 def check_eval_out(out: Path, what: str) -> None:

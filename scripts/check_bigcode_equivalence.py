@@ -223,7 +223,10 @@ def fedmom_side(humaneval: list[dict], mbpp_rows: list[dict], cases: list[dict],
             completion = full[len(context) :] if full.startswith(context) else case["completion"]
             until = handle_stop_sequences(list(gen_kwargs["until"]), eos=eos)  # HFLM adds the EOS
             generation = postprocess_generated_text(completion, stop=until, think_end_token=None)
-            task.process_results(inst.doc, [generation])
+            # lm-eval's filter (evaltasks.lm_eval_config: take_first, then fedmom's extract), then
+            # process_results judges what it produced: the program, run in the sandbox
+            filtered = evaltasks.EVAL_TASKS[case["task"]].extract(inst.doc, generation)
+            task.process_results(inst.doc, [filtered])
             program = captured.pop()
             reference = _reference(case["task"], inst.doc)  # the candidate: the program less the tests
             candidate = program[: -len(reference)] if program.endswith(reference) else program

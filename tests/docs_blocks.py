@@ -184,7 +184,7 @@ def commands(lines: list[str]) -> list[Command]:
         cmd = line[2:]
         while cmd.endswith("\\") and i + 1 < len(lines):
             i += 1
-            cmd = cmd[:-1] + "\n" + lines[i]
+            cmd = cmd + "\n" + lines[i]  # bash's own backslash-newline: one command
         out.append(Command(cmd, []))
         i += 1
     return out

@@ -74,7 +74,10 @@ def test_greedy_is_the_default_and_recorded(monkeypatch, tmp_path):
 
 def test_sampled_pass_at_k_is_the_unbiased_estimate_by_hand():
     """process_results of the sampled config against 1 - C(n-c, k) / C(n, k) written out."""
-    fake = evaltasks.EvalTask("x", "pass@1", lambda d: "", lambda d, g: g == "ok", [], 8)
+    # prompt, target, extract (the generation itself), judge
+    fake = evaltasks.EvalTask(
+        "x", "pass@1", lambda d: "", lambda d: "", lambda d, g: g, lambda d, a: a == "ok", [], 8
+    )
     n = 12
     cfg = evaltasks._sampled_config("x", fake, None, None, n)  # noqa: SLF001
     assert cfg["repeats"] == n and cfg["filter_list"][0]["filter"] == [{"function": "take_first_k", "k": n}]

@@ -131,3 +131,10 @@ def test_masking_and_matching_rules():
     assert db.compare(["a", "..."], ["b"]) is not None
     warned = "/x/modeling_utils.py:3314: FutureWarning: deprecated\n  warnings.warn(\nok\n"
     assert db.clean_output(warned) == ["ok"]
+
+
+def test_a_command_continued_with_a_backslash_is_one_command(tmp_path):
+    """`\\` at the end of a `$ ` line continues the command (bash's line continuation), as the
+    docs' long commands are written; a bare newline would end it."""
+    (c,) = db.commands(["$ printf '%s+' one \\", "    two \\", "    three", "one+two+three+"])
+    assert db.run_command(c.cmd, tmp_path, db.environment()) == c.expected == ["one+two+three+"]

@@ -1999,6 +1999,8 @@ FORCE_KEEPS = [
     ("train", "run_done", "eval_samples/mine.txt"),
     ("train", "run_done", "eval_samples/clients/0/mine.txt"),  # eval --clients' own layout, a user file in it
     ("train", "run_done", "eval_samples/clients/x.jsonl"),
+    ("train", "run_done", "lm_eval/mine.txt"),  # fedmom eval's lm-eval files: only lm-eval's names
+    ("train", "run_done", "lm_eval/results_final.yaml"),
     *[("aggregate", "agg_done", name) for name in HIDDEN],
     ("aggregate", "agg_done", "adapter/notes.txt"),
     ("aggregate", "agg_done", "clients/0/serve.py"),
@@ -2024,6 +2026,8 @@ def test_force_refuses_a_folder_holding_a_hidden_or_nested_user_file(
 def test_force_still_replaces_fedmoms_own_folders_and_temporary_files(world, monkeypatch, capsys):
     (world / "run_done" / ".result.json.tmp").write_text("left by a crash")  # fedmom's own temp name
     (world / "run_done" / ".adapter.tmp").mkdir()
+    (world / "run_done" / "lm_eval").mkdir()  # fedmom eval's copy of lm-eval's own output files
+    (world / "run_done" / "lm_eval" / "results_2026-12-07T16-52-10.575829.json").write_text("{}")
     code, _, err = run_main(
         monkeypatch, capsys, "train", "--recipe", "smoke", *shlex.split(FAST), "--no-progress",
         "--force", "--out", "run_done",
@@ -2031,6 +2035,7 @@ def test_force_still_replaces_fedmoms_own_folders_and_temporary_files(world, mon
     assert code == 0, err
     assert not (world / "run_done" / ".result.json.tmp").exists()
     assert not (world / "run_done" / ".adapter.tmp").exists()
+    assert not (world / "run_done" / "lm_eval").exists()
     assert safety.is_aggregate_folder(world / "agg_done")  # clients/ is the aggregate's own
     code, _, err = run_main(
         monkeypatch, capsys, "aggregate", "-m", "fedit", "c0", "c1", "--force", "--out", "agg_done"

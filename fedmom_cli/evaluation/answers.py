@@ -42,9 +42,14 @@ def extract_math(generation: str) -> str:
     return numbers[-1] if numbers else ""
 
 
-def gsm8k_correct(generation: str, gold: str) -> bool:
-    got, want = _to_number(extract_math(generation)), _to_number(gold)
+def gsm8k_answer_correct(answer: str, gold: str) -> bool:
+    """An extracted answer (extract_math) against GSM8K's gold, as numbers."""
+    got, want = _to_number(answer), _to_number(gold)
     return got is not None and want is not None and math.isclose(got, want, rel_tol=0, abs_tol=1e-6)
+
+
+def gsm8k_correct(generation: str, gold: str) -> bool:
+    return gsm8k_answer_correct(extract_math(generation), gold)
 
 
 def normalise_latex(text: str) -> str:
@@ -70,7 +75,11 @@ def normalise_latex(text: str) -> str:
 
 
 def math_correct(generation: str, gold: str) -> bool:
-    got, want = extract_math(generation), gold
+    return math_answer_correct(extract_math(generation), gold)
+
+
+def math_answer_correct(got: str, want: str) -> bool:
+    """An extracted answer (extract_math) against MATH's boxed gold."""
     a, b = _to_number(got), _to_number(want)
     if a is not None and b is not None and re.fullmatch(r"-?[\d,.]+", normalise_latex(want) or "x"):
         return math.isclose(a, b, abs_tol=1e-6)

@@ -126,7 +126,10 @@ def evaluate_clients(opts, cfg, out: Path, local, planned, code_tasks, isolation
                 isolation,
             )
             _, seen = client_model(out, k)
-            done[str(k)] = {name: {**entry, "seen": seen} for name, entry in one["tasks"].items()}
+            done[str(k)] = {  # lm-eval's own files of a client's model are not kept (tmp goes)
+                name: {**{k_: v for k_, v in entry.items() if k_ != "lm_eval_files"}, "seen": seen}
+                for name, entry in one["tasks"].items()
+            }
             dest = out / "eval_samples" / "clients" / str(k)
             dest.mkdir(parents=True, exist_ok=True)
             for f in (tmp / "eval_samples").glob("*.jsonl"):

@@ -14,6 +14,9 @@ OUT/<lm-eval task>/<split>.jsonl (the split lm-eval evaluates):
     social_i_qa.json    -> social_iqa/validation.jsonl  context, question, answerA-C, label ("1"-"3")
     winogrande.json     -> winogrande/validation.jsonl  sentence, option1, option2, answer ("1"/"2")
 
+Beside each file goes OUT/<task>/<task>.yaml, lm-eval's own task config pointed at it
+(lmeval_yaml.py), so that plain `lm_eval --include_path OUT --tasks <task>` runs offline too.
+
 What cannot come back, and why it does not change lm-eval's scores:
 - ids and choice labels: LLM-Adapters drops them. Rows get `<set>-<row>` ids and labels A, B, C...
   lm-eval uses the label only to find the gold choice's index (`choices.label.index(answerKey)`).
@@ -151,6 +154,28 @@ SETS: dict[str, tuple[str, str, Callable[[dict, int], dict]]] = {
 }
 
 
+# lm-eval task -> its folder under lm_eval/tasks/ (where lmeval_yaml reads lm-eval's own config)
+LM_EVAL_FOLDER = {
+    "arc_easy": "arc",
+    "arc_challenge": "arc",
+    "openbookqa": "openbookqa",
+    "piqa": "piqa",
+    "social_iqa": "siqa",
+    "winogrande": "winogrande",
+}
+
+
+def task_yaml(name: str, target: Path, src: Path) -> str:
+    """The lm-eval task YAML for set `name` converted to `target` (lmeval_yaml.py)."""
+    from fedmom_cli.evaluation import lmeval_tasks, lmeval_yaml
+
+    task, split, _ = SETS[name]
+    cfg = lmeval_yaml.config(task, LM_EVAL_FOLDER[task], target)
+    if lmeval_tasks.eval_split(cfg) != split:  # SETS names the split lm-eval evaluates
+        raise RuntimeError(f"lm-eval evaluates {task}'s {lmeval_tasks.eval_split(cfg)} split, not {split}")
+    return lmeval_yaml.render(cfg, f"{src / (name + '.json')}")
+
+
 def convert_rows(name: str, rows: list) -> list[dict]:
     """All rows of one set in the HF schema; UserError naming the first row that does not map."""
     if name in REFUSED:
@@ -228,15 +253,24 @@ def run(src: Path, out: Path, sets: list[str] | None = None, force: bool = False
             raise UserError(f"{path}: expected a non-empty JSON list of rows")
         task, split, _ = SETS[s]
         target = out / task / f"{split}.jsonl"
-        safety.check_out(target, "file")
-        if target.is_symlink():
-            raise UserError(f"{target} is a symbolic link; move it away")
-        if target.exists() and not force:
-            raise UserError(f"{target} exists; pass --force to overwrite it")
-        converted[s] = (target, convert_rows(s, rows))
-    _write_all({t: "".join(json.dumps(r) + "\n" for r in rows) for t, rows in converted.values()})
+        config = out / task / f"{task}.yaml"
+        for path in (target, config):
+            safety.check_out(path, "file")
+            if path.is_symlink():
+                raise UserError(f"{path} is a symbolic link; move it away")
+            if path.exists() and not force:
+                raise UserError(f"{path} exists; pass --force to overwrite it")
+        converted[s] = (target, convert_rows(s, rows), config, task_yaml(s, target, src))
+    files = {}
+    for target, rows, config, text in converted.values():
+        files[target] = "".join(json.dumps(r) + "\n" for r in rows)
+        files[config] = text
+    _write_all(files)
     skipped = {s: REFUSED[s] for s in REFUSED if sets is None and (src / f"{s}.json").is_file()}
     return {
-        "written": {s: {"file": str(t), "rows": len(r)} for s, (t, r) in converted.items()},
+        "written": {
+            s: {"file": str(t), "rows": len(r), "task": SETS[s][0], "yaml": str(c)}
+            for s, (t, r, c, _) in converted.items()
+        },
         "skipped": skipped,
     }

@@ -41,12 +41,23 @@ GSM8K_STOPS = [*TRAIN_FORMAT_STOPS, "\n\n"]
 
 @dataclass(frozen=True)
 class EvalTask:
+    """One of fedmom's own generation tasks. Scoring is split in two, as lm-eval's filters and
+    metrics are: `extract` turns a generation into the answer that is judged (the number after "The
+    answer is", the first answerN token, the program the sandbox runs), `judge` compares that answer
+    with the document's gold (`target`). lm_eval_config runs `extract` as the task's filter, so
+    lm-eval's sample records hold the gold (`target`) and the extracted answer (`filtered_resps`)."""
+
     name: str
     metric: str
     prompt: Callable[[dict], str]
-    score: Callable[[dict, str], bool]
+    target: Callable[[dict], str]  # the gold answer, as judge compares it
+    extract: Callable[[dict, str], str]  # generation -> the answer judged
+    judge: Callable[[dict, str], bool]  # (doc, extracted answer) -> correct
     until: list[str]
     max_gen_toks: int
+
+    def score(self, doc: dict, generation: str) -> bool:
+        return self.judge(doc, self.extract(doc, generation))
 
 
 # Train-format prompts are the training task's own prompt (tasks.TASKS[...].format) of the eval
@@ -75,11 +86,43 @@ def _synthetic_code_program(doc, generation: str) -> str:
     return code + "\n" + "\n".join(doc["test_list"]) + "\n"
 
 
-def _commonsense_task(name: str, answer_kind: str, max_gen_toks: int) -> EvalTask:
-    def score(d, g):
-        return answers.commonsense_correct(g, d["answer"], answer_kind)
+def _passes(doc, program: str) -> bool:
+    return run_program(program).passed  # looked up at call time: the bigcode check replaces it
 
-    return EvalTask(name, "acc", _commonsense_prompt, score, [], max_gen_toks)
+
+def _math_task(name, gold, judge, until, max_gen_toks) -> EvalTask:
+    """MetaMath's protocol: the text after the last "The answer is" (else the last number), judged
+    against `gold(doc)` by `judge(answer, gold)` (answers.py)."""
+    return EvalTask(
+        name,
+        "exact_match",
+        _math_prompt,
+        gold,
+        lambda d, g: answers.extract_math(g),
+        lambda d, a: judge(a, gold(d)),
+        until,
+        max_gen_toks,
+    )
+
+
+def _commonsense_task(name: str, answer_kind: str, max_gen_toks: int) -> EvalTask:
+    return EvalTask(
+        name,
+        "acc",
+        _commonsense_prompt,
+        lambda d: d["answer"].strip().lower(),
+        lambda d, g: answers.extract_commonsense(g, answer_kind),
+        lambda d, a: a == d["answer"].strip().lower(),
+        [],
+        max_gen_toks,
+    )
+
+
+def _code_reference(name: str, doc: dict) -> str:
+    """The tests a program is checked with (bigcode's reference; HumanEval's check call)."""
+    if name == "humaneval":
+        return f"{doc['test']}\ncheck({doc['entry_point']})"
+    return "\n".join(doc["test_list"])
 
 
 def _bigcode_task(name: str, until: list[str]) -> EvalTask:
@@ -87,46 +130,39 @@ def _bigcode_task(name: str, until: list[str]) -> EvalTask:
         name,
         "pass@1",
         lambda d: codeexec.bigcode_prompt(name, d),
-        lambda d, g: run_program(codeexec.bigcode_program(name, d, g)).passed,
+        lambda d: _code_reference(name, d),
+        lambda d, g: codeexec.bigcode_program(name, d, g),
+        _passes,
         until,
         512,
     )
 
 
 EVAL_TASKS: dict[str, EvalTask] = {  # benchmarks.BENCHMARKS' scorers, + the synthetic smoke sets
-    "gsm8k": EvalTask(
-        "gsm8k",
-        "exact_match",
-        _math_prompt,
-        lambda d, g: answers.gsm8k_correct(g, answers.gsm8k_gold(d["answer"])),
-        GSM8K_STOPS,
-        256,
+    "gsm8k": _math_task(
+        "gsm8k", lambda d: answers.gsm8k_gold(d["answer"]), answers.gsm8k_answer_correct, GSM8K_STOPS, 256
     ),
-    "math": EvalTask(
+    "math": _math_task(
         "math",
-        "exact_match",
-        _math_prompt,
-        lambda d, g: answers.math_correct(g, answers.math_boxed(d["solution"])),
+        lambda d: answers.math_boxed(d["solution"]),
+        answers.math_answer_correct,
         TRAIN_FORMAT_STOPS,
         512,
     ),
     **{name: _commonsense_task(name, name, 32) for name in COMMONSENSE},
     "humaneval": _bigcode_task("humaneval", codeexec.HUMANEVAL_STOPS),
     "mbpp": _bigcode_task("mbpp", codeexec.MBPP_UNTIL),
-    "synthetic_math": EvalTask(
-        "synthetic_math",
-        "exact_match",
-        _math_prompt,
-        lambda d, g: answers.gsm8k_correct(g, d["response"].rsplit(" ", 1)[-1]),
-        [],
-        64,
+    "synthetic_math": _math_task(
+        "synthetic_math", lambda d: d["response"].rsplit(" ", 1)[-1], answers.gsm8k_answer_correct, [], 64
     ),
     "synthetic_commonsense": _commonsense_task("synthetic_commonsense", "synthetic", 16),
     "synthetic_code": EvalTask(
         "synthetic_code",
         "pass@1",
         lambda d: d["prompt"],
-        lambda d, g: run_program(_synthetic_code_program(d, g)).passed,
+        lambda d: "\n".join(d["test_list"]),
+        _synthetic_code_program,
+        _passes,
         [],
         64,
     ),
@@ -198,17 +234,27 @@ def lm_eval_config(
 ) -> dict:
     """An lm-eval generate_until task over a JSONL file, scored by fedmom's own answer parsing (zero-shot).
 
-    Greedy by default. `sampling="harness"` (code tasks only) samples as the bigcode harness does
-    by default (codesampling.HARNESS), `n_samples` completions per problem (lm-eval's `repeats`, all
-    kept by a take_first_k filter); each problem scores its unbiased pass@k estimate."""
+    Greedy by default. The filter pipeline is lm-eval's default (`take_first`) followed by fedmom's
+    `extract` (a `custom` filter), under lm-eval's default pipeline name "none", so result keys stay
+    `<metric>,none`; process_results then judges the extracted answer against `target`. lm-eval's
+    sample records therefore hold the gold (`target`), the generation (`resps`) and the answer that
+    was judged (`filtered_resps`).
+
+    `sampling="harness"` (code tasks only) samples as the bigcode harness does by default
+    (codesampling.HARNESS), `n_samples` completions per problem (lm-eval's `repeats`, all kept by a
+    take_first_k filter, so `filtered_resps` are the n completions); each problem scores its
+    unbiased pass@k estimate."""
     task = _task(name)
     if sampling != "greedy":
         if task.metric != "pass@1":
             raise UserError(f"{name}: --code-sampling applies to code tasks only")
         return _sampled_config(name, task, jsonl, max_gen_cap, n_samples)
 
+    def extract(resps, docs):
+        return [task.extract(doc, generation) for generation, doc in zip(resps, docs)]
+
     def process_results(doc, results):
-        return {task.metric: float(task.score(doc, results[0]))}
+        return {task.metric: float(task.judge(doc, results[0]))}
 
     return {
         "task": f"fedmom_{name}",
@@ -217,8 +263,14 @@ def lm_eval_config(
         "test_split": "test",
         "output_type": "generate_until",
         "doc_to_text": task.prompt,
-        "doc_to_target": lambda doc: "",
+        "doc_to_target": task.target,
         "process_results": process_results,
+        "filter_list": [
+            {
+                "name": "none",
+                "filter": [{"function": "take_first"}, {"function": "custom", "filter_fn": extract}],
+            }
+        ],
         "generation_kwargs": {
             "until": task.until or ["</s>"],
             "do_sample": False,
@@ -245,7 +297,7 @@ def _sampled_config(name: str, task: EvalTask, jsonl: Path, max_gen_cap: int | N
         "test_split": "test",
         "output_type": "generate_until",
         "doc_to_text": task.prompt,
-        "doc_to_target": lambda doc: "",
+        "doc_to_target": task.target,
         "process_results": process_results,
         "generation_kwargs": {
             "until": task.until or ["</s>"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import runfolder, safety, tracking
+from fedmom_cli import runfolder, safety, targets, tracking
 from fedmom_cli.client import NonFiniteLoss
 from fedmom_cli.config import TrainConfig
 from fedmom_cli.errors import UserError
@@ -142,6 +143,9 @@ def _read_result(run_dir: Path) -> dict | None:
 
 
 def run(opts: TrainOptions) -> dict:
+    # `auto` / `all-linear` become names first: config.yaml, the hash and the comparison with an
+    # existing folder all see the modules trained (fedmom_cli/targets.py)
+    opts = dataclasses.replace(opts, config=targets.resolve(opts.config))
     cfg = opts.config
     run_dir = Path(opts.out) if opts.out is not None else default_run_dir(cfg)
     if opts.engine not in ("sequential", "flower"):

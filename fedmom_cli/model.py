@@ -158,12 +158,10 @@ def check_target_modules(model, targets, rank: int | None = None) -> None:
 
 
 def attach_lora(model, cfg: TrainConfig):
-    """PEFT LoRA with PEFT's default init (A kaiming-uniform, B = 0), drawn from the run's seed."""
+    """PEFT LoRA with PEFT's default init (A kaiming-uniform, B = 0), drawn from the run's seed.
+    cfg.target_modules are names (`targets.resolve` turns `auto` / `all-linear` into names)."""
     from peft import LoraConfig, get_peft_model
 
-    from fedmom_cli import targets
-
-    cfg = targets.resolve(cfg)  # `auto` / `all-linear` as names (train.run has done it already)
     check_target_modules(model, cfg.target_modules, max([cfg.lora_r, *(cfg.client_ranks or [])]))
 
     lora = LoraConfig(

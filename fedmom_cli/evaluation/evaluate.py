@@ -271,7 +271,7 @@ def run(opts: EvalOptions) -> dict:
                     from fedmom_cli.evaluation import client_eval
 
                     result = client_eval.evaluate_clients(
-                        opts, cfg, out, local, planned, code_tasks, isolation, result
+                        _evaluate_and_write, opts, cfg, out, local, planned, code_tasks, isolation, result
                     )
             finally:
                 if tracker is not None:

@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli.flower.engine import array_record, delta_arrays, flatten, nbytes, nest, tensors_of
+from fedmom_cli.flower.records import array_record, delta_arrays, flatten, nbytes, nest, tensors_of
 from fedmom_cli.methods.base import BaseDelta, LoraFactors
 from fedmom_cli.server import ClientUpdate, RoundRecord, Server
 

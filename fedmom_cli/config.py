@@ -202,6 +202,12 @@ def _check(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def check(cfg: TrainConfig) -> TrainConfig:
+    """A TrainConfig built in code (fedmom_cli.api), checked as a recipe's settings are."""
+    values = {name: _coerce(name, getattr(cfg, name)) for name in FIELDS}  # lora_alpha=64 -> 64.0
+    return _check(TrainConfig(**values))
+
+
 MIN_CUTOFF_LEN = 16  # below this no task's prompt leaves room for one response token
 
 

@@ -530,7 +530,8 @@ def eval_(
         clients=_parse_clients(clients),
     )
     result = api.evaluate(options.pop("run_dir"), **options)
-    print("\n".join(ev.summary(result)))
+    for line in ev.summary(result):
+        print(line)
 
 
 def _parse_clients(text: str | None):

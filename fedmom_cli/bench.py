@@ -26,6 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from fedmom_cli.bench_round import is_full_model_report, round_like_clients
 from fedmom_cli.errors import UserError
 from fedmom_cli.linalg import dense_svd, energy_rank, factored_svd, randomized_svd
 from fedmom_cli.methods import METHODS, LoraFactors, LoraSpec, build_method, frozen_factors
@@ -76,8 +77,6 @@ def _is_bench_json(path: Path, kind: str) -> bool:
 
     data = read_json_or_none(path)
     if kind == "aggregate":  # the per-shape table, or the --full-model round report
-        from fedmom_cli.bench_round import is_full_model_report
-
         per_shape = isinstance(data, dict) and {"options", "rows", "environment"} <= set(data)
         return per_shape or is_full_model_report(data)
     return isinstance(data, list) and all(isinstance(r, dict) and "round_seconds" in r for r in data)
@@ -101,18 +100,6 @@ def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
     if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
         raise UserError(f"--shapes must look like 4096x4096,4096x11008, got {text!r}")
     return shapes  # type: ignore[return-value]
-
-
-def round_like_clients(n: int, r: int, out_f: int, in_f: int, seed: int) -> list[LoraFactors]:
-    g = torch.Generator().manual_seed(seed)
-    A = (torch.rand(r, in_f, generator=g) * 2 - 1) / in_f**0.5
-    B = 0.01 * torch.randn(out_f, r, generator=g)
-    return [
-        LoraFactors(
-            A + 3e-3 * torch.randn(r, in_f, generator=g), B + 3e-3 * torch.randn(out_f, r, generator=g)
-        )
-        for _ in range(n)
-    ]
 
 
 def best_time(fn: Callable[[], object], repeat: int) -> float:

@@ -5,7 +5,7 @@
 
 Every linear module of every layer carries a LoRA: q, k, v, o (4096x4096), gate and up
 (11008x4096, out x in) and down (4096x11008), i.e. 224 modules. Client factors are drawn per
-module like a real round (see `bench.round_like_clients`; distinct values per module). Timed, in
+module like a real round (see `round_like_clients`; distinct values per module). Timed, in
 the same process and on the same data, alternating so that load changes hit both alike:
 
 - fedmomentum, old loop: one module after another, Householder QR (`workers=1, cholesky=False`),
@@ -30,9 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fedmom_cli.bench import round_like_clients
 from fedmom_cli.linalg import default_workers
-from fedmom_cli.methods import LoraSpec
+from fedmom_cli.methods import LoraFactors, LoraSpec
 from fedmom_cli.methods.base import stacked_factors
 from fedmom_cli.methods.fedex_lora import FedExLoRA
 from fedmom_cli.methods.fedmomentum import FedMomentum
@@ -46,6 +45,19 @@ LLAMA2_7B_MODULES = {
     "up_proj": (11008, 4096),
     "down_proj": (4096, 11008),
 }
+
+
+def round_like_clients(n: int, r: int, out_f: int, in_f: int, seed: int) -> list[LoraFactors]:
+    """n clients' factors near a shared (A, B) at a trained adapter's scale (bench and bench_round)."""
+    g = torch.Generator().manual_seed(seed)
+    A = (torch.rand(r, in_f, generator=g) * 2 - 1) / in_f**0.5
+    B = 0.01 * torch.randn(out_f, r, generator=g)
+    return [
+        LoraFactors(
+            A + 3e-3 * torch.randn(r, in_f, generator=g), B + 3e-3 * torch.randn(out_f, r, generator=g)
+        )
+        for _ in range(n)
+    ]
 
 
 @dataclass(frozen=True)

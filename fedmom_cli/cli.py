@@ -44,13 +44,18 @@ class SvdMode(str, enum.Enum):
     randomized = "randomized"
 
 
-def _options(cls, params: dict, **converted):
-    """`cls(...)` from a command's parameters: a dataclass field takes the parameter of its own name
+def _fields(cls, params: dict, **converted) -> dict:
+    """A dataclass's fields from a command's parameters: a field takes the parameter of its own name
     (each CLI option is declared once, as a Typer parameter named like the field it sets), or the
     converted value given here."""
     names = [f.name for f in dataclasses.fields(cls)]
     given = {**{n: params[n] for n in names if n in params}, **converted}
-    return cls(**{n: given[n] for n in names if n in given})
+    return {n: given[n] for n in names if n in given}
+
+
+def _options(cls, params: dict, **converted):
+    """`cls(...)` from a command's parameters (`_fields`)."""
+    return cls(**_fields(cls, params, **converted))
 
 
 def _recipe_default(key: str) -> str:
@@ -347,36 +352,28 @@ def train(
 ) -> None:
     """Train all clients sequentially on one device, aggregate every round, save a resumable run."""
     _no_progress(progress)
+    from fedmom_cli import api
     from fedmom_cli import config as cfgmod
-    from fedmom_cli import train as tr
 
     overrides = cfgmod.parse_set(set_ or [])
     given = {k: v for k, v in locals().items() if k in cfgmod.FIELDS and k != "task" and v is not None}
     if task is not None:
         given["task"] = task
     given = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
-    overrides = cfgmod.merge_options(overrides, given)
-    cfg = cfgmod.resolve(recipe, task, overrides)
-    result = tr.run(
-        _options(
-            tr.TrainOptions,
-            locals(),
-            config=cfg,
-            client_resources=None
-            if (client_cpus, client_gpus) == (1.0, 0.0)
-            else {"num_cpus": client_cpus, "num_gpus": client_gpus},
-            report_to=report_to or cfgmod.recipe_report_to(recipe or task or "math"),
-        )
+    run = api.train(
+        {"recipe": recipe, **cfgmod.merge_options(overrides, given)},
+        out=out,
+        resume=resume,
+        force=force,
+        save_merged=save_merged,
+        progress=progress,
+        engine=engine,
+        report_to=report_to,
+        client_resources=None
+        if (client_cpus, client_gpus) == (1.0, 0.0)
+        else {"num_cpus": client_cpus, "num_gpus": client_gpus},
     )
-    console.print(
-        f"{result['status']}: {cfg.method} on {cfg.task}, {result['rounds_completed']} rounds, "
-        f"{result['wall_seconds']:.1f} s, final loss {_loss(result.get('final_loss'))}",
-        soft_wrap=True,
-    )
-
-
-def _loss(value) -> str:
-    return "none (no step had a trainable token)" if value is None else f"{value:.4f}"
+    console.print(run.summary(), soft_wrap=True)
 
 
 def _benchmarks(keep) -> str:  # help texts list benchmarks.BENCHMARKS, never a copy of it
@@ -564,30 +561,18 @@ def eval_(
             f"{', '.join(sandbox_only)}: only with --generations; a model's code tasks run one "
             f"program at a time, 10 s and {MEMORY_BUDGET_MIB} MiB each; leave it out"
         )
-    from fedmom_cli.evaluation import codesampling
+    from fedmom_cli import api
     from fedmom_cli.evaluation import evaluate as ev
 
-    result = ev.run(
-        _options(
-            ev.EvalOptions,
-            locals(),
-            tasks=[t.strip() for t in tasks.split(",")] if tasks else None,
-            clients=_parse_clients(clients),
-        )
+    options = _fields(
+        ev.EvalOptions,
+        locals(),
+        tasks=[t.strip() for t in tasks.split(",")] if tasks else None,
+        clients=_parse_clients(clients),
     )
-    for name, t in result["tasks"].items():
-        err = f" ± {t['stderr']:.4f}" if t["stderr"] is not None else ""
-        lim = f", limit {t['limit']}" if t.get("limit") else ""
-        how = f", {codesampling.label(t)}" if "sampling" in t else ""
-        print(
-            f"{name}: {t.get('metric_key', t['metric'])} = {t['value']:.4f}{err} "
-            f"(n={t['n']}{lim}, {t['shots']}-shot, {t['protocol']}{how})"
-        )
-    for name, m in result.get("clients", {}).get("mean", {}).items():
-        values = ", ".join(f"{v:.4f}" for v in m["values"])
-        print(
-            f"{name}: clients' mean {m['metric']} = {m['value']:.4f} over clients {m['clients']} ({values})"
-        )
+    result = api.evaluate(options.pop("run_dir"), **options)
+    for line in ev.summary(result):
+        print(line)
 
 
 def _parse_clients(text: str | None):
@@ -653,9 +638,10 @@ def report(
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures."),
 ) -> None:
     """The paper's Tables 2-8 and figures from result folders (reads files only)."""
-    from fedmom_cli.report import render as report_render
+    from fedmom_cli import api
 
-    print(report_render.run(results_dir, out, compare_paper, spread, fmt, figures), end="")
+    text = api.report(results_dir, out, compare_paper=compare_paper, spread=spread, fmt=fmt, figures=figures)
+    print(text, end="")
 
 
 @app.command()

@@ -38,12 +38,14 @@ class TrainConfig:
     precision: str = "bf16"  # weights' dtype: fp32 | bf16 | fp16; bf16/fp16 also autocast on GPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     gradient_checkpointing: bool = False
-    # LoRA (the paper: r = 32, alpha = 64; it does not name target modules: fedmom uses q_proj, v_proj)
+    # LoRA (the paper: r = 32, alpha = 64; it does not name target modules). target_modules: names,
+    # or `auto` (PEFT's default for the architecture: q_proj, v_proj on LLaMA) or `all-linear`,
+    # resolved to names before a run is recorded (fedmom_cli/targets.py)
     lora_r: int = 32
     lora_alpha: float = 64.0
     lora_dropout: float = 0.05
     use_rslora: bool = False
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    target_modules: list[str] = field(default_factory=lambda: ["auto"])
     # data
     data: str | None = None  # local JSON / JSONL / parquet; None = the task's Hub dataset
     synthetic: int | None = None  # use N synthetic rows instead (smoke runs, tests)
@@ -207,6 +209,12 @@ def _check(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def check(cfg: TrainConfig) -> TrainConfig:
+    """A TrainConfig built in code (fedmom_cli.api), checked as a recipe's settings are."""
+    values = {name: _coerce(name, getattr(cfg, name)) for name in FIELDS}  # lora_alpha=64 -> 64.0
+    return _check(TrainConfig(**values))
+
+
 MIN_CUTOFF_LEN = 16  # below this no task's prompt leaves room for one response token
 
 
@@ -241,7 +249,12 @@ def _check_ranges(cfg: TrainConfig) -> None:
             "in [0, 1) or null (1 would drop every client of every round)",
         ),
         ("synthetic", cfg.synthetic is None or cfg.synthetic >= 1, ">= 1 or null"),
-        ("target_modules", bool(cfg.target_modules), "a non-empty list"),
+        (
+            "target_modules",
+            bool(cfg.target_modules)
+            and (len(cfg.target_modules) == 1 or not {"auto", "all-linear"} & set(cfg.target_modules)),
+            "a non-empty list of module names, auto or all-linear",
+        ),
         (
             "device",
             bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device)),

@@ -84,26 +84,32 @@ def _from_pretrained(loader, name: str, what: str, **kwargs):
         raise UserError(f"cannot load {what} {name!r} ({str(exc).splitlines()[0][:200]}); {hint}") from None
 
 
+def tiny_config(tokenizer, cutoff_len: int = 512):
+    """The `tiny` model's LlamaConfig: 2 layers, hidden size 64, the tokenizer's vocabulary."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=max(512, cutoff_len),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def load_base_model(cfg: TrainConfig, tokenizer):
     dtype = DTYPES[cfg.precision]
     if cfg.model == "tiny":
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import LlamaForCausalLM
 
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            max_position_embeddings=max(512, cfg.cutoff_len),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
         with torch.random.fork_rng():
             torch.manual_seed(TINY_SEED)
-            return LlamaForCausalLM(config).to(dtype)
+            return LlamaForCausalLM(tiny_config(tokenizer, cfg.cutoff_len)).to(dtype)
     from transformers import AutoModelForCausalLM
 
     return _from_pretrained(AutoModelForCausalLM.from_pretrained, source(cfg.model), "model", dtype=dtype)
@@ -132,6 +138,13 @@ def check_target_modules(model, targets, rank: int | None = None) -> None:
                 f"target_modules: {target!r} matches in layers {sorted(where)[:4]} but not in "
                 f"{missing[:4]}{' ...' if len(missing) > 4 else ''}; name a module every layer has"
             )
+        for n in hits:  # factors and base deltas are in nn.Linear's (out, in) layout
+            kind = type(model.get_submodule(n)).__name__
+            if not isinstance(model.get_submodule(n), torch.nn.Linear):
+                raise UserError(
+                    f"target_modules: {n} ({kind}) is not an nn.Linear (fedmom's factors and base "
+                    f"deltas use nn.Linear's (out, in) layout); name linear layers, or all-linear"
+                )
         if rank is not None:  # r above min(in, out) is no low-rank adapter (issue 30: CR04, CR31)
             for n in hits:
                 m = model.get_submodule(n)
@@ -145,7 +158,8 @@ def check_target_modules(model, targets, rank: int | None = None) -> None:
 
 
 def attach_lora(model, cfg: TrainConfig):
-    """PEFT LoRA with PEFT's default init (A kaiming-uniform, B = 0), drawn from the run's seed."""
+    """PEFT LoRA with PEFT's default init (A kaiming-uniform, B = 0), drawn from the run's seed.
+    cfg.target_modules are names (`targets.resolve` turns `auto` / `all-linear` into names)."""
     from peft import LoraConfig, get_peft_model
 
     check_target_modules(model, cfg.target_modules, max([cfg.lora_r, *(cfg.client_ranks or [])]))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fedmom_cli import runfolder
+from fedmom_cli import runfolder, targets
 from fedmom_cli.client import Sampler, collate, train_client
 from fedmom_cli.config import TrainConfig, method_kwargs
 from fedmom_cli.data import load_rows
@@ -64,8 +64,9 @@ class Simulation:
     def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
         from accelerate import Accelerator
 
-        self.cfg, self.run_dir = cfg, run_dir
         check_model_source(cfg)
+        cfg = targets.resolve(cfg)  # a no-op after train.run, which resolves before recording
+        self.cfg, self.run_dir = cfg, run_dir
         self.task = get_task(cfg.task)
         self.tokenizer = load_tokenizer(cfg)
         if cfg.sites is not None:  # a deployment's sites, each on its own file: no data here

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import runfolder, safety
+from fedmom_cli import runfolder, safety, targets
 from fedmom_cli.errors import UserError
 
 EVAL_CACHE = "eval_cache"  # under the sweep root: the evaluations' responses (fedmom eval --cache)
@@ -78,6 +78,7 @@ def plan(recipe: str, only: dict, out: Path | None, overrides: dict) -> tuple[di
         cfg = cfgmod.resolve(
             str(path), None, {**overrides, **variant, "method": method, "seed": seed, "partition": str(part)}
         )
+        cfg = targets.resolve(cfg, strict=False)  # names, as the run folder records them
         run_dir = root / cfg.task / method / (label or "") / f"seed{seed}"  # runs never nest in runs
         cells.append(Cell(cfg, run_dir, label))
     for key, value in only.items():

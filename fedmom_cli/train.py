@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import runfolder, safety, tracking
+from fedmom_cli import runfolder, safety, targets, tracking
 from fedmom_cli.client import NonFiniteLoss
 from fedmom_cli.config import TrainConfig
 from fedmom_cli.errors import UserError
@@ -143,9 +144,17 @@ def _read_result(run_dir: Path) -> dict | None:
     return data
 
 
+def out_dir(opts: TrainOptions) -> Path:
+    """The run folder `run(opts)` trains: --out, else results/<task>/<method>/seed<S>."""
+    return Path(opts.out) if opts.out is not None else default_run_dir(opts.config)
+
+
 def run(opts: TrainOptions) -> dict:
+    # `auto` / `all-linear` become names first: config.yaml, the hash and the comparison with an
+    # existing folder all see the modules trained (fedmom_cli/targets.py)
+    opts = dataclasses.replace(opts, config=targets.resolve(opts.config))
     cfg = opts.config
-    run_dir = Path(opts.out) if opts.out is not None else default_run_dir(cfg)
+    run_dir = out_dir(opts)
     if opts.engine not in ("sequential", "flower"):
         raise UserError(f"--engine must be sequential or flower, got {opts.engine!r}")
     if opts.client_resources and opts.engine != "flower":

@@ -102,12 +102,13 @@ def apply_client(model, run_dir: Path, client: int) -> None:
     set_factors(modules, factors)
 
 
-def evaluate_clients(opts, cfg, out: Path, local, planned, code_tasks, isolation, result: dict) -> dict:
+def evaluate_clients(
+    evaluate_one, opts, cfg, out: Path, local, planned, code_tasks, isolation, result: dict
+) -> dict:
     """Evaluate every client in `opts.clients` and add them to out/eval.json; returns `result` with
-    this call's `clients` section."""
+    this call's `clients` section. `evaluate_one` is `evaluate._evaluate_and_write`, passed in so
+    that this module never imports evaluate (which imports it)."""
     import dataclasses
-
-    from fedmom_cli.evaluation import evaluate as ev
 
     round_, _ = load_state(out)
     done: dict[str, dict] = {}
@@ -115,7 +116,7 @@ def evaluate_clients(opts, cfg, out: Path, local, planned, code_tasks, isolation
         tmp = out / f".eval_client_{k}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            one = ev._evaluate_and_write(
+            one = evaluate_one(
                 dataclasses.replace(opts, client=k, clients=None),
                 cfg,
                 tmp,

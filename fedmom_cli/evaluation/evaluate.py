@@ -290,12 +290,32 @@ def run(opts: EvalOptions) -> dict:
                     from fedmom_cli.evaluation import client_eval
 
                     result = client_eval.evaluate_clients(
-                        opts, cfg, out, local, planned, code_tasks, isolation, result
+                        _evaluate_and_write, opts, cfg, out, local, planned, code_tasks, isolation, result
                     )
             finally:
                 if tracker is not None:
                     tracker.close()
             return result
+
+
+def summary(result: dict) -> list[str]:
+    """What `fedmom eval` prints: one line per task (value, standard error, n, shots, protocol),
+    and with --clients one per task for the clients' mean."""
+    lines = []
+    for name, t in result["tasks"].items():
+        err = f" ± {t['stderr']:.4f}" if t["stderr"] is not None else ""
+        lim = f", limit {t['limit']}" if t.get("limit") else ""
+        how = f", {codesampling.label(t)}" if "sampling" in t else ""
+        lines.append(
+            f"{name}: {t.get('metric_key', t['metric'])} = {t['value']:.4f}{err} "
+            f"(n={t['n']}{lim}, {t['shots']}-shot, {t['protocol']}{how})"
+        )
+    for name, m in result.get("clients", {}).get("mean", {}).items():
+        values = ", ".join(f"{v:.4f}" for v in m["values"])
+        lines.append(
+            f"{name}: clients' mean {m['metric']} = {m['value']:.4f} over clients {m['clients']} ({values})"
+        )
+    return lines
 
 
 def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolation, loaded=None) -> dict:

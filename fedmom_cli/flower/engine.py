@@ -12,7 +12,7 @@
   live in the Server; the bytes logged are those of the arrays actually put in the messages.
 - ClientApp: its node's partition (`partition-id`) trained by the same `Simulation.train_one`;
   the node keeps its own copy of the accumulated base delta in `context.state`.
-- Messages: a flat ArrayRecord per message, keys `<module>|<part>` (`flatten` / `nest`), parts
+- Messages: a flat ArrayRecord per message, keys `<module>|<part>` (`records.flatten` / `records.nest`), parts
   A, B (factors) and dense or up, down (`BaseDelta.to_arrays`).
 - Nodes: before the first round the strategy waits (at most `wait` s) for one node per client and
   asks each with a QUERY for its partition id and data (`site_info`); each round it sends TRAIN
@@ -33,19 +33,15 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from fedmom_cli import config as cfgmod
 from fedmom_cli.errors import UserError
-from fedmom_cli.methods.base import BaseDelta, LoraFactors
+from fedmom_cli.flower.errors import FlowerClientError  # noqa: F401 (app.py imports it here)
+from fedmom_cli.flower.records import array_record, dense_deltas, flatten, nest, tensors_of
+from fedmom_cli.methods.base import LoraFactors
 
 DROPPED = 5017  # the error code of a client's reply when it was drawn to drop (client_dropout)
 INSTALL_HINT = 'the Flower engine needs Flower: pip install "fedmom[flower]" (flwr[simulation]==1.41.0)'
 _SIMULATIONS: dict[str, object] = {}  # per Ray worker process: one loaded Simulation per config
-
-
-class FlowerClientError(UserError):
-    """A client failed (or did not reply) in a Flower round."""
 
 
 def require_flower() -> None:
@@ -53,45 +49,6 @@ def require_flower() -> None:
         import flwr  # noqa: F401
     except ImportError:
         raise UserError(INSTALL_HINT) from None
-
-
-def nbytes(tensors: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
-def array_record(tensors: dict[str, torch.Tensor]):
-    from flwr.app import ArrayRecord
-
-    return ArrayRecord(torch_state_dict={k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-
-
-def tensors_of(record) -> dict[str, torch.Tensor]:
-    return dict(record.to_torch_state_dict()) if record is not None and len(record) else {}
-
-
-def flatten(nested: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """{module: {part: tensor}} -> {"module|part": tensor}, the keys of a message's ArrayRecord."""
-    return {f"{m}|{part}": t for m, parts in nested.items() for part, t in parts.items()}
-
-
-def nest(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for key, t in flat.items():
-        module, part = key.rsplit("|", 1)
-        out.setdefault(module, {})[part] = t
-    return out
-
-
-def delta_arrays(deltas: dict[str, BaseDelta]) -> dict[str, torch.Tensor]:
-    """A round's base deltas in the form the method allows: low-rank factors, or dense."""
-    return flatten({m: d.to_arrays() for m, d in deltas.items()})
-
-
-def dense_deltas(arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {
-        m: BaseDelta.from_arrays({k: t.float() for k, t in parts.items()}).to_dense()
-        for m, parts in nest(arrays).items()
-    }
 
 
 # ---- client ----------------------------------------------------------------------------------------

@@ -18,15 +18,8 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 from flwr.serverapp.strategy import FedAvg
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli.flower.engine import (
-    FlowerClientError,
-    array_record,
-    delta_arrays,
-    flatten,
-    nbytes,
-    nest,
-    tensors_of,
-)
+from fedmom_cli.flower.errors import FlowerClientError
+from fedmom_cli.flower.records import array_record, delta_arrays, flatten, nbytes, nest, tensors_of
 from fedmom_cli.methods.base import BaseDelta, LoraFactors
 from fedmom_cli.participation import Participation, sample_round
 from fedmom_cli.server import ClientUpdate, RoundRecord, Server

@@ -155,6 +155,11 @@ def run(opts: TrainOptions) -> dict:
         check_client_resources(opts.client_resources)
         if cfg.clients_per_round not in (None, cfg.clients):
             raise UserError("--engine flower trains every client each round (clients_per_round: null)")
+        if cfg.sample_dp or cfg.client_dp:
+            raise UserError(
+                "differential privacy (the dp_* keys) runs with --engine sequential only; with Flower, "
+                "wrap the strategy in Flower's own DP strategies (docs/flower.md)"
+            )
     tracking.check(opts.report_to)
     safety.check_device(cfg.device)
     action = _prepare(run_dir, cfg, opts.resume, opts.force)

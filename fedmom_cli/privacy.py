@@ -59,7 +59,7 @@ from fedmom_cli.errors import UserError
 
 #: methods whose aggregate is the (uniform) mean of the factors the clients train, so a client's
 #: whole update can be clipped and the average noised (client-level DP).
-CLIENT_DP_METHODS = ("fedit", "ffa_lora", "fedsvd", "rolora")
+CLIENT_DP_METHODS = ("fedit", "fedit_resplit", "ffa_lora", "fedsvd", "rolora")
 
 
 def generator(*parts) -> torch.Generator:

@@ -111,6 +111,16 @@ def test_dp_sgd_clipping_really_clips():
     assert float(torch.sqrt(sum((g**2).sum() for g in got))) <= 4 * 1e-3 * (1 + 1e-5)
 
 
+def test_dp_step_leaves_no_hooks_behind():
+    """After a DP client the model trains as before: no per-sample gradients are collected."""
+    model, params = _tiny_lora()
+    model.train()
+    ids, labels = _batch(2)
+    _opacus_step(model, params, [(ids, labels)], 1.0, 1.0, 2, 0, len(ids))
+    privacy.per_sample_loss(model(input_ids=ids).logits, labels, IGNORE_INDEX).sum().backward()
+    assert all(p.grad is not None and getattr(p, "grad_sample", None) is None for p in params)
+
+
 def test_empty_poisson_batch_is_noise_alone():
     model, params = _tiny_lora()
     got = _opacus_step(model, params, [], 0.5, 1.3, 4, 9, 0)
@@ -162,6 +172,7 @@ def test_dp_run_report_shows_the_epsilon(dp_run, tmp_path):
     assert "Epsilon (largest client)" in text and f"{last['epsilon_max']:.4f}" in text
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_accountant_history(dp_run, tmp_path, monkeypatch):
     """A run stopped after round 0 and resumed records the uninterrupted run's epsilons."""
     from fedmom_cli.client import NonFiniteLoss
@@ -185,6 +196,19 @@ def test_resume_keeps_the_accountant_history(dp_run, tmp_path, monkeypatch):
     assert resumed[-1]["dp"]["steps"] == [2 * SMOKE["local_steps"]] * 3
 
 
+def test_target_epsilon_noise_meets_the_target_on_the_worst_client():
+    cfg = smoke_config("fedsvd", dp_target_epsilon=5.0, dp_max_grad_norm=0.1, dp_delta=1e-5)
+    sizes, participation = [10, 50, 200], [2, 1, 2]  # rounds each client is sampled in
+    noise = privacy.plan_noise(cfg, sizes, participation)
+    eps = [
+        _accountant_epsilon(noise, cfg.batch_size / n, p * cfg.local_steps, 1e-5)
+        for n, p in zip(sizes, participation)
+    ]
+    assert max(eps) == pytest.approx(5.0, abs=0.05) and max(eps) <= 5.0 and eps[0] == max(eps)
+    assert privacy.plan_noise(smoke_config("fedit", **DP), sizes, participation) == DP["dp_noise_multiplier"]
+
+
+@pytest.mark.slow
 def test_target_epsilon_sets_the_noise_for_the_planned_steps(tmp_path):
     cfg = smoke_config("fedsvd", dp_target_epsilon=5.0, dp_max_grad_norm=0.1, dp_delta=1e-5, rounds=1)
     tr.run(tr.TrainOptions(cfg, out=tmp_path / "run", progress=False))

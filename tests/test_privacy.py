@@ -384,3 +384,13 @@ def test_dp_refusals_before_any_write(tmp_path, monkeypatch, capsys):
         "--no-progress",
     )
     assert code == 2 and "--engine sequential only" in err and not out.exists()
+
+
+def test_mini_dp_recipe_plans_its_45_cells(tmp_path):
+    from fedmom_cli import sweep
+
+    _, cells, _ = sweep.plan("mini/dp", {}, tmp_path / "out", {"synthetic": 200})
+    assert len(cells) == 45
+    targets = sorted({c.config.dp_target_epsilon or 0.0 for c in cells})
+    assert targets == [0.0, 1.0, 8.0] and all(c.config.dp_delta in (None, 1e-5) for c in cells)
+    assert {c.config.method for c in cells} == {"fedit", "ffa_lora", "fedsvd", "fedex_lora", "fedmomentum"}

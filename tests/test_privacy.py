@@ -172,6 +172,15 @@ def test_dp_run_report_shows_the_epsilon(dp_run, tmp_path):
     assert "Epsilon (largest client)" in text and f"{last['epsilon_max']:.4f}" in text
 
 
+def test_dp_metrics_reach_the_trackers(dp_run):
+    from fedmom_cli import tracking
+
+    last = json.loads((dp_run / "metrics.jsonl").read_text().splitlines()[-1])
+    values = tracking.round_values(last)
+    assert values["privacy/epsilon_max"] == last["epsilon_max"]
+    assert {values[f"privacy/epsilon/client{k}"] for k in range(3)} == set(last["epsilon"].values())
+
+
 @pytest.mark.slow
 def test_resume_keeps_the_accountant_history(dp_run, tmp_path, monkeypatch):
     """A run stopped after round 0 and resumed records the uninterrupted run's epsilons."""

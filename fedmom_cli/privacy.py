@@ -69,14 +69,21 @@ def generator(*parts) -> torch.Generator:
 
 # ---- accounting ---------------------------------------------------------------------------------
 def epsilon(noise: float, sample_rate: float, steps: int, delta: float) -> float:
-    """Epsilon of `steps` steps of the subsampled Gaussian mechanism (Opacus' RDP accountant)."""
+    """Epsilon of `steps` steps of the subsampled Gaussian mechanism (Opacus' RDP accountant, its
+    default orders). Where the best order is the largest one (few steps at a large q) Opacus warns
+    that a wider range could give a smaller epsilon: the value is still a valid upper bound, and
+    the warning is silenced so that it does not repeat every round."""
+    import warnings
+
     from opacus.accountants import RDPAccountant
 
     if steps == 0:
         return 0.0
     acc = RDPAccountant()
     acc.history = [(noise, sample_rate, steps)]
-    return float(acc.get_epsilon(delta))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(acc.get_epsilon(delta))
 
 
 def noise_for_target(target: float, delta: float, plans: Sequence[tuple[float, int]]) -> float:

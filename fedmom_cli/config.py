@@ -308,6 +308,8 @@ def _check_privacy(cfg: TrainConfig) -> None:
             )
         if cfg.precision == "fp16":
             raise UserError("DP-SGD does not run with precision fp16 (loss scaling); use bf16 or fp32")
+        if cfg.client_ranks is not None:  # the noise would fill the zero rows a rank-r_k client keeps
+            raise UserError("DP-SGD does not take heterogeneous client_ranks")
     elif cfg.dp_max_grad_norm is not None:
         raise UserError(
             "dp_max_grad_norm is set but DP-SGD is off (set dp_noise_multiplier or dp_target_epsilon)"

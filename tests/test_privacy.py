@@ -308,6 +308,7 @@ def test_client_level_dp_round_equals_clipped_mean_plus_noise(tmp_path):
         ({**DP, "max_grad_norm": 1.0}, "leave max_grad_norm out"),
         ({**DP, "gradient_checkpointing": True}, "gradient_checkpointing"),
         ({**DP, "precision": "fp16"}, "fp16"),
+        ({**DP, "method": "hetlora", "client_ranks": [2, 4, 4]}, "heterogeneous client_ranks"),
         (
             {"dp_client_noise_multiplier": 1.0, "dp_delta": 1e-5},
             "both dp_client_noise_multiplier and dp_client_clip",

@@ -17,6 +17,7 @@ from rich.console import Console
 from fedmom_cli import __version__
 from fedmom_cli.benchmarks import BENCHMARKS
 from fedmom_cli.errors import UserError
+from fedmom_cli.evaluation.sandbox_memory import DEFAULT_MIB as MEMORY_BUDGET_MIB
 
 app = typer.Typer(
     help="fedmom: federated LoRA fine-tuning experiments (FedMomentum and its baselines).",
@@ -331,6 +332,12 @@ def train(
         help="With --engine flower (simulation): GPU share per client (fractional, e.g. 0.25 puts four "
         "clients on one GPU); 0 trains the clients on the CPU.",
     ),
+    wait: float = typer.Option(
+        300.0,
+        "--wait",
+        help="With --engine flower: seconds to wait for one node per client before the run fails "
+        "(a deployment's ServerApp takes it from the run config key `wait`).",
+    ),
     progress: bool = typer.Option(
         None,
         "--progress/--no-progress",
@@ -422,8 +429,19 @@ def eval_(
     shots: int = typer.Option(
         None,
         "--shots",
-        show_default="the paper's per benchmark, else the lm-eval task's own",
-        help="Few-shot examples per prompt (lm-eval's num_fewshot, drawn from the few-shot split).",
+        show_default="the paper's per benchmark (GSM8K 5, MATH 4, commonsense 5), else the task's own",
+        help="Few-shot examples per prompt (lm-eval's num_fewshot, drawn from the few-shot split); "
+        "--shots 0 for lm-eval's zero-shot commonsense default (docs/evaluation.md).",
+    ),
+    code_sampling: str = typer.Option(
+        "greedy",
+        "--code-sampling",
+        help="Code tasks: greedy (one deterministic completion per problem), or harness: the bigcode "
+        "harness's default sampling (temperature 0.2, top_p 0.95, top_k 0, seed 0), --n-samples "
+        "completions per problem, pass@k by the unbiased estimator (recorded in eval.json).",
+    ),
+    n_samples: int = typer.Option(
+        1, "--n-samples", help="With --code-sampling harness: completions per code problem (pass@k, k <= N)."
     ),
     force: bool = typer.Option(False, "--force", help="Replace tasks already in eval.json."),
     precision: str = typer.Option(
@@ -453,6 +471,13 @@ def eval_(
     ),
     timeout: float = typer.Option(10.0, "--timeout", help="With --generations: seconds per program."),
     workers: int = typer.Option(2, "--workers", help="With --generations: programs run at a time."),
+    memory_budget: int = typer.Option(
+        MEMORY_BUDGET_MIB,
+        "--memory-budget",
+        help="With --generations: MiB for each program and everything it starts, together (a cgroup "
+        "where fedmom may make one; --workers x this must fit in half the available memory; "
+        "docs/sandbox.md).",
+    ),
     allow_unsandboxed_code: bool = typer.Option(
         False,
         "--allow-unsandboxed-code",
@@ -503,6 +528,8 @@ def eval_(
                 ("--batch-size", batch_size != 8),
                 ("--device", device != "auto"),
                 ("--protocol", protocol != "lm-eval"),
+                ("--code-sampling", code_sampling != "greedy"),
+                ("--n-samples", n_samples != 1),
             )
             if given
         ]
@@ -523,6 +550,21 @@ def eval_(
             scores = ", ".join(f"{k} = {v:.4f}" for k, v in t["pass_at_k"].items())
             print(f"{name}: {scores} (n={t['n']}, {t['completions']} completions, {t['isolation']})")
         return
+    sandbox_only = [  # a run's code tasks run one program at a time with the defaults
+        name
+        for name, given in (
+            ("--timeout", timeout != 10.0),
+            ("--workers", workers != 2),
+            ("--memory-budget", memory_budget != MEMORY_BUDGET_MIB),
+        )
+        if given
+    ]
+    if sandbox_only:
+        raise UserError(
+            f"{', '.join(sandbox_only)}: only with --generations; a model's code tasks run one "
+            f"program at a time, 10 s and {MEMORY_BUDGET_MIB} MiB each; leave it out"
+        )
+    from fedmom_cli.evaluation import codesampling
     from fedmom_cli.evaluation import evaluate as ev
 
     result = ev.run(
@@ -536,9 +578,10 @@ def eval_(
     for name, t in result["tasks"].items():
         err = f" ± {t['stderr']:.4f}" if t["stderr"] is not None else ""
         lim = f", limit {t['limit']}" if t.get("limit") else ""
+        how = f", {codesampling.label(t)}" if "sampling" in t else ""
         print(
             f"{name}: {t.get('metric_key', t['metric'])} = {t['value']:.4f}{err} "
-            f"(n={t['n']}{lim}, {t['shots']}-shot, {t['protocol']})"
+            f"(n={t['n']}{lim}, {t['shots']}-shot, {t['protocol']}{how})"
         )
     for name, m in result.get("clients", {}).get("mean", {}).items():
         values = ", ".join(f"{v:.4f}" for v in m["values"])

@@ -59,6 +59,13 @@ class TrainConfig:
     beta: float = 0.5
     min_client_size: int = 16
     clients_per_round: int | None = None  # None = all
+    # a sampled client fails to return with this probability, drawn from (seed, round): the round
+    # aggregates the clients that returned (fedmom_cli/participation.py); None = none drop
+    client_dropout: float | None = None
+    # a Flower deployment whose sites train on their own files: {partition id: {data: the path the
+    # site gave, rows, sha256 (data.Rows.fingerprint)}}, as the sites reported them; set by the
+    # ServerApp (flower/strategy.py: site_settings), not by hand; data/synthetic/partition are null
+    sites: dict[str, Any] | None = None
     client_weights: str = "samples"  # samples | uniform
     rounds: int = 50
     # local training (the paper: 10 steps of batch 16, AdamW lr 3e-4, a fresh optimizer per round)
@@ -122,7 +129,15 @@ DP_KEYS = (
     "dp_client_noise_multiplier",
     "dp_client_clip",
 )
-LATER_KEYS = ("client_ranks", "method_options", "delta_path", "diagnostic_modules", *DP_KEYS)
+LATER_KEYS = (
+    "client_ranks",
+    "method_options",
+    "delta_path",
+    "diagnostic_modules",
+    "client_dropout",
+    "sites",
+    *DP_KEYS,
+)
 LEGACY_METHOD_KEYS = ("tau", "svd")  # top-level keys that are options of a method
 
 
@@ -256,6 +271,11 @@ def _check_ranges(cfg: TrainConfig) -> None:
         ("min_lr", 0 <= cfg.min_lr <= cfg.lr, f"in [0, lr={cfg.lr}]"),
         ("beta", cfg.beta > 0, "> 0"),
         ("min_client_size", cfg.min_client_size >= 1, ">= 1 (an empty client cannot train)"),
+        (
+            "client_dropout",
+            cfg.client_dropout is None or 0 <= cfg.client_dropout < 1,
+            "in [0, 1) or null (1 would drop every client of every round)",
+        ),
         ("synthetic", cfg.synthetic is None or cfg.synthetic >= 1, ">= 1 or null"),
         ("target_modules", bool(cfg.target_modules), "a non-empty list"),
         (

@@ -48,6 +48,12 @@ def push(run_dir: Path, repo: str, private: bool = False, adapter_only: bool = F
 
     if not REPO_ID.match(repo):
         raise UserError(f"--repo must look like OWNER/NAME, got {repo!r}")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:  # the Hub's own rules: no "..", "--", ".git" ending, 96 characters at most (review H08, H12, H13)
+        validate_repo_id(repo)
+    except HFValidationError as exc:
+        raise UserError(f"--repo must look like OWNER/NAME, got {repo!r} ({exc})") from None
     export.read_run(run_dir)  # a finished run, before anything else
     api = _check_online()
     with tempfile.TemporaryDirectory(prefix="fedmom-push-") as tmp:

@@ -82,6 +82,10 @@ class RoundProgress:
         # metrics.jsonl's `loss`: the clients' losses weighted as the aggregation weights them (by
         # their examples unless `client_weights: uniform`), not their plain mean; said so here.
         losses = f"loss {_fmt(record['loss'])} (weighted mean)"
+        if record.get("dropped"):  # client_dropout: say who did not return
+            losses += f", dropped {', '.join(map(str, record['dropped']))}"
+        if not record.get("clients", [None]):  # every sampled client dropped
+            losses = f"no client returned, model unchanged, dropped {', '.join(map(str, record['dropped']))}"
         if record.get("val_loss") is not None:
             losses += f", val loss {record['val_loss']:.4f}"
         if self._bar is not None:

@@ -3,6 +3,10 @@
 Recipes are package data (`fedmom_cli/recipes/`, read through importlib.resources), so a wheel or
 a site install has every one. `copy` writes a recipe as a starting point for your own (then
 `fedmom train --recipe ./my.yaml`); as torchtune's `tune cp`, it never overwrites a file.
+
+`flower_app` is a folder, not a recipe: the Flower App a deployment runs with `flwr run`
+(docs/flower.md). `copy flower_app DIR` writes it as DIR (a new folder), or as DIR/flower_app when
+DIR is an existing folder; `show` prints its pyproject.toml.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ def root() -> Path:
     return Path(str(resources.files("fedmom_cli").joinpath("recipes")))
 
 
+APPS = {"flower_app": ("pyproject.toml",)}  # folders that ship whole: name -> their files
+
+
 def names() -> list[str]:
     base = root()
-    return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml"))
+    return sorted([str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml")] + list(APPS))
 
 
 def describe(name: str) -> str:
@@ -28,7 +35,7 @@ def describe(name: str) -> str:
     reproduces), whole however many lines it spans; the comment ends at a command line (`#   fedmom
     ...`) or the first line that is not a comment."""
     words: list[str] = []
-    for line in (root() / f"{name}.yaml").read_text().splitlines():
+    for line in _file(name).read_text().splitlines():
         if not line.startswith("#") or line.startswith("#  "):
             break
         words.extend(line[1:].split())
@@ -37,17 +44,23 @@ def describe(name: str) -> str:
     return text[: end.end()] if end else text
 
 
+def _file(name: str) -> Path:
+    return root() / name / APPS[name][0] if name in APPS else root() / f"{name}.yaml"
+
+
 def path(name: str) -> Path:
-    p = root() / f"{name}.yaml"
+    """The recipe's file (an app's first file, its pyproject.toml)."""
     if name not in names():
         raise UserError(f"no shipped recipe {name!r} (known: {', '.join(names())})")
-    return p
+    return _file(name)
 
 
 def copy(name: str, dest: Path) -> Path:
     from fedmom_cli import safety
 
     src = path(name)
+    if name in APPS:
+        return _copy_app(name, Path(dest))
     safety.check_names(Path(dest), "DEST")
     if str(dest).endswith("/") and not Path(dest).is_dir():
         raise UserError(f"folder {dest} does not exist")
@@ -67,5 +80,32 @@ def copy(name: str, dest: Path) -> Path:
             f.write(text)
     except BaseException:
         dest.unlink(missing_ok=True)  # a full disk leaves no half recipe
+        raise
+    return dest
+
+
+def _copy_app(name: str, dest: Path) -> Path:
+    """An app folder to DEST (new) or DEST/<name> (DEST an existing folder); nothing overwritten,
+    and a failure midway removes the folder it made."""
+    import shutil
+
+    from fedmom_cli import safety
+
+    safety.check_names(dest, "DEST")
+    if dest.is_dir() and not dest.is_symlink():
+        dest = dest / name
+    if dest.is_symlink():
+        raise UserError(f"{dest} is a symbolic link; recipes copy never writes through one")
+    if dest.exists():
+        raise UserError(f"{dest} already exists; recipes copy never overwrites")
+    if not dest.parent.is_dir():
+        raise UserError(f"folder {dest.parent} does not exist")
+    safety.check_out(dest, "dir", "DEST")
+    dest.mkdir()
+    try:
+        for file in APPS[name]:
+            (dest / file).write_text((root() / name / file).read_text())
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
         raise
     return dest

@@ -33,6 +33,7 @@ from fedmom_cli.config import TrainConfig
 from fedmom_cli.errors import UserError
 from fedmom_cli.methods.base import BaseDelta, LoraFactors
 from fedmom_cli.model import BaseWeights, set_factors, uses_separate_path
+from fedmom_cli.participation import Participation
 
 CHECKPOINT_KEYS = {"round", "config_hash", "global", "delta", "method_state", "samplers", "record", "rng"}
 
@@ -86,7 +87,7 @@ class RoundRecord:
     client_loss: dict[str, float]
     val_loss: float | None
     clients: list[int]
-    weights: list[float]  # normalised aggregation weights
+    weights: list[float]  # normalised aggregation weights, over the clients that returned
     aggregation_seconds: float
     update_seconds: float
     bytes_up_per_client: int
@@ -95,6 +96,8 @@ class RoundRecord:
     module_stats: dict
     factor_norms: dict
     seconds: dict
+    sampled: list[int] = field(default_factory=list)  # asked to train; `clients` are those that returned
+    dropped: list[int] = field(default_factory=list)  # sampled but failed to return
     privacy: dict = field(default_factory=dict)  # DP runs: epsilon, epsilon_max, dp, client_epsilon
     updates: list[ClientUpdate] = field(default_factory=list, repr=False)
     deltas: dict[str, BaseDelta] = field(default_factory=dict, repr=False)  # the method's own form
@@ -145,10 +148,9 @@ class Server:
           stay zero under AdamW, so the rank-r model is exactly a rank-r_k LoRA with the same scaling;
         - a method with per-client state (fedsa_lora) gives client k its own B."""
         factors = self.global_factors if global_factors is None else global_factors
-        if hasattr(self.method, "client_factors") and self.round > 0:
-            factors = {
-                m: LoraFactors(f.A, f.B.to(f.A.device)) for m, f in self.method.client_factors(k).items()
-            }
+        own = self.method.client_factors(k) if hasattr(self.method, "client_factors") else {}
+        if own:  # empty until the method has aggregated a round
+            factors = {m: LoraFactors(f.A, f.B.to(f.A.device)) for m, f in own.items()}
         if self.cfg.client_ranks is None:
             return factors
         r = self.cfg.client_ranks[k]
@@ -181,15 +183,21 @@ class Server:
         updates: Sequence[ClientUpdate],
         wall: float,
         sent: tuple[int, int] | None = None,
+        participation: Participation | None = None,
     ) -> RoundRecord:
         """Aggregate the clients' factors, apply the base delta, validate, log and checkpoint the round.
 
         `wall`: perf_counter() when the round started. `sent` = (bytes up, bytes down) per client as
         actually transmitted by an engine that transmits (Flower); otherwise the method's Appendix C
-        accounting.
+        accounting. `participation`: who was sampled and who dropped (participation.py); `updates`
+        are the clients that returned, and the method sees only them, weights renormalised over them.
+        No update at all (every sampled client dropped): `_unchanged`.
         """
         updates = sorted(updates, key=lambda u: u.client)
         clients = [u.client for u in updates]
+        part = participation or Participation(clients, clients, [])
+        if not updates:
+            return self._unchanged(round_idx, wall, sent, part)
         seconds = {"client_compute": 0.0, "adapter_swap": 0.0}
         for u in updates:
             for key, value in u.seconds.items():
@@ -270,15 +278,53 @@ class Server:
             module_stats=stats,
             factor_norms=factor_norms(self.global_factors),
             seconds=seconds,
+            sampled=part.sampled,
+            dropped=part.dropped,
             privacy=privacy_metrics,
             updates=list(updates),
             deltas={m: outcome.modules[m].delta for m in with_delta},
         )
+        return self._close(record, wall)
+
+    def _close(self, record: RoundRecord, wall: float) -> RoundRecord:
         start = time.perf_counter()
         self.save_checkpoint(record.to_json())
-        seconds["checkpoint"] = time.perf_counter() - start
-        seconds["round"] = time.perf_counter() - wall
+        record.seconds["checkpoint"] = time.perf_counter() - start
+        record.seconds["round"] = time.perf_counter() - wall
         return record
+
+    def _unchanged(
+        self, round_idx: int, wall: float, sent: tuple[int, int] | None, part: Participation
+    ) -> RoundRecord:
+        """A round in which no sampled client returned: the method is not called, so the global
+        factors, the base weights and the method's state stay as they were (FedSA-LoRA's clients
+        keep their B; RoLoRA's alternation follows the round index, so the next round trains the
+        other factor all the same). The round counts (the learning-rate schedule and the seeds
+        follow the round index); its record has no loss, no clients and no weights."""
+        self.round = round_idx + 1
+        start = time.perf_counter()
+        val_loss = self.validate()
+        record = RoundRecord(
+            round=round_idx,
+            lr=lr_at(self.cfg, round_idx),
+            loss=None,
+            client_loss={},
+            val_loss=val_loss,
+            clients=[],
+            weights=[],
+            aggregation_seconds=0.0,
+            update_seconds=0.0,
+            bytes_up_per_client=0,
+            bytes_down_per_client=sent[1] if sent else 0,
+            stats={},
+            module_stats={},
+            factor_norms=factor_norms(self.global_factors),
+            seconds={"validation": time.perf_counter() - start},
+            sampled=part.sampled,
+            dropped=part.dropped,
+            privacy=self.ledger.metrics() if self.ledger is not None else {},  # nothing new spent
+        )
+        return self._close(record, wall)
 
     def _client_dp(self, round_idx: int, clients: list[int], finals: dict) -> tuple[dict, dict, dict]:
         """Client-level DP (privacy.py): each client's update of the factors it trained, all modules

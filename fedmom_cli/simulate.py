@@ -16,7 +16,6 @@ import time
 import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fedmom_cli import privacy, runfolder
@@ -36,6 +35,7 @@ from fedmom_cli.model import (
     set_factors,
     set_trainable,
 )
+from fedmom_cli.participation import Participation, sample_round
 from fedmom_cli.partition import check_partition, make_partition
 from fedmom_cli.server import ClientUpdate, RoundRecord, Server, factor_norms, lr_at, summarise  # noqa: F401
 from fedmom_cli.tasks import IGNORE_INDEX, encode, get_task
@@ -46,6 +46,21 @@ CHECKPOINT = runfolder.CHECKPOINT
 MAX_CUT_SHARE = 0.5
 
 
+def site_partition(cfg: TrainConfig) -> dict:
+    """partition.json of a deployment whose sites train on their own files: no row indices (the
+    server holds no rows), each site's path, rows and fingerprint as it reported them."""
+    sites = {int(k): v for k, v in cfg.sites.items()}
+    if sorted(sites) != list(range(cfg.clients)):
+        raise UserError(f"sites must name partitions 0..{cfg.clients - 1}, got {sorted(sites)}")
+    return {
+        "task": cfg.task,
+        "kind": "sites",
+        "clients_n": cfg.clients,
+        "sizes": [int(sites[k]["rows"]) for k in range(cfg.clients)],
+        "sites": {str(k): sites[k] for k in range(cfg.clients)},
+    }
+
+
 class Simulation:
     def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
         from accelerate import Accelerator
@@ -53,10 +68,15 @@ class Simulation:
         self.cfg, self.run_dir = cfg, run_dir
         check_model_source(cfg)
         self.task = get_task(cfg.task)
-        self.rows = load_rows(self.task, Path(cfg.data) if cfg.data else None, cfg.synthetic, seed=cfg.seed)
-        self.partition = self._partition()
         self.tokenizer = load_tokenizer(cfg)
-        self._check_cutoff()
+        if cfg.sites is not None:  # a deployment's sites, each on its own file: no data here
+            self.rows, self.partition, self.encoded, self.cutoff = None, site_partition(cfg), {}, None
+        else:
+            self.rows = load_rows(
+                self.task, Path(cfg.data) if cfg.data else None, cfg.synthetic, seed=cfg.seed
+            )
+            self.partition = self._partition()
+            self._check_cutoff()
         use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
         mixed = {"bf16": "bf16", "fp16": "fp16"}.get(cfg.precision, "no") if not use_cpu else "no"
         self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed)
@@ -68,8 +88,8 @@ class Simulation:
         self.modules = lora_modules(self.model)
         lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, use_rslora=cfg.use_rslora)
         method = build_method(cfg.method, lora, seed=cfg.seed, **method_kwargs(cfg))
-        clients = self.partition["clients"]
-        sizes = [len(rows) for rows in clients]
+        clients = self.partition.get("clients") or [[] for _ in range(cfg.clients)]
+        sizes = self.partition.get("sizes") or [len(rows) for rows in clients]
         self.ledger = None
         if cfg.sample_dp or cfg.client_dp:
             if cfg.sample_dp:
@@ -208,13 +228,13 @@ class Simulation:
         return take
 
     # ---- one round ------------------------------------------------------------------------------
+    def participation(self, round_idx: int) -> Participation:
+        """Who is sampled in this round and who returns: the pure draw both engines make."""
+        cfg = self.cfg
+        return sample_round(cfg.clients, cfg.clients_per_round, cfg.client_dropout, cfg.seed, round_idx)
+
     def sampled_clients(self, round_idx: int) -> list[int]:
-        n, k = self.cfg.clients, self.cfg.clients_per_round
-        if k is None or k == n:
-            return list(range(n))
-        return sorted(
-            int(c) for c in np.random.default_rng([self.cfg.seed, round_idx]).choice(n, k, replace=False)
-        )
+        return self.participation(round_idx).sampled
 
     def train_one(
         self,
@@ -293,8 +313,9 @@ class Simulation:
         return stats
 
     def train_clients(self, round_idx: int, progress=None) -> list[ClientUpdate]:
+        """The round's returning clients trained in turn (a dropped client fails before it trains)."""
         updates = []
-        for k in self.sampled_clients(round_idx):
+        for k in self.participation(round_idx).returned:
             updates.append(self.train_one(round_idx, k))
             if progress is not None:
                 progress.client_done(k, updates[-1].loss)
@@ -302,7 +323,9 @@ class Simulation:
 
     def run_round(self, round_idx: int, progress=None) -> RoundRecord:
         wall = time.perf_counter()
-        return self.server.aggregate(round_idx, self.train_clients(round_idx, progress), wall)
+        part = self.participation(round_idx)
+        updates = self.train_clients(round_idx, progress)
+        return self.server.aggregate(round_idx, updates, wall, participation=part)
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def load_checkpoint(self) -> dict:

@@ -132,6 +132,11 @@ EVAL_KEYS = {  # a recipe's `sweep: eval:` options: EvalOptions field -> (check,
     ),
     "precision": (lambda v: v in ("fp32", "bf16", "fp16"), "fp32, bf16 or fp16"),
     "shots": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number >= 0"),
+    "code_sampling": (lambda v: v in ("greedy", "harness"), "greedy or harness"),
+    "n_samples": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "a positive whole number",
+    ),
 }
 
 

@@ -32,6 +32,8 @@ class TrainOptions:
     engine: str = "sequential"  # sequential | flower (not a setting: both give the same run)
     grid: object | None = None  # a deployed Flower ServerApp's grid (engine flower)
     client_resources: dict | None = None  # engine flower, simulation: Ray resources per client
+    wait: float = 300.0  # engine flower: seconds to wait for the run's SuperNodes before failing
+    connection: object | None = None  # engine flower, deployment: the nodes found, or the error
     report_to: str = "none"  # experiment tracking (not a setting: metrics.jsonl is the source of truth)
 
 
@@ -153,13 +155,17 @@ def run(opts: TrainOptions) -> dict:
 
         require_flower()
         check_client_resources(opts.client_resources)
-        if cfg.clients_per_round not in (None, cfg.clients):
-            raise UserError("--engine flower trains every client each round (clients_per_round: null)")
         if cfg.sample_dp or cfg.client_dp:
             raise UserError(
                 "differential privacy (the dp_* keys) runs with --engine sequential only; with Flower, "
                 "wrap the strategy in Flower's own DP strategies (docs/flower.md)"
             )
+    if cfg.sites is not None and opts.grid is None:
+        raise UserError(
+            "sites is recorded by a Flower deployment's ServerApp from its SuperNodes; it cannot be set"
+        )
+    if not (opts.wait > 0 and opts.wait < float("inf")):
+        raise UserError(f"--wait must be a positive number of seconds, got {opts.wait}")
     tracking.check(opts.report_to)
     safety.check_device(cfg.device)
     action = _prepare(run_dir, cfg, opts.resume, opts.force)
@@ -296,7 +302,12 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
                 from fedmom_cli.flower import engine as flower_engine
 
                 flower_engine.run(
-                    sim.server, finish_round, grid=opts.grid, client_resources=opts.client_resources
+                    sim.server,
+                    finish_round,
+                    grid=opts.grid,
+                    client_resources=opts.client_resources,
+                    wait=opts.wait,
+                    connection=opts.connection,
                 )
             else:
                 for t in range(sim.round, cfg.rounds):

@@ -176,6 +176,10 @@ def test_code_and_commonsense_smoke_paths(tmp_path):
         tr.run(tr.TrainOptions(cfg, out=tmp_path / family, progress=False))
         result = ev.run(ev.EvalOptions(run_dir=tmp_path / family, limit=3))
         assert list(result["tasks"]) == [task]
+        if family == "code":  # its programs ran within the default memory budget, recorded
+            entry = result["tasks"][task]
+            mechanisms = ("cgroup2", "cgroup1", "rlimits", "per-process")
+            assert entry["memory_budget_mib"] == 1024 and entry["memory_limit"] in mechanisms
     rows = evaltasks.synthetic_eval_rows("code", 5, 0)
     program = evaltasks._synthetic_code_program  # a correct answer passes its own tests
     for r in rows:

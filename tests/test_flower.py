@@ -16,15 +16,19 @@ from safetensors.torch import load_file
 
 pytest.importorskip("flwr")
 
+# Each equality test starts Ray and trains twice (~35 s on 2 idle cores, minutes on a busy one): the
+# default suite keeps one method per kind of server (FedIT's average, FLoRA's stacking, FedMomentum's
+# residual + SVD re-split); the others run under -m slow.
+SLOW = pytest.mark.slow
 METHODS = [
     "fedit",
     "flora",
-    "ffa_lora",
-    "rolora",
-    "fedex_lora",
+    pytest.param("ffa_lora", marks=SLOW),
+    pytest.param("rolora", marks=SLOW),
+    pytest.param("fedex_lora", marks=SLOW),
     "fedmomentum",
-    "fedmomentum_no_balance",
-    "fedmomentum_no_residual",
+    pytest.param("fedmomentum_no_balance", marks=SLOW),
+    pytest.param("fedmomentum_no_residual", marks=SLOW),
 ]
 ENV = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1")
 
@@ -104,6 +108,8 @@ def test_a_failing_client_fails_the_run_with_its_error(tmp_path):
         (["--engine", "flower", "--client-cpus", "0"], "--client-cpus must be in"),
         (["--engine", "flower", "--client-cpus", "4096"], "this machine's cores"),
         (["--client-cpus", "2"], "apply to --engine flower only"),
+        (["--engine", "flower", "--wait", "0"], "--wait must be a positive number"),
+        (["--engine", "flower", "--wait", "inf"], "--wait must be a positive number"),
     ],
 )
 def test_client_resources_refused_before_anything_starts(tmp_path, monkeypatch, capsys, args, fragment):
@@ -115,3 +121,30 @@ def test_client_resources_refused_before_anything_starts(tmp_path, monkeypatch, 
     code, _, err = run_main(monkeypatch, capsys, "train", "--recipe", "smoke", "--out", tmp_path / "r", *args)
     assert code == 2 and err.startswith("error:") and fragment in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("method", [pytest.param("fedex_lora", marks=SLOW), "fedmomentum"])
+def test_partial_participation_and_dropouts_equal_the_sequential_engine(tmp_path, method):
+    """clients_per_round 2 of 3 and client_dropout 0.4 (seed 0): round 0 trains client 2 (client 1
+    drops), round 1 loses both its clients (the model is unchanged), round 2 trains 0 and 1, which
+    missed the earlier rounds' base deltas and get the whole of it. Same draw, same adapter."""
+    from fedmom_cli.participation import sample_round
+
+    extra = ["--set", "rounds=3", "--set", "clients_per_round=2", "--set", "client_dropout=0.4"]
+    seq = train(tmp_path / "seq", method, *extra)
+    flw = train(tmp_path / "flw", method, *extra, "--engine", "flower")
+    assert seq.returncode == 0, seq.stderr[-2000:]
+    assert flw.returncode == 0, flw.stderr[-2000:]
+    for name in ("adapter/adapter_model.safetensors", "base_delta.safetensors"):
+        a, b = load_file(tmp_path / "seq" / name), load_file(tmp_path / "flw" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert (a[key] - b[key]).abs().max() <= 1e-5 * max(1.0, float(a[key].abs().max())), key
+    for run in ("seq", "flw"):
+        metrics = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        draws = [sample_round(3, 2, 0.4, 0, t) for t in range(3)]
+        assert [(m["sampled"], m["clients"], m["dropped"]) for m in metrics] == [
+            (d.sampled, d.returned, d.dropped) for d in draws
+        ]
+        assert metrics[1]["loss"] is None and metrics[1]["clients"] == []
+    assert not ray_processes().strip()

@@ -166,6 +166,7 @@ def test_fedmom_offline_protocol_equals_lm_eval_on_its_own_config(converted, tmp
             tasks=list(SIX),  # fedmom's spellings; mapped to lm-eval's tasks
             data_dir=converted,
             limit=limit,
+            shots=0,  # the independent run below is lm-eval's own zero-shot default
         )
     )
     theirs = _independent_lm_eval(converted, limit)
@@ -259,6 +260,41 @@ def test_shots_are_solved_examples_from_the_few_shot_split(shared_data, tmp_path
         assert blocks[2].split("\nAnswer:")[0] == test[s["doc_id"]]["question"]
 
 
+def test_commonsense_default_is_five_solved_examples_from_the_train_split(converted, tmp_path):
+    """The commonsense sets' default (5 shots, docs/evaluation.md): five solved train examples,
+    never the evaluated documents, then the question; eval.json records 5."""
+    data = tmp_path / "data" / "arc_easy"
+    data.mkdir(parents=True)
+    (data / "test.jsonl").write_text((converted / "arc_easy" / "test.jsonl").read_text())
+    train = [
+        {
+            "id": f"t{i}",
+            "question": f"Which train question is number {i}?",
+            "choices": {"text": [f"this one {i}", f"that one {i}"], "label": ["A", "B"]},
+            "answerKey": "B",
+        }
+        for i in range(8)
+    ]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    out = tmp_path / "out"
+    opts = dict(model="tiny", task="commonsense", out=out, tasks=["arc_easy"], data_dir=data.parent, limit=1)
+    entry = ev.run(ev.EvalOptions(**opts))["tasks"]["ARC-Easy"]
+    assert entry["shots"] == lmeval_tasks.PAPER["ARC-Easy"].shots == 5
+    assert entry["data"]["arc_easy"]["train"] == str((data / "train.jsonl").resolve())
+    prompt = json.loads((out / "eval_samples" / "ARC-Easy.jsonl").read_text().splitlines()[0])["prompt"]
+    blocks = prompt.split("Question: ")[1:]
+    assert len(blocks) == 6  # five solved examples, then the evaluated question
+    for block in blocks[:5]:
+        q, a = block.split("\nAnswer: ", 1)
+        i = int(q.removeprefix("Which train question is number ").removesuffix("?"))
+        assert a.strip() == f"that one {i}"  # the gold answer of that train row
+    first = json.loads((data / "test.jsonl").read_text().splitlines()[0])["question"]
+    assert blocks[5].split("\nAnswer:")[0] == first
+    # --shots 0: lm-eval's zero-shot default, a flag away
+    again = ev.run(ev.EvalOptions(**{**opts, "out": tmp_path / "zero", "shots": 0}))["tasks"]["ARC-Easy"]
+    assert again["shots"] == 0
+
+
 @pytest.fixture
 def mbpp_file(tmp_path) -> Path:
     """google-research's mbpp.jsonl layout (task_id 1-974), synthetic text: MBPP is not in shared data."""
@@ -302,7 +338,7 @@ def test_mbpp_is_bigcodes_500_test_problems_with_its_prompt(mbpp_file):
 
 def test_eval_json_accumulates_and_force_replaces(converted, tmp_path):
     out = tmp_path / "pre"
-    base = dict(model="tiny", task="commonsense", out=out, data_dir=converted, limit=2)
+    base = dict(model="tiny", task="commonsense", out=out, data_dir=converted, limit=2, shots=0)
     ev.run(ev.EvalOptions(tasks=["arc_easy"], **base))
     first = json.loads((out / "eval.json").read_text())
     ev.run(ev.EvalOptions(tasks=["openbookqa"], **base))
@@ -327,13 +363,17 @@ BAD = [  # (arguments after `fedmom eval --model tiny --task commonsense --out O
         ["--tasks", "arc_easy", "--data-dir", "{data}", "--shots", "1"],
         r"arc_easy: .*arc_easy/train\.jsonl not found \(few-shot",
     ),
+    (  # the 5-shot default needs the few-shot split, which `fedmom data convert` does not write
+        ["--tasks", "arc_easy", "--data-dir", "{data}"],
+        r"arc_easy: .*arc_easy/train\.jsonl not found \(few-shot examples for 5-shot; .*pass --shots 0",
+    ),
     (["--tasks", "boolq", "--data-dir", "{data}"], r"boolq: .*boolq/validation\.jsonl not found"),
     (["--tasks", "hellaswag", "--data-dir", "{data}"], r"hellaswag/validation\.jsonl not found"),
     (["--tasks", "arc_easy"], r"needs the Hub.*pass --data-dir DIR holding arc_easy/test\.jsonl"),
     (["--tasks", "mmlu", "--data-dir", "{data}"], r"group 'mmlu' nests other groups"),
     (["--tasks", "arc_easy", "--data-dir", "{data}", "--shots", "-1"], r"--shots must be 0 or more"),
     (["--tasks", "arc_easy", "--data-dir", "{data}", "--limit", "0"], r"--limit must be at least 1"),
-    (["--tasks", "arc_easy,ARC-Easy", "--data-dir", "{data}"], r"names one benchmark twice"),
+    (["--tasks", "arc_easy,ARC-Easy", "--data-dir", "{data}", "--shots", "0"], r"names one benchmark twice"),
     (["--tasks", "arc_easy", "--data-dir", "{data}/nope"], r"is not a folder"),
     (["--tasks", "arc_easy", "--protocol", "harness", "--data-dir", "{data}"], r"--protocol must be"),
     (

@@ -88,6 +88,17 @@ def test_wheel_carries_every_recipe_and_trains_from_elsewhere(tmp_path):
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert proc.stdout.splitlines()[0].startswith(str(tmp_path / "site"))  # not the repository's copy
     assert (work / "run" / "result.json").is_file()
+    # a site that installed the wheel gets the Flower App (issue 27)
+    copy = subprocess.run(
+        [sys.executable, "-c", code, "recipes", "copy", "flower_app", "app"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert copy.returncode == 0, copy.stderr[-1500:]
+    shipped_app = cfgmod.RECIPES_DIR / "flower_app" / "pyproject.toml"
+    assert (work / "app" / "pyproject.toml").read_text() == shipped_app.read_text()
 
 
 def test_recipes_list_show_copy(tmp_path, monkeypatch, capsys):

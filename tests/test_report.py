@@ -62,8 +62,8 @@ def make_run(
 
 # Evaluated as the paper was (lm-eval, its metric): the only results --compare-paper sets beside it.
 PROTOCOL = {
-    "gsm8k": {"protocol": "lm-eval", "metric_key": "exact_match,flexible-extract"},
-    "math": {"protocol": "lm-eval", "metric_key": "exact_match,none"},
+    "gsm8k": {"protocol": "lm-eval", "metric_key": "exact_match,flexible-extract", "shots": 5},
+    "math": {"protocol": "lm-eval", "metric_key": "exact_match,none", "shots": 4},
 }
 
 

@@ -10,8 +10,8 @@ from test_report import make_run
 from fedmom_cli.report import render as report_render
 from fedmom_cli.report import tables as report
 
-PAPER_GSM8K = {"protocol": "lm-eval", "metric_key": "exact_match,flexible-extract"}
-PAPER_MATH = {"protocol": "lm-eval", "metric_key": "exact_match,none"}
+PAPER_GSM8K = {"protocol": "lm-eval", "metric_key": "exact_match,flexible-extract", "shots": 5}
+PAPER_MATH = {"protocol": "lm-eval", "metric_key": "exact_match,none", "shots": 4}
 
 
 def _eval(folder: Path, tasks: dict) -> None:
@@ -75,6 +75,35 @@ def test_compare_paper_only_where_benchmark_protocol_and_metric_match(tmp_path):
     assert "RoLoRA GSM8K: scored as not recorded / None" in notes
     assert "GSM8K mixes " in notes
     assert "[paper 34.22, Δ -1.22]" in text and "10.00 ± 0.80 [paper" not in text
+
+
+def test_shots_other_than_the_papers_are_never_compared_and_a_mixed_column_says_so(tmp_path):
+    """WinoGrande 0-shot (fedmom's default before 5 was settled, docs/evaluation.md) beside 5-shot:
+    the 0-shot cell is not set beside the paper, and the column says it mixes shot counts."""
+    wino = {"value": 0.70, "stderr": 0.013, "n": 1267, "protocol": "lm-eval", "metric_key": "acc,none"}
+    for method, shots in (("fedmomentum", 5), ("fedit", 0), ("flora", None)):
+        entry = {**wino, **({"shots": shots} if shots is not None else {})}
+        _eval(make_run(tmp_path, method, 0, None, task="commonsense"), {"winogrande": entry})
+    runs, pre = report.collect(tmp_path)
+    table = next(t for t in report.build_tables(runs, pre, compare_paper=True) if t.title == "Table 3")
+    assert table.rows["fedmomentum"]["winogrande"].paper == 75.81  # FedMomentum's WinoGrande, Table 3
+    assert table.rows["fedit"]["winogrande"].paper is None
+    assert table.rows["flora"]["winogrande"].paper is None
+    notes = "\n".join(table.notes)
+    assert "FedIT WinoGrande: evaluated 0-shot, the paper 5-shot (as fedmom reads it)" in notes
+    assert "FLoRA WinoGrande: evaluated shots not recorded, the paper 5-shot" in notes
+    assert "WinoGrande mixes 0-shot, 5-shot, shots not recorded evaluations" in notes
+
+
+def test_a_code_column_of_greedy_and_sampled_generations_says_so(tmp_path):
+    base = {"value": 0.2, "stderr": 0.03, "n": 164, "protocol": "bigcode", "metric_key": "pass@1,none"}
+    sampled = {"mode": "harness", "temperature": 0.2, "top_p": 0.95, "n_samples": 20}
+    for method, sampling in (("fedmomentum", None), ("fedit", sampled)):
+        entry = {**base, **({"sampling": sampling} if sampling else {})}
+        _eval(make_run(tmp_path, method, 0, None, task="code"), {"humaneval": entry})
+    runs, pre = report.collect(tmp_path)
+    table = next(t for t in report.build_tables(runs, pre, compare_paper=False) if t.title == "Table 4")
+    assert "HumanEval mixes greedy, harness T=0.2 top_p=0.95 n=20 code generation" in table.notes
 
 
 def test_fedmoms_bigcode_like_code_cells_are_not_compared_with_the_paper(tmp_path):

@@ -98,6 +98,19 @@ def _adapters(root: Path) -> None:
     variant("a_noB", tensors={k: v for k, v in weights.items() if "lora_B" not in k})
     variant("a_nofactors", tensors={"other.weight": torch.zeros(2, 2)})
     variant("a_3d", tensors={**weights, first_a: weights[first_a][None]})
+    # the review's A12-A19, AH01-AH15: adapters that disagree with c0, or are malformed in themselves
+    save_client(root / "a_r8", seed=5, r=8)
+    variant("a_alpha32", config={**good, "lora_alpha": 32})
+    variant("a_qonly", config={**good, "target_modules": ["q_proj"]},
+            tensors={k: v for k, v in weights.items() if "q_proj" in k})  # fmt: skip
+    half = {k: v[:, : v.shape[1] // 2] if "lora_A" in k else v[: v.shape[0] // 2] for k, v in weights.items()}
+    variant("a_shape", tensors={k: v.contiguous() for k, v in half.items()})
+    variant(
+        "a_inconsistent", tensors={k: v[:2].contiguous() if "lora_A" in k else v for k, v in weights.items()}
+    )
+    variant("a_onlyB", tensors={k: v for k, v in weights.items() if "lora_B" in k})
+    variant("a_1d", tensors={**weights, first_a: weights[first_a].flatten()})
+    variant("a_extramod", config={**good, "target_modules": sorted({*good["target_modules"], "v_proj"})})
     (root / "a_nocfg").mkdir()
     shutil.copy(root / "c0" / "adapter_model.safetensors", root / "a_nocfg")
     (root / "a_noweights").mkdir()
@@ -148,6 +161,10 @@ def _data(root: Path) -> None:
     (root / "garbage.jsonl").write_text("this is not json\n")
     (root / "half.jsonl").write_text(json.dumps(good[0]) + "\n" + json.dumps(good[1])[:20] + "\n")
     (root / "dict.json").write_text(json.dumps({"a": 1}))
+    (root / "ints.json").write_text("[1, 2, 3]")  # review P07
+    (root / "garbage.parquet").write_bytes(b"PAR1 but garbage")  # P09
+    (root / "qdir").mkdir()  # Q11: a folder already holding smoke.yaml
+    (root / "qdir" / "smoke.yaml").write_text("# mine\n")
     (root / "data.csv").write_text("query,response\nq,r\n")
     (root / "binary.jsonl").write_bytes(b"\xff\xfe\x00\x01")
     code = TASKS["code"].synthetic(5, 0)
@@ -190,6 +207,17 @@ def _recipes(root: Path) -> None:
         f"{base}learning_rate: 1\nsweep:\n  grid:\n    method: [fedit]\n"
     )
     (root / "sw_good.yaml").write_text(f"# test recipe\n{base}sweep:\n  grid:\n    method: [fedit]\n")
+    for name, text in {  # recipe files of the review (T07, T08, CR19-CR22, RT07, CR33)
+        "t_wrongtype": base.replace("lora_r: 4", "lora_r: abc"),
+        "t_negrounds": base.replace("rounds: 1", "rounds: -1"),
+        "cr_zero": f"{base}client_ranks: [0, 1, 2]\n",
+        "cr_spreadneg": f"{base}client_ranks: {{spread: [-4, 4]}}\n",
+        "cr_typo": f"{base}client_rank: [1, 2, 4]\n",
+        "cr_bool": f"{base}client_ranks: [true, 2, 4]\n",
+        "rt_bogus": f"{base}report_to: bogus\n",
+        "cr_sweep": f"{base}sweep:\n  grid:\n    settings: [{{client_ranks: [0, 9, 9]}}]\n",
+    }.items():
+        (root / f"{name}.yaml").write_text(text)
 
 
 def _reports(root: Path, run: Path) -> None:
@@ -317,6 +345,8 @@ def _review(root: Path) -> None:
     rows = [
         json.loads(line) for line in gzip.open(root / "gen_data" / "humaneval" / "HumanEval.jsonl.gz", "rt")
     ]
+    (root / "gd_corrupt" / "humaneval").mkdir(parents=True)  # G40
+    (root / "gd_corrupt" / "humaneval" / "HumanEval.jsonl.gz").write_bytes(b"not gzip at all")
     for name, field in (("gd_notest", "test"), ("gd_noid", "task_id")):
         (root / name / "humaneval").mkdir(parents=True)
         with gzip.open(root / name / "humaneval" / "HumanEval.jsonl.gz", "wt") as f:
@@ -347,6 +377,7 @@ def _review(root: Path) -> None:
         "g_mbppid": b'{"task_id": "Mbpp/11", "completion": "x"}\n',
         "g_nullid": b'{"task_id": null, "completion": "x"}\n',
         "g_string": b'"just a string"\n',
+        "g_spaceid": b'{"task_id": "HumanEval/0 ", "completion": "x"}\n',  # G47
     }
     for name, content in gens.items():
         (root / f"{name}.jsonl").write_bytes(content)
@@ -361,6 +392,35 @@ def _review(root: Path) -> None:
     }.items():
         (root / name).mkdir()
         (root / name / "ARC-Easy.json").write_bytes(content)
+    # more of the review's fixtures: links (M07, X34, K10), a run holding an export (F12), a user's
+    # eval.json in a run (E21), a config.yaml linked to /etc/passwd (M14), data convert sources
+    os.symlink("userdir", root / "link_user")
+    os.symlink("run_done", root / "link_run")
+    shutil.copytree(run, root / "run_withexp")
+    (root / "run_withexp" / "exp").mkdir()
+    (root / "run_withexp" / "exp" / "serve.py").write_text("print('mine')\n")
+    damaged("ev_usereval", "eval.json", b'{"mine": true}')
+    passwd = root / "rep_passwd" / "math" / "fedit" / "seed0"
+    shutil.copytree(run, passwd)
+    (passwd / "config.yaml").unlink()
+    os.symlink("/etc/passwd", passwd / "config.yaml")
+    wino = {
+        "instruction": "Please choose the correct answer to fill in the blank to complete the given "
+        "sentence: No blank here.\n\nOption1: a Option2: b Answer format: option1/option2",
+        "input": "",
+        "output": "the correct answer is option1",
+        "answer": "option1",
+    }
+    for name, files in {
+        "conv_onebad": {"ARC-Easy.json": json.dumps([arc] * 5 + [{**arc, "instruction": "Q?"}])},
+        "conv_wino": {"winogrande.json": json.dumps([wino])},
+        "conv_boolq": {"boolq.json": json.dumps([arc])},
+        "conv_isdir": {},
+    }.items():
+        (root / name).mkdir()
+        for file, text in files.items():
+            (root / name / file).write_text(text)
+    (root / "conv_isdir" / "ARC-Easy.json").mkdir()
     weights = load_file(root / "c1" / "adapter_model.safetensors")
     shutil.copytree(root / "c1", root / "a_bf16")
     save_file(
@@ -705,15 +765,15 @@ REPORT = [
         "rep_ok --out rep_ok/other.md --format csv --no-figures",
         "other.csv exists and is not a fedmom report csv",
     ),
-    ("rep_badyaml", "cannot read rep_badyaml/math/fedit/seed0/config.yaml"),
-    ("rep_cfglist", "config.yaml does not hold a dict"),
+    ("rep_badyaml", "cannot read rep_badyaml/math/fedit/seed0/config.yaml"),  # review R03
+    ("rep_cfglist", "config.yaml does not hold a dict"),  # R05
     ("rep_badresult", "cannot read rep_badresult/math/fedit/seed0/result.json"),
-    ("rep_resultlist", "result.json does not hold a dict"),
-    ("rep_badmetrics", "metrics.jsonl: line 2 is not JSON"),
+    ("rep_resultlist", "result.json does not hold a dict"),  # R07
+    ("rep_badmetrics", "metrics.jsonl: line 2 is not JSON"),  # R04
     ("rep_metricslist", "metrics.jsonl: line 1 is not a round record"),
     ("rep_badeval", "cannot read rep_badeval/math/fedit/seed0/eval.json"),
     ("rep_evallist", "eval.json does not hold a dict"),
-    ("rep_evaltasks", "has an unexpected shape"),
+    ("rep_evaltasks", "has an unexpected shape"),  # R06
     ("rep_binary", "cannot read rep_binary/math/fedit/seed0/result.json"),
     ("rep_badpre", "cannot read rep_badpre/pretrained/eval.json"),
 ]
@@ -857,6 +917,10 @@ EVAL = [
     ("run_done --protocol magic", "--protocol must be lm-eval or train-format"),
     ("--model tiny", "give RUN_DIR, or --model with --out"),
     ("run_done --limit x", "Invalid value for '--limit'"),
+    # issue 30: options of --generations' sandbox were silently ignored when evaluating a model
+    ("run_done --workers 4", "--workers: only with --generations"),
+    ("run_done --timeout 3 --memory-budget 512", "--timeout, --memory-budget: only with --generations"),
+    ("--model tiny --out o --memory-budget 512", "--memory-budget: only with --generations"),
 ]
 
 
@@ -879,7 +943,7 @@ EVAL_OUT = [
 ]
 GEN = "--tasks humaneval --data-dir gen_data --generations gen.jsonl --allow-unsandboxed-code"
 GENERATIONS_OUT = [
-    ("--out run_done", "is a fedmom run folder"),
+    ("--out run_done", "is a fedmom run folder"),  # F16: it took no lock and wrote into a run
     ("--out run_done --force", "is a fedmom run folder"),
     ("--out userdir", "not a fedmom evaluation folder (it holds notes, thesis.tex)"),
     ("--out userdir --force", "not a fedmom evaluation folder"),
@@ -894,6 +958,10 @@ GENERATIONS_OUT = [
     ("--out o --timeout inf", "--timeout must be in (0, 3600]"),
     ("--out o --timeout 1e300", "--timeout must be in (0, 3600]"),
     ("--out o --timeout 0", "--timeout must be in (0, 3600]"),
+    # issue 30: a memory budget per program, and workers x budget within half of MemAvailable
+    ("--out o --memory-budget 10", "--memory-budget must be at least"),
+    ("--out o --memory-budget 5000000", "over 50% of this machine's available memory"),
+    ("--out o --memory-budget 99999999", "over 50% of this machine's available memory"),
 ]
 
 
@@ -919,6 +987,125 @@ def test_generations_accumulate_replace_with_force_and_take_the_lock(world, monk
     assert code == 0, err
     tasks = json.loads(eval_json.read_text())["tasks"]
     assert tasks["humaneval"]["value"] == 0.0 and tasks["mbpp"]["value"] == 1.0  # replaced, kept
+
+
+# Given generations the review scored successfully (issue 30's "documented success"): odd but valid
+# files score every line; an odd completion is a failed case, never an error of the command.
+X0 = '{"task_id": "HumanEval/0", "completion": "    return x + 0\\n"}'  # right
+GENERATIONS_OK = [
+    ("G03", X0 + "\n" + X0.replace("x + 0", "x + 5") + "\n", "", 2, 0.5),  # a task twice: pass@k
+    ("G13", X0 + "\r\n" + X0.replace("/0", "/1").replace("x + 0", "x + 1") + "\r\n", "", 2, 1.0),
+    ("G28", X0 + "\n", "--workers 100000", 1, 1.0),  # one program at a time: within the memory budget
+    ("G38", X0[:-1] + ', "model": "m", "extra": [1, 2]}\n', "", 1, 1.0),
+    ("G39", "\n" * 2000 + X0 + "\n", "", 1, 1.0),
+    ("G45", X0.replace("x + 0", "x + 0  # \\ud800") + "\n", "", 1, 0.0),  # lone surrogate: fails to run
+    ("G46", X0.replace("x + 0", "x + 0\\u0000") + "\n", "", 1, 0.0),  # NUL byte: fails to run
+]
+
+
+@pytest.mark.parametrize(
+    "text,extra,completions,value", [pytest.param(*r[1:], id=r[0]) for r in GENERATIONS_OK]
+)  # noqa: E501
+def test_review_generations_that_succeed(world, monkeypatch, capsys, text, extra, completions, value):
+    (world / "g.jsonl").write_text(text)
+    args = GEN.replace("gen.jsonl", "g.jsonl")
+    code, out, err = run_main(monkeypatch, capsys, "eval", *shlex.split(f"{args} --out o {extra}"))
+    assert code == 0, err
+    entry = json.loads((world / "o" / "eval.json").read_text())["tasks"]["humaneval"]
+    assert entry["completions"] == completions and entry["value"] == value, entry
+
+
+# Sweep dry runs the review found fine (SO06, SO12, F14, M29): they plan, print and write nothing.
+SWEEP_DRY_OK = [
+    ("SO06", "smoke --dry-run --only lora_r=4 --out sw", "cell(s) to train"),  # smoke's lora_r is 4
+    ("SO12", "smoke --dry-run --only 'method = fedit' --out sw", "1 cell(s) to train"),
+    ("F14", "smoke --dry-run --only method=fedit --only seed=0 --out sw", "1 cell(s) to train"),
+    ("M29", "smoke --dry-run --out 'sw ü x'", "cell(s) to train"),
+]
+
+
+@pytest.mark.parametrize("args,shown", [pytest.param(*r[1:], id=r[0]) for r in SWEEP_DRY_OK])
+def test_review_sweep_dry_runs_plan_and_write_nothing(world, monkeypatch, capsys, args, shown):
+    before = snapshot(world)
+    code, out, err = run_main(monkeypatch, capsys, "sweep", *shlex.split(args))
+    assert code == 0 and shown in err, (out, err)  # the plan goes to stderr
+    assert snapshot(world) == before
+
+
+# Commands the review ran successfully (its "documented success"): exit 0, the output made, and every
+# file that was there before still there, byte for byte.
+REVIEW_OK = [
+    ("Q07", "recipes", "copy smoke userdir", "userdir/smoke.yaml"),
+    ("Q12", "recipes", "copy mini/math x.yaml", "x.yaml"),
+    ("AH21", "aggregate", "-m fedmomentum --heterogeneous a_r8 --out o", "o/adapter/adapter_config.json"),
+    (
+        "AH22",
+        "aggregate",
+        "-m fedmomentum --heterogeneous a_r8 a_r8 --out o",
+        "o/adapter/adapter_config.json",
+    ),
+    (
+        "AH17",
+        "aggregate",
+        "-m fedmomentum --heterogeneous c0 a_r8 c1 --out o",
+        "o/adapter/adapter_config.json",
+    ),
+]
+
+
+@pytest.mark.parametrize("command,args,made", [pytest.param(*r[1:], id=r[0]) for r in REVIEW_OK])
+def test_review_successes_keep_every_file(world, monkeypatch, capsys, command, args, made):
+    before = snapshot(world)
+    code, out, err = run_main(monkeypatch, capsys, command, *shlex.split(args))
+    assert code == 0, (out, err)
+    assert (world / made).is_file()
+    after = snapshot(world)
+    assert {k: v for k, v in after.items() if k in before} == before
+
+
+# FIFOs and devices where a file is expected (review M15-M20): refused at once, never read. An
+# alarm turns a blocked open or read into a failure (a BaseException: no handler of fedmom's
+# turns it into an `error:` line).
+SPECIAL_FILES = [
+    ("M15", "partition", "--task math --data fifo.jsonl --clients 3 --out p.json", "data file not found"),
+    ("M16", "train", "--recipe smoke --rounds 1 --data fifo.jsonl --set synthetic=null --out r", "not found"),
+    ("M17", "train", "--recipe fifo.yaml --out r", "not found"),
+    ("M18", "partition", "--task math --data zero.jsonl --clients 3 --out p.json", "data file not found"),
+    ("M19", "eval", "--tasks humaneval --data-dir gd --generations fifo.jsonl --out o", "is not a file"),
+    ("M20", "data", "convert src --out o", "holds none of"),
+]
+
+
+class Blocked(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("command,args,fragment", [pytest.param(*r[1:], id=r[0]) for r in SPECIAL_FILES])
+def test_special_files_are_refused_without_blocking(tmp_path, monkeypatch, capsys, command, args, fragment):
+    import signal
+
+    from test_sandbox import fake_humaneval
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "src").mkdir()
+    for fifo in ("fifo.jsonl", "fifo.yaml", "src/ARC-Easy.json"):
+        os.mkfifo(fifo)
+    os.symlink("/dev/zero", "zero.jsonl")
+    fake_humaneval(tmp_path / "gd")
+    before = sorted(map(str, tmp_path.rglob("*")))  # names only: reading a FIFO would block here
+
+    def blocked(*_):
+        raise Blocked(f"{command} {args} blocked on a special file")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(120)
+    try:
+        code, out, err = run_main(monkeypatch, capsys, command, *shlex.split(args))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and fragment in err, (out, err)
+    assert sorted(map(str, tmp_path.rglob("*"))) == before
 
 
 # ---- usage errors: typer's box reduced to one line -----------------------------------------------
@@ -1322,22 +1509,348 @@ REVIEW_CLEAN = [
 ]
 
 
+# The review's clean cases not yet named by id above (issue 30: its 547 cases are the floor), on this
+# file's fixtures; several repeat a row of the tables above, which did not name the review's id.
+P = "--task math --out p.json"
+NOSYN = "--set synthetic=null"
+AG = "--method fedit"
+REVIEW_IDS = [
+    ("T04", "train", "--recipe sw_unknownkey.yaml --no-progress --out r", "unknown key(s) learning_rate"),
+    ("T05", "train", "--recipe sw_badyaml.yaml --no-progress --out r", "cannot read recipe"),
+    ("T06", "train", "--recipe sw_notmapping.yaml --no-progress --out r", "must be a mapping of settings"),
+    ("T09", "train", f"{T} --rounds 1 --set learning_rate=1", "with a known key, got 'learning_rate=1'"),
+    ("T11", "train", f"{T} --rounds 1 --set lora_r=0", "lora_r must be >= 1"),
+    ("T13", "train", f"{T} --rounds 1 --set lora_dropout=1.5", "lora_dropout must be in [0, 1)"),
+    ("T14", "train", f"{T} --rounds 1 --set lr=-1", "lr must be > 0"),
+    ("T17", "train", f"{T} --rounds 1 --set target_modules=", "'target_modules' cannot be null"),
+    ("T18", "train", f"{T} --rounds 1 --set precision=fp8", "precision must be one of"),
+    ("T19", "train", f"{T} --rounds 1 --device tpu", "device must be auto, cpu, cuda"),
+    ("T22", "train", f"{T} --rounds 0", "rounds must be >= 1"),
+    ("T23", "train", f"{T} --rounds 1 --clients 0", "clients must be >= 1"),
+    ("T24", "train", f"{T} --rounds 1 --batch-size 0", "batch_size must be >= 1"),
+    ("T25", "train", f"{T} --rounds 1 --local-steps -1", "local_steps must be >= 1"),
+    ("T26", "train", f"{T} --rounds 1 --lr 0", "lr must be > 0"),
+    ("T27", "train", f"{T} --rounds 1 --data /nope.jsonl --set synthetic=null", "data file not found"),
+    (
+        "T29",
+        "train",
+        f"{T} --rounds 1 --data wrongfields.jsonl --set synthetic=null",
+        "a row lacks the fields",
+    ),
+    ("T30", "train", f"{T} --rounds 1 --data badtypes.jsonl --set synthetic=null", "of type int"),
+    ("T31", "train", f"{T} --rounds 1 --task code --data badcode.jsonl --set synthetic=null", "messages"),
+    ("T32", "train", f"{T} --rounds 1 --task code --data badcode2.jsonl --set synthetic=null", "messages"),
+    ("T33", "train", f"{T} --rounds 1 --partition /nope.json", "partition file not found"),
+    ("T34", "train", f"{T} --rounds 1 --partition part_trunc.json", "cannot be read"),
+    ("T35", "train", f"{T} --rounds 1 --partition part_nodataset.json", "no dataset fingerprint"),
+    ("T36", "train", f"{T} --rounds 1 --partition part_oob.json", "outside"),
+    ("T37", "train", f"{T} --rounds 1 --partition part_empty.json", "has 0 rows"),
+    ("T38", "train", f"{T} --rounds 1 --partition part_neg.json", "row index -1"),
+    ("T39", "train", f"{T} --rounds 1 --partition part_str.json", "is not a list of row indices"),
+    ("T40", "train", f"{T} --rounds 1 --partition part_list.json", "no list of clients"),
+    ("T41", "train", f"{T} --rounds 1 --partition part.json --clients 5", "has 3 clients, config says 5"),
+    ("T42", "train", "--recipe smoke --rounds 1 --no-progress --out afile", "is a file, not a folder"),
+    (
+        "T43",
+        "train",
+        "--recipe smoke --rounds 1 --no-progress --force --out afile",
+        "is a file, not a folder",
+    ),
+    ("T44", "train", "--recipe smoke --rounds 1 --no-progress --out userdir", "is not a fedmom run folder"),
+    (
+        "T45",
+        "train",
+        "--recipe smoke --rounds 1 --no-progress --force --data /nope.jsonl --set synthetic=null --out userdir",  # noqa: E501
+        "--force only replaces a fedmom run folder",
+    ),
+    (
+        "T46",
+        "train",
+        "--recipe smoke --no-progress --force --data /nope.jsonl --set synthetic=null --out run_done",
+        "data file not found",
+    ),
+    ("T47", "train", "--recipe smoke --rounds 1 --no-progress --force --out .", "is the current folder"),
+    ("T48", "train", "--recipe smoke --lr 0.5 --no-progress --out run_done", "with other settings"),
+    ("T50", "train", f"{T} --rounds 1 --set clients_per_round=0", "clients_per_round must be in 1..3"),
+    ("T51", "train", f"{T} --rounds 1 --set grad_accum=3", "is not divisible by grad_accum 3"),
+    (
+        "T53",
+        "train",
+        f"{T} --rounds 1 --set val_rows=4 --set val_batch_size=0",
+        "val_batch_size must be >= 1",
+    ),
+    ("T54", "train", f"{T} --rounds 1 --set beta=-1", "beta must be > 0"),
+    ("T57", "train", f"{T} --rounds 1 --set tau=0", "tau must be in (0, 1]"),
+    ("T58", "train", f"{T} --rounds 1 --engine bogus", "--engine must be sequential or flower"),
+    ("T59", "train", f"{T} --rounds 1 --model /nonexistent/model", "cannot load model '/nonexistent/model'"),
+    ("T60", "train", f"{T} --rounds 1 --set tokenizer=/nonexistent/tok", "cannot load tokenizer"),
+    ("T61", "train", f"{T} --rounds 1 --set svd=foo", "svd must be one of"),
+    (
+        "T62",
+        "train",
+        f"{T} --rounds 1 --set min_client_size=0 --set beta=0.01 --clients 10",
+        "min_client_size must be >= 1",
+    ),
+    ("T63", "train", "--recipe smoke --rounds abc --out r", "Invalid value for '--rounds'"),
+    ("T64", "train", f"{T} --rounds 1 --set lora_r=2.5", "config key 'lora_r' expects"),
+    ("T65", "train", f"{T} --rounds 2 --set lr_schedule=cosine --set min_lr=-5", "min_lr must be in [0"),
+    ("P01", "partition", f"{P} --data /nope.jsonl --clients 3", "data file not found"),
+    ("P03", "partition", f"{P} --data part_empty_file.json --clients 3", "no rows"),
+    ("P04", "partition", f"{P} --data part_trunc.json --clients 3", "cannot read data file"),
+    ("P05", "partition", f"{P} --data half.jsonl --clients 1 --min-size 1", "cannot read data file"),
+    ("P06", "partition", f"{P} --data dict.json --clients 3", "expected a list of JSON objects"),
+    ("P08", "partition", f"{P} --data wrongfields.jsonl --clients 3", "a row lacks the fields"),
+    ("P10", "partition", f"{P} --data data.csv --clients 3", "unsupported data format '.csv'"),
+    ("P11", "partition", f"{P} --data emptydir --clients 3", "data file not found"),
+    ("P12", "partition", f"{P} --data binary.jsonl --clients 3", "cannot read data file"),
+    ("P14", "partition", f"{P} --synthetic 100 --clients 0", "--clients must be >= 1"),
+    ("P15", "partition", f"{P} --synthetic 100 --clients -3", "--clients must be >= 1"),
+    ("P16", "partition", f"{P} --synthetic 100 --clients 3 --beta -1", "--beta must be > 0"),
+    ("P17", "partition", f"{P} --synthetic 100 --clients 3 --beta inf", "no Dirichlet(inf) draw"),
+    ("P18", "partition", f"{P} --synthetic 100 --clients 3 --min-size -1", "--min-size must be >= 1"),
+    ("P20", "partition", f"{P} --synthetic 0", "--synthetic must be a positive number"),
+    ("P21", "partition", f"{P} --synthetic -5", "--synthetic must be a positive number"),
+    ("P24", "partition", f"{P} --synthetic 10 --data rows.jsonl", "give either --data or --synthetic"),
+    (
+        "P25",
+        "partition",
+        "--task math --synthetic 100 --clients 3 --min-size 1 --out part.json",
+        "already exists",
+    ),
+    (
+        "P26",
+        "partition",
+        "--task math --synthetic 100 --clients 3 --min-size 1 --force --out emptydir",
+        "is a folder, not a file",
+    ),
+    (
+        "P28",
+        "partition",
+        "--task math --synthetic 100 --clients 3 --min-size 1 --out afile/p.json",
+        "afile is a file, not a folder",
+    ),
+    ("P29", "partition", f"{P} --synthetic 100 --clients abc", "Invalid value for '--clients'"),
+    (
+        "P30",
+        "partition",
+        f"{P} --synthetic 100 --clients 10 --beta 0.01 --min-size 0",
+        "--min-size must be >= 1",
+    ),
+    ("A01", "aggregate", f"{AG} /nope c1 --out o", "adapter folder not found: /nope"),
+    ("A02", "aggregate", f"{AG} emptydir c1 --out o", "adapter_config.json is missing"),
+    ("A03", "aggregate", f"{AG} a_trunc c1 --out o", "cannot read"),
+    ("A04", "aggregate", f"{AG} a_garbage c1 --out o", "cannot read"),
+    ("A05", "aggregate", f"{AG} a_empty c1 --out o", "cannot read"),
+    ("A06", "aggregate", f"{AG} a_cfgjson c1 --out o", "cannot read"),
+    ("A07", "aggregate", f"{AG} a_cfglist c1 --out o", "expected a JSON object, got list"),
+    ("A08", "aggregate", f"{AG} a_rstr c1 --out o", "r must be a positive number"),
+    ("A09", "aggregate", f"{AG} a_noalpha a_noalpha --out o", "lacks lora_alpha"),
+    ("A10", "aggregate", "--method fedmomentum a_r0 a_r0 --out o", "r must be a positive number, got 0"),
+    ("A11", "aggregate", "--method fedmomentum a_rank a_rank --out o", "but adapter_config.json"),
+    ("A17", "aggregate", "--method fedmomentum a_nan c1 --out o", "holds NaN or infinite values"),
+    ("A20", "aggregate", "--method fedmomentum a_int32 a_int32 --out o", "LoRA factors are 2-D"),
+    ("A23", "aggregate", f"{AG} --weights -1,1 c0 c1 --out o", "weights must be finite and non-negative"),
+    ("A24", "aggregate", f"{AG} --weights 0,0 c0 c1 --out o", "weights must not all be zero"),
+    ("A25", "aggregate", f"{AG} --weights a,b c0 c1 --out o", "--weights must be comma-separated numbers"),
+    ("A26", "aggregate", f"{AG} --weights nan,1 c0 c1 --out o", "weights must be finite and non-negative"),
+    ("A27", "aggregate", "--method fedmomentum --tau 0 c0 c1 --out o", "tau must be in (0, 1]"),
+    ("A28", "aggregate", "--method fedmomentum --tau 2 c0 c1 --out o", "tau must be in (0, 1]"),
+    ("A29", "aggregate", f"{AG} --tau 0.9 c0 c1 --out o", "does not take option(s): tau"),
+    ("A30", "aggregate", "--method rolora --round -1 c0 c1 --out o", "--round must be >= 0"),
+    ("A32", "aggregate", f"{AG} c0 c1 --out afile", "is a file, not a folder"),
+    ("A33", "aggregate", f"{AG} c0 c1 --out userdir", "already exists and is not empty"),
+    ("A35", "aggregate", "--method ffa_lora c0 c1 --out o", "A is frozen this round"),
+    ("A36", "aggregate", f"{AG} --svd randomized c0 c1 --out o", "does not take option(s): svd"),
+    ("A37", "aggregate", "--method flora --no-balance c0 c1 --out o", "does not take option(s): balance"),
+    ("A38", "aggregate", f"{AG} --weights inf,1 c0 c1 --out o", "weights must be finite and non-negative"),
+    ("E01", "eval", "/nope/run", "is not a finished fedmom run folder"),
+    ("E03", "eval", "run_part --limit 1", "is not a finished fedmom run folder"),
+    ("E11", "eval", "run_done --tasks gsm8k --data-dir /nope", "--data-dir /nope is not a folder"),
+    ("E19", "eval", "--model /nonexistent/m --out pre", "cannot load model '/nonexistent/m'"),
+    ("R01", "report", "/nope", "results folder not found"),
+    ("R02", "report", "emptydir", "no fedmom run folders"),
+    ("R12", "report", "afile", "results folder not found"),
+    ("S02", "sweep", "math --dry-run", "has no `sweep: grid:` section"),
+    ("S04", "sweep", "sw_gridnull.yaml --dry-run", "must be a mapping"),
+    ("S05", "sweep", "sw_gridlist.yaml --dry-run", "must be a mapping"),
+    ("S06", "sweep", "sw_unknown.yaml --dry-run", "unknown sweep key(s) evals"),
+    ("S09", "sweep", "sw_methodstr.yaml --dry-run", "`grid: method:` must be a non-empty list"),
+    ("S10", "sweep", "smoke --dry-run --only method", "--only expects KEY=VALUE"),
+    ("S11", "sweep", "smoke --dry-run --only colour=red", "unknown key"),
+    ("S12", "sweep", "smoke --dry-run --only method=nosuch", "no cell of the grid matches"),
+    ("S13", "sweep", "smoke --dry-run --set nosuch=1", "with a known key"),
+    ("S14", "sweep", "smoke --dry-run --set lora_r=0", "lora_r must be >= 1"),
+    ("S15", "sweep", "smoke --out afile --only method=fedit --set rounds=1 --no-progress", "is a file"),
+    (
+        "B01",
+        "bench",
+        "aggregate --clients 0 --shapes 64x64 --layers 1 --no-dense --repeat 1",
+        "--clients must",
+    ),
+    ("B02", "bench", "aggregate --rank 0 --shapes 64x64 --layers 1 --no-dense --repeat 1", "--rank must be"),
+    ("B03", "bench", "aggregate --shapes big --no-dense", "--shapes must look like"),
+    ("B04", "bench", "aggregate --shapes 0x0 --no-dense", "--shapes must look like"),
+    ("B05", "bench", "aggregate --repeat 0 --shapes 64x64 --layers 1 --no-dense", "--repeat must be >= 1"),
+    ("B07", "bench", "aggregate --layers -1 --shapes 64x64 --no-dense --repeat 1", "--layers must be >= 1"),
+    ("B10", "bench", "train --methods fedit --rounds 0", "--rounds must be >= 1"),
+    ("B12", "bench", "train --methods fedit --rounds 1 --set nosuch=1", "with a known key"),
+    (
+        "B13",
+        "bench",
+        "aggregate --shapes 64x64 --layers 1 --no-dense --repeat 1 --clients 2 --rank 2 --json bench_user.json",  # noqa: E501
+        "already exists",
+    ),
+    ("SG01", "train", f"{T} --rounds 1 --set =", "--set expects KEY=VALUE"),
+    ("SG02", "train", f"{T} --rounds 1 --set ==", "--set expects KEY=VALUE"),
+    ("SG03", "train", f"{T} --rounds 1 --set lora_r", "--set expects KEY=VALUE"),
+    ("SG09", "train", f"{T} --rounds 1 --set 'target_modules=[]'", "target_modules must be a non-empty list"),
+    ("SG12", "train", f"{T} --rounds 1 --set precision=null", "'precision' cannot be null"),
+    ("SG13", "train", f"{T} --rounds 1 --set 'method_options={{tau: 5}}'", "tau must be in (0, 1]"),
+    ("SG15", "train", f"{T} --rounds 1 --set 'sweep={{grid: {{}}}}'", "with a known key"),
+    ("SG16", "train", f"{T} --rounds 1 --set seed=-1", "seed must be >= 0"),
+    ("SG19", "train", f"{T} --rounds 1 --set data=/etc/passwd {NOSYN}", "unsupported data format"),
+    ("SG20", "train", f"{T} --rounds 1 --set tau=.nan", "tau must be in (0, 1]"),
+    ("SG23", "train", f"{T} --rounds 1 --set val_rows=-1", "val_rows must be >= 0"),
+    ("SG27", "train", f"{T} --rounds 1 --set LORA_R=4", "with a known key"),
+    ("SG28", "train", f"{T} --rounds 1 --set report_to=bogus", "with a known key"),
+    ("SG29", "train", f"{T} --rounds 1 --set client_weights=bogus", "client_weights must be one of"),
+    ("SG30", "train", f"{T} --rounds 1 --set lr_schedule=bogus", "lr_schedule must be one of"),
+    ("SG34", "train", f"{T} --rounds 1 --set 'method_options={{bogus: 1}}'", "does not take option(s)"),
+    ("SG35", "train", f"{T} --rounds 1 --set val_data=/nope.jsonl --set val_rows=4", "data file not found"),
+    ("SG37", "train", f"{T} --rounds 1 --set tokenizer=/etc", "cannot load tokenizer '/etc'"),
+    (
+        "CR16",
+        "train",
+        f"{T} --rounds 1 --set 'client_ranks={{cycle: [1, 2], spread: [1, 2]}}'",
+        "client_ranks must be a list of ranks",
+    ),
+    ("CR23", "train", f"{T} --rounds 1 --set 'client_ranks={{spread: [1, 1e9]}}'", "spread expects"),
+    ("CR26", "train", f"{T} --rounds 1 --clients 0 --set 'client_ranks={{spread: [1, 4]}}'", "clients must"),
+    ("CR28", "train", f"{T} --rounds 1 --set 'client_ranks={{cycle: {{spread: [1, 2]}}}}'", "cycle expects"),
+    ("CR30", "train", f"{T} --rounds 1 --set 'client_ranks={{spread: [true, 4]}}'", "spread expects"),
+    ("RT10", "train", f"{T} --rounds 1 --report-to bogus --engine flower", "--report-to must be one of"),
+    ("F01", "train", "--recipe smoke --no-progress --set rounds=1e3 --out r", "config key 'rounds' expects"),
+    ("F02", "train", "--recipe smoke --no-progress --set rounds=True --out r", "config key 'rounds' expects"),
+    ("SO02", "sweep", "smoke --dry-run --only seed=abc --out sw", "no cell of the grid matches"),
+    ("SO03", "sweep", "smoke --dry-run --only method= --out sw", "no cell of the grid matches"),
+    ("SO05", "sweep", "smoke --dry-run --only seed=7 --out sw", "no cell of the grid matches"),
+    ("SO08", "sweep", "smoke --dry-run --only method=fedit,flora --out sw", "no cell of the grid matches"),
+    ("SO10", "sweep", "smoke --dry-run --only seed=0.0 --out sw", "no cell of the grid matches"),
+    ("SO11", "sweep", "smoke --dry-run --only method=FedIT --out sw", "no cell of the grid matches"),
+    ("Z05", "eval", "run_done --limit 1 --tasks synthetic_math,synthetic_math", "lists a task twice"),
+    ("Z08", "aggregate", f"{AG} c0 c1 --out run_done --force", "is not a `fedmom aggregate` output folder"),
+    ("K03", "eval", "run_done --limit 1 --cache afile", "--cache afile is a file, not a folder"),
+    ("K06", "eval", "run_done --limit 1 --cache afile/c", "afile is a file, not a folder"),
+    ("L01", "eval", "run_done --limit 1 --clients all", "--clients needs a fedsa_lora run"),
+    ("AH05", "aggregate", "-m fedmomentum --heterogeneous --rank 0 c0 c1 --out o", "--rank must be >= 1"),
+    ("AH06", "aggregate", "-m fedmomentum --heterogeneous --rank=-1 c0 c1 --out o", "--rank must be >= 1"),
+    ("R08", "report", "sweepres --format xml", "--format must be md, csv or json"),
+    ("R09", "report", "sweepres --spread foo", "--spread must be stderr or std"),
+    ("R10", "report", "sweepres --out userdir/thesis.tex --no-figures", "exists and is not a fedmom report"),
+    ("R11", "report", "sweepres --out emptydir --no-figures", "is a folder, not a file"),
+    (
+        "R14",
+        "report",
+        "sweepres --out sweepres/math/fedit/seed0/result.json --no-figures",
+        "refusing to write a report over a run file",
+    ),
+    ("R15", "report", "sweepres --out afile --format csv --no-figures", "exists and is not a fedmom report"),
+    ("T12", "train", f"{T} --rounds 1 --set lora_alpha=-8", "lora_alpha must be > 0"),
+    ("T21", "train", f"{T} --rounds 1 --seed -1", "seed must be >= 0"),
+    ("T52", "train", f"{T} --rounds 1 --set cutoff_len=1", "cutoff_len must be >= 16"),
+    ("T55", "train", f"{T} --rounds 1 --set weight_decay=-1", "weight_decay must be >= 0"),
+    ("T56", "train", f"{T} --rounds 1 --set max_grad_norm=-1", "max_grad_norm must be > 0 or null"),
+    ("SG18", "train", f"{T} --rounds 1 --set model=/etc", "cannot load"),
+    ("S03", "sweep", "sw_nosweep.yaml --dry-run", "has no `sweep: grid:` section"),
+    ("S07", "sweep", "sw_badvalue.yaml --dry-run", "unknown method 'fedavg'"),
+    ("S08", "sweep", "sw_settingskey.yaml --dry-run", "unknown key(s) learning_rate"),
+    ("SO01", "sweep", "smoke --dry-run --only colour=red --out sw", "--only colour=...: unknown key"),
+    ("E02", "eval", "afile", "is not a finished fedmom run folder"),
+    ("E17", "eval", "run_done --limit 1 --protocol bogus", "--protocol must be lm-eval or train-format"),
+    ("E18", "eval", "--model tiny", "give RUN_DIR, or --model with --out"),
+    ("G43", "eval", f"{GEN.replace('humaneval', 'mbpp').replace('gen_data', 'gd_notest')} --out o", "found"),
+    ("G49", "eval", f"{GEN.replace('humaneval', chr(39) * 2)} --out o", "scores one task at a time"),
+    ("H01", "push", "run_done --repo me/x", "cannot push to the Hugging Face Hub offline"),
+    ("H08", "push", "run_done --repo me/..", "--repo must look like OWNER/NAME"),
+    ("H09", "push", "run_part --repo me/x", "is not a finished fedmom run folder"),
+    ("H10", "push", "/nope --repo me/x", "is not a finished fedmom run folder"),
+    ("H12", "push", f"run_done --repo me/{'x' * 200}", "--repo must look like OWNER/NAME"),
+    ("H13", "push", "run_done --repo me/x.git", "--repo must look like OWNER/NAME"),
+    ("T07", "train", "--recipe t_wrongtype.yaml --no-progress --out r", "config key 'lora_r' expects"),
+    ("T08", "train", "--recipe t_negrounds.yaml --no-progress --out r", "rounds must be >= 1"),
+    ("CR19", "train", "--recipe cr_zero.yaml --no-progress --out r", "client_ranks must be in 1..lora_r=4"),
+    ("CR20", "train", "--recipe cr_spreadneg.yaml --no-progress --out r", "client_ranks must be in 1.."),
+    ("CR21", "train", "--recipe cr_typo.yaml --no-progress --out r", "unknown key(s) client_rank"),
+    ("CR22", "train", "--recipe cr_bool.yaml --no-progress --out r", "config key 'client_ranks' expects"),
+    ("RT07", "train", "--recipe rt_bogus.yaml --no-progress --out r", "--report-to must be one of"),
+    ("CR33", "sweep", "cr_sweep.yaml --dry-run --out sw", "client_ranks must be in 1..lora_r=4"),
+    ("A12", "aggregate", f"{AG} c0 a_r8 --out o", "adapters disagree on rank r"),
+    ("A13", "aggregate", f"{AG} c0 a_alpha32 --out o", "adapters disagree on lora_alpha"),
+    ("A14", "aggregate", f"{AG} c0 a_qonly --out o", "adapters disagree on target_modules"),
+    ("A15", "aggregate", f"{AG} c0 a_shape --out o", "adapters disagree on the shape"),
+    ("A16", "aggregate", f"{AG} a_inconsistent a_inconsistent --out o", "has A (2, "),
+    ("A18", "aggregate", f"{AG} a_onlyB a_onlyB --out o", "no LoRA factors"),
+    ("A19", "aggregate", f"{AG} a_1d a_1d --out o", "of 1 dims"),
+    ("AH01", "aggregate", "-m fedmomentum --heterogeneous c0 a_qonly --out o", "disagree on target_modules"),
+    ("AH02", "aggregate", "-m fedmomentum --heterogeneous c0 a_shape --out o", "disagree on the shape"),
+    ("AH04", "aggregate", "-m fedmomentum --heterogeneous a_rank a_r8 --out o", "says r=8"),
+    ("AH13", "aggregate", "-m fedsvd --heterogeneous c0 a_r8 --out o", "factor shapes differ"),
+    ("AH14", "aggregate", "-m fedsa_lora --heterogeneous c0 a_r8 --out o", "factor shapes differ"),
+    ("AH15", "aggregate", "-m ffa_lora --heterogeneous c0 a_r8 --out o", "A is frozen"),
+    ("X05", "export", "run_done --out run_done", "lies inside the run folder"),
+    ("X29", "export", "sweepres/math/fedit/seed0 --out sweepres --force", "is not a `fedmom export` folder"),
+    ("X34", "export", "run_done --out link_user --force", "is a symbolic link"),
+    ("K10", "eval", "run_done --limit 1 --cache link_run", "lies inside"),
+    (
+        "Z02",
+        "train",
+        "--recipe smoke --rounds 1 --no-progress --force --out rep_ok",
+        "not a fedmom run folder",
+    ),
+    ("F12", "train", "--recipe smoke --rounds 1 --no-progress --force --out run_withexp", "it holds exp"),
+    ("M07", "train", "--recipe smoke --rounds 1 --no-progress --out link_user", "link_user"),
+    ("M14", "report", "rep_passwd --no-figures", "does not hold a dict"),
+    ("E21", "eval", "ev_usereval --limit 1", "is not a fedmom eval.json"),
+    ("C08", "data", "convert conv_onebad --out o", "row 5 cannot be mapped"),
+    ("C17", "data", "convert conv_wino --out o", "the sentence has no blank"),
+    ("C19", "data", "convert conv_isdir --out o", "holds none of"),
+    ("C22", "data", "convert conv_boolq --out o", "holds none of"),
+    ("P07", "partition", f"{P} --data ints.json --clients 3", "expected a list of JSON objects"),
+    ("P09", "partition", f"{P} --data garbage.parquet --clients 3", "cannot read data file"),
+    *([("T20", "train", f"{T} --rounds 1 --device cuda", "CUDA is not available")] if NO_CUDA else []),
+    ("B14", "bench", "train --methods fedit --rounds 1 --json bench_user.json", "already exists"),
+    ("H11", "push", "run_done --repo me/x --adapter-only", "cannot push to the Hugging Face Hub offline"),
+    ("Q11", "recipes", "copy smoke qdir", "qdir/smoke.yaml already exists"),
+    ("G40", "eval", f"{GEN.replace('gen_data', 'gd_corrupt')} --out o", "cannot read"),
+    ("G47", "eval", f"{GEN.replace('gen.jsonl', 'g_spaceid.jsonl')} --out o", "is not a humaneval task"),
+    ("M32", "aggregate", f"{AG} a_extramod c1 --out o", "target_modules"),
+    (
+        "Z06",
+        "report",
+        "sweepres --out sweepres/math/fedit/seed0/config.yaml --no-figures",
+        "refusing to write a report over a run file",
+    ),
+]
+
+
 @pytest.mark.parametrize(
-    "command,args,fragment", [pytest.param(*r[1:], id=r[0]) for r in REVIEW + REVIEW_CLEAN]
+    "command,args,fragment", [pytest.param(*r[1:], id=r[0]) for r in REVIEW + REVIEW_CLEAN + REVIEW_IDS]
 )
 def test_review_case(world, monkeypatch, capsys, command, args, fragment):
     check_case(world, monkeypatch, capsys, command, args, fragment)
 
 
 # A read-only folder, as root too: os.access says no for that folder only (E24, Q09, C15, G33).
+RO_IDS = {"partition": "P27", "train": "T49", "aggregate": "A34", "report": "R13"}  # the review's ids
 READ_ONLY_ANYONE = [
     ("E24", "eval", "run_done --limit 1", "run_done"),
     ("Q09", "recipes", "copy smoke ro/x.yaml", "ro"),
     ("C15", "data", "convert conv --out ro/o", "ro"),
     ("G33", "eval", f"{GEN} --out ro/o", "ro"),
     ("M-model", "eval", "--model tiny --tasks synthetic_math --limit 1 --out ro/o", "ro"),
-    *[(f"ro-{c}", c, a, "ro") for c, a in READ_ONLY],
-    ("X-ro", "export", "run_done --out ro/exp", "ro"),
+    *[(RO_IDS.get(c, f"ro-{c}"), c, a, "ro") for c, a in READ_ONLY],
+    ("X17", "export", "run_done --out ro/exp", "ro"),
+    ("K05", "eval", "run_done --limit 1 --cache ro/c", "ro"),
 ]
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from fedmom_cli import __version__, runfolder, safety
 from fedmom_cli.errors import UserError
-from fedmom_cli.evaluation import sandbox, sandbox_modes
+from fedmom_cli.evaluation import sandbox, sandbox_memory, sandbox_modes
 from fedmom_cli.evaluation.answers import pass_at_k
 
 CODE_FILES = {"humaneval": "humaneval/HumanEval.jsonl.gz", "mbpp": "mbpp/mbpp.jsonl"}
@@ -90,10 +90,14 @@ def score_one(task: str, doc: dict, completion: str, timeout: float = 10.0, **kw
     return sandbox.run_program(program(task, doc, completion), timeout=timeout, **kw)
 
 
-def score_all(task, pairs, timeout=10.0, workers=2, isolation=None) -> list[sandbox.Outcome]:
-    """Outcomes of (doc, completion) pairs, in order; `workers` programs run at a time."""
+def score_all(
+    task, pairs, timeout=10.0, workers=2, isolation=None, memory_mb=sandbox_memory.DEFAULT_MIB
+) -> list[sandbox.Outcome]:
+    """Outcomes of (doc, completion) pairs, in order; `workers` programs run at a time, each within
+    `memory_mb` MiB with everything it starts."""
+    kw = {"timeout": timeout, "isolation": isolation, "memory_mb": memory_mb}
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        return list(pool.map(lambda p: score_one(task, *p, timeout=timeout, isolation=isolation), pairs))
+        return list(pool.map(lambda p: score_one(task, *p, **kw), pairs))
 
 
 def pass_at(per_task: dict[str, list[bool]], ks=PASS_AT) -> dict[str, float]:
@@ -176,6 +180,7 @@ class GenerationsOptions:
     data_dir: Path | None = None
     timeout: float = 10.0
     workers: int = 2
+    memory_budget: int = sandbox_memory.DEFAULT_MIB  # MiB per program, its children included
     allow_unsandboxed: bool = False
     force: bool = False  # replace this task's result in an existing eval.json
 
@@ -222,10 +227,10 @@ def run_generations(opts: GenerationsOptions) -> dict:
     problems = load_problems(task, opts.data_dir)
     samples = read_generations(opts.generations, task, problems)
     mode = sandbox.require_isolation(opts.allow_unsandboxed)
+    sandbox_memory.check_total(opts.workers, opts.memory_budget, programs=len(samples))
     start = time.perf_counter()
-    outcomes = score_all(
-        task, [(problems[k], c) for k, c in samples], opts.timeout, opts.workers, isolation=mode
-    )
+    pairs = [(problems[k], c) for k, c in samples]
+    outcomes = score_all(task, pairs, opts.timeout, opts.workers, mode, opts.memory_budget)
     seconds = time.perf_counter() - start
     per_task: dict[str, list[bool]] = {}
     for (key, _), outcome in zip(samples, outcomes):
@@ -244,6 +249,11 @@ def run_generations(opts: GenerationsOptions) -> dict:
         "isolation": mode,
         "isolation_detail": sandbox_modes.describe(mode),
         "timeout_s": opts.timeout,
+        "workers": opts.workers,
+        "memory_budget_mib": opts.memory_budget,
+        "memory_limit": sandbox_memory.mechanism(),
+        "memory_limit_detail": sandbox_memory.describe(opts.memory_budget),
+        "memory_peak_mib": max((o.peak_mib for o in outcomes if o.peak_mib is not None), default=None),
         "results": dict(Counter(o.detail.split(":")[0] if not o.passed else "passed" for o in outcomes)),
         "shots": None,
         "protocol": "given generations",

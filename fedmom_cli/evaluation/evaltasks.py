@@ -23,7 +23,7 @@ from pathlib import Path
 from fedmom_cli import synthetic
 from fedmom_cli.benchmarks import BENCHMARKS, COMMONSENSE
 from fedmom_cli.errors import UserError
-from fedmom_cli.evaluation import answers, codeexec
+from fedmom_cli.evaluation import answers, codeexec, codesampling
 from fedmom_cli.evaluation.sandbox import run_program
 from fedmom_cli.tasks import TASKS
 
@@ -193,9 +193,19 @@ def select_rows(name: str, rows: list[dict], path: Path) -> list[dict]:
     return chosen
 
 
-def lm_eval_config(name: str, jsonl: Path, max_gen_cap: int | None = None) -> dict:
-    """An lm-eval generate_until task over a JSONL file, scored by fedmom's own answer parsing (zero-shot)."""
+def lm_eval_config(
+    name: str, jsonl: Path, max_gen_cap: int | None = None, sampling: str = "greedy", n_samples: int = 1
+) -> dict:
+    """An lm-eval generate_until task over a JSONL file, scored by fedmom's own answer parsing (zero-shot).
+
+    Greedy by default. `sampling="harness"` (code tasks only) samples as the bigcode harness does
+    by default (codesampling.HARNESS), `n_samples` completions per problem (lm-eval's `repeats`, all
+    kept by a take_first_k filter); each problem scores its unbiased pass@k estimate."""
     task = _task(name)
+    if sampling != "greedy":
+        if task.metric != "pass@1":
+            raise UserError(f"{name}: --code-sampling applies to code tasks only")
+        return _sampled_config(name, task, jsonl, max_gen_cap, n_samples)
 
     def process_results(doc, results):
         return {task.metric: float(task.score(doc, results[0]))}
@@ -215,6 +225,36 @@ def lm_eval_config(name: str, jsonl: Path, max_gen_cap: int | None = None) -> di
             "max_gen_toks": min(task.max_gen_toks, max_gen_cap or task.max_gen_toks),
         },
         "metric_list": [{"metric": task.metric, "aggregation": "mean", "higher_is_better": True}],
+        "num_fewshot": 0,
+        "metadata": {"version": 1.0},
+    }
+
+
+def _sampled_config(name: str, task: EvalTask, jsonl: Path, max_gen_cap: int | None, n: int) -> dict:
+    """lm_eval_config's sampled variant: n completions per problem, pass@k for k <= n (harness's ks)."""
+    ks = codesampling.ks(n)
+
+    def process_results(doc, results):
+        passed = sum(bool(task.score(doc, g)) for g in results[0])  # the n kept completions
+        return {f"pass@{k}": codesampling.pass_at_k(n, passed, k) for k in ks}
+
+    return {
+        "task": f"fedmom_{name}",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(jsonl)}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": task.prompt,
+        "doc_to_target": lambda doc: "",
+        "process_results": process_results,
+        "generation_kwargs": {
+            "until": task.until or ["</s>"],
+            **codesampling.generation_kwargs("harness"),
+            "max_gen_toks": min(task.max_gen_toks, max_gen_cap or task.max_gen_toks),
+        },
+        "repeats": n,
+        "filter_list": [{"name": "none", "filter": [{"function": "take_first_k", "k": n}]}],
+        "metric_list": [{"metric": f"pass@{k}", "aggregation": "mean", "higher_is_better": True} for k in ks],
         "num_fewshot": 0,
         "metadata": {"version": 1.0},
     }

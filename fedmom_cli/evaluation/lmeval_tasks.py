@@ -161,8 +161,14 @@ def _leaf_spec(leaf: str, shots: int | None, data_dir: Path | None, online: bool
         for split in splits:
             path = data_dir / leaf / f"{split}.jsonl"
             if not path.is_file():
-                why = "few-shot examples" if split != splits[0] else "the evaluated documents"
-                raise UserError(f"{leaf}: {path} not found ({why}; HF schema, one JSON object a line)")
+                if split != splits[0]:  # the few-shot split: `fedmom data convert` writes none
+                    raise UserError(
+                        f"{leaf}: {path} not found (few-shot examples for {applied}-shot; HF schema, "
+                        f"one JSON object a line); pass --shots 0 to score zero-shot without it"
+                    )
+                raise UserError(
+                    f"{leaf}: {path} not found (the evaluated documents; HF schema, one JSON object a line)"
+                )
             files[split] = path.resolve()
         cfg["dataset_path"] = "json"
         cfg["dataset_name"] = None

@@ -32,11 +32,12 @@ import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 
 from fedmom_cli.errors import UserError
+from fedmom_cli.evaluation import sandbox_memory as memory
 from fedmom_cli.evaluation import sandbox_modes as modes
 
 KEEP_BYTES = 1 << 20  # kept of stdout and of stderr each; the rest is read and dropped
@@ -53,19 +54,23 @@ class Outcome:
     status: str  # passed | failed | timeout | error
     detail: str = ""  # the reason: assertion, exception (last stderr line), early exit, exit N, ...
     isolation: str = ""
+    peak_mib: float | None = None  # the run's peak memory by its cgroup's accounting; None without
 
 
-def _limits(memory_mb: int, cpu_seconds: int, uid: int | None):
+def _limits(budget: memory.RunBudget, cpu_seconds: int, uid: int | None):
+    address_space, tasks = budget.rlimits()
+
     def apply() -> None:
         os.setsid()
         for limit, value in (
-            (resource.RLIMIT_AS, memory_mb << 20),
+            (resource.RLIMIT_AS, address_space),
             (resource.RLIMIT_CPU, cpu_seconds),
             (resource.RLIMIT_FSIZE, 16 << 20),
             (resource.RLIMIT_CORE, 0),
-            (resource.RLIMIT_NPROC, 256),  # per uid, and not enforced for root: hence run_uid
+            (resource.RLIMIT_NPROC, tasks),  # per uid, and not enforced for root: hence run_uid
         ):
             resource.setrlimit(limit, (value, value))
+        budget.join()  # still as root: the cgroup's files are root's
         if uid is not None:
             modes.drop_to(uid)
 
@@ -80,8 +85,11 @@ def _memfd(data: bytes) -> int:
     return fd
 
 
-def _read_bounded(proc: subprocess.Popen, result_fd: int, deadline: float) -> tuple[bytes, bytes, bool]:
-    """The first KEEP_BYTES of stderr, the result pipe, and whether time ran out; stdout is drained."""
+def _read_bounded(
+    proc: subprocess.Popen, result_fd: int, deadline: float, stop=lambda: False
+) -> tuple[bytes, bytes, bool]:
+    """The first KEEP_BYTES of stderr, the result pipe, and whether time ran out; stdout is drained.
+    Ends early, at most 0.5 s after `stop()` turns true (the run's first out-of-memory kill)."""
     kept = {proc.stdout: bytearray(), proc.stderr: bytearray(), result_fd: bytearray()}
     caps = {proc.stdout: KEEP_BYTES, proc.stderr: KEEP_BYTES, result_fd: 4096}
     sel = selectors.DefaultSelector()
@@ -93,6 +101,8 @@ def _read_bounded(proc: subprocess.Popen, result_fd: int, deadline: float) -> tu
         if left <= 0:
             timed_out = proc.poll() is None
             break
+        if stop():
+            break
         for key, _ in sel.select(timeout=min(left, 0.5)):
             fd = key.fd
             chunk = os.read(fd, 1 << 16)
@@ -103,7 +113,7 @@ def _read_bounded(proc: subprocess.Popen, result_fd: int, deadline: float) -> tu
             if len(buf) < caps[key.fileobj]:
                 buf += chunk[: caps[key.fileobj] - len(buf)]
     sel.close()
-    if not timed_out:  # every pipe closed; the program may still be running
+    if not timed_out and not stop():  # every pipe closed; the program may still be running
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -114,11 +124,12 @@ def _read_bounded(proc: subprocess.Popen, result_fd: int, deadline: float) -> tu
 def run_program(
     code: str,
     timeout: float = 10.0,
-    memory_mb: int = 1024,
+    memory_mb: int = memory.DEFAULT_MIB,
     isolation: str | None = None,
     allow_unsandboxed: bool = False,
 ) -> Outcome:
-    """Run `code` as a fresh Python program; passed means it ran to its last line (see module doc)."""
+    """Run `code` as a fresh Python program; passed means it ran to its last line (see module doc).
+    `memory_mb` (MiB) bounds the program and everything it starts, together (sandbox_memory.py)."""
     mode = isolation or require_isolation(allow_unsandboxed)
     interpreter = modes.interpreter(mode)
     uid = modes.run_uid() if interpreter == modes.nobody_interpreter() else None
@@ -127,7 +138,9 @@ def run_program(
     result_r, result_w = os.pipe()
     workdir = tempfile.mkdtemp(prefix=f"fedmom-sandbox-{os.getpid()}-")  # also names its processes
     opened = [result_r, result_w]
+    budget = None
     try:
+        budget = memory.RunBudget(memory_mb, memory.mechanism())
         if mode == "bwrap":
             opened += [_memfd(code.encode("utf-8", "surrogatepass")), _memfd(secret)]
             prefix = modes.bwrap_command(interpreter, opened[2], opened[3])
@@ -148,6 +161,7 @@ def run_program(
         cmd = [*prefix, interpreter, "-I", "-S", "-c", RUNNER, program, proof, str(result_w), str(DONE_LINE)]
         cmd.append(workdir)  # unused inside; lets `pgrep -f fedmom-sandbox-` find any survivor
         env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "HOME": workdir, "TMPDIR": workdir}
+        env["MALLOC_ARENA_MAX"] = "2"  # a thread's arena would take 64 MiB of the address-space limit
         proc = subprocess.Popen(
             cmd,
             cwd=workdir,
@@ -156,24 +170,47 @@ def run_program(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=opened[1:],
-            preexec_fn=_limits(memory_mb, int(timeout) + 1, drop_first),
+            preexec_fn=_limits(budget, int(timeout) + 1, drop_first),
         )
         for fd in opened[1:]:
             os.close(fd)
         del opened[1:]
         try:
-            err, result, timed_out = _read_bounded(proc, result_r, time.monotonic() + timeout)
+            deadline = time.monotonic() + timeout
+            err, result, timed_out = _read_bounded(proc, result_r, deadline, _oom_watch(budget))
         finally:
             proc.stdout.close()  # first, so that no writer of the run blocks on a full pipe
             proc.stderr.close()
             _kill_group(proc, namespaced=mode != "none")
-        return _outcome(proc.returncode, err, result, secret, timed_out, timeout, mode)
-    except OSError as exc:
+        peak = budget.peak()
+        peak_mib = None if peak is None else round(peak / (1 << 20), 1)
+        if budget.oom_kills() > 0:  # whatever else happened: one rule for every mechanism
+            return Outcome(False, "failed", f"memory: over the {memory_mb} MiB budget", mode, peak_mib)
+        outcome = _outcome(proc.returncode, err, result, secret, timed_out, timeout, mode)
+        return replace(outcome, peak_mib=peak_mib)
+    except (OSError, subprocess.SubprocessError) as exc:  # SubprocessError: the preexec_fn failed
         return Outcome(False, "error", str(exc), mode)
     finally:
+        if budget is not None:
+            budget.close()  # kills anything of the run still in its cgroup
         for fd in opened:
             os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _oom_watch(budget: memory.RunBudget):
+    """`stop()` for _read_bounded: whether the kernel killed a process of the run for memory, read
+    from its cgroup at most every 0.2 s (a flood of output calls it for every chunk)."""
+    state = {"next": 0.0, "hit": False}
+
+    def stop() -> bool:
+        now = time.monotonic()
+        if not state["hit"] and now >= state["next"]:
+            state["next"] = now + 0.2
+            state["hit"] = budget.oom_kills() > 0
+        return state["hit"]
+
+    return stop
 
 
 def _outcome(rc, err: bytes, result: bytes, secret: bytes, timed_out, timeout, mode) -> Outcome:

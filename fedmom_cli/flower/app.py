@@ -10,19 +10,30 @@ pyproject.toml of the Flower App (see the README's "Scaling out"):
     method = "fedmomentum"
     out = "results/flower/fedmomentum"
     set = ""                  # fedmom settings, "key=value;key=value"
+    wait = 300                # seconds to wait for one SuperNode per client, then the run fails
 
 Each SuperNode runs with `--node-config "partition-id=K num-partitions=N"` (train partition K of the
 run's dataset) and optionally `data="/site/rows.jsonl"` (train on the site's own file instead).
 The ServerApp writes the same run folder as `fedmom train`, resuming an interrupted run.
+
+Ending: fewer SuperNodes than clients after `wait` seconds fails the run (result.json `failed`,
+its `error` says how many connected); `flwr stop` (SIGTERM to the ServerApp's process) leaves it
+`interrupted`, never `running`. A failure is logged as one `error: ...` line before Flower's own
+report of the ServerApp's exception.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
+from logging import ERROR
 from pathlib import Path
 
+from flwr.common.logger import log
 from flwr.serverapp import ServerApp
 
 from fedmom_cli import config as cfgmod
+from fedmom_cli.errors import UserError
 from fedmom_cli.flower.engine import client_app
 
 clientapp = client_app()
@@ -38,4 +49,38 @@ def main(grid, context) -> None:
     overrides = {**cfgmod.parse_set(sets), "method": str(rc.get("method", "fedmomentum"))}
     cfg = cfgmod.resolve(str(rc.get("recipe", "smoke")), rc.get("task"), overrides)
     out = Path(str(rc.get("out", f"results/flower/{cfg.method}")))
-    tr.run(tr.TrainOptions(cfg, out=out, resume=True, engine="flower", grid=grid, progress=False))
+    wait = float(rc.get("wait", 300))
+    if threading.current_thread() is threading.main_thread():  # flwr stop: interrupted, not running
+        signal.signal(signal.SIGTERM, _interrupt)
+    from fedmom_cli.flower.engine import FlowerClientError
+    from fedmom_cli.flower.strategy import connect, site_settings
+
+    try:  # the nodes first: the sites' data are part of the run's settings
+        connection = connect(grid, cfg, wait)
+        cfg = site_settings(cfg, connection)
+    except FlowerClientError as exc:
+        connection = exc  # the run fails with it, recorded in result.json
+    try:
+        tr.run(
+            tr.TrainOptions(
+                cfg,
+                out=out,
+                resume=True,
+                engine="flower",
+                grid=grid,
+                progress=False,
+                wait=wait,
+                connection=connection,
+            )
+        )
+    except UserError as exc:
+        log(ERROR, "error: %s", exc)
+        raise RunFailed(str(exc)) from None
+
+
+class RunFailed(Exception):
+    """The run failed; its result.json says why (the message, once, without fedmom's traceback)."""
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

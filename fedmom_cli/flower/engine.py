@@ -14,8 +14,13 @@
   the node keeps its own copy of the accumulated base delta in `context.state`.
 - Messages: a flat ArrayRecord per message, keys `<module>|<part>` (`flatten` / `nest`), parts
   A, B (factors) and dense or up, down (`BaseDelta.to_arrays`).
-- Flower swallows ClientApp exceptions: failed or missing replies stop the run with the client's
-  error. In simulation Ray stays on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray starts).
+- Nodes: before the first round the strategy waits (at most `wait` s) for one node per client and
+  asks each with a QUERY for its partition id and data (`site_info`); each round it sends TRAIN
+  only to the sampled clients' nodes (participation.py), and a client drawn to drop answers with an
+  error (code DROPPED) instead of training.
+- Flower swallows ClientApp exceptions: any other failed or missing reply stops the run with the
+  client's error. In simulation Ray stays on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before
+  Ray starts).
 - Determinism: client seeds and data order are the sequential engine's, so the final adapter and
   base delta agree with it to float tolerance (Ray actors compute with 1 thread).
 - Fault injection for testing failure handling: FEDMOM_FAULT_CLIENT=<partition-id> makes that
@@ -34,6 +39,7 @@ from fedmom_cli import config as cfgmod
 from fedmom_cli.errors import UserError
 from fedmom_cli.methods.base import BaseDelta, LoraFactors
 
+DROPPED = 5017  # the error code of a client's reply when it was drawn to drop (client_dropout)
 INSTALL_HINT = 'the Flower engine needs Flower: pip install "fedmom[flower]" (flwr[simulation]==1.41.0)'
 _SIMULATIONS: dict[str, object] = {}  # per Ray worker process: one loaded Simulation per config
 
@@ -101,22 +107,53 @@ def _client_simulation(cfg_yaml: str, site_data: str | None):
 
     from fedmom_cli.simulate import Simulation
 
-    key = f"{cfg_yaml}\n{site_data}"
+    cfg = cfgmod.from_yaml(cfg_yaml)
+    if site_data is not None:  # the same settings whether or not the server has recorded the sites
+        cfg = dataclasses.replace(
+            cfg,
+            data=site_data,
+            synthetic=None,
+            partition=None,
+            clients=1,
+            min_client_size=1,
+            val_rows=0,
+            sites=None,
+        )
+    key = cfgmod.to_yaml(cfg)
     if key not in _SIMULATIONS:
-        cfg = cfgmod.from_yaml(cfg_yaml)
-        if site_data is not None:
-            cfg = dataclasses.replace(
-                cfg, data=site_data, synthetic=None, partition=None, clients=1, min_client_size=1, val_rows=0
-            )
         _SIMULATIONS[key] = Simulation(cfg, Path(os.devnull))
     return _SIMULATIONS[key]
 
 
+def site_info(sim, pid: int, site_data: str | None) -> dict:
+    """What a node trains on: its partition id and, for a site's own file, the path the site gave,
+    its rows and their fingerprint (data.Rows.fingerprint: sha256 of the rows' canonical JSON);
+    without one, the rows of partition `pid` of the run's dataset."""
+    if site_data is None:
+        return {"partition_id": pid, "data": None, "rows": len(sim.partition["clients"][pid])}
+    fp = sim.rows.fingerprint()
+    return {"partition_id": pid, "data": site_data, "rows": fp["rows"], "sha256": fp["sha256"]}
+
+
 def client_app():
-    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context) -> Message:
+        """The node's partition id and what it trains on (the server records it)."""
+        from fedmom_cli.progress import quiet_if_asked
+
+        quiet_if_asked()
+        pid = int(context.node_config["partition-id"])
+        site_data = context.node_config.get("data")
+        sim = _client_simulation(
+            str(msg.content["config"]["fedmom-config"]), str(site_data) if site_data else None
+        )
+        info = site_info(sim, pid, str(site_data) if site_data else None)
+        return Message(RecordDict({"site": ConfigRecord({"json": json.dumps(info)})}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context) -> Message:
@@ -125,6 +162,8 @@ def client_app():
         quiet_if_asked()  # --no-progress reaches the clients' processes through the environment
         config = msg.content["config"]
         pid = int(context.node_config["partition-id"])
+        if config["drop"]:  # drawn to fail this round (client_dropout): it answers with an error
+            return Message(Error(code=DROPPED, reason=f"client {pid} dropped (client_dropout)"), reply_to=msg)
         if os.environ.get("FEDMOM_FAULT_CLIENT") == str(pid):
             raise RuntimeError(f"injected fault in client {pid}")
         site_data = context.node_config.get("data")
@@ -167,16 +206,27 @@ def client_app():
 # ---- server ----------------------------------------------------------------------------------------
 
 
-def run(server, on_round, grid=None, client_resources: dict | None = None) -> None:
+def run(
+    server,
+    on_round,
+    grid=None,
+    client_resources: dict | None = None,
+    wait: float = 300.0,
+    connection=None,
+) -> None:
     """The remaining rounds of `server` (a server.Server) on `grid` (a deployment's ServerApp) or in
-    a local Flower simulation; `on_round(record)` after each."""
+    a local Flower simulation; `on_round(record)` after each. `wait`: seconds to wait for the nodes
+    (strategy.connect); `connection`: the nodes a deployment's ServerApp already found, or the
+    error that finding them raised (then the run fails with it)."""
     require_flower()
     from fedmom_cli.flower.strategy import FedmomStrategy
     from fedmom_cli.progress import quiet_if_asked
 
     quiet_if_asked()  # Flower is imported now: its coloured log prefix off too with --no-progress
 
-    strategy = FedmomStrategy(server, on_round)
+    if isinstance(connection, BaseException):  # the deployment's nodes never all connected
+        raise FlowerClientError(str(connection))
+    strategy = FedmomStrategy(server, on_round, wait=wait, connection=connection)
     rounds = server.cfg.rounds - server.round
 
     def start(grid) -> None:

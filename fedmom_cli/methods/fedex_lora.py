@@ -19,6 +19,9 @@ tensor is returned, as before. The Appendix C accounting still counts the dense 
 
 Heterogeneous ranks (r_i <= r): the clients' factors are zero-padded to r (HetLoRA) before the
 averages; the residual stays exact, so base + s B A = base + sum_i w_i s_i B_i A_i.
+
+Missing clients: A, B and the residual are all over the clients that returned, weights
+renormalised over them, so base + s B A = base + s sum_{i returned} w_i B_i A_i exactly.
 """
 
 from __future__ import annotations

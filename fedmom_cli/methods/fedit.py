@@ -17,6 +17,10 @@ factors) in a 2 x 2 design with FedIT, FedEx-LoRA and FedMomentum (docs/methods.
 Heterogeneous ranks (r_i <= r): HetLoRA's zero-padding, A = sum_i w_i pad(A_i), B = sum_i w_i pad(B_i)
 with A_i padded by zero rows and B_i by zero columns to the global rank r (`base.zero_pad`); clients'
 scalings s_i are folded into B_i by the caller (`fedmom_cli.hetero`). Same approximation as FedIT.
+
+Missing clients (client_dropout, clients_per_round): the averages run over the clients that
+returned, weights renormalised over them (the server passes only those); a round with none leaves
+the model as it was (server.py).
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ scaling folded into B_i by the caller), so its SVD is exact whatever the ranks; 
 components (r = the global rank) are the global adapter, r + 1 .. r + s_res go to the base, and
 since B and A are ordered by singular value, client i's share is their first r_i components, the
 best rank-r_i approximation of the aggregate (`fedmom_cli.hetero.distribute`).
+
+Missing clients: M and its SVD, the new LoRA and the residual are over the clients that
+returned, weights renormalised over them (sum_{i returned} w_i = 1).
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ B_mean = sum_i p_i B_i, used only to evaluate "the mean model". Each client's ow
 seen has no B_i and starts from the mean B. Client identity: `aggregate(..., client_ids=[...])`
 (default 0 .. n-1 in input order).
 Communication: up and down A only.
+
+Missing clients: A (and the mean B) are averaged over the clients that returned, weights
+renormalised; a client that did not return keeps the B it last sent (a dropped client is modelled
+as failing before it trains, so its round's work is lost) and starts its next round from the new A
+and that B; a client that never returned starts from the mean B.
 """
 
 from __future__ import annotations

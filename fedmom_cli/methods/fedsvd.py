@@ -21,6 +21,9 @@ warm-up). The paper's subject is DP-SGD on the clients; the noise is the trainin
 not this file's. Round 0's A is the PEFT init every client shares (as FFA-LoRA).
 Communication: up B; down A and B in a refactorisation round, B otherwise.
 Heterogeneous ranks are refused: the refactorised A has the global rank.
+
+Missing clients: B is averaged over the clients that returned, weights renormalised; the
+refactorisation schedule follows the round index.
 """
 
 from __future__ import annotations

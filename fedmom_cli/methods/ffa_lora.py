@@ -11,6 +11,9 @@ Heterogeneous ranks: client i trains B_i (out, r_i) against the first r_i rows o
 (rank r = the largest client rank); zero-padding B_i to r (HetLoRA) keeps the average exact:
 sum_i w_i B_i A_0[:r_i] = (sum_i w_i pad(B_i)) A_0. A_0 comes from the largest client; the others'
 A must be its leading rows (`base.prefix_frozen`).
+
+Missing clients: B is averaged over the clients that returned, weights renormalised; A_0 is
+the same for every client, so the average stays exact.
 """
 
 from __future__ import annotations

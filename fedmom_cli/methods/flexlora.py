@@ -33,6 +33,8 @@ sciencestack.ai/paper/2402.11505: title, abstract, start of the introduction) fo
 "FlexLoRA Federated Fine-tuning of Large Language Models under Heterogeneous Tasks and Client
 Resources SVD weight redistribution" and "FlexLoRA aggregation full-size LoRA weight ... SVD ...
 truncated rank r_i equation"; no stored copy of the method section was found.
+
+Missing clients: the full-size average is over the clients that returned, weights renormalised.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ The base delta is kept in that stacked low-rank form; it is made dense only when
 Heterogeneous ranks: stacking needs no padding (Bs is out x sum_i r_i) and stays exact, with each
 client's scaling folded into B_i by the caller; the re-initialised adapter has the global rank r.
 (The official heter path only works for its default rank list, see the reference notes.)
+
+Missing clients: the stack holds the clients that returned, weights renormalised over them;
+the new A still comes from (seed, round, module), so it does not depend on who returned.
 """
 
 from __future__ import annotations

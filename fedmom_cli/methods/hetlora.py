@@ -35,6 +35,8 @@ to drop them): not implemented. Its rule could not be read from the paper (only 
 versions are public), and it needs a per-client rank that changes across rounds inside the training
 loop (client.py, simulate.py); docs/methods.md gives the public variants and where it would go.
 Communication: up and down each client's own rank-r_i factors (the largest counted).
+
+Missing clients: the sparsity weights q_i are normalised over the clients that returned.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ identical on all clients. Communication: up and down the trained factor only.
 Heterogeneous ranks: the frozen factor is the largest client's (rank r = the global rank); every
 other client holds its leading r_i components (`base.prefix_frozen`); the trained factors are
 zero-padded to r (HetLoRA), which keeps the average exact, as in the homogeneous case.
+
+Missing clients: the trained factor is averaged over the clients that returned, weights
+renormalised; the alternation follows the round index, not the rounds that aggregated, so a round
+in which no client returned (the model unchanged) is still a B or an A round and the next one
+trains the other factor.
 """
 
 from __future__ import annotations

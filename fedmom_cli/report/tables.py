@@ -8,7 +8,10 @@ by what differs. Within a group, cells average the seeds of a method: `mean ± e
 the error being the harness's standard error averaged over seeds (the paper's GSM8K/MATH errors)
 or, with `--spread std`, the standard deviation across seeds. Averages are computed from the
 cells, never copied. Best value per column in bold, second underlined (ties share the mark);
-the Pre-trained row is shown but not ranked.
+the Pre-trained row is shown but not ranked. A column never mixes protocols, metrics, limits, shot
+counts or code generation settings (greedy or sampled) without a note saying so, and
+`--compare-paper` sets a cell beside the paper's only when its protocol, metric and shots are the
+paper's (docs/evaluation.md) and it is not limited.
 
 The paper's tables keep the paper's rows in the paper's order. Methods the paper does not have that
 the run folders name (FlexLoRA, HetLoRA, FedSA-LoRA, FedSVD, a method a user registered, a name no
@@ -30,6 +33,7 @@ import yaml
 from fedmom_cli import benchmarks, runfolder
 from fedmom_cli.benchmarks import FAMILY_TASKS
 from fedmom_cli.errors import UserError
+from fedmom_cli.evaluation import codesampling
 
 CODE_PROTOCOL = ("bigcode", "pass@1")  # the paper scores code with bigcode-evaluation-harness
 
@@ -206,6 +210,17 @@ def _kind(entry: dict) -> tuple[str, str]:
     return str(entry.get("protocol", "not recorded")), str(entry.get("metric_key") or entry.get("metric"))
 
 
+def _shots(entry: dict) -> str:
+    """'5-shot' (eval.json's shots as applied; a group with mixed shots records a mapping)."""
+    shots = entry.get("shots")
+    return "shots not recorded" if shots is None else f"{shots}-shot"
+
+
+def _generation(entry: dict) -> str:
+    """How a code entry's completions were generated; entries from before the option were greedy."""
+    return codesampling.label(entry)
+
+
 def _not_comparable(col: str, found: list[dict]) -> str | None:
     """Why a column's results cannot stand beside the paper's (None when they can)."""
     want = paper_protocol(col)
@@ -216,6 +231,10 @@ def _not_comparable(col: str, found: list[dict]) -> str | None:
     if wrong:
         got = "; ".join(f"{p} / {m}" for p, m in wrong)
         return f"scored as {got}, the paper as {want[0]} / {want[1]}"
+    shots = benchmarks.BENCHMARKS[col].shots  # the paper's, as fedmom reads it (docs/evaluation.md)
+    other = sorted({_shots(t) for t in found} - {f"{shots}-shot"}) if shots is not None else []
+    if other:
+        return f"evaluated {', '.join(other)}, the paper {shots}-shot (as fedmom reads it)"
     if any(t.get("limit") for t in found):
         return "evaluated with --limit, the paper on the full set"
     return None
@@ -382,6 +401,11 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
             notes.append(f"{COLUMNS.get(col, col)} mixes " + ", ".join(f"{p} / {m}" for p, m in kinds))
         if len({bool(t.get("limit")) for t in found}) > 1:
             notes.append(f"{COLUMNS.get(col, col)} mixes limited and full evaluations (limited: not ranked)")
+        if len(shots := sorted({_shots(t) for t in found})) > 1:  # e.g. 0-shot cells beside 5-shot ones
+            notes.append(f"{COLUMNS.get(col, col)} mixes " + ", ".join(shots) + " evaluations")
+        code = [t for t in found if str(t.get("protocol", "")).startswith("bigcode")]
+        if len(gens := sorted({_generation(t) for t in code})) > 1:  # greedy beside sampled
+            notes.append(f"{COLUMNS.get(col, col)} mixes " + ", ".join(gens) + " code generation")
     seeds = sorted({c.seeds for row in rows.values() for c in row.values() if c.seeds})
     what = (
         "standard deviation across seeds"

@@ -97,6 +97,25 @@ class TrainConfig:
     # none, N = N modules evenly spaced over the model (the same every round). Never changes training;
     # on a 7B model all 224 modules cost minutes of CPU per round, a few cost about a second
     diagnostic_modules: int | None = None
+    # differential privacy (fedmom_cli/privacy.py, docs/usage.md#differential-privacy): DP-SGD on the
+    # clients with dp_noise_multiplier (or dp_target_epsilon), dp_max_grad_norm and dp_delta;
+    # client-level DP on the server with dp_client_noise_multiplier and dp_client_clip
+    dp_noise_multiplier: float | None = None
+    dp_target_epsilon: float | None = None
+    dp_max_grad_norm: float | None = None
+    dp_delta: float | None = None
+    dp_client_noise_multiplier: float | None = None
+    dp_client_clip: float | None = None
+
+    @property
+    def sample_dp(self) -> bool:
+        """DP-SGD on the clients."""
+        return self.dp_noise_multiplier is not None or self.dp_target_epsilon is not None
+
+    @property
+    def client_dp(self) -> bool:
+        """Client-level DP on the server."""
+        return self.dp_client_noise_multiplier is not None
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(as_dict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -104,7 +123,23 @@ class TrainConfig:
 
 #: Keys added after runs were recorded: left out of hashes and config.yaml while unset, so that
 #: existing run folders keep their hash (and resume) unchanged.
-LATER_KEYS = ("client_ranks", "method_options", "delta_path", "diagnostic_modules", "client_dropout", "sites")
+DP_KEYS = (
+    "dp_noise_multiplier",
+    "dp_target_epsilon",
+    "dp_max_grad_norm",
+    "dp_delta",
+    "dp_client_noise_multiplier",
+    "dp_client_clip",
+)
+LATER_KEYS = (
+    "client_ranks",
+    "method_options",
+    "delta_path",
+    "diagnostic_modules",
+    "client_dropout",
+    "sites",
+    *DP_KEYS,
+)
 LEGACY_METHOD_KEYS = ("tau", "svd")  # top-level keys that are options of a method
 
 
@@ -203,6 +238,7 @@ def _check(cfg: TrainConfig) -> TrainConfig:
     if cfg.clients_per_round is not None and not 1 <= cfg.clients_per_round <= cfg.clients:
         raise UserError(f"clients_per_round must be in 1..{cfg.clients}, got {cfg.clients_per_round}")
     _check_ranges(cfg)
+    _check_privacy(cfg)
     _check_method_options(cfg)
     if cfg.client_ranks is not None:
         _check_client_ranks(cfg, METHODS)
@@ -264,6 +300,76 @@ def _check_ranges(cfg: TrainConfig) -> None:
     for key, ok, rule in checks:
         if not ok:
             raise bad(key, rule)
+
+
+def _check_privacy(cfg: TrainConfig) -> None:
+    """The DP keys (fedmom_cli/privacy.py): ranges, the keys each level needs, what DP excludes."""
+    import math
+
+    from fedmom_cli.privacy import CLIENT_DP_METHODS
+
+    def bad(key: str, rule: str) -> UserError:
+        return UserError(f"{key} must be {rule}, got {getattr(cfg, key)!r}")
+
+    for key, rule in (
+        ("dp_noise_multiplier", "> 0 (no noise is no privacy: leave the DP keys out)"),
+        ("dp_target_epsilon", "> 0"),
+        ("dp_max_grad_norm", "> 0"),
+        ("dp_client_noise_multiplier", "> 0 (no noise is no privacy: leave the DP keys out)"),
+        ("dp_client_clip", "> 0"),
+    ):
+        value = getattr(cfg, key)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise bad(key, rule)
+    if cfg.dp_delta is not None and not (math.isfinite(cfg.dp_delta) and 0 < cfg.dp_delta < 1):
+        raise bad("dp_delta", "in (0, 1) (usually below 1 / the number of rows)")
+    if cfg.dp_noise_multiplier is not None and cfg.dp_target_epsilon is not None:
+        raise UserError("give dp_noise_multiplier or dp_target_epsilon, not both (the target sets the noise)")
+    if cfg.sample_dp:
+        if cfg.dp_max_grad_norm is None or cfg.dp_delta is None:
+            raise UserError(
+                "DP-SGD (dp_noise_multiplier / dp_target_epsilon) needs dp_max_grad_norm and dp_delta"
+            )
+        if cfg.max_grad_norm is not None:
+            raise UserError(
+                "max_grad_norm clips the batch's gradient; with DP-SGD each sample's is clipped to "
+                "dp_max_grad_norm: leave max_grad_norm out"
+            )
+        if cfg.gradient_checkpointing:
+            raise UserError(
+                "DP-SGD's per-sample gradients (Opacus hooks) do not work with gradient_checkpointing"
+            )
+        if cfg.precision == "fp16":
+            raise UserError("DP-SGD does not run with precision fp16 (loss scaling); use bf16 or fp32")
+        if cfg.client_ranks is not None:  # the noise would fill the zero rows a rank-r_k client keeps
+            raise UserError("DP-SGD does not take heterogeneous client_ranks")
+    elif cfg.dp_max_grad_norm is not None:
+        raise UserError(
+            "dp_max_grad_norm is set but DP-SGD is off (set dp_noise_multiplier or dp_target_epsilon)"
+        )
+    if (cfg.dp_client_noise_multiplier is None) != (cfg.dp_client_clip is None):
+        raise UserError("client-level DP needs both dp_client_noise_multiplier and dp_client_clip")
+    if cfg.client_dp:
+        if cfg.method not in CLIENT_DP_METHODS:
+            raise UserError(
+                f"client-level DP clips a client's whole update and noises the average: {cfg.method}'s "
+                f"aggregate is not a mean of the clients' factors (only {', '.join(CLIENT_DP_METHODS)}; "
+                "docs/methods.md#differential-privacy); use DP-SGD (dp_noise_multiplier) instead"
+            )
+        if cfg.dp_delta is None:
+            raise UserError("client-level DP needs dp_delta (for its epsilon)")
+        if cfg.client_weights != "uniform":
+            raise UserError(
+                "client-level DP averages uniformly (weights by sample counts break its C / m "
+                "sensitivity and reveal client sizes): set client_weights: uniform"
+            )
+        if cfg.client_ranks is not None:
+            raise UserError("client-level DP does not take heterogeneous client_ranks")
+    if cfg.dp_delta is not None and not (cfg.sample_dp or cfg.client_dp):
+        raise UserError(
+            "dp_delta is set but no DP is on (set dp_noise_multiplier, dp_target_epsilon or "
+            "dp_client_noise_multiplier)"
+        )
 
 
 def _check_client_ranks(cfg: TrainConfig, methods: dict) -> None:

@@ -44,7 +44,7 @@ EVAL = "eval.json"
 CLIENT_FACTORS = "client_factors.safetensors"  # fedsa_lora: each client's own B (eval --clients)
 NAMES = (CONFIG, PARTITION, METRICS, CHECKPOINT, ADAPTER, BASE_DELTA, RESULT, MERGED, EVAL, CLIENT_FACTORS)
 
-PACKAGES = ("fedmom", "torch", "transformers", "peft", "accelerate", "datasets", "lm_eval", "numpy")
+PACKAGES = ("fedmom", "torch", "transformers", "peft", "accelerate", "datasets", "lm_eval", "numpy", "opacus")
 
 
 def umask() -> int:

@@ -98,11 +98,14 @@ class RoundRecord:
     seconds: dict
     sampled: list[int] = field(default_factory=list)  # asked to train; `clients` are those that returned
     dropped: list[int] = field(default_factory=list)  # sampled but failed to return
+    privacy: dict = field(default_factory=dict)  # DP runs: epsilon, epsilon_max, dp, client_epsilon
     updates: list[ClientUpdate] = field(default_factory=list, repr=False)
     deltas: dict[str, BaseDelta] = field(default_factory=dict, repr=False)  # the method's own form
 
     def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("updates", "deltas")}
+        """The metrics.jsonl line; a DP run's privacy keys (privacy.Ledger.metrics) at top level."""
+        skip = ("updates", "deltas", "privacy")
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}, **self.privacy}
 
 
 class Server:
@@ -123,6 +126,7 @@ class Server:
         samplers: Sequence,
         sizes: Sequence[int],
         validate: Callable[[], float | None] = lambda: None,
+        ledger=None,
     ) -> None:
         self.cfg, self.run_dir, self.method, self.modules = cfg, Path(run_dir), method, modules
         self.base = BaseWeights(modules, separate=uses_separate_path(cfg))
@@ -130,6 +134,7 @@ class Server:
         self.samplers = list(samplers)
         self.sizes = list(sizes)  # each client's rows in the run's partition
         self.validate = validate
+        self.ledger = ledger  # privacy.Ledger when a DP key is set
         self.round = 0  # rounds completed
 
     # ---- what clients receive -------------------------------------------------------------------
@@ -200,6 +205,9 @@ class Server:
         sizes = [u.examples for u in updates]
         weights = sizes if self.cfg.client_weights == "samples" else [1.0] * len(clients)
         finals = {m: [u.factors[m] for u in updates] for m in self.modules}
+        dp_stats, dp_noise = {}, None
+        if self.cfg.client_dp:  # clip each update now; the noise goes on the average (below)
+            finals, dp_noise, dp_stats = self._client_dp(round_idx, clients, finals)
         start = time.perf_counter()  # what each client started from, before the method moves on
         measured = diagnostics.pick_modules(list(self.modules), self.cfg.diagnostic_modules)
         diag_modules, diag = {}, {}
@@ -215,6 +223,11 @@ class Server:
         seconds["diagnostics"] = time.perf_counter() - start
         start = time.perf_counter()
         extra = {"client_ids": clients} if hasattr(self.method, "client_factors") else {}
+        if dp_noise is not None:  # the methods average linearly: noise on each = noise on the mean
+            finals = {
+                m: [LoraFactors(*(x + n.to(x) for x, n in zip((f.A, f.B), dp_noise[m]))) for f in fs]
+                for m, fs in finals.items()
+            }
         outcome = self.method.aggregate(finals, weights, round_idx, **extra)
         seconds["aggregation"] = time.perf_counter() - start
         for m, values in diag_modules.items():
@@ -243,6 +256,12 @@ class Server:
         val_loss = self.validate()
         seconds["validation"] = time.perf_counter() - start
         losses = {u.client: u.loss for u in updates}
+        privacy_metrics = {}
+        if self.ledger is not None:
+            self.ledger.record_round()
+            privacy_metrics = self.ledger.metrics()
+            if dp_stats:
+                privacy_metrics.setdefault("dp", {}).update(dp_stats)
         record = RoundRecord(
             round=round_idx,
             lr=lr_at(self.cfg, round_idx),
@@ -261,6 +280,7 @@ class Server:
             seconds=seconds,
             sampled=part.sampled,
             dropped=part.dropped,
+            privacy=privacy_metrics,
             updates=list(updates),
             deltas={m: outcome.modules[m].delta for m in with_delta},
         )
@@ -302,8 +322,45 @@ class Server:
             seconds={"validation": time.perf_counter() - start},
             sampled=part.sampled,
             dropped=part.dropped,
+            privacy=self.ledger.metrics() if self.ledger is not None else {},  # nothing new spent
         )
         return self._close(record, wall)
+
+    def _client_dp(self, round_idx: int, clients: list[int], finals: dict) -> tuple[dict, dict, dict]:
+        """Client-level DP (privacy.py): each client's update of the factors it trained, all modules
+        together, clipped to dp_client_clip; the noise N(0, (z C / m)^2) for the average, seeded by
+        (seed, round). Returns the clipped finals, the noise per module (A, B) and statistics."""
+        from fedmom_cli import privacy
+
+        cfg = self.cfg
+        trained = self.method.trainable(round_idx)
+        keep = [x in trained for x in ("A", "B")]
+        starts = [self.client_start(k) for k in clients]
+        mods = list(finals)
+        fin = [
+            {m: tuple(t for t, on in zip((finals[m][i].A, finals[m][i].B), keep) if on) for m in mods}
+            for i in range(len(clients))
+        ]
+        st = [{m: tuple(t for t, on in zip((s[m].A, s[m].B), keep) if on) for m in mods} for s in starts]
+        clipped, norms = privacy.clip_updates(fin, st, cfg.dp_client_clip)
+        out = {m: [] for m in mods}
+        for i in range(len(clients)):
+            for m in mods:
+                parts = iter(clipped[i][m])
+                f = finals[m][i]
+                out[m].append(LoraFactors(*(next(parts) if on else t for t, on in zip((f.A, f.B), keep))))
+        std = cfg.dp_client_noise_multiplier * cfg.dp_client_clip / len(clients)
+        gen = privacy.generator(cfg.seed, round_idx, "client-dp")
+        shapes = {
+            m: tuple(
+                t.shape if on else torch.Size([0]) for t, on in zip((finals[m][0].A, finals[m][0].B), keep)
+            )
+            for m in mods
+        }
+        noise = privacy.aggregate_noise(shapes, std, gen)
+        noise = {m: tuple(n if on else torch.zeros(()) for n, on in zip(noise[m], keep)) for m in mods}
+        stats = {"client_update_norms": norms, "client_clip": cfg.dp_client_clip, "client_noise_std": std}
+        return out, noise, stats
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -315,6 +372,7 @@ class Server:
             "delta": self.base.delta,
             "method_state": self.method.state_dict(),
             "samplers": [s.state() for s in self.samplers],
+            **({"privacy": self.ledger.state_dict()} if self.ledger is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -330,6 +388,8 @@ class Server:
         self.method.load_state_dict(state["method_state"])
         for s, sampler_state in zip(self.samplers, state["samplers"]):
             s.load(sampler_state)
+        if self.ledger is not None:  # the accountant's history: epsilon is recomputed from it
+            self.ledger.load_state_dict(state["privacy"])
         self.round = state["round"]
 
     def save_checkpoint(self, record: dict) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from fedmom_cli import runfolder, targets
+from fedmom_cli import privacy, runfolder, targets
 from fedmom_cli.client import Sampler, collate, train_client
+from fedmom_cli.client_dp import train_client_dp
 from fedmom_cli.config import TrainConfig, method_kwargs
 from fedmom_cli.data import load_rows
 from fedmom_cli.errors import UserError
@@ -89,6 +90,17 @@ class Simulation:
         lora = LoraSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, use_rslora=cfg.use_rslora)
         method = build_method(cfg.method, lora, seed=cfg.seed, **method_kwargs(cfg))
         clients = self.partition.get("clients") or [[] for _ in range(cfg.clients)]
+        sizes = self.partition.get("sizes") or [len(rows) for rows in clients]
+        self.ledger = None
+        if cfg.sample_dp or cfg.client_dp:
+            if cfg.sample_dp:
+                privacy.check_sizes(cfg, sizes)
+            participation = [0] * cfg.clients
+            for t in range(cfg.rounds):
+                for k in self.sampled_clients(t):
+                    participation[k] += 1
+            noise = privacy.plan_noise(cfg, sizes, participation)
+            self.ledger = privacy.Ledger(cfg, sizes, noise)
         self.steps = {"total": 0, "with_trainable_token": 0}  # this process's local steps
         self.validation = self._validation_rows()
         self.server = Server(
@@ -98,8 +110,9 @@ class Simulation:
             self.modules,
             get_factors(self.modules),
             samplers=[Sampler(rows, cfg.seed, k) for k, rows in enumerate(clients)],
-            sizes=self.partition.get("sizes") or [len(rows) for rows in clients],
+            sizes=sizes,
             validate=self.validation_loss,
+            ledger=self.ledger,
         )
 
     @property
@@ -243,7 +256,24 @@ class Simulation:
         params = set_trainable(self.modules, server.method.trainable(round_idx))
         torch.manual_seed(zlib.crc32(f"{cfg.seed}/{round_idx}/{k}".encode()))
         swap = time.perf_counter() - start
-        stats = train_client(
+        if self.ledger is not None and self.ledger.noise is not None:
+            stats = self._train_dp(round_idx, k, sampler, params)
+        else:
+            stats = self._train(round_idx, k, sampler, params)
+        self.steps["total"] += cfg.local_steps
+        self.steps["with_trainable_token"] += cfg.local_steps - stats.empty_steps
+        start = time.perf_counter()
+        factors = get_factors(self.modules)
+        if cfg.client_ranks is not None:  # the rank-r_k LoRA the client really trained
+            r = cfg.client_ranks[k]
+            factors = {m: LoraFactors(f.A[:r].clone(), f.B[:, :r].clone()) for m, f in factors.items()}
+        swap += time.perf_counter() - start
+        seconds = {"client_compute": stats.compute_seconds, "adapter_swap": swap}
+        return ClientUpdate(k, factors, len(sampler.rows), stats.mean_loss, seconds)
+
+    def _train(self, round_idx: int, k: int, sampler: Sampler, params):
+        cfg = self.cfg
+        return train_client(
             self.model,
             params,
             self._examples(sampler),
@@ -257,16 +287,31 @@ class Simulation:
             accelerator=self.accelerator,
             label=f"round {round_idx} client {k}",
         )
-        self.steps["total"] += cfg.local_steps
-        self.steps["with_trainable_token"] += cfg.local_steps - stats.empty_steps
-        start = time.perf_counter()
-        factors = get_factors(self.modules)
-        if cfg.client_ranks is not None:  # the rank-r_k LoRA the client really trained
-            r = cfg.client_ranks[k]
-            factors = {m: LoraFactors(f.A[:r].clone(), f.B[:, :r].clone()) for m, f in factors.items()}
-        swap += time.perf_counter() - start
-        seconds = {"client_compute": stats.compute_seconds, "adapter_swap": swap}
-        return ClientUpdate(k, factors, len(sampler.rows), stats.mean_loss, seconds)
+
+    def _train_dp(self, round_idx: int, k: int, sampler: Sampler, params):
+        """DP-SGD (client_dp.py) over all of client k's rows, Poisson-sampled; the ledger counts its
+        steps (an empty Poisson batch is a step too: it adds noise and is accounted)."""
+        cfg = self.cfg
+        take = self._examples(Sampler(sampler.rows, cfg.seed, k))
+        rows = take(len(sampler.rows))  # every row once, encoded (the order does not matter)
+        stats = train_client_dp(
+            self.model,
+            params,
+            rows,
+            steps=cfg.local_steps,
+            batch_size=cfg.batch_size,
+            grad_accum=cfg.grad_accum,
+            lr=lr_at(cfg, round_idx),
+            weight_decay=cfg.weight_decay,
+            noise=self.ledger.noise,
+            clip=cfg.dp_max_grad_norm,
+            seeds=(cfg.seed, round_idx, k),
+            pad_id=self.tokenizer.pad_token_id,
+            accelerator=self.accelerator,
+            label=f"round {round_idx} client {k}",
+        )
+        self.ledger.record_client(k, cfg.local_steps)
+        return stats
 
     def train_clients(self, round_idx: int, progress=None) -> list[ClientUpdate]:
         """The round's returning clients trained in turn (a dropped client fails before it trains)."""

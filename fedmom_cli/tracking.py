@@ -139,6 +139,10 @@ def round_values(record: dict) -> dict[str, float]:
         out[f"factors/{k}"] = v
     for k, v in (record.get("stats") or {}).items():
         out[f"stats/{k}"] = v
+    out["privacy/epsilon_max"] = record.get("epsilon_max")  # DP runs (fedmom_cli/privacy.py)
+    for k, v in (record.get("epsilon") or {}).items():
+        out[f"privacy/epsilon/client{k}"] = v
+    out["privacy/client_epsilon"] = record.get("client_epsilon")
     sigmas = [
         s["singular_values"][0]
         for s in (record.get("module_stats") or {}).values()

@@ -164,6 +164,11 @@ def run(opts: TrainOptions) -> dict:
 
         require_flower()
         check_client_resources(opts.client_resources)
+        if cfg.sample_dp or cfg.client_dp:
+            raise UserError(
+                "differential privacy (the dp_* keys) runs with --engine sequential only; with Flower, "
+                "wrap the strategy in Flower's own DP strategies (docs/flower.md)"
+            )
     if cfg.sites is not None and opts.grid is None:
         raise UserError(
             "sites is recorded by a Flower deployment's ServerApp from its SuperNodes; it cannot be set"

@@ -28,6 +28,8 @@ HEADERS = {
     "train": "Final training loss",
     "val": "Final validation loss",
     "best_val": "Best validation loss",
+    "epsilon_max": "Epsilon (largest client)",
+    "client_epsilon": "Client-level epsilon",
 }
 ROW_NAMES = {**NAMES, "dense_svd": "w/ exact SVD"}
 

@@ -517,18 +517,32 @@ def training_summary(runs: list[Run]) -> list[Table]:
                 "val": _cell([vs[-1] for vs in vals], [], "std") if has_val else Cell(),
                 "best_val": _cell([min(vs) for vs in vals], [], "std") if has_val else Cell(),
             }
+            for key in ("epsilon_max", "client_epsilon"):  # DP runs: the privacy spent by the end
+                eps = [r.metrics[-1].get(key) for r in mine]
+                rows[method][key] = _cell(eps, [], "std") if None not in eps else Cell()
+        columns = ["train", "val", "best_val"]
+        columns += [
+            k
+            for k in ("epsilon_max", "client_epsilon")
+            if any(row[k].mean is not None for row in rows.values())
+        ]
         rounds = sorted({len(r.metrics) for mine in by_method.values() for r in mine})
         caption = (
             f"{family}: loss per response token after the last of {'/'.join(map(str, rounds))} "
             f"round(s) (training: mean over clients; validation: the global model on held-out "
             f"rows), mean over seeds, ± the standard deviation across seeds where there are several."
         )
+        if len(columns) > 3:
+            caption += (
+                " Differential privacy: epsilon_max is the largest client's DP-SGD epsilon at the run's "
+                "dp_delta after the last round (RDP accountant), client_epsilon the client-level one."
+            )
         tables.append(
             Table(
                 "summary",
                 "Training summary",
                 label,
-                ["train", "val", "best_val"],
+                columns,
                 rows,
                 [],
                 caption,

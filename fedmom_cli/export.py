@@ -117,9 +117,9 @@ def card_base_model(model: str) -> tuple[str | None, str | None]:
 
 def card_datasets(cfg: cfgmod.TrainConfig) -> tuple[list[str], str]:
     """(Hub dataset ids for the card's `datasets`, a sentence naming the training data actually used)."""
-    from fedmom_cli.tasks import get_task
+    from fedmom_cli.tasks import task_for
 
-    task = get_task(cfg.task)
+    task = task_for(cfg)
     if cfg.synthetic:
         return [], (
             f"Training data: {cfg.synthetic} synthetic {cfg.task} rows from fedmom's generator "
@@ -127,6 +127,8 @@ def card_datasets(cfg: cfgmod.TrainConfig) -> tuple[list[str], str]:
         )
     if cfg.data:
         return [], f"Training data: the local file `{cfg.data}` ({cfg.task} task format)."
+    if not task.hub_id:
+        return [], f"Training data: none recorded ({cfg.task} task)."
     return [task.hub_id], f"Training data: `{task.hub_id}` ({task.split} split), as in the paper."
 
 

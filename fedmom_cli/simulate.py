@@ -35,9 +35,9 @@ from fedmom_cli.model import (
     set_factors,
     set_trainable,
 )
-from fedmom_cli.partition import check_partition, make_partition
+from fedmom_cli.partition import check_partition, partition_for
 from fedmom_cli.server import ClientUpdate, RoundRecord, Server, factor_norms, lr_at, summarise  # noqa: F401
-from fedmom_cli.tasks import IGNORE_INDEX, encode, get_task
+from fedmom_cli.tasks import IGNORE_INDEX, encode, task_for
 
 CHECKPOINT = runfolder.CHECKPOINT
 # A client whose rows lose their whole response to cutoff_len in more than this share is refused:
@@ -51,7 +51,7 @@ class Simulation:
 
         self.cfg, self.run_dir = cfg, run_dir
         check_model_source(cfg)
-        self.task = get_task(cfg.task)
+        self.task = task_for(cfg)
         self.rows = load_rows(self.task, Path(cfg.data) if cfg.data else None, cfg.synthetic, seed=cfg.seed)
         self.partition = self._partition()
         self.tokenizer = load_tokenizer(cfg)
@@ -104,7 +104,7 @@ class Simulation:
                     f"{part['dataset']['rows']} rows), not {fp['source']} ({fp['rows']} rows)"
                 )
             return part
-        return make_partition(cfg.task, self.rows, cfg.clients, cfg.beta, cfg.seed, cfg.min_client_size)
+        return partition_for(cfg, self.rows)
 
     def _check_cutoff(self) -> None:
         """cutoff_len must leave response tokens to learn from. Every client row is encoded (once:

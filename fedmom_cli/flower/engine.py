@@ -106,7 +106,17 @@ def _client_simulation(cfg_yaml: str, site_data: str | None):
         cfg = cfgmod.from_yaml(cfg_yaml)
         if site_data is not None:
             cfg = dataclasses.replace(
-                cfg, data=site_data, synthetic=None, partition=None, clients=1, min_client_size=1, val_rows=0
+                cfg,
+                data=site_data,
+                synthetic=None,
+                partition=None,
+                clients=1,
+                min_client_size=1,
+                val_rows=0,
+                partitioner=None,  # a site's file is its one client, whatever split the run names
+                label_field=None,
+                client_field=None,
+                partitioner_options=None,
             )
         _SIMULATIONS[key] = Simulation(cfg, Path(os.devnull))
     return _SIMULATIONS[key]

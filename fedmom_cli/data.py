@@ -3,8 +3,8 @@
 Local files are JSON (a list of rows, or JSON lines), JSONL, CSV (every value a string) or parquet,
 in the task's schema or one the task converts (GSM8K's question/answer for math). Task instruct
 checks rows against its field mapping instead (fedmom_cli/instruct.py), and its `data` may also be a
-Hub dataset id (`owner/name`, train split) loaded through `datasets`, offline from its cache. The Hub is tried only when reachable: with
-HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or when huggingface.co does not answer within 3 s,
+Hub dataset id (`owner/name`, train split) loaded through `datasets`, offline from its cache.
+The Hub is tried only when reachable: with HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or when huggingface.co does not answer within 3 s,
 loading fails at once with a message naming --data, instead of retrying for minutes.
 """
 
@@ -71,7 +71,9 @@ def read_file(path: Path) -> list[dict]:
             text = path.read_text(encoding="utf-8")
             data = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
-            raise UserError(f"{path}: unsupported data format {suffix!r} (use .json, .jsonl, .csv or .parquet)")
+            raise UserError(
+                f"{path}: unsupported data format {suffix!r} (use .json, .jsonl, .csv or .parquet)"
+            )
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse error is the user's file, not our bug

@@ -81,12 +81,17 @@ def check_mapping(cfg) -> None:
             raise UserError(f"{given[0]} is a key of task instruct, not of task {cfg.task}")
         return
     if m.messages_field is not None:
-        extra = [k for k in ("prompt_field", "response_field", "input_field", "prompt_template") if getattr(m, k)]
+        row_keys = ("prompt_field", "response_field", "input_field", "prompt_template")
+        extra = [k for k in row_keys if getattr(m, k)]
         if extra:
-            raise UserError(f"messages_field (chat rows) and {extra[0]} (prompt/response rows) exclude each other")
+            raise UserError(
+                f"messages_field (chat rows) and {extra[0]} (prompt/response rows) exclude each other"
+            )
     else:
         if m.chat_template is not None:
-            raise UserError("chat_template applies to chat rows: set messages_field, or leave chat_template out")
+            raise UserError(
+                "chat_template applies to chat rows: set messages_field, or leave chat_template out"
+            )
         if m.response_field is None:
             raise UserError(
                 "task instruct needs response_field and prompt_field (prompt/response rows), or "
@@ -199,7 +204,8 @@ def render(m: Mapping, row: dict, tokenizer) -> tuple[str, str, bool]:
         )
         full = tokenizer.apply_chat_template(messages[: last + 1], chat_template=template, tokenize=False)
     except Exception as exc:  # noqa: BLE001 - a Jinja error in the user's template or row
-        raise UserError(f"chat template failed on a row: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(f"chat template failed on a row: {type(exc).__name__}: {first}") from None
     if not full.startswith(prompt):
         raise UserError(
             "the chat template's rendering of a conversation does not start with its generation prompt; "

@@ -318,7 +318,8 @@ def run(opts: PartitionOptions) -> dict:
     clients = opts.clients
     if clients is None:  # natural: one client per value; otherwise 10, the paper's
         field = opts.client_field
-        clients = len({str(r.get(field)) for r in rows.rows}) if opts.partitioner == "natural" and field else 10
+        natural = opts.partitioner == "natural" and field
+        clients = len({str(r.get(field)) for r in rows.rows}) if natural else 10
     result = make_partition(
         task.name,
         rows,

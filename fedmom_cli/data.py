@@ -4,8 +4,9 @@ Local files are JSON (a list of rows, or JSON lines), JSONL, CSV (every value a 
 in the task's schema or one the task converts (GSM8K's question/answer for math). Task instruct
 checks rows against its field mapping instead (fedmom_cli/instruct.py), and its `data` may also be a
 Hub dataset id (`owner/name`, train split) loaded through `datasets`, offline from its cache.
-The Hub is tried only when reachable: with HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or when huggingface.co does not answer within 3 s,
-loading fails at once with a message naming --data, instead of retrying for minutes.
+The Hub is tried only when reachable: with HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or when
+huggingface.co does not answer within 3 s, loading fails at once with a message naming --data,
+instead of retrying for minutes.
 """
 
 from __future__ import annotations

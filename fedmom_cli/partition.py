@@ -170,6 +170,10 @@ def make_partition(
     opts = fp.check_names(name, label_field, client_field, options)
     if min_size < 1 and 1 <= clients <= len(rows.rows):
         raise UserError(f"--min-size must be >= 1 (an empty client cannot train), got {min_size}")
+    if by:  # the older spelling keeps its message (docs/safety.md)
+        missing = sum(1 for r in rows.rows if by not in r)
+        if missing:
+            raise UserError(f"--by {by}: {missing} of {len(rows.rows)} rows lack that field")
     labels = _column(rows, label_field, "label_field") if label_field else None
     ids = None
     draws, proportions = 1, {}

@@ -5,8 +5,9 @@
 
 Two row shapes:
 - prompt/response rows: `prompt_field` and `response_field` name the columns (optional
-  `input_field`). Without `prompt_template` the prompt is the Alpaca template the paper's math and
-  commonsense tasks train with (tasks.ALPACA; ALPACA_INPUT when the row's input is non-empty), so an
+  `input_field`); with no column named, Alpaca's: `instruction`, `output`, and `input` where a row
+  has it (as `task: commonsense` reads them). Without `prompt_template` the prompt is the Alpaca
+  template the paper's math and commonsense tasks train with (tasks.ALPACA; ALPACA_INPUT when the row's input is non-empty), so an
   instruct run on MetaMathQA's columns encodes exactly as `task: math`. A `prompt_template` is
   Python format text whose `{name}` placeholders are the row's columns ("Q: {question}\\nA: ").
   `system`, when set, is put before the prompt, followed by a blank line. The response is the
@@ -56,10 +57,19 @@ class Mapping:
     prompt_template: str | None = None
     messages_field: str | None = None
     chat_template: str | None = None  # None = auto
+    input_optional: bool = False  # the default mapping's `input` may be absent from a row
 
     @classmethod
     def of(cls, cfg) -> Mapping:
-        return cls(**{k: getattr(cfg, k) for k in KEYS})
+        """The config's mapping; with no column named, Alpaca's: instruction, input, output."""
+        keys = {k: getattr(cfg, k) for k in KEYS}
+        if all(
+            keys[k] is None for k in ("prompt_field", "response_field", "messages_field", "prompt_template")
+        ):
+            if keys["input_field"] is None:
+                keys.update(prompt_field="instruction", response_field="output", input_field="input")
+                return cls(**keys, input_optional=True)
+        return cls(**keys)
 
     @property
     def placeholders(self) -> list[str]:
@@ -74,12 +84,12 @@ class Mapping:
 
 def check_mapping(cfg) -> None:
     """Config-time checks (config._check): the keys fit the task and each other."""
-    m = Mapping.of(cfg)
-    given = [k for k in KEYS if getattr(m, k) is not None]
+    given = [k for k in KEYS if getattr(cfg, k) is not None]
     if cfg.task != "instruct":
         if given:
             raise UserError(f"{given[0]} is a key of task instruct, not of task {cfg.task}")
         return
+    m = Mapping.of(cfg)
     if m.messages_field is not None:
         row_keys = ("prompt_field", "response_field", "input_field", "prompt_template")
         extra = [k for k in row_keys if getattr(m, k)]
@@ -153,7 +163,7 @@ def row_problem(m: Mapping, row: dict) -> str | None:
         checks = [(p, "prompt_template", True, False) for p in m.placeholders] + checks
         if m.prompt_field is not None:
             checks.insert(0, (m.prompt_field, "prompt_field", False, False))
-    if m.input_field is not None:
+    if m.input_field is not None and not (m.input_optional and m.input_field not in row):
         checks.append((m.input_field, "input_field", True, True))
     for field, key, empty_ok, optional in checks:
         problem = need(field, key, empty_ok, optional)

@@ -9,9 +9,9 @@ Two row shapes:
   has it (as `task: commonsense` reads them). Without `prompt_template` the prompt is the Alpaca
   template the paper's math and commonsense tasks train with (tasks.ALPACA; ALPACA_INPUT when the
   row's input is non-empty), so an instruct run on MetaMathQA's columns encodes exactly as
-  `task: math`. A `prompt_template` is Python format text whose `{name}` placeholders are the row's columns ("Q: {question}\\nA: ").
-  `system`, when set, is put before the prompt, followed by a blank line. The response is the
-  response column; EOS is appended, as for the paper's tasks.
+  `task: math`. A `prompt_template` is Python format text whose `{name}` placeholders are the
+  row's columns ("Q: {question}\\nA: "). `system`, when set, is put before the prompt, followed by a
+  blank line. The response is the response column; EOS is appended, as for the paper's tasks.
 - chat rows: `messages_field` names a list of {"role", "content"} messages; the response is the
   last assistant message and the prompt everything before it. `chat_template: auto` (the default)
   renders them with the tokenizer's own chat template (`apply_chat_template`), or, for a tokenizer

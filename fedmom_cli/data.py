@@ -34,7 +34,9 @@ class Rows:
         """Source, split, row count and a hash of the rows' content (canonical JSON)."""
         digest = hashlib.sha256()
         for row in self.rows:
-            digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+            # default=str: a value JSON cannot hold (a parquet timestamp) hashes by its text; rows
+            # of plain JSON values hash exactly as before
+            digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
             digest.update(b"\n")
         return {
             "source": self.source,

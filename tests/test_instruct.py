@@ -231,6 +231,28 @@ def test_hub_id_offline_not_cached_is_one_line(monkeypatch):
         load_rows(task_for(instruct(prompt_field="q", response_field="a")), data="someone/no-such-set")
 
 
+def test_hub_id_goes_through_datasets_load_dataset(monkeypatch, tmp_path):
+    # the wiring only (no dataset is cached on the test machines): `owner/name` with no such file
+    # is handed to datasets.load_dataset(id, split="train"), and its rows are checked as a file's
+    import datasets
+
+    calls = []
+    rows = [{"q": "x?", "a": "y"}, {"q": "z?", "a": ""}]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or rows)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    task = task_for(instruct(prompt_field="q", response_field="a"))
+    with pytest.raises(UserError, match="someone/set: row 1 has an empty 'a'"):
+        load_rows(task, data="someone/set")
+    assert calls == [(("someone/set",), {"split": "train"})]
+    rows[1]["a"] = "w"
+    assert load_rows(task, data="someone/set").source == "someone/set"
+    (tmp_path / "someone").mkdir()
+    (tmp_path / "someone" / "set").write_text("")  # a file of that name wins over the Hub
+    with pytest.raises(UserError, match="unsupported data format"):
+        load_rows(task, data="someone/set")
+
+
 def write_site_rows(path, n=36):
     with path.open("w") as f:
         for i in range(n):

@@ -9,13 +9,14 @@ Each follows `flwr_datasets.partitioner` (flwr-datasets 0.6.x, github adap/flowe
 datasets/flwr_datasets/partitioner/*_partitioner.py) step by step, with the same option names
 (`num_classes_per_partition`, `class_assignment_mode`, `num_shards_per_partition`, `shard_size`,
 `keep_incomplete_shard`, `shuffle`) and the same use of one `numpy.random.default_rng(seed)`, so
-for the same labels and seed the clients are Flower's (tests/test_partition.py checks hand-made
-examples). fedmom's seed is the run's `seed` (Flower's default is 42).
+for the same labels and seed the clients are Flower's (tests/test_partitioners.py checks hand-made
+examples; scripts/check_flwr_partitioners.py compares with Flower's own classes case by case).
+fedmom's seed is the run's `seed` (Flower's default is 42).
 
-Why not import flwr-datasets: 0.6.x requires `datasets<5`, which requires `huggingface-hub<2`,
-while transformers 5.25 (fedmom's stack) requires `huggingface-hub>=2.4`; installing it downgrades
-datasets and breaks transformers. The partitioners are ~150 lines of index arithmetic, so fedmom
-keeps its own copy of their semantics instead (docs/usage.md#client-splits).
+Why not import flwr-datasets: 0.6.1 (the newest release) requires `datasets<5`, which requires
+`huggingface-hub<2`, while transformers 5.25 (fedmom's stack) requires `huggingface-hub>=2.4`;
+installing it downgrades datasets and breaks transformers. The partitioners are ~150 lines of index arithmetic, so fedmom
+keeps its own copy of their semantics instead (docs/own_data.md, "Client splits").
 
 Differences that are not semantics: Flower's IidPartitioner cuts the dataset as given into
 contiguous near-equal parts and leaves shuffling to `FederatedDataset(shuffle=True, seed=...)`;

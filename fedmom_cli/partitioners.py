@@ -15,8 +15,8 @@ fedmom's seed is the run's `seed` (Flower's default is 42).
 
 Why not import flwr-datasets: 0.6.1 (the newest release) requires `datasets<5`, which requires
 `huggingface-hub<2`, while transformers 5.25 (fedmom's stack) requires `huggingface-hub>=2.4`;
-installing it downgrades datasets and breaks transformers. The partitioners are ~150 lines of index arithmetic, so fedmom
-keeps its own copy of their semantics instead (docs/own_data.md, "Client splits").
+installing it downgrades datasets and breaks transformers. The partitioners are ~150 lines of
+index arithmetic, so fedmom keeps its own copy of their semantics instead (docs/own_data.md, "Client splits").
 
 Differences that are not semantics: Flower's IidPartitioner cuts the dataset as given into
 contiguous near-equal parts and leaves shuffling to `FederatedDataset(shuffle=True, seed=...)`;

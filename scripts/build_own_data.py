@@ -28,10 +28,12 @@ def site_rows(shared: Path, site: str, n: int) -> list[dict]:
         path = shared / "gsm8k" / "train.jsonl"
         lines = path.read_text(encoding="utf-8").splitlines()[:n]
         rows = [json.loads(x) for x in lines]
-        return [{"question": r["question"], "answer": r["answer"], "site": site, "kind": "math"} for r in rows]
-    path = shared / "commonsense_eval" / f"{site}.json"
-    rows = json.loads(path.read_text(encoding="utf-8"))[:n]
-    return [{"question": r["instruction"], "answer": r["output"], "site": site, "kind": "commonsense"} for r in rows]
+        kind, prompt, response = "math", "question", "answer"
+    else:
+        path = shared / "commonsense_eval" / f"{site}.json"
+        rows = json.loads(path.read_text(encoding="utf-8"))[:n]
+        kind, prompt, response = "commonsense", "instruction", "output"
+    return [{"question": r[prompt], "answer": r[response], "site": site, "kind": kind} for r in rows]
 
 
 def main() -> int:

@@ -189,17 +189,28 @@ def aggregate(
 @app.command()
 def partition(
     task: str = typer.Option(
-        ..., "--task", "-t", show_default=False, help="Task whose rows are split: math, commonsense or code."
+        ...,
+        "--task",
+        "-t",
+        show_default=False,
+        help="Task whose rows are split: math, commonsense, code or instruct (any rows of --data).",
     ),
     out: Path = typer.Option(..., "--out", "-o", show_default=False, help="Partition JSON file to write."),
-    clients: int = typer.Option(10, "--clients", "-n", help="Number of clients N."),
+    clients: int = typer.Option(
+        None,
+        "--clients",
+        "-n",
+        show_default="10; natural: the number of distinct --client-field values",
+        help="Number of clients N.",
+    ),
     beta: float = typer.Option(0.5, "--beta", help="Dirichlet concentration (smaller = more skewed)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffle and the Dirichlet draws."),
     data: Path = typer.Option(
         None,
         "--data",
         show_default="the task's Hub dataset",
-        help="Local JSON / JSONL / parquet file in the task's schema.",
+        help="Local JSON / JSONL / CSV / parquet file in the task's schema (instruct: any columns, or a "
+        "Hub dataset id from the datasets cache).",
     ),
     synthetic: int = typer.Option(
         None,
@@ -214,13 +225,36 @@ def partition(
         help="Label-based Dirichlet split over this categorical field (e.g. type).",
     ),
     iid: bool = typer.Option(False, "--iid", help="Split evenly at random instead of Dirichlet."),
-    min_size: int = typer.Option(16, "--min-size", help="Minimum rows per client (redraw until met)."),
+    min_size: int = typer.Option(
+        16, "--min-size", help="Minimum rows per client (Dirichlet redraws until met; others refuse)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
+    partitioner: str = typer.Option(
+        None,
+        "--partitioner",
+        show_default="dirichlet",
+        help="dirichlet (the paper's), iid, natural (--client-field), pathological or shard "
+        "(--label-field); the last four follow Flower Datasets.",
+    ),
+    label_field: str = typer.Option(
+        None, "--label-field", show_default="off", help="Column of labels (dirichlet, pathological, shard)."
+    ),
+    client_field: str = typer.Option(
+        None, "--client-field", show_default="off", help="Column naming each row's client (natural)."
+    ),
+    option: list[str] = typer.Option(
+        None,
+        "--option",
+        show_default="Flower's defaults",
+        help="A partitioner option KEY=VALUE in Flower's names (num_classes_per_partition=2, "
+        "class_assignment_mode=deterministic, num_shards_per_partition=2, shard_size=, "
+        "keep_incomplete_shard=, shuffle=); repeatable.",
+    ),
 ) -> None:
     """Split a task's rows among clients (Dirichlet quantity skew by default) into a JSON file."""
     from fedmom_cli import partition as part
 
-    result = part.run(_options(part.PartitionOptions, locals()))
+    result = part.run(_options(part.PartitionOptions, locals(), option=tuple(option or ())))
     _print_partition(result)
 
 
@@ -231,21 +265,32 @@ def _print_partition(result: dict) -> None:
     categories = sorted({c for client in counts for c in client}) if counts else []
     ds = result["dataset"]
     out = Console()
+    name = result.get("partitioner", result["scheme"])
+    if name in ("dirichlet", "iid"):
+        how = f"{result['scheme']}, beta={result['beta']}, seed={result['seed']}, {result['draws']} draw(s)"
+    else:
+        params = {k: v for k, v in result["parameters"].items() if k != "min_client_size"}
+        how = f"{name}, " + ", ".join(f"{k}={v}" for k, v in params.items())
+    used = result.get("rows_used", ds["rows"])
+    unused = f"; {ds['rows'] - used:,} rows in no client" if used != ds["rows"] else ""
     out.print(
         f"{result['task']}: {ds['rows']:,} rows of {ds['source']} -> {result['clients_n']} "
-        f"clients ({result['scheme']}, beta={result['beta']}, seed={result['seed']}, "
-        f"{result['draws']} draw(s))",
+        f"clients ({how}){unused}",
         soft_wrap=True,
     )
     table = Table()
     table.add_column("client", justify="right")
+    ids = result.get("client_ids")
+    if ids is not None:
+        table.add_column(result["parameters"]["client_field"])
     table.add_column("rows", justify="right")
     table.add_column("share", justify="right")
     for c in categories:
         table.add_column(c, justify="right")
     for k, size in enumerate(result["sizes"]):
         extra = [str(counts[k].get(c, 0)) for c in categories] if counts else []
-        table.add_row(str(k), f"{size:,}", f"{size / ds['rows']:.1%}", *extra)
+        who = [str(ids[k])] if ids is not None else []
+        table.add_row(str(k), *who, f"{size:,}", f"{size / ds['rows']:.1%}", *extra)
     out.print(table)
 
 
@@ -263,7 +308,8 @@ def train(
         "--task",
         "-t",
         show_default=_recipe_default("task"),
-        help="math, commonsense or code; without --recipe it also picks the paper's recipe for that task.",
+        help="math, commonsense, code or instruct (your data, through a field mapping: docs/own_data.md); "
+        "without --recipe it also picks the paper's recipe for that task.",
     ),
     recipe: str = typer.Option(
         None,
@@ -286,7 +332,8 @@ def train(
         None,
         "--data",
         show_default="the task's Hub dataset",
-        help="Local JSON / JSONL / parquet training file in the task's schema.",
+        help="Local JSON / JSONL / CSV / parquet training file in the task's schema (instruct: any "
+        "columns, named by prompt_field / response_field or messages_field; or a Hub dataset id).",
     ),
     synthetic: int = typer.Option(
         None, "--synthetic", show_default="the recipe's", help="Train on N synthetic rows instead."

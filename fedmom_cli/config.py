@@ -117,6 +117,24 @@ class TrainConfig:
         """Client-level DP on the server."""
         return self.dp_client_noise_multiplier is not None
 
+    # task instruct's field mapping (fedmom_cli/instruct.py): prompt/response columns and an optional
+    # prompt_template ({column} placeholders; unset: the Alpaca template), or chat rows in
+    # messages_field rendered with chat_template (unset/auto: the tokenizer's own; none; a Jinja file)
+    prompt_field: str | None = None
+    response_field: str | None = None
+    input_field: str | None = None
+    system: str | None = None
+    prompt_template: str | None = None
+    messages_field: str | None = None
+    chat_template: str | None = None
+    # client split (fedmom_cli/partition.py): unset = the paper's Dirichlet (beta, min_client_size);
+    # iid, natural (one client per value of client_field), pathological and shard follow Flower
+    # Datasets, with its option names in partitioner_options; label_field: the column of labels
+    partitioner: str | None = None
+    label_field: str | None = None
+    client_field: str | None = None
+    partitioner_options: dict[str, Any] | None = None
+
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(as_dict(self), sort_keys=True).encode()).hexdigest()[:16]
 
@@ -139,6 +157,18 @@ LATER_KEYS = (
     "client_dropout",
     "sites",
     *DP_KEYS,
+    # issue 26: task instruct's field mapping and the client split's partitioner
+    "prompt_field",
+    "response_field",
+    "input_field",
+    "system",
+    "prompt_template",
+    "messages_field",
+    "chat_template",
+    "partitioner",
+    "label_field",
+    "client_field",
+    "partitioner_options",
 )
 LEGACY_METHOD_KEYS = ("tau", "svd")  # top-level keys that are options of a method
 
@@ -209,13 +239,17 @@ def _coerce(key: str, value):
 
 
 def _check(cfg: TrainConfig) -> TrainConfig:
+    from fedmom_cli.instruct import check_mapping
     from fedmom_cli.methods import METHODS
-    from fedmom_cli.tasks import TASKS
+    from fedmom_cli.partitioners import check_names
+    from fedmom_cli.tasks import TASK_NAMES
 
     if cfg.method not in METHODS:
         raise UserError(f"unknown method {cfg.method!r}; choose one of: {', '.join(METHODS)}")
-    if cfg.task not in TASKS:
-        raise UserError(f"unknown task {cfg.task!r}; choose one of: {', '.join(TASKS)}")
+    if cfg.task not in TASK_NAMES:
+        raise UserError(f"unknown task {cfg.task!r}; choose one of: {', '.join(TASK_NAMES)}")
+    check_mapping(cfg)
+    check_names(cfg.partitioner, cfg.label_field, cfg.client_field, cfg.partitioner_options)
     for key, choices in CHOICES.items():
         if getattr(cfg, key) not in choices:
             raise UserError(f"{key} must be one of {', '.join(choices)}, got {getattr(cfg, key)!r}")
@@ -496,9 +530,10 @@ def resolve(recipe: str | None, task: str | None, overrides: dict) -> TrainConfi
     if defaults.is_file():
         values.update(read_yaml(defaults))
     if recipe is None and task is not None:
-        from fedmom_cli.tasks import get_task
+        from fedmom_cli.tasks import TASK_NAMES
 
-        get_task(task)  # `--task physics` is an unknown task, not an unknown recipe
+        if task not in TASK_NAMES:  # `--task physics` is an unknown task, not an unknown recipe
+            raise UserError(f"unknown task {task!r}; choose one of: {', '.join(TASK_NAMES)}")
     name = recipe or task or "math"
     values.update(read_yaml(recipe_path(name)))
     if task is not None:

@@ -1,9 +1,12 @@
 """Load a task's training rows: a local file (--data), the Hub (the task's default), or synthetic.
 
-Local files are JSON (a list of rows, or JSON lines), JSONL or parquet, in the task's schema or one
-the task converts (GSM8K's question/answer for math). The Hub is tried only when reachable: with
-HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or when huggingface.co does not answer within 3 s,
-loading fails at once with a message naming --data, instead of retrying for minutes.
+Local files are JSON (a list of rows, or JSON lines), JSONL, CSV (every value a string) or parquet,
+in the task's schema or one the task converts (GSM8K's question/answer for math). Task instruct
+checks rows against its field mapping instead (fedmom_cli/instruct.py), and its `data` may also be a
+Hub dataset id (`owner/name`, train split) loaded through `datasets`, offline from its cache.
+The Hub is tried only when reachable: with HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or when
+huggingface.co does not answer within 3 s, loading fails at once with a message naming --data,
+instead of retrying for minutes.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ class Rows:
         """Source, split, row count and a hash of the rows' content (canonical JSON)."""
         digest = hashlib.sha256()
         for row in self.rows:
-            digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+            # default=str: a value JSON cannot hold (a parquet timestamp) hashes by its text; rows
+            # of plain JSON values hash exactly as before
+            digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
             digest.update(b"\n")
         return {
             "source": self.source,
@@ -49,11 +54,16 @@ def read_file(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            import pandas as pd
+            import pyarrow.parquet as pq
 
-            return pd.read_parquet(path).to_dict(orient="records")
-        text = path.read_text(encoding="utf-8")
-        if suffix == ".json":
+            data = pq.read_table(path).to_pylist()  # plain Python values (lists stay lists)
+        elif suffix == ".csv":
+            import csv
+
+            with path.open(encoding="utf-8", newline="") as handle:
+                data = list(csv.DictReader(handle))
+        elif suffix == ".json":
+            text = path.read_text(encoding="utf-8")
             try:
                 data = json.loads(text)
             except json.JSONDecodeError:
@@ -61,9 +71,12 @@ def read_file(path: Path) -> list[dict]:
             if isinstance(data, dict) and isinstance(data.get("train"), list):
                 data = data["train"]
         elif suffix == ".jsonl":
+            text = path.read_text(encoding="utf-8")
             data = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
-            raise UserError(f"{path}: unsupported data format {suffix!r} (use .json, .jsonl or .parquet)")
+            raise UserError(
+                f"{path}: unsupported data format {suffix!r} (use .json, .jsonl, .csv or .parquet)"
+            )
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse error is the user's file, not our bug
@@ -92,10 +105,12 @@ def _hub_reachable() -> bool:
         return False
 
 
-def load_hub(task: Task) -> list[dict]:
-    """The task's Hub dataset; offline (HF_HUB_OFFLINE=1 or no connection) `datasets` still loads a
-    copy prepared earlier in its cache, as the Hub libraries do: only a truly absent one is an error."""
-    hint = f"pass --data PATH with a local JSON/JSONL/parquet copy of {task.hub_id}"
+def load_hub(task: Task, hub_id: str | None = None) -> list[dict]:
+    """The task's Hub dataset (or `hub_id`, task instruct's); offline (HF_HUB_OFFLINE=1 or no
+    connection) `datasets` still loads a copy prepared earlier in its cache, as the Hub libraries
+    do: only a truly absent one is an error."""
+    hub_id = hub_id or task.hub_id
+    hint = f"pass --data PATH with a local JSON/JSONL/CSV/parquet copy of {hub_id}"
     online = _hub_reachable()
     import datasets
     from huggingface_hub.utils import logging as hub_logging
@@ -104,10 +119,21 @@ def load_hub(task: Task) -> list[dict]:
         hub_logging.set_verbosity_error()
         datasets.logging.set_verbosity_error()
     try:
-        return list(datasets.load_dataset(task.hub_id, split=task.split))
+        return list(datasets.load_dataset(hub_id, split=task.split))
     except Exception as exc:  # noqa: BLE001
         where = "from the Hub" if online else "(the Hub is not reachable and it is not in the datasets cache)"
-        raise UserError(f"cannot load {task.hub_id} {where} ({type(exc).__name__}); {hint}") from None
+        raise UserError(f"cannot load {hub_id} {where} ({type(exc).__name__}); {hint}") from None
+
+
+def _hub_id(data: Path) -> str | None:
+    """`owner/name` given as task instruct's data, when no such file exists: a Hub dataset id."""
+    parts = Path(data).parts
+    if Path(data).exists() or len(parts) != 2 or Path(data).suffix.lower() in SUFFIXES:
+        return None
+    return str(data) if all(p and not p.startswith(".") for p in parts) else None
+
+
+SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 
 
 def load_rows(task: Task, data: Path | None = None, synthetic: int | None = None, seed: int = 0) -> Rows:
@@ -118,12 +144,23 @@ def load_rows(task: Task, data: Path | None = None, synthetic: int | None = None
         if synthetic < 1:
             raise UserError(f"--synthetic must be a positive number of rows, got {synthetic}")
         return Rows(task.synthetic(synthetic, seed), f"synthetic:{task.name}:seed{seed}", "train")
-    if data is not None:
+    if data is None and task.check is not None:
+        raise UserError("task instruct needs data: a local JSON/JSONL/CSV/parquet file or a Hub dataset id")
+    hub_id = _hub_id(data) if data is not None and task.check is not None else None
+    if hub_id is not None:
+        raw, source = load_hub(task, hub_id), hub_id
+    elif data is not None:
         raw, source = read_file(data), str(data)
     else:
         raw, source = load_hub(task), task.hub_id
     if not raw:
         raise UserError(f"{source}: no rows")
+    if task.check is not None:  # task instruct: the rows as they are, checked against the mapping
+        for i, row in enumerate(raw):
+            problem = task.check(row)
+            if problem:
+                raise UserError(f"{source}: row {i} {problem}")
+        return Rows(raw, source, task.split)
     rows = [task.to_schema(r) for r in raw]
     for i, row in enumerate(rows):
         problem = _type_problem(task, row)

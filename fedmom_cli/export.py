@@ -117,9 +117,9 @@ def card_base_model(model: str) -> tuple[str | None, str | None]:
 
 def card_datasets(cfg: cfgmod.TrainConfig) -> tuple[list[str], str]:
     """(Hub dataset ids for the card's `datasets`, a sentence naming the training data actually used)."""
-    from fedmom_cli.tasks import get_task
+    from fedmom_cli.tasks import task_for
 
-    task = get_task(cfg.task)
+    task = task_for(cfg)
     if cfg.synthetic:
         return [], (
             f"Training data: {cfg.synthetic} synthetic {cfg.task} rows from fedmom's generator "
@@ -127,7 +127,17 @@ def card_datasets(cfg: cfgmod.TrainConfig) -> tuple[list[str], str]:
         )
     if cfg.data:
         return [], f"Training data: the local file `{cfg.data}` ({cfg.task} task format)."
+    if not task.hub_id:
+        return [], f"Training data: none recorded ({cfg.task} task)."
     return [task.hub_id], f"Training data: `{task.hub_id}` ({task.split} split), as in the paper."
+
+
+def _split_words(cfg: cfgmod.TrainConfig) -> str:
+    """How the clients were split, for the card: the paper's Dirichlet unless a partitioner is named."""
+    if cfg.partitioner in (None, "dirichlet"):
+        return f"Dirichlet beta = {cfg.beta}"
+    column = cfg.client_field or cfg.label_field
+    return f"{cfg.partitioner} split" + (f" by `{column}`" if column else "")
 
 
 def model_card(cfg: cfgmod.TrainConfig, result: dict, evals: dict | None, kind: str) -> str:
@@ -149,7 +159,7 @@ def model_card(cfg: cfgmod.TrainConfig, result: dict, evals: dict | None, kind: 
         f"# {method} on {cfg.task} ({hub_model or base_model_id(cfg.model)})",
         "",
         f"Trained with fedmom (federated LoRA simulation): {method}, {cfg.clients} clients "
-        f"(Dirichlet beta = {cfg.beta}), {result.get('rounds_completed', cfg.rounds)} rounds of "
+        f"({_split_words(cfg)}), {result.get('rounds_completed', cfg.rounds)} rounds of "
         f"{cfg.local_steps} local steps of batch {cfg.batch_size}, LoRA r = {cfg.lora_r}, "
         f"alpha = {cfg.lora_alpha} on {', '.join(cfg.target_modules)}, lr {cfg.lr}, seed {cfg.seed}.",
         "",

@@ -1,6 +1,8 @@
-"""Client splits: Dirichlet quantity skew (the paper's default), label Dirichlet (--by), or IID.
+"""Client splits under the field's names: `partitioner` dirichlet (default), iid, natural,
+pathological or shard.
 
     fedmom partition --task math --clients 10 --beta 0.5 --seed 0 --data train.jsonl --out split.json
+    fedmom partition --task instruct --data rows.jsonl --partitioner natural --client-field site ...
 
 - Default (paper Appendix A.2.3): the whole dataset is one pseudo-category; p ~ Dirichlet(beta 1_N);
   rows shuffled with the seed are cut at the cumulative proportions, so clients are disjoint and
@@ -10,6 +12,12 @@
 - `--iid`: shuffled rows cut into N near-equal parts.
 A minimum client size (default one batch, 16) is enforced by redrawing, as FedIT's allocator does;
 after MAX_DRAWS failures a clear error says so. One numpy Generator(seed) drives everything.
+These three are fedmom's own and bit-identical to every earlier release (tests/test_partition.py).
+
+- natural (`client_field`), pathological (k labels per client) and shard (`label_field`) follow Flower
+  Datasets' partitioners (fedmom_cli/partitioners.py, which says why flwr-datasets is not a
+  dependency); their options keep Flower's names (`partitioner_options`, `--option KEY=VALUE`).
+  They do not redraw: a client below min_client_size is an error naming it.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from fedmom_cli import safety
 from fedmom_cli.data import load_rows
 from fedmom_cli.errors import UserError
 from fedmom_cli.runfolder import atomic_write_json
-from fedmom_cli.tasks import get_task
+from fedmom_cli.tasks import task_for_partition
 
 MAX_DRAWS = 1000
 
@@ -64,10 +72,11 @@ def split_rows(
             f"{n_clients} clients of at least {min_size} rows need {min_size * n_clients} "
             f"rows, the dataset has {n_rows} (lower --min-size or --clients)"
         )
+    if iid:  # a seeded shuffle cut into near-equal parts: Flower's iid (fedmom_cli/partitioners.py)
+        from fedmom_cli.partitioners import iid as iid_split
+
+        return Split(iid_split(n_rows, n_clients, seed), {}, 1)
     rng = np.random.default_rng(seed)
-    if iid:
-        parts = np.array_split(rng.permutation(n_rows), n_clients)
-        return Split([sorted(int(i) for i in p) for p in parts], {}, 1)
 
     groups = (
         {"all": np.arange(n_rows)}
@@ -100,7 +109,7 @@ def category_counts(split: Split, labels: list) -> list[dict[str, int]]:
 @dataclass(frozen=True)
 class PartitionOptions:
     task: str
-    clients: int
+    clients: int | None
     beta: float
     seed: int
     out: Path
@@ -110,6 +119,27 @@ class PartitionOptions:
     iid: bool = False
     min_size: int = 16
     force: bool = False
+    partitioner: str | None = None
+    label_field: str | None = None
+    client_field: str | None = None
+    option: tuple[str, ...] = ()
+
+
+def _column(rows, field: str, key: str) -> list:
+    """One column of every row; a missing value is a one-line error naming the row and columns."""
+    for i, row in enumerate(rows.rows):
+        if field not in row:
+            raise UserError(
+                f"{key} {field!r}: row {i} of {rows.source} has no such field; its columns: "
+                f"{', '.join(sorted(row))}"
+            )
+        value = row[field]
+        if not isinstance(value, (str, int, bool)) or value is None:
+            raise UserError(
+                f"{key} {field!r}: row {i} of {rows.source} has a {type(value).__name__}, not a "
+                "string or integer label"
+            )
+    return [r[field] for r in rows.rows]
 
 
 def make_partition(
@@ -121,32 +151,122 @@ def make_partition(
     min_size: int,
     by: str | None = None,
     iid: bool = False,
+    partitioner: str | None = None,
+    label_field: str | None = None,
+    client_field: str | None = None,
+    options: dict | None = None,
 ) -> dict:
-    """Split `rows` (a data.Rows) and describe the split as the partition file holds it."""
+    """Split `rows` (a data.Rows) and describe the split as the partition file holds it.
+
+    `partitioner` unset is the paper's Dirichlet (or `iid`); with `by` (the older spelling of
+    `label_field`) the label Dirichlet. Those three are split_rows, unchanged, so every recorded run
+    and recipe gets the same clients as before. iid, natural, pathological and shard follow Flower
+    Datasets (fedmom_cli/partitioners.py). The file records `partitioner` and its `parameters`.
+    """
+    from fedmom_cli import partitioners as fp
+
+    name = partitioner or ("iid" if iid else "dirichlet")
+    label_field = label_field or by
+    opts = fp.check_names(name, label_field, client_field, options)
     if min_size < 1 and 1 <= clients <= len(rows.rows):
         raise UserError(f"--min-size must be >= 1 (an empty client cannot train), got {min_size}")
-    labels = None
-    if by:
+    if by:  # the older spelling keeps its message (docs/safety.md)
         missing = sum(1 for r in rows.rows if by not in r)
         if missing:
             raise UserError(f"--by {by}: {missing} of {len(rows.rows)} rows lack that field")
-        labels = [r[by] for r in rows.rows]
-    split = split_rows(len(rows.rows), clients, beta, seed, min_size, labels=labels, iid=iid)
-    return {
+    labels = _column(rows, label_field, "label_field") if label_field else None
+    ids = None
+    draws, proportions = 1, {}
+    if name in ("dirichlet", "iid"):
+        split = split_rows(len(rows.rows), clients, beta, seed, min_size, labels=labels, iid=name == "iid")
+        parts, draws, proportions = split.clients, split.draws, split.proportions
+    else:
+        if clients < 1:
+            raise UserError(f"--clients must be >= 1, got {clients}")
+        if name == "natural":
+            parts, ids = fp.natural(_column(rows, client_field, "client_field"))
+            if len(ids) != clients:
+                shown = ", ".join(str(v) for v in ids[:8]) + (", ..." if len(ids) > 8 else "")
+                raise UserError(
+                    f"client_field {client_field!r} has {len(ids)} distinct values ({shown}): "
+                    f"set clients to {len(ids)}, not {clients}"
+                )
+        elif name == "pathological":
+            parts = fp.pathological(labels, clients, seed, **opts)
+        else:
+            parts = fp.shard(labels, clients, seed, **opts)
+        small = [k for k, p in enumerate(parts) if len(p) < max(min_size, 1)]
+        if small:
+            k = small[0]
+            who = f" ({client_field}={ids[k]!r})" if ids else ""
+            raise UserError(
+                f"partitioner {name}: client {k}{who} gets {len(parts[k])} rows, fewer than "
+                f"min_client_size {max(min_size, 1)} (lower min_client_size, or change the split)"
+            )
+    scheme = {"dirichlet": "label_dirichlet" if labels is not None else "dirichlet"}.get(name, name)
+    parameters = {"seed": seed, "min_client_size": min_size}
+    if name == "dirichlet":
+        parameters.update(beta=beta, label_field=label_field)
+    elif name in ("pathological", "shard"):
+        parameters.update(label_field=label_field, **opts)
+    elif name == "natural":
+        parameters.update(client_field=client_field)
+    result = {
         "task": task,
-        "scheme": "iid" if iid else ("label_dirichlet" if by else "dirichlet"),
+        "scheme": scheme,
+        "partitioner": name,
+        "parameters": parameters,
         "clients_n": clients,
-        "beta": None if iid else beta,
+        "beta": beta if name == "dirichlet" else None,
         "seed": seed,
-        "by": by,
+        "by": label_field if name == "dirichlet" else None,
         "min_size": min_size,
-        "draws": split.draws,
+        "draws": draws,
         "dataset": rows.fingerprint(),
-        "sizes": [len(c) for c in split.clients],
-        "proportions": split.proportions,
-        "category_counts": category_counts(split, labels) if labels is not None else None,
-        "clients": split.clients,
+        "sizes": [len(c) for c in parts],
+        "rows_used": sum(len(c) for c in parts),
+        "proportions": proportions,
+        "category_counts": None,
+        "clients": parts,
     }
+    if ids is not None:
+        result["client_ids"] = ids
+    counted = labels if labels is not None else (_column(rows, client_field, "") if ids else None)
+    if counted is not None:
+        result["category_counts"] = [dict(Counter(str(counted[i]) for i in c)) for c in parts]
+    return result
+
+
+def partition_for(cfg, rows) -> dict:
+    """The split a training config asks for (simulate.py, sweep.py)."""
+    return make_partition(
+        cfg.task,
+        rows,
+        cfg.clients,
+        cfg.beta,
+        cfg.seed,
+        cfg.min_client_size,
+        partitioner=cfg.partitioner,
+        label_field=cfg.label_field,
+        client_field=cfg.client_field,
+        options=cfg.partitioner_options,
+    )
+
+
+def _parse_options(items) -> dict:
+    """--option KEY=VALUE (values as YAML scalars: 2, true, random) -> the partitioner's options."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
 
 
 def is_partition_file(path: Path) -> bool:
@@ -183,7 +303,7 @@ def check_partition(part, path, n_rows: int, clients: int, min_size: int) -> Non
 
 def run(opts: PartitionOptions) -> dict:
     """Load the rows, split them, write the partition JSON atomically; returns its content."""
-    task = get_task(opts.task)
+    task = task_for_partition(opts.task)
     safety.check_out(opts.out, "file")
     if opts.out.exists() and not opts.force:
         raise UserError(f"--out {opts.out} already exists (use --force to replace it)")
@@ -191,11 +311,32 @@ def run(opts: PartitionOptions) -> dict:
         raise UserError(f"--out {opts.out} is not a `fedmom partition` file; --force only replaces one")
     if opts.by and opts.iid:
         raise UserError("--by and --iid exclude each other")
+    if opts.by and opts.label_field and opts.by != opts.label_field:
+        raise UserError("--by and --label-field name the same thing; give one")
+    if opts.iid and opts.partitioner not in (None, "iid"):
+        raise UserError(f"--iid and --partitioner {opts.partitioner} exclude each other")
+    options = _parse_options(opts.option)
     if opts.seed < 0:  # numpy's traceback before (issue 30: P19, Z07)
         raise UserError(f"--seed must be >= 0, got {opts.seed}")
     rows = load_rows(task, opts.data, opts.synthetic, seed=opts.seed)
+    clients = opts.clients
+    if clients is None:  # natural: one client per value; otherwise 10, the paper's
+        field = opts.client_field
+        natural = opts.partitioner == "natural" and field
+        clients = len({str(r.get(field)) for r in rows.rows}) if natural else 10
     result = make_partition(
-        task.name, rows, opts.clients, opts.beta, opts.seed, opts.min_size, by=opts.by, iid=opts.iid
+        task.name,
+        rows,
+        clients,
+        opts.beta,
+        opts.seed,
+        opts.min_size,
+        by=opts.by,
+        iid=opts.iid,
+        partitioner=opts.partitioner,
+        label_field=opts.label_field,
+        client_field=opts.client_field,
+        options=options,
     )
     missing = [p for p in [opts.out.parent, *opts.out.parent.parents] if not p.exists()]
     with safety.removed_on_failure(*missing[-1:]):  # the first folder this call makes, if any

@@ -36,9 +36,9 @@ from fedmom_cli.model import (
     set_trainable,
 )
 from fedmom_cli.participation import Participation, sample_round
-from fedmom_cli.partition import check_partition, make_partition
+from fedmom_cli.partition import check_partition, partition_for
 from fedmom_cli.server import ClientUpdate, RoundRecord, Server, factor_norms, lr_at, summarise  # noqa: F401
-from fedmom_cli.tasks import IGNORE_INDEX, encode, get_task
+from fedmom_cli.tasks import IGNORE_INDEX, encode, task_for
 
 CHECKPOINT = runfolder.CHECKPOINT
 # A client whose rows lose their whole response to cutoff_len in more than this share is refused:
@@ -68,7 +68,7 @@ class Simulation:
         check_model_source(cfg)
         cfg = targets.resolve(cfg)  # a no-op after train.run, which resolves before recording
         self.cfg, self.run_dir = cfg, run_dir
-        self.task = get_task(cfg.task)
+        self.task = task_for(cfg)
         self.tokenizer = load_tokenizer(cfg)
         if cfg.sites is not None:  # a deployment's sites, each on its own file: no data here
             self.rows, self.partition, self.encoded, self.cutoff = None, site_partition(cfg), {}, None
@@ -138,7 +138,7 @@ class Simulation:
                     f"{part['dataset']['rows']} rows), not {fp['source']} ({fp['rows']} rows)"
                 )
             return part
-        return make_partition(cfg.task, self.rows, cfg.clients, cfg.beta, cfg.seed, cfg.min_client_size)
+        return partition_for(cfg, self.rows)
 
     def _check_cutoff(self) -> None:
         """cutoff_len must leave response tokens to learn from. Every client row is encoded (once:

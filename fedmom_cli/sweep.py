@@ -45,7 +45,17 @@ class Cell:
         }
 
 
-SPLIT_KEYS = ("clients", "beta", "min_client_size", "data", "synthetic")  # what make_partition reads
+SPLIT_KEYS = (  # what partition_for reads
+    "clients",
+    "beta",
+    "min_client_size",
+    "data",
+    "synthetic",
+    "partitioner",
+    "label_field",
+    "client_field",
+    "partitioner_options",
+)
 
 
 def _variant_label(variant: dict, base: cfgmod.TrainConfig) -> str:
@@ -233,20 +243,17 @@ def estimate(cells: list[Cell]) -> str:
 def ensure_partition(cell: Cell) -> None:
     """Make the seed's shared client split once, from the cell's data and federation settings."""
     from fedmom_cli.data import load_rows
-    from fedmom_cli.partition import make_partition
-    from fedmom_cli.tasks import get_task
+    from fedmom_cli.partition import partition_for
+    from fedmom_cli.tasks import task_for
 
     path = Path(cell.config.partition)
     if path.is_file():
         return
     cfg = cell.config
-    rows = load_rows(get_task(cfg.task), Path(cfg.data) if cfg.data else None, cfg.synthetic, seed=cfg.seed)
+    rows = load_rows(task_for(cfg), Path(cfg.data) if cfg.data else None, cfg.synthetic, seed=cfg.seed)
+    split = partition_for(cfg, rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    runfolder.atomic_write_json(
-        path,
-        make_partition(cfg.task, rows, cfg.clients, cfg.beta, cfg.seed, cfg.min_client_size),
-        indent=None,
-    )
+    runfolder.atomic_write_json(path, split, indent=None)
 
 
 def preflight(spec: dict, cells: list[Cell], root: Path, data_dir: Path | None = None) -> None:

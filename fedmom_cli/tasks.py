@@ -3,6 +3,7 @@
     math         MetaMathQA (meta-math/MetaMathQA): query -> response ending "The answer is: N"
     commonsense  Commonsense170K of LLM-Adapters (zwhe99/commonsense_170k on the Hub)
     code         Code-Feedback (m-a-p/Code-Feedback): multi-turn `messages`, formatted as a chat
+    instruct     any instruction dataset through a field mapping (fedmom_cli/instruct.py; task_for)
 
 Prompt choices (the README repeats them): math and commonsense use the Alpaca template that
 MetaMath and LLM-Adapters train with, "### Response:" followed by a newline and the response;
@@ -77,6 +78,10 @@ class Task:
     synthetic: Callable[[int, int], list[dict]]
     # Other schemas recognised in --data files: required fields -> converter to this schema.
     converters: tuple[tuple[tuple[str, ...], Callable[[dict], dict]], ...] = ()
+    # task instruct: each row checked by `check` (a problem or None) instead of the schema, and
+    # formatted by `render(row, tokenizer) -> (prompt, response, templated)`
+    check: Callable[[dict], str | None] | None = None
+    render: Callable[[dict, object], tuple[str, str, bool]] | None = None
 
     def to_schema(self, row: dict) -> dict:
         if all(f in row for f in self.fields):
@@ -109,10 +114,55 @@ TASKS: dict[str, Task] = {
 }
 
 
+INSTRUCT = "instruct"
+TASK_NAMES = (*TASKS, INSTRUCT)
+
+
 def get_task(name: str) -> Task:
+    """A paper task by name (`instruct` needs its field mapping: task_for)."""
+    if name == INSTRUCT:
+        raise UserError("task instruct is built from a config's field mapping (tasks.task_for)")
     if name not in TASKS:
-        raise UserError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
+        raise UserError(f"unknown task {name!r}; choose one of: {', '.join(TASK_NAMES)}")
     return TASKS[name]
+
+
+def _no_synthetic(n: int, seed: int) -> list[dict]:
+    raise UserError("task instruct has no synthetic rows: give data (a local file or a Hub dataset id)")
+
+
+def _instruct(mapping, check: bool = True) -> Task:
+    from fedmom_cli import instruct
+
+    return Task(
+        INSTRUCT,
+        "",
+        "train",
+        (),
+        lambda row: instruct.format_row(mapping, row),
+        _no_synthetic,
+        check=(lambda row: instruct.row_problem(mapping, row)) if check else (lambda row: None),
+        render=lambda row, tokenizer: instruct.render(mapping, row, tokenizer),
+    )
+
+
+def task_for(cfg) -> Task:
+    """The task a training config names: a paper task, or instruct with the config's mapping."""
+    if cfg.task != INSTRUCT:
+        return get_task(cfg.task)
+    from fedmom_cli.instruct import Mapping
+
+    return _instruct(Mapping.of(cfg))
+
+
+def task_for_partition(name: str) -> Task:
+    """`fedmom partition`'s task: instruct rows are split without a field mapping (only their count,
+    content hash and the label / client column matter), so they are read but not checked."""
+    if name != INSTRUCT:
+        return get_task(name)
+    from fedmom_cli.instruct import Mapping
+
+    return _instruct(Mapping(), check=False)
 
 
 def encode(task: Task, row: dict, tokenizer, cutoff_len: int) -> dict[str, list[int]]:
@@ -120,10 +170,18 @@ def encode(task: Task, row: dict, tokenizer, cutoff_len: int) -> dict[str, list[
 
     Prompt and response are tokenized separately and concatenated, so the mask boundary is exact
     whatever merges the tokenizer would make across it.
+
+    A chat-templated row (task instruct) is rendered by the tokenizer's template, which writes its
+    own special tokens and end of turn: its prompt is tokenized without adding special tokens and
+    no EOS is appended.
     """
-    prompt, response = task.format(row)
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if task.render is not None:
+        prompt, response, templated = task.render(row, tokenizer)
+    else:
+        (prompt, response), templated = task.format(row), False
+    prompt_ids = tokenizer(prompt, add_special_tokens=not templated)["input_ids"]
+    eos = [] if templated else [tokenizer.eos_token_id]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + eos
     input_ids = (prompt_ids + response_ids)[:cutoff_len]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:cutoff_len]
     return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}

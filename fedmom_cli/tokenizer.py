@@ -17,7 +17,7 @@ SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_
 
 def _corpus() -> list[str]:
     texts = []
-    for name, task in TASKS.items():
+    for name, task in TASKS.items():  # the paper's three tasks only: the vocabulary never changes
         for row in getattr(synthetic, f"{name}_rows")(200, seed=0):
             prompt, response = task.format(row)
             texts.append(prompt + response)

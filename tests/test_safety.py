@@ -165,7 +165,7 @@ def _data(root: Path) -> None:
     (root / "garbage.parquet").write_bytes(b"PAR1 but garbage")  # P09
     (root / "qdir").mkdir()  # Q11: a folder already holding smoke.yaml
     (root / "qdir" / "smoke.yaml").write_text("# mine\n")
-    (root / "data.csv").write_text("query,response\nq,r\n")
+    (root / "data.txt").write_text("query,response\nq,r\n")  # CSV is read since issue 26
     (root / "binary.jsonl").write_bytes(b"\xff\xfe\x00\x01")
     code = TASKS["code"].synthetic(5, 0)
     _write_jsonl(root / "badcode.jsonl", [{**code[0], "messages": "hello"}] + code[1:])
@@ -572,7 +572,7 @@ TRAIN = [
     ("--set synthetic=null --data half.jsonl", "cannot read data file"),
     ("--set synthetic=null --data binary.jsonl", "cannot read data file"),
     ("--set synthetic=null --data dict.json", "expected a list of JSON objects"),
-    ("--set synthetic=null --data data.csv", "unsupported data format"),
+    ("--set synthetic=null --data data.txt", "unsupported data format"),
     ("--data rows.jsonl", "give either --data or --synthetic"),
     ("--set task=code --set synthetic=null --data badcode.jsonl", "`messages` that is not a list"),
     ("--set task=code --set synthetic=null --data badcode2.jsonl", "`messages` that is not a list"),
@@ -665,7 +665,7 @@ PARTITION = [
     ("--task math --data badtypes.jsonl --clients 3 --min-size 1", "of type int"),
     ("--task math --data wrongfields.jsonl", "a row lacks the fields"),
     ("--task math --data empty.jsonl", "no rows"),
-    ("--task math --data data.csv", "unsupported data format"),
+    ("--task math --data data.txt", "unsupported data format"),
     ("--task math --data rows.jsonl --synthetic 100", "give either --data or --synthetic"),
     ("--task math --synthetic 100 --out-of-place", "No such option"),
 ]

@@ -123,9 +123,13 @@ def test_local_file_formats(tmp_path):
         assert [r["query"] for r in loaded.rows] == [r["query"] for r in rows], name
     fps = {load_rows(TASKS["math"], data=tmp_path / n).fingerprint()["sha256"] for n in ("a.json", "b.jsonl")}
     assert len(fps) == 1  # the hash is of the content, not the file
-    (tmp_path / "e.csv").write_text("query,response\n")
+    pd.DataFrame(rows).to_csv(tmp_path / "e.csv", index=False)  # CSV since issue 26: strings
+    assert load_rows(TASKS["math"], data=tmp_path / "e.csv").rows == [
+        {k: str(v) for k, v in r.items()} for r in rows
+    ]
+    (tmp_path / "f.txt").write_text("query,response\n")
     with pytest.raises(UserError, match="unsupported data format"):
-        load_rows(TASKS["math"], data=tmp_path / "e.csv")
+        load_rows(TASKS["math"], data=tmp_path / "f.txt")
 
 
 def test_hub_offline_fails_fast_naming_data(monkeypatch):

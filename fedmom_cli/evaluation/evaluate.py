@@ -144,6 +144,8 @@ def _task_names(opts: EvalOptions, cfg: cfgmod.TrainConfig) -> list[str]:
         return opts.tasks
     if cfg.synthetic is not None:
         return [evaltasks.SYNTHETIC[cfg.task]]
+    if cfg.task not in FAMILY_TASKS:  # task instruct: the user's data has no default benchmark
+        raise UserError(f"a run of task {cfg.task} has no default benchmarks; name them with --tasks")
     return FAMILY_TASKS[cfg.task]
 
 

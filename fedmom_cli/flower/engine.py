@@ -75,6 +75,10 @@ def _client_simulation(cfg_yaml: str, site_data: str | None):
             min_client_size=1,
             val_rows=0,
             sites=None,
+            partitioner=None,  # a site's file is its one client, whatever split the run names
+            label_field=None,
+            client_field=None,
+            partitioner_options=None,
         )
     key = cfgmod.to_yaml(cfg)
     if key not in _SIMULATIONS:

@@ -11,7 +11,7 @@ import pytest
 from fedmom_cli.errors import UserError
 from fedmom_cli.evaluation import codesampling, evaltasks
 from fedmom_cli.evaluation import evaluate as ev
-from tests.helpers import run_main
+from helpers import run_main
 
 
 def _recording(monkeypatch):

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from fedmom_cli import config as cfgmod
+from fedmom_cli import targets
 from fedmom_cli import train as tr
 from fedmom_cli.model import BaseWeights, attach_lora, load_base_model, load_tokenizer, lora_modules
 
 
 def _tiny(precision: str):
-    cfg = cfgmod.resolve("smoke", "math", {"precision": precision})
+    cfg = targets.resolve(cfgmod.resolve("smoke", "math", {"precision": precision}))  # auto -> names
     model = attach_lora(load_base_model(cfg, load_tokenizer(cfg)), cfg)
     return model, lora_modules(model)
 

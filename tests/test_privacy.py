@@ -11,7 +11,7 @@ import torch
 from opacus.accountants import RDPAccountant
 
 from fedmom_cli import config as cfgmod
-from fedmom_cli import privacy
+from fedmom_cli import privacy, targets
 from fedmom_cli import train as tr
 from fedmom_cli.errors import UserError
 from fedmom_cli.model import attach_lora, load_base_model, load_tokenizer, lora_modules, set_trainable
@@ -23,7 +23,8 @@ SMOKE = {"clients": 3, "rounds": 2, "local_steps": 2, "synthetic": 120, "lr": 1e
 
 
 def smoke_config(method: str, **overrides):
-    return cfgmod.resolve("smoke", "math", {"method": method, **SMOKE, **overrides})
+    # target_modules resolved (auto -> names) as train.run does before a model is built
+    return targets.resolve(cfgmod.resolve("smoke", "math", {"method": method, **SMOKE, **overrides}))
 
 
 def _tiny_lora(trainable=frozenset({"A", "B"})):

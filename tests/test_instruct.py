@@ -8,6 +8,7 @@ Commonsense170K's columns encodes exactly as `task: math` / `commonsense`, and c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -15,6 +16,7 @@ import pytest
 from helpers import run_main
 
 from fedmom_cli import config as cfgmod
+from fedmom_cli import targets
 from fedmom_cli.config import TrainConfig
 from fedmom_cli.data import load_rows
 from fedmom_cli.errors import UserError
@@ -205,8 +207,12 @@ def test_bad_keys_are_refused_at_load(overrides, match):
 
 def test_new_keys_leave_existing_hashes_alone():
     # values on main before issue 26 (commit 7c8558a): unset keys are not hashed (LATER_KEYS)
-    assert TrainConfig().hash() == "34d5ab18b3ebec85"
-    assert cfgmod.resolve("smoke", None, {}).hash() == "d1871e17d8134722"
+    # target_modules as a run records them: `auto` (the default since issue 26's point 3) resolves to
+    # q_proj, v_proj on LLaMA before any hash is taken (train.run)
+    assert (
+        dataclasses.replace(TrainConfig(), target_modules=["q_proj", "v_proj"]).hash() == "34d5ab18b3ebec85"
+    )
+    assert targets.resolve(cfgmod.resolve("smoke", None, {})).hash() == "d1871e17d8134722"
     assert "partitioner" not in cfgmod.to_yaml(TrainConfig()) and "prompt_field" not in cfgmod.to_yaml(
         TrainConfig()
     )

@@ -115,6 +115,7 @@ def train(
     report_to: str | None = None,
     client_resources: dict | None = None,
     save_merged: bool = False,
+    wait: float = 300.0,
     **settings,
 ) -> Run:
     """Train one run (all clients, every round) and return it: `fedmom train` with the same options.
@@ -122,7 +123,8 @@ def train(
     `config` and `settings` as `resolve_config` takes them. `out` defaults to
     results/<task>/<method>/seed<S>; a finished folder with the same settings is returned as it is
     (the command prints "already finished"); `resume`, `force`, `engine` ("sequential" or
-    "flower"), `save_merged` as the command's options; `report_to` defaults to the recipe's (none
+    "flower"), `save_merged`, `wait` (engine flower: seconds to wait for the SuperNodes) as the
+    command's options; `report_to` defaults to the recipe's (none
     for a TrainConfig); `progress`: False prints plain round lines, None bars on a terminal."""
     from fedmom_cli import train as tr
 
@@ -142,6 +144,7 @@ def train(
         engine=engine,
         client_resources=client_resources,
         report_to=report_to,
+        wait=wait,
     )
     path = tr.out_dir(opts)
     result = tr.run(opts)

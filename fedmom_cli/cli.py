@@ -419,6 +419,7 @@ def train(
         client_resources=None
         if (client_cpus, client_gpus) == (1.0, 0.0)
         else {"num_cpus": client_cpus, "num_gpus": client_gpus},
+        wait=wait,
     )
     console.print(run.summary(), soft_wrap=True)
 

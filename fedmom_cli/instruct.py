@@ -7,7 +7,7 @@ Two row shapes:
 - prompt/response rows: `prompt_field` and `response_field` name the columns (optional
   `input_field`); with no column named, Alpaca's: `instruction`, `output`, and `input` where a row
   has it (as `task: commonsense` reads them). Without `prompt_template` the prompt is the Alpaca
-  template the paper's math and commonsense tasks train with (tasks.ALPACA; ALPACA_INPUT when the
+  template the paper's math and commonsense tasks train with (prompts.ALPACA; ALPACA_INPUT when the
   row's input is non-empty), so an instruct run on MetaMathQA's columns encodes exactly as
   `task: math`. A `prompt_template` is Python format text whose `{name}` placeholders are the
   row's columns ("Q: {question}\\nA: "). `system`, when set, is put before the prompt, followed by a
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmom_cli.errors import UserError
+from fedmom_cli.prompts import ALPACA, ALPACA_INPUT, _code_format
 
 #: Config keys of the field mapping (config.py; all unset for the paper's tasks).
 KEYS = (
@@ -178,8 +179,6 @@ def _last_assistant(messages: list[dict]) -> int | None:
 
 def format_row(m: Mapping, row: dict) -> tuple[str, str]:
     """(prompt, response) of a prompt/response row, or of a chat row rendered with the headers."""
-    from fedmom_cli.tasks import ALPACA, ALPACA_INPUT, _code_format
-
     if m.messages_field is not None:
         return _code_format({"messages": _with_system(m, row[m.messages_field])})
     if m.prompt_template is not None:

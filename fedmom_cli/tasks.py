@@ -20,17 +20,9 @@ from dataclasses import dataclass
 
 from fedmom_cli import synthetic
 from fedmom_cli.errors import UserError
+from fedmom_cli.prompts import ALPACA, ALPACA_INPUT, _code_format  # noqa: F401 (tasks.ALPACA, ...)
 
 IGNORE_INDEX = -100
-ALPACA = (
-    "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-)
-ALPACA_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides "
-    "further context. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
 
 
 def _math_format(row: dict) -> tuple[str, str]:
@@ -40,19 +32,6 @@ def _math_format(row: dict) -> tuple[str, str]:
 def _commonsense_format(row: dict) -> tuple[str, str]:
     template = ALPACA_INPUT if row.get("input") else ALPACA
     return template.format(instruction=row["instruction"], input=row.get("input", "")), row["output"]
-
-
-def _code_format(row: dict) -> tuple[str, str]:
-    messages = row["messages"]
-    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-    if last is None:
-        raise UserError("a code row has no assistant message")
-    headers = {"user": "### User:", "assistant": "### Assistant:", "system": "### System:"}
-    turns = [
-        f"{headers.get(m['role'], '### ' + m['role'].title() + ':')}\n{m['content']}\n\n"
-        for m in messages[:last]
-    ]
-    return "".join(turns) + "### Assistant:\n", messages[last]["content"]
 
 
 GSM8K_ANSWER = re.compile(r"\n?####\s*(.+?)\s*$")

@@ -7,11 +7,11 @@ import json
 from math import comb
 
 import pytest
+from helpers import run_main
 
 from fedmom_cli.errors import UserError
 from fedmom_cli.evaluation import codesampling, evaltasks
 from fedmom_cli.evaluation import evaluate as ev
-from helpers import run_main
 
 
 def _recording(monkeypatch):

@@ -256,6 +256,26 @@ def lm_eval_config(
     def process_results(doc, results):
         return {task.metric: float(task.judge(doc, results[0]))}
 
+    return _task_config(
+        name,
+        task,
+        jsonl,
+        max_gen_cap,
+        process_results,
+        generation={"do_sample": False},
+        filter_list=[
+            {
+                "name": "none",
+                "filter": [{"function": "take_first"}, {"function": "custom", "filter_fn": extract}],
+            }
+        ],
+        metric_list=[{"metric": task.metric, "aggregation": "mean", "higher_is_better": True}],
+    )
+
+
+def _task_config(name, task, jsonl, max_gen_cap, process_results, generation, **rest) -> dict:
+    """The lm-eval task config both variants share (the local JSONL, the task's prompt, target,
+    stop strings and generation cap, 0 shots); `generation` and `rest` are what differs."""
     return {
         "task": f"fedmom_{name}",
         "dataset_path": "json",
@@ -265,18 +285,12 @@ def lm_eval_config(
         "doc_to_text": task.prompt,
         "doc_to_target": task.target,
         "process_results": process_results,
-        "filter_list": [
-            {
-                "name": "none",
-                "filter": [{"function": "take_first"}, {"function": "custom", "filter_fn": extract}],
-            }
-        ],
         "generation_kwargs": {
             "until": task.until or ["</s>"],
-            "do_sample": False,
+            **generation,
             "max_gen_toks": min(task.max_gen_toks, max_gen_cap or task.max_gen_toks),
         },
-        "metric_list": [{"metric": task.metric, "aggregation": "mean", "higher_is_better": True}],
+        **rest,
         "num_fewshot": 0,
         "metadata": {"version": 1.0},
     }
@@ -290,23 +304,14 @@ def _sampled_config(name: str, task: EvalTask, jsonl: Path, max_gen_cap: int | N
         passed = sum(bool(task.score(doc, g)) for g in results[0])  # the n kept completions
         return {f"pass@{k}": codesampling.pass_at_k(n, passed, k) for k in ks}
 
-    return {
-        "task": f"fedmom_{name}",
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(jsonl)}},
-        "test_split": "test",
-        "output_type": "generate_until",
-        "doc_to_text": task.prompt,
-        "doc_to_target": task.target,
-        "process_results": process_results,
-        "generation_kwargs": {
-            "until": task.until or ["</s>"],
-            **codesampling.generation_kwargs("harness"),
-            "max_gen_toks": min(task.max_gen_toks, max_gen_cap or task.max_gen_toks),
-        },
-        "repeats": n,
-        "filter_list": [{"name": "none", "filter": [{"function": "take_first_k", "k": n}]}],
-        "metric_list": [{"metric": f"pass@{k}", "aggregation": "mean", "higher_is_better": True} for k in ks],
-        "num_fewshot": 0,
-        "metadata": {"version": 1.0},
-    }
+    return _task_config(
+        name,
+        task,
+        jsonl,
+        max_gen_cap,
+        process_results,
+        generation=codesampling.generation_kwargs("harness"),
+        repeats=n,
+        filter_list=[{"name": "none", "filter": [{"function": "take_first_k", "k": n}]}],
+        metric_list=[{"metric": f"pass@{k}", "aggregation": "mean", "higher_is_better": True} for k in ks],
+    )

@@ -180,6 +180,16 @@ def test_tracker_error_is_whole_and_writes_nothing(tmp_path, monkeypatch, capsys
     assert snapshot(run) == before
 
 
+def _wandb_settled():
+    """What a `fedmom` process does at exit (wandb's atexit hook): wait for wandb's service to finish
+    writing. `run.finish()` returns before the service has written a run's last history row (the one
+    flushed at exit), so a test in the same process must wait the way the process would; without it
+    the eval row was missing under load (CI, 2026-12-07)."""
+    import wandb
+
+    wandb.teardown()
+
+
 def _wandb_records(folder):
     """(run record, history rows) of an offline run's .wandb file: W&B's LevelDB-style log (a 7-byte
     header, 32 KiB blocks of records: crc32, length, type FULL/FIRST/MIDDLE/LAST), protobuf records."""
@@ -222,6 +232,7 @@ def test_wandb_offline_in_wandb_dir_reads_back_and_eval_resumes(tmp_path, monkey
     run = Path("results") / "sweepB" / "math" / "fedmomentum" / "seed0"
     code, _, err = _train(monkeypatch, capsys, run, "wandb")
     assert code == 0, err
+    _wandb_settled()
     state = json.loads((run / "tracking.json").read_text())
     assert not (run / "wandb").exists() and not (tmp_path / "wandb").exists()  # WANDB_DIR only
     folders = sorted((tmp_path / "wb" / "wandb").glob(f"offline-run-*-{state['id']}"))
@@ -234,6 +245,7 @@ def test_wandb_offline_in_wandb_dir_reads_back_and_eval_resumes(tmp_path, monkey
 
     code, _, err = run_main(monkeypatch, capsys, "eval", run, *EVAL)
     assert code == 0, err
+    _wandb_settled()
     value = json.loads((run / "eval.json").read_text())["tasks"]["synthetic_math"]["value"]
     folders = sorted((tmp_path / "wb" / "wandb").glob(f"offline-run-*-{state['id']}"))
     assert len(folders) == 2  # the same run id, resumed (wandb sync merges them)

@@ -87,12 +87,19 @@ def read_file(path: Path) -> list[dict]:
     return data
 
 
-def offline_env() -> bool:
-    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE read as huggingface_hub reads them (1/ON/YES/TRUE)."""
-    return any(
-        os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+def offline_vars() -> list[str]:
+    """Which of HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are set, read as huggingface_hub reads them
+    (1/ON/YES/TRUE)."""
+    return [
+        k
         for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
+        if os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    ]
+
+
+def offline_env() -> bool:
+    """HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set (`offline_vars`)."""
+    return bool(offline_vars())
 
 
 def _hub_reachable() -> bool:

@@ -25,10 +25,11 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _check_online():
-    from fedmom_cli.data import offline_env
+    from fedmom_cli.data import offline_vars
 
-    if offline_env():
-        raise UserError("HF_HUB_OFFLINE is set: cannot push to the Hugging Face Hub offline")
+    if names := offline_vars():  # name the one set (review F09 set HF_DATASETS_OFFLINE only)
+        verb = "is" if len(names) == 1 else "are"
+        raise UserError(f"{' and '.join(names)} {verb} set: cannot push to the Hugging Face Hub offline")
     from huggingface_hub import HfApi, get_token
 
     if not get_token():

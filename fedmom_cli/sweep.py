@@ -315,7 +315,8 @@ def run(
     spec, cells, root = plan(recipe, only, out, overrides or {})
     from fedmom_cli import tracking
 
-    report_to = report_to or cfgmod.recipe_report_to(recipe)
+    # '' is refused as train refuses it, not read as the recipe's (review RT04)
+    report_to = cfgmod.recipe_report_to(recipe) if report_to is None else report_to
     tracking.check(report_to)  # before any partition or run folder is written
     conflicts = {c.run_dir: d for c in cells if (d := conflict(c))}
     if not dry_run:  # a sweep that cannot finish stops here, before its plan and before training

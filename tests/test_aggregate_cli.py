@@ -30,11 +30,13 @@ def tiny_llama(seed: int = 0):
     return transformers.LlamaForCausalLM(config).eval()
 
 
-def save_client(folder: Path, seed: int, r: int = R, same_A: bool = False) -> Path:
+def save_client(
+    folder: Path, seed: int, r: int = R, same_A: bool = False, modules: tuple = ("q_proj", "k_proj")
+) -> Path:
     """A client adapter with random, trained-looking A and B (k_proj is 32 -> 16: out != in)."""
     model = peft.get_peft_model(
         tiny_llama(),
-        peft.LoraConfig(r=r, lora_alpha=ALPHA, target_modules=["q_proj", "k_proj"], lora_dropout=0.0),
+        peft.LoraConfig(r=r, lora_alpha=ALPHA, target_modules=list(modules), lora_dropout=0.0),
     )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -96,11 +96,11 @@ def _copy(run, tmp_path, name="copy"):
     [
         (None, [3], r"must be in 0\.\.2"),
         (None, [-1], r"must be in 0\.\.2"),
-        (None, [0, 0], "lists a client twice"),
+        pytest.param(None, [0, 0], "lists a client twice", id="L06"),
         (None, [], "lists a client twice or none"),
         ("method", "all", "needs a fedsa_lora run"),
-        ("no-file", "all", "client_factors.safetensors not found"),
-        ("bad-file", "all", "client_factors.safetensors cannot be read"),
+        pytest.param("no-file", "all", "client_factors.safetensors not found", id="L11"),
+        pytest.param("bad-file", "all", "client_factors.safetensors cannot be read", id="L10"),
     ],
 )
 def test_bad_clients_write_nothing(fedsa_run, tmp_path, change, clients, message):
@@ -124,7 +124,13 @@ def test_bad_clients_write_nothing(fedsa_run, tmp_path, change, clients, message
 
 @pytest.mark.parametrize(
     "value,message",
-    [("x", "--clients expects 'all'"), ("1,,2", "--clients expects"), ("9", "must be in 0..2")],
+    [
+        ("x", "--clients expects 'all'"),
+        ("1,,2", "--clients expects"),
+        ("9", "must be in 0..2"),
+        pytest.param("5", "must be in 0..2", id="L04"),  # the review's ids: a run of 3 clients
+        pytest.param("-1", "must be in 0..2", id="L05"),
+    ],
 )
 def test_clients_option_on_the_command_line(fedsa_run, tmp_path, monkeypatch, capsys, value, message):
     run = _copy(fedsa_run, tmp_path)

@@ -190,6 +190,9 @@ EXPORT_FORCE = [
      "--adapter-only --with-base-delta", "holds base_delta.safetensors, which fedmom did not write"),
     ("fedit", "--adapter-only", {"fedmom_export.json": '{"kind": "adapter"}'}, "--adapter-only",
      "lists no files"),
+    pytest.param("fedit", "", {}, "", "ok", id="X23"),  # the review's: merged over merged
+    pytest.param("fedit", "", {"serve.py": "print('mine')\n"}, "", "ok", id="X32"),
+    pytest.param("fedit", "", {".env": "TOKEN=x\n"}, "", "ok", id="F20"),
 ]  # fmt: skip
 
 

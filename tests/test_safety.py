@@ -101,6 +101,7 @@ def _adapters(root: Path) -> None:
     variant("a_3d", tensors={**weights, first_a: weights[first_a][None]})
     # the review's A12-A19, AH01-AH15: adapters that disagree with c0, or are malformed in themselves
     save_client(root / "a_r8", seed=5, r=8)
+    save_client(root / "a_r8_kv", seed=6, r=8, modules=("k_proj", "v_proj"))  # AH03: k, v against q, k
     variant("a_alpha32", config={**good, "lora_alpha": 32})
     variant("a_qonly", config={**good, "target_modules": ["q_proj"]},
             tensors={k: v for k, v in weights.items() if "q_proj" in k})  # fmt: skip
@@ -296,6 +297,7 @@ def template(tmp_path_factory) -> Path:
     _aggregate_done(root)
     _evaluations(root)
     _review(root)
+    _review_runs(root)
     return root
 
 
@@ -431,6 +433,37 @@ def _review(root: Path) -> None:
     )
 
 
+def _review_runs(root: Path) -> None:
+    """The review's last cases (issue 30's floor): finished runs of other methods for export and
+    eval --clients, a converted folder, report roots with a symlink loop or a run's eval.json that an
+    older fedmom let `eval --model` / `eval --generations` write (F10, F11), a user's eval.json."""
+    from fedmom_cli.evaluation import convert
+
+    _run_folder(root / "run_fm1", tiny_config(method="fedmomentum", rounds=1), 1, True)  # empty delta
+    hetero = tiny_config(method="fedmomentum", rounds=2, client_ranks=[2, 4, 4])
+    _run_folder(root / "run_fmh", hetero, 2, True)  # a non-zero base delta
+    _run_folder(root / "run_fedsa", tiny_config(method="fedsa_lora", rounds=1), 1, True)
+    _run_folder(root / "run_flora", tiny_config(method="flora", rounds=1), 1, True)
+    other = root / "run_othermethod"  # X33: result.json names another method than config.yaml
+    shutil.copytree(root / "run_done", other)
+    result = json.loads((other / "result.json").read_text())
+    (other / "result.json").write_text(json.dumps({**result, "method": "flora"}))
+    convert.run(root / "conv", root / "conv_out")
+    loop = root / "rep_loop" / "math" / "fedit" / "seed0"
+    shutil.copytree(root / "run_done", loop)
+    os.symlink("..", root / "rep_loop" / "math" / "loop")  # rep_loop/math/loop/loop/... forever
+    for name, source in (("rep_prerun", "model_eval"), ("rep_genrun", "gen_done")):
+        folder = root / name / "math" / "fedit" / "seed0"
+        shutil.copytree(root / "run_done", folder)
+        shutil.copy(root / source / "eval.json", folder / "eval.json")
+    (root / "conv_user" / "arc_easy").mkdir(parents=True)  # F17: the user's files at convert's names
+    (root / "conv_user" / "arc_easy" / "test.jsonl").write_text("mine\n")
+    (root / "conv_useryaml" / "arc_easy").mkdir(parents=True)
+    (root / "conv_useryaml" / "arc_easy" / "arc_easy.yaml").write_text("task: mine\n")
+    (root / "g44").mkdir()
+    (root / "g44" / "eval.json").write_text('{"mine": true}')
+
+
 def _evaluations(root: Path) -> None:
     """Given generations (HumanEval and MBPP toys), their scored folder, a model's eval folder, and a
     user's folder holding a file named eval.json."""
@@ -521,8 +554,8 @@ TRAIN = [
     ("--set target_modules=", "cannot be null"),
     ("--set target_modules=,", "target_modules must be a non-empty list"),
     # target modules PEFT would accept while training fewer than config.yaml says (issue 30: M28, M31)
-    ("--set target_modules=q_proj,v_porj", "target_modules: 'v_porj' matches no module"),
-    ("--set target_modules=q_proj,v_prój", "target_modules: 'v_prój' matches no module"),
+    pytest.param("--set target_modules=q_proj,v_porj", "target_modules: 'v_porj' matches no", id="M31"),
+    pytest.param("--set target_modules=q_proj,v_prój", "target_modules: 'v_prój' matches no", id="M28"),
     ("--set target_modules=qproj", "'qproj' matches no module"),
     ("--set target_modules=layers.0.self_attn.q_proj", "matches in layers [0] but not in [1"),
     ("--out run_done --force --set target_modules=q_proj,v_porj", "'v_porj' matches no module"),
@@ -766,15 +799,15 @@ REPORT = [
         "rep_ok --out rep_ok/other.md --format csv --no-figures",
         "other.csv exists and is not a fedmom report csv",
     ),
-    ("rep_badyaml", "cannot read rep_badyaml/math/fedit/seed0/config.yaml"),  # review R03
-    ("rep_cfglist", "config.yaml does not hold a dict"),  # R05
+    pytest.param("rep_badyaml", "cannot read rep_badyaml/math/fedit/seed0/config.yaml", id="R03"),
+    pytest.param("rep_cfglist", "config.yaml does not hold a dict", id="R05"),
     ("rep_badresult", "cannot read rep_badresult/math/fedit/seed0/result.json"),
-    ("rep_resultlist", "result.json does not hold a dict"),  # R07
-    ("rep_badmetrics", "metrics.jsonl: line 2 is not JSON"),  # R04
+    pytest.param("rep_resultlist", "result.json does not hold a dict", id="R07"),
+    pytest.param("rep_badmetrics", "metrics.jsonl: line 2 is not JSON", id="R04"),
     ("rep_metricslist", "metrics.jsonl: line 1 is not a round record"),
     ("rep_badeval", "cannot read rep_badeval/math/fedit/seed0/eval.json"),
     ("rep_evallist", "eval.json does not hold a dict"),
-    ("rep_evaltasks", "has an unexpected shape"),  # R06
+    pytest.param("rep_evaltasks", "has an unexpected shape", id="R06"),
     ("rep_binary", "cannot read rep_binary/math/fedit/seed0/result.json"),
     ("rep_badpre", "cannot read rep_badpre/pretrained/eval.json"),
 ]
@@ -842,10 +875,15 @@ SWEEP = [
     ("sw_good.yaml --out sweepuser", "not a fedmom run folder"),
     ("sw_good.yaml --out sweeprep", "report.md exists and is not a fedmom report"),
     # evaluation tasks and data, before any cell trains (issue 30: S16, S17)
-    ("sw_evaltypo.yaml", "nosuchtask"),
+    pytest.param("sw_evaltypo.yaml", "nosuchtask", id="S16"),
     ("sw_evalsynth.yaml", "unknown eval task 'synthetic_maths'"),
     ("sw_evalnodata.yaml", "humaneval needs local data: pass --data-dir"),
     ("sw_good.yaml --data-dir /nope", "--data-dir /nope is not a folder"),
+    pytest.param(
+        "smoke --out sw --only method=fedit --set rounds=1 --data-dir /nope",
+        "/nope is not a folder",
+        id="S17",
+    ),
     ("sw_evalnodata.yaml --data-dir /nope", "--data-dir /nope is not a folder"),
 ]
 
@@ -935,30 +973,34 @@ def test_eval_bad_input(world, monkeypatch, capsys, args, fragment):
 # (Z03, G18, G44), an eval.json of the same kind accumulates and a task in it needs --force (G19),
 # --out is checked before any program runs (G33, G34), the timeout is bounded (G23-G25).
 EVAL_OUT = [
-    ("--model tiny --tasks synthetic_math --limit 1 --out run_done", "is a fedmom run folder"),
+    pytest.param(
+        "--model tiny --tasks synthetic_math --limit 1 --out run_done", "is a fedmom run folder", id="Z04"
+    ),
     ("--model tiny --tasks synthetic_math --limit 1 --out run_part", "is a fedmom run folder"),
-    ("--model tiny --tasks synthetic_math --limit 1 --out userdir", "not a fedmom evaluation folder"),
+    pytest.param(
+        "--model tiny --tasks synthetic_math --limit 1 --out userdir", "not a fedmom evaluation", id="Z03"
+    ),
     ("--model tiny --tasks synthetic_math --limit 1 --out .", "not a fedmom evaluation folder"),
     ("--model tiny --tasks synthetic_math --limit 1 --out gen_done", "holds results of another model"),
     ("--model tiny --tasks synthetic_math --limit 1 --out afile", "is a file, not a folder"),
 ]
 GEN = "--tasks humaneval --data-dir gen_data --generations gen.jsonl --allow-unsandboxed-code"
 GENERATIONS_OUT = [
-    ("--out run_done", "is a fedmom run folder"),  # F16: it took no lock and wrote into a run
+    ("--out run_done", "is a fedmom run folder", "G19"),  # it took no lock and wrote into a run
     ("--out run_done --force", "is a fedmom run folder"),
     ("--out userdir", "not a fedmom evaluation folder (it holds notes, thesis.tex)"),
     ("--out userdir --force", "not a fedmom evaluation folder"),
     ("--out .", "not a fedmom evaluation folder"),
-    ("--out user_eval", "is not a fedmom eval.json"),
+    ("--out user_eval", "is not a fedmom eval.json", "G18"),
     ("--out model_eval", "holds evaluations of a model (tiny)"),
     ("--out model_eval --force", "holds evaluations of a model (tiny)"),
     ("--out gen_done", "already holds humaneval; pass --force to replace"),
-    ("--out afile", "is a file, not a folder"),
-    ("--out afile/o", "afile is a file, not a folder"),
-    ("--out o --timeout nan", "--timeout must be in (0, 3600]"),
-    ("--out o --timeout inf", "--timeout must be in (0, 3600]"),
-    ("--out o --timeout 1e300", "--timeout must be in (0, 3600]"),
-    ("--out o --timeout 0", "--timeout must be in (0, 3600]"),
+    ("--out afile", "is a file, not a folder", "G20"),
+    ("--out afile/o", "afile is a file, not a folder", "G34"),
+    ("--out o --timeout nan", "--timeout must be in (0, 3600]", "G23"),
+    ("--out o --timeout inf", "--timeout must be in (0, 3600]", "G24"),
+    ("--out o --timeout 1e300", "--timeout must be in (0, 3600]", "G25"),
+    ("--out o --timeout 0", "--timeout must be in (0, 3600]", "G21"),
     # issue 30: a memory budget per program, and workers x budget within half of MemAvailable
     ("--out o --memory-budget 10", "--memory-budget must be at least"),
     ("--out o --memory-budget 5000000", "over 50% of this machine's available memory"),
@@ -966,7 +1008,10 @@ GENERATIONS_OUT = [
 ]
 
 
-@pytest.mark.parametrize("args,fragment", EVAL_OUT + [(f"{GEN} {a}", f) for a, f in GENERATIONS_OUT])
+@pytest.mark.parametrize(
+    "args,fragment",
+    EVAL_OUT + [pytest.param(f"{GEN} {r[0]}", r[1], id=(r[2:] or [None])[0]) for r in GENERATIONS_OUT],
+)  # a row's third element: the review's id
 def test_eval_out_bad(world, monkeypatch, capsys, args, fragment):
     check_case(world, monkeypatch, capsys, "eval", args, fragment)
 
@@ -1001,6 +1046,8 @@ GENERATIONS_OK = [
     ("G39", "\n" * 2000 + X0 + "\n", "", 1, 1.0),
     ("G45", X0.replace("x + 0", "x + 0  # \\ud800") + "\n", "", 1, 0.0),  # lone surrogate: fails to run
     ("G46", X0.replace("x + 0", "x + 0\\u0000") + "\n", "", 1, 0.0),  # NUL byte: fails to run
+    # a 30 MB line is read and scored; its program is over the sandbox's 16 MiB file size: a failed case
+    ("G05", X0.replace("x + 0", "x + 0  # " + "y" * 30_000_000) + "\n", "", 1, 0.0),
 ]
 
 
@@ -1051,15 +1098,36 @@ REVIEW_OK = [
         "-m fedmomentum --heterogeneous c0 a_r8 c1 --out o",
         "o/adapter/adapter_config.json",
     ),
+    (
+        "AH08",
+        "aggregate",
+        "-m fedmomentum --heterogeneous --rank 16 c0 a_r8 --out o",
+        "o/adapter/adapter_config.json",
+    ),
+    # export: other methods, an existing empty folder, bf16, a result.json naming another method
+    ("X02", "export", "run_fedsa --out exp", "exp/model.safetensors"),
+    ("X10", "export", "run_fm1 --out exp --adapter-only", "exp/adapter_model.safetensors"),  # delta empty
+    ("X24", "export", "run_done --out exp --adapter-only", "exp/adapter_model.safetensors"),
+    ("X26", "export", "run_done --out emptydir", "emptydir/model.safetensors"),
+    ("X27", "export", "run_done --out exp --precision bf16", "exp/model.safetensors"),
+    ("X31", "export", "run_fmh --out exp", "exp/model.safetensors"),  # client ranks 2, 4, 4
+    ("X33", "export", "run_othermethod --out exp", "exp/model.safetensors"),
+    # data convert into a user's folder, or into its own source folder: the user's files stay
+    ("C16", "data", "convert conv --out userdir", "userdir/arc_easy/test.jsonl"),
+    ("C23", "data", "convert conv --out conv", "conv/arc_easy/test.jsonl"),
+    ("K09", "eval", "run_done --limit 1 --cache c", "run_done/eval.json"),
+    ("M13", "report", "rep_loop --no-figures", "rep_loop/report.md"),  # no hang on the loop
 ]
+SHOWN = {"M13": "1 run folder(s), 1 finished"}  # the made file says so: the looped run counted once
 
 
-@pytest.mark.parametrize("command,args,made", [pytest.param(*r[1:], id=r[0]) for r in REVIEW_OK])
-def test_review_successes_keep_every_file(world, monkeypatch, capsys, command, args, made):
+@pytest.mark.parametrize("case,command,args,made", [pytest.param(*r, id=r[0]) for r in REVIEW_OK])
+def test_review_successes_keep_every_file(world, monkeypatch, capsys, case, command, args, made):
     before = snapshot(world)
     code, out, err = run_main(monkeypatch, capsys, command, *shlex.split(args))
     assert code == 0, (out, err)
     assert (world / made).is_file()
+    assert case not in SHOWN or SHOWN[case] in (world / made).read_text()
     after = snapshot(world)
     assert {k: v for k, v in after.items() if k in before} == before
 
@@ -1836,6 +1904,24 @@ REVIEW_IDS = [
         "sweepres --out sweepres/math/fedit/seed0/config.yaml --no-figures",
         "refusing to write a report over a run file",
     ),
+    # the last of the review's cases (issue 30's floor)
+    ("E09", "eval", "run_done --limit 1 --tasks squad", "unknown eval task 'squad'"),
+    ("E10", "eval", "run_done --limit 1 --tasks gsm8k", "needs the Hub"),
+    ("G29", "eval", f"{GEN.replace('gen.jsonl', 'gen_data')} --out o", "gen_data is not a file"),
+    ("G30", "eval", f"{GEN.replace('gen.jsonl', '/nope.jsonl')} --out o", "/nope.jsonl is not a file"),
+    ("AH03", "aggregate", "-m fedmomentum --heterogeneous c0 a_r8_kv --out o", "disagree on target_modules"),
+    ("L12", "eval", "run_fmh --limit 1 --clients all", "--clients needs a fedsa_lora run"),
+    ("X11", "export", "run_flora --out exp --adapter-only", "base_delta.safetensors is not zero"),
+    ("F04", "export", "run_fmh --out exp --adapter-only", "base_delta.safetensors is not zero"),
+    # --report-to '' was read as none (the review's RT04); an empty name is refused, as in a sweep
+    ("RT04", "train", f"{T} --rounds 1 --report-to ''", "--report-to must be one of none, tensorboard"),
+    ("RT04b", "sweep", "sw_good.yaml --out sw --report-to ''", "--report-to must be one of"),
+    ("C09", "data", "convert conv --out conv_out", "exists; pass --force to overwrite it"),
+    ("F17", "data", "convert conv --out conv_user --force", "`fedmom data convert` did not write it"),
+    ("F17b", "data", "convert conv --out conv_useryaml --force", "`fedmom data convert` did not write it"),
+    # a run's eval.json of another model, as an older fedmom wrote it: never shown as the method's
+    ("F10", "report", "rep_prerun --no-figures", "holds an evaluation of pretrained, not of this run"),
+    ("F11", "report", "rep_genrun --no-figures", "holds an evaluation of generations, not of this"),
 ]
 
 
@@ -1857,6 +1943,9 @@ READ_ONLY_ANYONE = [
     *[(RO_IDS.get(c, f"ro-{c}"), c, a, "ro") for c, a in READ_ONLY],
     ("X17", "export", "run_done --out ro/exp", "ro"),
     ("K05", "eval", "run_done --limit 1 --cache ro/c", "ro"),
+    ("M09", "train", f"--recipe smoke {FAST} --no-progress --out run_part --resume", "run_part"),
+    ("M11", "report", "sweepres --no-figures", "sweepres"),  # its report.md would go there
+    ("M12", "train", "--recipe smoke --rounds 2 --set local_steps=1 --no-progress", "."),  # default --out
 ]
 
 
@@ -1870,6 +1959,125 @@ def test_read_only_folder_is_one_line(world, monkeypatch, capsys, command, args,
 
     monkeypatch.setattr(os, "access", access)
     check_case(world, monkeypatch, capsys, command, args, "permission denied")
+
+
+@pytest.mark.parametrize("args", [pytest.param("run_done --out exp", id="M10")])
+def test_export_of_a_read_only_run(world, monkeypatch, capsys, args):
+    """Export only reads the run: a run folder nobody may write in exports as usual."""
+    real, ro = os.access, (world / "run_done").resolve()
+    monkeypatch.setattr(
+        os, "access", lambda p, m, **k: real(p, m, **k) and not (m & os.W_OK and Path(p).resolve() == ro)
+    )
+    before = snapshot(world / "run_done")
+    code, out, err = run_main(monkeypatch, capsys, "export", *shlex.split(args))
+    assert code == 0, err
+    assert (world / "exp" / "model.safetensors").is_file() and snapshot(world / "run_done") == before
+
+
+# eval --generations --out . in a folder holding the user's eval.json (G44): refused, run from there
+@pytest.mark.parametrize(
+    "cwd,args,fragment", [pytest.param("g44", "--out .", "is not a fedmom eval.json", id="G44")]
+)
+def test_eval_out_dot_in_a_users_folder(world, monkeypatch, capsys, cwd, args, fragment):
+    monkeypatch.chdir(world / cwd)
+    gen = "--tasks humaneval --data-dir ../gen_data --generations ../gen.jsonl --allow-unsandboxed-code"
+    check_case(world, monkeypatch, capsys, "eval", f"{gen} {args}", fragment)
+    assert (world / cwd / "eval.json").read_text() == '{"mine": true}'
+
+
+# A writer while another process holds the folder's lock (F16: eval --generations --out RUN while
+# `train` writes it): one line, nothing written (the lock is this process's, taken first).
+LOCKED = [("F16", "eval", f"{GEN} --out run_done", "run_done", "run_done")]
+
+
+@pytest.mark.parametrize("command,args,folder,fragment", [pytest.param(*r[1:], id=r[0]) for r in LOCKED])
+def test_a_locked_folder_is_refused(world, monkeypatch, capsys, command, args, folder, fragment):
+    with safety.RunLock(world / folder):
+        check_case(world, monkeypatch, capsys, command, args, fragment)
+
+
+# Successful trains of the review (its "documented success"): exit 0, the setting recorded as given
+# (a row's key and value in config.yaml), and every file that was there before kept.
+TR = "--recipe smoke --rounds 1 --set local_steps=1 --no-progress --out r"
+TRAIN_OK = [
+    ("CR25", f"{TR} --set 'client_ranks={{cycle: [4, 4, 4, 4, 4]}}'", "client_ranks", [4, 4, 4]),
+    ("SG24", f"{TR} --set local_steps=2.0", "local_steps", 2),  # integral: read as 2
+    ("SG25", f"{TR} --set target_modules=q_proj,,v_proj", "adapter", ["q_proj", "v_proj"]),
+    ("F15", f"{TR} --set target_modules=q_proj,,v_proj", "target_modules", ["q_proj", "v_proj"]),
+    ("SG26", f"{TR} --set ' lora_r=2'", "lora_r", 2),  # the key stripped (smoke's lora_r is 4)
+    ("SG38", f"{TR} --set lr=1e-30", "lr", 1e-30),
+    ("RT08", f"{TR} --report-to tensorboard", "tensorboard", True),
+]
+
+
+@pytest.mark.parametrize("args,key,value", [pytest.param(*r[1:], id=r[0]) for r in TRAIN_OK])
+def test_review_trains_that_succeed(world, monkeypatch, capsys, args, key, value):
+    before = snapshot(world)
+    code, out, err = run_main(monkeypatch, capsys, "train", *shlex.split(args))
+    assert code == 0, err
+    assert json.loads((world / "r" / "result.json").read_text())["status"] == "finished"
+    if key == "adapter":  # what PEFT itself was given
+        got = sorted(
+            json.loads((world / "r" / "adapter" / "adapter_config.json").read_text())["target_modules"]
+        )
+    elif key == "tensorboard":  # --report-to is not a setting: its event files are the record
+        got = (world / "r" / "tensorboard").is_dir()
+    else:
+        got = getattr(cfgmod.from_yaml((world / "r" / "config.yaml").read_text()), key)
+    assert got == value and type(got) is type(value), got
+    after = snapshot(world)
+    assert {k: v for k, v in after.items() if k in before} == before
+
+
+@pytest.mark.parametrize("link", [pytest.param("link_run", id="M08")])
+def test_force_through_a_link_to_a_finished_run(world, monkeypatch, capsys, link):
+    """`train --force --out LINK` retrains the run the link names; the link stays a link."""
+    args = f"--recipe smoke --rounds 2 --set local_steps=1 --no-progress --force --out {link}"
+    code, _, err = run_main(monkeypatch, capsys, "train", *shlex.split(args))
+    assert code == 0, err
+    assert os.readlink(world / "link_run") == "run_done"
+    result = json.loads((world / "run_done" / "result.json").read_text())
+    assert result["status"] == "finished" and result["rounds_completed"] == 2
+
+
+# --report-to a tracker whose package is missing (RT02, RT05; installed here, so hidden): one line.
+@pytest.mark.parametrize("tracker", [pytest.param("wandb", id="RT02"), pytest.param("mlflow", id="RT05")])
+def test_report_to_a_missing_tracker_is_one_line(world, monkeypatch, capsys, tracker):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == tracker else real(name, *a)
+    )
+    check_case(
+        world, monkeypatch, capsys, "train", f"{TR} --report-to {tracker}", f"needs the `{tracker}` package"
+    )
+
+
+# `fedmom push` with the Hub unreachable (here it always is; huggingface_hub is pointed at a closed
+# local port so that the refusal is quick) and each way of being offline: one line, nothing written.
+PUSH = [
+    ("H02", {"HF_HUB_OFFLINE": "1"}, "me/x", "HF_HUB_OFFLINE is set"),
+    ("H03", {"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_fake"}, "me/x", "HF_HUB_OFFLINE is set"),
+    ("F05", {}, "me/x", "no Hugging Face token"),
+    ("F06", {"HF_TOKEN": "hf_fake"}, "me/x", "cannot reach the Hugging Face Hub"),
+    ("F07", {"HF_TOKEN": "hf_fake"}, "me/..", "--repo must look like OWNER/NAME"),
+    ("F08", {"HF_TOKEN": "hf_fake"}, "me/" + "x" * 200, "--repo must look like OWNER/NAME"),
+    ("F09", {"HF_DATASETS_OFFLINE": "1"}, "me/x", "HF_DATASETS_OFFLINE is set"),
+]
+
+
+@pytest.mark.parametrize("env,repo,fragment", [pytest.param(*r[1:], id=r[0]) for r in PUSH])
+def test_push_offline_or_unreachable_is_one_line(world, tmp_path, monkeypatch, capsys, env, repo, fragment):
+    from huggingface_hub import constants
+
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))  # no login here
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused
+    check_case(world, monkeypatch, capsys, "push", f"run_done --repo {repo}", fragment)
 
 
 # A full disk on every writer: one line, nothing left behind (no .tmp, no half-made folder).
@@ -1915,9 +2123,21 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(world, monkeypatch, capsys, 
     assert snapshot(world) == before
 
 
-@pytest.mark.parametrize("where", ["fsync", "torch.save"])
-def test_train_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(world, monkeypatch, capsys, where):
-    """M21, M27: train keeps what it wrote (a checkpoint to --resume from) but no `.tmp`."""
+@pytest.mark.parametrize(
+    "where,out",
+    [
+        ("fsync", "full"),
+        pytest.param("torch.save", "full", id="M21"),
+        pytest.param("torch.save", "run_part --resume", id="M27"),  # rounds 1-2 done, resumed
+        ("fsync", "run_part --resume"),
+    ],
+)
+def test_train_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(
+    world, monkeypatch, capsys, where, out
+):
+    """Train keeps what it wrote (a checkpoint to --resume from) but no `.tmp`."""
+    folder = world / out.split()[0]
+    checkpoint = (folder / "checkpoint.pt").read_bytes() if (folder / "checkpoint.pt").exists() else None
     import errno
 
     if where == "fsync":
@@ -1933,12 +2153,14 @@ def test_train_on_a_full_disk_is_one_line_and_leaves_no_temporary_file(world, mo
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
 
         monkeypatch.setattr(torch, "save", full)
-    args = f"--recipe smoke {FAST} --no-progress --out full"
-    code, out, err = run_main(monkeypatch, capsys, "train", *shlex.split(args))
+    args = f"--recipe smoke {FAST} --no-progress --out {out}"
+    code, stdout, err = run_main(monkeypatch, capsys, "train", *shlex.split(args))
     lines = err.splitlines()  # the rounds it trained, then one line
-    assert code == 2 and lines[-1].startswith("error: cannot write"), (out, err)
+    assert code == 2 and lines[-1].startswith("error: cannot write"), (stdout, err)
     assert "no space left on the device" in lines[-1] and sum(x.startswith("error:") for x in lines) == 1
-    assert not [p for p in (world / "full").rglob("*") if p.name.endswith(".tmp")]
+    assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+    if checkpoint is not None:  # the resumed run's checkpoint is intact: --resume again later
+        assert (folder / "checkpoint.pt").read_bytes() == checkpoint
 
 
 def test_bench_json_makes_its_folder(world, monkeypatch, capsys):
@@ -1999,15 +2221,17 @@ def test_force_replaces_a_run_folder_only_after_validation(world, monkeypatch, c
 # Hidden names that merely look temporary are the user's: only `.<fedmom name>.tmp` is fedmom's.
 # Rows: (command, folder, the user's file put into a copy of it). Z01, F18, F19 of the outside review.
 HIDDEN = [".notes.markdown", ".env.template", ".draft.tmp", ".thesis.abcdefgh", ".backup.tmp"]
+FORCE_IDS = {("train", ".notes.markdown"): "Z01", ("train", ".thesis.abcdefgh"): "F18"}
+FORCE_IDS[("aggregate", ".backup.tmp")] = "F19"  # the review's ids
 FORCE_KEEPS = [
-    *[("train", "run_done", name) for name in HIDDEN],
+    *[pytest.param("train", "run_done", name, id=FORCE_IDS.get(("train", name))) for name in HIDDEN],
     ("train", "run_done", "adapter/notes.txt"),
     ("train", "run_done", "eval_samples/mine.txt"),
     ("train", "run_done", "eval_samples/clients/0/mine.txt"),  # eval --clients' own layout, a user file in it
     ("train", "run_done", "eval_samples/clients/x.jsonl"),
     ("train", "run_done", "lm_eval/mine.txt"),  # fedmom eval's lm-eval files: only lm-eval's names
     ("train", "run_done", "lm_eval/results_final.yaml"),
-    *[("aggregate", "agg_done", name) for name in HIDDEN],
+    *[pytest.param("aggregate", "agg_done", n, id=FORCE_IDS.get(("aggregate", n))) for n in HIDDEN],
     ("aggregate", "agg_done", "adapter/notes.txt"),
     ("aggregate", "agg_done", "clients/0/serve.py"),
     ("aggregate", "agg_done", "clients/extra.txt"),

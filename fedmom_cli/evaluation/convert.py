@@ -23,6 +23,9 @@ What cannot come back, and why it does not change lm-eval's scores:
 - SIQA's context/question boundary: LLM-Adapters joins them with one space; lm-eval's prompt is
   "Q: {{context}} {{question}}", identical for any split at a space. We split before the last
   sentence (the question).
+An existing file is replaced only with `--force`, and only one an earlier convert wrote: the YAML
+beside it carries that convert's header (`lmeval_yaml.WRITTEN_BY`); a file of the user's at either
+name stops the command (issue 30: --force replaces only fedmom's own files).
 Refused: boolq (the copy has the question only; lm-eval's prompt starts with the passage) and
 hellaswag (lm-eval's prompt needs activity_label, ctx_a and ctx_b separately; LLM-Adapters
 renders them as one context). A row that does not parse is reported with its index; nothing is
@@ -194,6 +197,18 @@ def convert_rows(name: str, rows: list) -> list[dict]:
     return out
 
 
+def _ours(config: Path) -> bool:
+    """Whether `config` is a YAML an earlier `fedmom data convert` wrote (its header says so): then it
+    and the converted file beside it are fedmom's to replace under --force (review F17)."""
+    from fedmom_cli.evaluation.lmeval_yaml import WRITTEN_BY  # lazily, as task_yaml does
+
+    try:
+        with open(config, "rb") as f:
+            return WRITTEN_BY.encode() in f.read(4096)
+    except OSError:  # missing, a folder, unreadable: not fedmom's
+        return False
+
+
 def _write_all(files: dict[Path, str]) -> None:
     """Every file or none: each is written under its temporary name first, then all are renamed;
     a failure (a full disk) removes the temporary files and the folders this call made."""
@@ -260,6 +275,11 @@ def run(src: Path, out: Path, sets: list[str] | None = None, force: bool = False
                 raise UserError(f"{path} is a symbolic link; move it away")
             if path.exists() and not force:
                 raise UserError(f"{path} exists; pass --force to overwrite it")
+            if path.exists() and not _ours(config):  # issue 30: --force replaces fedmom's files only
+                raise UserError(
+                    f"{path} exists and `fedmom data convert` did not write it ({config} is not its "
+                    "YAML); --force replaces only what an earlier convert wrote: move it away"
+                )
         converted[s] = (target, convert_rows(s, rows), config, task_yaml(s, target, src))
     files = {}
     for target, rows, config, text in converted.values():

@@ -69,11 +69,14 @@ def config(leaf: str, folder: str, data: Path) -> dict:
     return cfg
 
 
+WRITTEN_BY = "# written by `fedmom data convert`"  # the header's mark: convert --force replaces these
+
+
 def render(cfg: dict, source: str) -> str:
     data = Path(cfg["dataset_kwargs"]["data_files"][lmeval_tasks.eval_split(cfg)])
     head = (
         f"# lm-eval's own {cfg['task']} task (lm-eval's YAML), dataset pointed at the local file below;\n"
-        f"# written by `fedmom data convert` from {source}. Run offline with:\n"
+        f"{WRITTEN_BY} from {source}. Run offline with:\n"
         "#   HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 lm_eval --model hf --model_args pretrained=MODEL \\\n"
         f"#     --include_path {data.parent.parent} --tasks {cfg['task']}\n"
         "# data_files is absolute (lm-eval reads a relative one from the working directory): after\n"

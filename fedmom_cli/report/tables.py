@@ -166,7 +166,9 @@ def collect(root: Path) -> tuple[list[Run], list[dict]]:
     """Every run folder (result.json + config.yaml) and every pre-trained eval.json under root.
 
     A malformed file of a run folder stops the report with one line naming it (a run silently
-    missing from a table would be worse).
+    missing from a table would be worse); so does a run folder's eval.json that is not an evaluation
+    of that run's model (`adapter` not true: the pre-trained model's, or given generations'), which
+    a table would otherwise show as the method's result.
     """
     runs, pretrained = [], []
     # Committed example runs (results/examples/) join a report only when it is asked for them.
@@ -184,6 +186,14 @@ def collect(root: Path) -> tuple[list[Run], list[dict]]:
         evaluated = (
             _read(folder / runfolder.EVAL, json.loads, dict) if (folder / runfolder.EVAL).is_file() else None
         )
+        if evaluated is not None and evaluated.get("adapter") is not True:
+            # An older fedmom let `eval --model M --out RUN` and `eval --generations --out RUN` write
+            # here (review F10, F11): read as the run's result it would be a wrong number.
+            other = evaluated.get("method") or evaluated.get("model") or "another model"
+            raise UserError(
+                f"{folder / runfolder.EVAL} holds an evaluation of {other}, not of this run's model; "
+                "move it to its own folder"
+            )
         runs.append(Run(folder, config, result, evaluated, _metrics(folder / runfolder.METRICS)))
     for eval_path in sorted(root.rglob(runfolder.EVAL)):
         if (eval_path.parent / runfolder.CONFIG).is_file() or elsewhere(eval_path):

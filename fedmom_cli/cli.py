@@ -384,6 +384,13 @@ def train(
         help="With --engine flower (simulation): GPU share per client (fractional, e.g. 0.25 puts four "
         "clients on one GPU); 0 trains the clients on the CPU.",
     ),
+    secagg: bool = typer.Option(
+        None,
+        "--secagg/--no-secagg",
+        show_default="the recipe's secagg, else off",
+        help="With --engine flower: Flower's SecAgg+ secure aggregation; the server sees only "
+        "the clients' weighted sum (FedIT, FedIT + re-split, FFA-LoRA, RoLoRA, FedSVD; docs/methods.md).",
+    ),
     wait: float = typer.Option(
         300.0,
         "--wait",

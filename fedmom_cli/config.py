@@ -69,6 +69,9 @@ class TrainConfig:
     # ServerApp (flower/strategy.py: site_settings), not by hand; data/synthetic/partition are null
     sites: dict[str, Any] | None = None
     client_weights: str = "samples"  # samples | uniform
+    # Flower's SecAgg+ (--engine flower --secagg): the server sees only the clients' weighted sum,
+    # for the methods whose server needs nothing else (flower/secagg_rules.py); None = off
+    secagg: bool | None = None
     rounds: int = 50
     # local training (the paper: 10 steps of batch 16, AdamW lr 3e-4, a fresh optimizer per round)
     local_steps: int = 10
@@ -156,6 +159,7 @@ LATER_KEYS = (
     "diagnostic_modules",
     "client_dropout",
     "sites",
+    "secagg",
     *DP_KEYS,
     # issue 26: task instruct's field mapping and the client split's partitioner
     "prompt_field",
@@ -273,6 +277,7 @@ def _check(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"clients_per_round must be in 1..{cfg.clients}, got {cfg.clients_per_round}")
     _check_ranges(cfg)
     _check_privacy(cfg)
+    _check_secagg(cfg)
     _check_method_options(cfg)
     if cfg.client_ranks is not None:
         _check_client_ranks(cfg, METHODS)
@@ -404,6 +409,31 @@ def _check_privacy(cfg: TrainConfig) -> None:
             "dp_delta is set but no DP is on (set dp_noise_multiplier, dp_target_epsilon or "
             "dp_client_noise_multiplier)"
         )
+
+
+def _check_secagg(cfg: TrainConfig) -> None:
+    """Secure aggregation: a method whose server needs only weighted means, every sampled client
+    returning (SecAgg+ would recover a dropped client's masks, but fedmom's dropout is a client
+    that answers an error before the masked stage: not wired), one rank, no server-side DP."""
+    if not cfg.secagg:
+        return
+    from fedmom_cli.flower.secagg_rules import refusal
+
+    if (reason := refusal(cfg.method)) is not None:
+        raise UserError(reason)
+    if cfg.client_dropout:
+        raise UserError("secagg does not take client_dropout (fedmom's dropouts are not wired into SecAgg+)")
+    if cfg.client_ranks is not None:
+        raise UserError(
+            "secagg does not take heterogeneous client_ranks (the masked vectors must have one shape)"
+        )
+    if cfg.client_dp or cfg.sample_dp:
+        raise UserError(
+            "secagg does not take the dp_* keys: client-level DP clips each client's update at the "
+            "server, which secure aggregation hides, and DP-SGD runs with --engine sequential only"
+        )
+    if cfg.diagnostic_modules not in (None, 0):
+        raise UserError("secagg hides each client's factors: the per-client diagnostics cannot be measured")
 
 
 def _check_client_ranks(cfg: TrainConfig, methods: dict) -> None:

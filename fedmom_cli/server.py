@@ -184,6 +184,7 @@ class Server:
         wall: float,
         sent: tuple[int, int] | None = None,
         participation: Participation | None = None,
+        secure: bool = False,
     ) -> RoundRecord:
         """Aggregate the clients' factors, apply the base delta, validate, log and checkpoint the round.
 
@@ -192,6 +193,8 @@ class Server:
         accounting. `participation`: who was sampled and who dropped (participation.py); `updates`
         are the clients that returned, and the method sees only them, weights renormalised over them.
         No update at all (every sampled client dropped): `_unchanged`.
+        `secure`: the updates came through secure aggregation, every client's factors are the
+        clients' weighted mean (flower/secagg.py): the per-client diagnostics are not measured.
         """
         updates = sorted(updates, key=lambda u: u.client)
         clients = [u.client for u in updates]
@@ -209,7 +212,7 @@ class Server:
         if self.cfg.client_dp:  # clip each update now; the noise goes on the average (below)
             finals, dp_noise, dp_stats = self._client_dp(round_idx, clients, finals)
         start = time.perf_counter()  # what each client started from, before the method moves on
-        measured = diagnostics.pick_modules(list(self.modules), self.cfg.diagnostic_modules)
+        measured = [] if secure else diagnostics.pick_modules(list(self.modules), self.cfg.diagnostic_modules)
         diag_modules, diag = {}, {}
         if measured:
             starts_by_client = [self.client_start(k) for k in clients]

@@ -169,6 +169,8 @@ def run(opts: TrainOptions) -> dict:
                 "differential privacy (the dp_* keys) runs with --engine sequential only; with Flower, "
                 "wrap the strategy in Flower's own DP strategies (docs/flower.md)"
             )
+    if cfg.secagg and opts.engine != "flower":
+        raise UserError("secagg (secure aggregation) runs with --engine flower only")
     if cfg.sites is not None and opts.grid is None:
         raise UserError(
             "sites is recorded by a Flower deployment's ServerApp from its SuperNodes; it cannot be set"

@@ -96,8 +96,35 @@ def site_info(sim, pid: int, site_data: str | None) -> dict:
     return {"partition_id": pid, "data": site_data, "rows": fp["rows"], "sha256": fp["sha256"]}
 
 
+def _train_node(context, pid: int, config, glob: dict, delta: dict):
+    """Train this node's client for one round from the global factors `glob` and the round's base
+    delta arrays `delta` (added to the node's own accumulated copy, or replacing it when the config
+    says `replace-delta`): (ClientUpdate, the trained factors by `module|part`, its sampler)."""
+    from flwr.app import ArrayRecord
+
+    site_data = context.node_config.get("data")
+    sim = _client_simulation(str(config["fedmom-config"]), str(site_data) if site_data else None)
+    server = sim.server  # the node's own mirror of the server's state
+    round_idx = int(config["round"])
+    # The node's own copy of the backbone: accumulated delta, kept across rounds on the node.
+    acc = {} if config["replace-delta"] else tensors_of(context.state.array_records.get("delta"))
+    for module, d in dense_deltas(delta).items():
+        acc[module] = acc[module] + d if module in acc else d
+    context.state["delta"] = ArrayRecord(torch_state_dict=acc) if acc else ArrayRecord()
+    server.load_base_delta(acc)
+    nested = nest(glob)
+    start = {m: LoraFactors(nested[m]["A"], nested[m]["B"]) for m in sim.modules}
+    k = 0 if site_data else pid
+    server.load_sampler_state(k, json.loads(str(config["samplers"]))[str(pid)])
+    sampler = server.samplers[k]
+    update = sim.train_one(round_idx, pid, sampler, global_factors=start)
+    trained = sorted(server.method.trainable(round_idx))
+    up = flatten({m: {x: getattr(f, x) for x in trained} for m, f in update.factors.items()})
+    return update, up, sampler
+
+
 def client_app():
-    from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+    from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
@@ -116,46 +143,39 @@ def client_app():
         info = site_info(sim, pid, str(site_data) if site_data else None)
         return Message(RecordDict({"site": ConfigRecord({"json": json.dumps(info)})}), reply_to=msg)
 
-    @app.train()
+    from fedmom_cli.flower import secagg
+
+    @app.train(mods=[secagg.client_mod])
     def train(msg: Message, context) -> Message:
         from fedmom_cli.progress import quiet_if_asked
 
         quiet_if_asked()  # --no-progress reaches the clients' processes through the environment
-        config = msg.content["config"]
         pid = int(context.node_config["partition-id"])
+        if secagg.is_fitins(msg):  # under SecAgg+: a legacy FitIns, answered with a FitRes to mask
+            config, glob, delta = secagg.unpack_fitins(msg)
+        else:
+            config = msg.content["config"]
+            glob = tensors_of(msg.content["global"])
+            delta = tensors_of(msg.content.array_records.get("delta"))
         if config["drop"]:  # drawn to fail this round (client_dropout): it answers with an error
             return Message(Error(code=DROPPED, reason=f"client {pid} dropped (client_dropout)"), reply_to=msg)
         if os.environ.get("FEDMOM_FAULT_CLIENT") == str(pid):
             raise RuntimeError(f"injected fault in client {pid}")
-        site_data = context.node_config.get("data")
-        sim = _client_simulation(str(config["fedmom-config"]), str(site_data) if site_data else None)
-        server = sim.server  # the node's own mirror of the server's state
-        round_idx = int(config["round"])
-        # The node's own copy of the backbone: accumulated delta, kept across rounds on the node.
-        acc = {} if config["replace-delta"] else tensors_of(context.state.array_records.get("delta"))
-        for module, d in dense_deltas(tensors_of(msg.content.array_records.get("delta"))).items():
-            acc[module] = acc[module] + d if module in acc else d
-        context.state["delta"] = ArrayRecord(torch_state_dict=acc) if acc else ArrayRecord()
-        server.load_base_delta(acc)
-        glob = nest(tensors_of(msg.content["global"]))
-        start = {m: LoraFactors(glob[m]["A"], glob[m]["B"]) for m in sim.modules}
-        k = 0 if site_data else pid
-        server.load_sampler_state(k, json.loads(str(config["samplers"]))[str(pid)])
-        sampler = server.samplers[k]
-        update = sim.train_one(round_idx, pid, sampler, global_factors=start)
-        trained = sorted(server.method.trainable(round_idx))
-        up = flatten({m: {x: getattr(f, x) for x in trained} for m, f in update.factors.items()})
+        update, up, sampler = _train_node(context, pid, config, glob, delta)
+        metrics = {
+            "num-examples": update.examples,
+            "loss": float("nan") if update.loss is None else update.loss,  # None: no token
+            "partition-id": pid,
+            **update.seconds,
+        }
+        if secagg.is_fitins(msg):
+            cfg = cfgmod.from_yaml(str(config["fedmom-config"]))
+            weight = update.examples if cfg.client_weights == "samples" else 1
+            return secagg.fitres_message(msg, up, weight, {**metrics, "sampler": json.dumps(sampler.state())})
         reply = RecordDict(
             {
                 "factors": array_record(up),
-                "metrics": MetricRecord(
-                    {
-                        "num-examples": update.examples,
-                        "loss": float("nan") if update.loss is None else update.loss,  # None: no token
-                        "partition-id": pid,
-                        **update.seconds,
-                    }
-                ),
+                "metrics": MetricRecord(metrics),
                 "meta": ConfigRecord({"sampler": json.dumps(sampler.state())}),
             }
         )
@@ -165,6 +185,15 @@ def client_app():
 
 
 # ---- server ----------------------------------------------------------------------------------------
+
+
+def _max_weight(server, connection) -> float:
+    """SecAgg+'s max_weight: the largest client's rows (its aggregation weight), 1 for uniform."""
+    if server.cfg.client_weights != "samples":
+        return 1.0
+    if connection is not None and connection.sites:
+        return float(max(int(info["rows"]) for info in connection.sites.values()))
+    return float(max(len(s.rows) for s in server.samplers))
 
 
 def run(
@@ -191,6 +220,11 @@ def run(
     rounds = server.cfg.rounds - server.round
 
     def start(grid) -> None:
+        if server.cfg.secagg:  # Flower's SecAgg+ workflow around the same strategy (secagg.py)
+            from fedmom_cli.flower import secagg
+
+            secagg.start(strategy, grid, rounds, max_weight=_max_weight(server, connection))
+            return
         from flwr.app import ArrayRecord
 
         strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=rounds)

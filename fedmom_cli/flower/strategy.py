@@ -201,14 +201,21 @@ class FedmomStrategy(FedAvg):
             examples, loss = int(metrics["num-examples"]), float(metrics["loss"])
             loss = None if math.isnan(loss) else loss  # a client whose steps saw no trainable token
             updates.append(ClientUpdate(k, factors, examples, loss, seconds))
+        record = self.finish(server_round, updates, (sent_up, self.sent_down))
+        return None, MetricRecord({"loss": float("nan") if record.loss is None else record.loss})
+
+    def finish(self, server_round: int, updates: list[ClientUpdate], sent: tuple[int, int], secure=False):
+        """The round's aggregate (`Server.aggregate`, as the sequential engine), the deltas to send
+        with the next round, and the run's round callback. `secure`: see Server.aggregate."""
+        part = self.part
         t = self.start_round + server_round - 1
-        record = server.aggregate(
-            t, updates, self.round_start, sent=(sent_up, self.sent_down), participation=part
+        record = self.server.aggregate(
+            t, updates, self.round_start, sent=sent, participation=part, secure=secure
         )
         self.pending = record.deltas
         self.synced = set(part.returned)  # they applied everything up to this round's delta
         self.on_round(record)
-        return None, MetricRecord({"loss": float("nan") if record.loss is None else record.loss})
+        return record
 
     def summary(self) -> None:
         pass

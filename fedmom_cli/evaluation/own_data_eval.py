@@ -45,7 +45,9 @@ from fedmom_cli.errors import UserError
 METRICS = ("loss", "exact_match", "contains")
 DEFAULT_MAX_NEW_TOKENS = 256
 PROTOCOL = "own-data"
-STDERR_LOSS = "ratio estimator over rows (tokens clustered by row): sqrt(n/(n-1) sum (s_i - L c_i)^2) / sum c_i"
+STDERR_LOSS = (
+    "ratio estimator over rows (tokens clustered by row): sqrt(n/(n-1) sum (s_i - L c_i)^2) / sum c_i"
+)
 STDERR_SCORE = "sample standard deviation of the 0/1 scores over rows / sqrt(n) (lm-eval's)"
 
 
@@ -115,7 +117,9 @@ def check_options(opts) -> None:
         raise UserError(f"--answer-regex applies to --metric exact_match, not {metric}")
     if given("max_new_tokens"):
         if metric == "loss":
-            raise UserError("--max-new-tokens applies to --metric exact_match or contains (loss generates nothing)")
+            raise UserError(
+                "--max-new-tokens applies to --metric exact_match or contains (loss generates nothing)"
+            )
         if opts.max_new_tokens < 1:
             raise UserError(f"--max-new-tokens must be at least 1, got {opts.max_new_tokens}")
     others = [
@@ -163,7 +167,9 @@ def plan(opts, cfg) -> OwnPlan:
         try:
             regex = re.compile(opts.answer_regex)
         except re.error as exc:
-            raise UserError(f"--answer-regex {opts.answer_regex!r} is not a regular expression: {exc}") from None
+            raise UserError(
+                f"--answer-regex {opts.answer_regex!r} is not a regular expression: {exc}"
+            ) from None
     fields = parse_fields(opts.fields)
     path = Path(opts.data)
     if not path.is_file():
@@ -194,7 +200,8 @@ def prepare(p: OwnPlan, tokenizer) -> OwnPlan:
     p.encoded = [encode(p.task, r, tokenizer, p.cutoff_len) for r in p.rows]
     if p.metric == "loss" and not any(any(x != IGNORE_INDEX for x in e["labels"][1:]) for e in p.encoded):
         raise UserError(
-            f"--data {p.path}: cutoff_len {p.cutoff_len} leaves no response token in any row; nothing to score"
+            f"--data {p.path}: cutoff_len {p.cutoff_len} leaves no response token in any row; "
+            "nothing to score"
         )
     return p
 
@@ -227,9 +234,7 @@ def loss_summary(per_row: list[tuple[float, int]]) -> dict:
     kept = [(s, c) for s, c in per_row if c > 0]
     n, tokens = len(kept), sum(c for _, c in kept)
     mean = sum(s for s, _ in kept) / tokens
-    se = (
-        math.sqrt(n / (n - 1) * sum((s - mean * c) ** 2 for s, c in kept)) / tokens if n > 1 else None
-    )
+    se = math.sqrt(n / (n - 1) * sum((s - mean * c) ** 2 for s, c in kept)) / tokens if n > 1 else None
     ppl = math.exp(mean)
     return {
         "value": mean,
@@ -257,7 +262,9 @@ def extract(regex: re.Pattern | None, text: str) -> str | None:
     return None if value is None else value.strip()
 
 
-def score(metric: str, regex: re.Pattern | None, generation: str, response: str) -> tuple[int, str | None, str]:
+def score(
+    metric: str, regex: re.Pattern | None, generation: str, response: str
+) -> tuple[int, str | None, str]:
     """(0 or 1, the answer taken from the generation, the reference it was compared with)."""
     if metric == "contains":
         reference = response.strip()
@@ -274,7 +281,7 @@ def generate(model, tokenizer, p: OwnPlan, device) -> list[dict]:
 
     limit = getattr(model.config, "max_position_embeddings", None)
     records = []
-    for i, (row, enc) in enumerate(zip(p.rows, p.encoded)):
+    for i, row in enumerate(p.rows):
         if p.task.render is not None:
             prompt, _, templated = p.task.render(row, tokenizer)
         else:
@@ -299,7 +306,8 @@ def generate(model, tokenizer, p: OwnPlan, device) -> list[dict]:
         text = tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
         right, answer, reference = score(p.metric, p.regex, text, response)
         records.append(
-            {"row": i, "prompt": prompt, "generation": text, "answer": answer, "target": reference, p.metric: right}
+            {"row": i, "prompt": prompt, "generation": text, "answer": answer, "target": reference}
+            | {p.metric: right}
         )
     return records
 

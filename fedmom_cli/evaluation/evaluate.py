@@ -429,7 +429,7 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
         }
     lm_tracker = lmeval_output.tracker(str(opts.run_dir) if opts.run_dir is not None else opts.model)
     start = time.perf_counter()
-    with quiet_git():
+    with quiet_git(), _yaml_failures(opts):
         output = simple_evaluate(
             model=lm,
             tasks=specs,
@@ -528,6 +528,22 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
     lmeval_output.publish(out, staged)
     runfolder.atomic_write_json(out / runfolder.EVAL, result)
     return {**result, "tasks": tasks}  # this call's tasks; eval.json holds every task evaluated
+
+
+@contextlib.contextmanager
+def _yaml_failures(opts: EvalOptions):
+    """With --include-path, lm-eval runs the user's own YAML: what fails inside it (a Jinja error, a
+    metric that overflows) is one line naming the task, and the folder is left as it was."""
+    if opts.include_path is None:
+        yield
+        return
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - the user's task config, run by lm-eval
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise UserError(
+            f"lm-eval failed on --include-path task(s) {','.join(opts.tasks)}: {type(exc).__name__}: {first}"
+        ) from None
 
 
 def _result(opts, cfg, seconds: float, device: str, tasks: dict, old: dict | None) -> dict:

@@ -318,6 +318,10 @@ def test_report_keeps_own_evaluations_out_of_the_paper_tables(smoke_run, tmp_pat
         (["--include-path", "nodir", "--tasks", "my_qa"], "--include-path nodir is not a folder"),
         (["--include-path", "tasks", "--tasks", "gsm8k"], "has the name of one of fedmom's benchmarks"),
         (["--include-path", "badfile", "--tasks", "my_qa"], "my_qa: data file missing.jsonl not found"),
+        (
+            ["--include-path", "jinja", "--tasks", "my_qa", "--no-progress"],
+            "lm-eval failed on --include-path task(s) my_qa: ",
+        ),
     ],
 )
 def test_bad_inputs_are_one_line_and_write_nothing(run, args, message, tmp_path, monkeypatch, capsys):
@@ -328,6 +332,8 @@ def test_bad_inputs_are_one_line_and_write_nothing(run, args, message, tmp_path,
     _yaml_dir(tmp_path)
     (tmp_path / "badfile").mkdir()
     (tmp_path / "badfile" / "my_qa.yaml").write_text(MY_QA.replace("qa.jsonl", "missing.jsonl"))
+    (tmp_path / "jinja").mkdir()  # fails inside lm-eval's evaluation, after the model is loaded
+    (tmp_path / "jinja" / "my_qa.yaml").write_text(MY_QA.replace("{{question}}", "{{question.a.b}}"))
     before = snapshot(run)
     code, out, err = run_main(monkeypatch, capsys, "eval", run, *args)
     assert (code, out) == (2, "") and err.count("\n") == 1 and err.startswith("error: "), err

@@ -17,6 +17,7 @@ from rich.console import Console
 from fedmom_cli import __version__
 from fedmom_cli.benchmarks import BENCHMARKS
 from fedmom_cli.errors import UserError
+from fedmom_cli.evaluation.own_data_eval import DEFAULT_MAX_NEW_TOKENS as OWN_MAX_NEW_TOKENS
 from fedmom_cli.evaluation.sandbox_memory import DEFAULT_MIB as MEMORY_BUDGET_MIB
 
 app = typer.Typer(
@@ -577,7 +578,7 @@ def eval_(
     max_new_tokens: int = typer.Option(
         None,
         "--max-new-tokens",
-        show_default="256",
+        show_default=str(OWN_MAX_NEW_TOKENS),
         help="With --metric exact_match or contains: most tokens generated per row (greedy, stops at EOS).",
     ),
     include_path: Path = typer.Option(

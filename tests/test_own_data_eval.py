@@ -319,7 +319,7 @@ def test_report_keeps_own_evaluations_out_of_the_paper_tables(smoke_run, tmp_pat
         (["--include-path", "tasks", "--tasks", "gsm8k"], "has the name of one of fedmom's benchmarks"),
         (["--include-path", "badfile", "--tasks", "my_qa"], "my_qa: data file missing.jsonl not found"),
         (
-            ["--include-path", "jinja", "--tasks", "my_qa", "--no-progress"],
+            ["--include-path", "jinja", "--tasks", "my_qa", "--no-progress", "--force"],
             "lm-eval failed on --include-path task(s) my_qa: ",
         ),
     ],

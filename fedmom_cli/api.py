@@ -155,7 +155,10 @@ def evaluate(run: Run | str | Path | None = None, **options: Any) -> dict:
     """Evaluate a finished run (or, with `model=` and no run, a plain model) and write eval.json;
     returns what it wrote. Options are `fedmom eval`'s, by their Python names: tasks (a list or a
     comma-separated string), protocol ("lm-eval" or "train-format"), limit, batch_size, device,
-    data_dir, shots, precision, out, force, cache, clients, allow_unsandboxed_code, model, task."""
+    data_dir, shots, precision, out, force, cache, clients, allow_unsandboxed_code, model, task;
+    your own rows: data (a file), fields (a dict or "KEY=VALUE" strings), metric ("loss",
+    "exact_match", "contains"), answer_regex, max_new_tokens; include_path (a folder of lm-eval task
+    YAMLs, with tasks naming them)."""
     from fedmom_cli.evaluation import evaluate as ev
 
     fields = {f.name for f in dataclasses.fields(ev.EvalOptions)} - {"run_dir", "client"}
@@ -165,7 +168,7 @@ def evaluate(run: Run | str | Path | None = None, **options: Any) -> dict:
         raise TypeError(f"evaluate() got unknown option(s) {', '.join(unknown)}; known: {known}")
     if isinstance(options.get("tasks"), str):
         options["tasks"] = [t.strip() for t in options["tasks"].split(",") if t.strip()]
-    for key in ("out", "data_dir", "cache"):
+    for key in ("out", "data_dir", "cache", "data", "include_path"):
         if options.get(key) is not None:
             options[key] = Path(options[key])
     path = run.path if isinstance(run, Run) else (None if run is None else Path(run))

@@ -17,6 +17,7 @@ from rich.console import Console
 from fedmom_cli import __version__
 from fedmom_cli.benchmarks import BENCHMARKS
 from fedmom_cli.errors import UserError
+from fedmom_cli.evaluation.own_data_eval import DEFAULT_MAX_NEW_TOKENS as OWN_MAX_NEW_TOKENS
 from fedmom_cli.evaluation.sandbox_memory import DEFAULT_MIB as MEMORY_BUDGET_MIB
 
 app = typer.Typer(
@@ -552,6 +553,48 @@ def eval_(
         help="A fedsa_lora run: also evaluate each client's own model (A, B_k), 'all' or indices "
         "like 0,2; eval.json gains clients.per_client and clients.mean (docs/methods.md).",
     ),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        show_default="none",
+        help="Your own held-out rows (JSONL/JSON/CSV/parquet), read with the run's field mapping and "
+        "prompt format: the loss on the response tokens (mean over tokens) and perplexity, or with "
+        "--metric a generation score; eval.json task data.<file stem>.<metric> (docs/own_data.md).",
+    ),
+    field_: list[str] = typer.Option(
+        None,
+        "--field",
+        show_default="the run's mapping",
+        help="With --data: a field mapping key over the run's, KEY=VALUE (repeatable): prompt_field, "
+        "response_field, input_field, system, prompt_template, messages_field, chat_template.",
+    ),
+    metric: str = typer.Option(
+        None,
+        "--metric",
+        show_default="loss",
+        help="With --data: loss (and perplexity), exact_match (the --answer-regex answer of a greedy "
+        "generation equals the response's) or contains (the response occurs in the generation).",
+    ),
+    answer_regex: str = typer.Option(
+        None,
+        "--answer-regex",
+        show_default="none: the whole text",
+        help="With --metric exact_match: the answer is this regex's first capture group (or whole "
+        "match) in the generation, and likewise in the response.",
+    ),
+    max_new_tokens: int = typer.Option(
+        None,
+        "--max-new-tokens",
+        show_default=str(OWN_MAX_NEW_TOKENS),
+        help="With --metric exact_match or contains: most tokens generated per row (greedy, stops at EOS).",
+    ),
+    include_path: Path = typer.Option(
+        None,
+        "--include-path",
+        show_default="none",
+        help="A folder of your own lm-eval task YAMLs (lm-eval's TaskManager(include_path=DIR), without "
+        "its built-in tasks); --tasks names them; their data files are read offline.",
+    ),
     progress: bool = typer.Option(
         None,
         "--progress/--no-progress",
@@ -582,6 +625,12 @@ def eval_(
                 ("--protocol", protocol != "lm-eval"),
                 ("--code-sampling", code_sampling != "greedy"),
                 ("--n-samples", n_samples != 1),
+                ("--data", data is not None),
+                ("--field", bool(field_)),
+                ("--metric", metric is not None),
+                ("--answer-regex", answer_regex is not None),
+                ("--max-new-tokens", max_new_tokens is not None),
+                ("--include-path", include_path is not None),
             )
             if given
         ]
@@ -624,6 +673,7 @@ def eval_(
         locals(),
         tasks=[t.strip() for t in tasks.split(",")] if tasks else None,
         clients=_parse_clients(clients),
+        fields=field_,
     )
     result = api.evaluate(options.pop("run_dir"), **options)
     for line in ev.summary(result):

@@ -34,13 +34,14 @@ import torch
 
 from fedmom_cli import config as cfgmod
 from fedmom_cli import runfolder, safety, tracking
-from fedmom_cli.benchmarks import FAMILY_TASKS
+from fedmom_cli.benchmarks import BENCHMARKS, FAMILY_TASKS
 from fedmom_cli.errors import UserError
 from fedmom_cli.evaluation import (
     codesampling,
     evaltasks,
     lmeval_output,
     lmeval_tasks,
+    own_data_eval,
     response_cache,
     sandbox,
     sandbox_memory,
@@ -73,6 +74,12 @@ class EvalOptions:
     cache: Path | None = None  # keep responses here (lm-eval's use_cache), keyed by response_cache
     code_sampling: str = "greedy"  # code tasks: greedy, or the bigcode harness's sampling (codesampling.py)
     n_samples: int = 1  # completions per code problem with code_sampling="harness"
+    data: Path | None = None  # your own rows (own_data_eval.py): loss, or greedy-generation scoring
+    fields: dict | list | None = None  # --field KEY=VALUE: the data's field mapping, over the run's
+    metric: str | None = None  # with data: loss (default), exact_match or contains
+    answer_regex: str | None = None  # with metric exact_match: the answer's pattern
+    max_new_tokens: int | None = None  # with a generation metric; None: own_data_eval's default
+    include_path: Path | None = None  # a folder of lm-eval task YAMLs; --tasks names its tasks
 
 
 def _git_hash_quietly() -> str | None:
@@ -183,6 +190,34 @@ def _existing(out: Path, cfg, opts: EvalOptions) -> dict | None:
     return old
 
 
+def _check_include(opts: EvalOptions) -> None:
+    """--include-path DIR --tasks NAME: the folder's own tasks, through lm-eval alone."""
+    path = opts.include_path
+    if not path.is_dir():
+        raise UserError(f"--include-path {path} is not a folder")
+    if not opts.tasks:
+        found = ", ".join(lmeval_tasks.included_tasks(path)) or "none"
+        raise UserError(f"--include-path needs --tasks NAME (tasks in {path}: {found})")
+    others = [
+        flag
+        for flag, on in (
+            ("--data-dir", opts.data_dir is not None),  # the YAML names its own data files
+            ("--protocol", opts.protocol != "lm-eval"),
+            ("--code-sampling", opts.code_sampling != "greedy"),
+            ("--clients", opts.clients is not None),
+        )
+        if on
+    ]
+    if others:
+        raise UserError(f"--include-path runs the YAMLs' tasks as written: leave out {', '.join(others)}")
+    for name in opts.tasks:  # eval.json and the report must not take a user's task for the paper's
+        if name in BENCHMARKS or name in lmeval_tasks.BENCHMARK_OF or name.startswith("synthetic_"):
+            raise UserError(
+                f"--include-path task {name!r} has the name of one of fedmom's benchmarks; give it "
+                "another `task:` name in its YAML"
+            )
+
+
 def plan_tasks(opts: EvalOptions, cfg, names: list[str] | None = None) -> tuple[dict, list]:
     """Plan every task, writing nothing: fedmom's rows ({name: rows}) and lm-eval's definitions.
     An unknown task or missing data is a UserError; `fedmom sweep` calls this before training."""
@@ -190,7 +225,9 @@ def plan_tasks(opts: EvalOptions, cfg, names: list[str] | None = None) -> tuple[
         raise UserError(f"--data-dir {opts.data_dir} is not a folder")
     planned, local = [], {}
     for name in names if names is not None else _task_names(opts, cfg):
-        if name.startswith("synthetic") or name in CODE or opts.protocol == "train-format":
+        if opts.include_path is not None:  # the user's YAMLs: lm-eval's own mechanism only
+            planned.append(lmeval_tasks.plan(name, opts.shots, None, lmeval_tasks.online()))
+        elif name.startswith("synthetic") or name in CODE or opts.protocol == "train-format":
             if opts.shots:
                 raise UserError(
                     f"{name}: fedmom's {'code' if name in CODE else 'train-format'} path is "
@@ -203,6 +240,16 @@ def plan_tasks(opts: EvalOptions, cfg, names: list[str] | None = None) -> tuple[
 
 
 def run(opts: EvalOptions) -> dict:
+    """Evaluate and write eval.json (module docstring); with include_path, inside lm-eval's index
+    of that folder (lmeval_tasks.including)."""
+    if opts.include_path is None:
+        return _run(opts)
+    _check_include(opts)
+    with lmeval_tasks.including(opts.include_path):
+        return _run(opts)
+
+
+def _run(opts: EvalOptions) -> dict:
     if opts.run_dir is not None:
         run_dir = opts.run_dir
         if not (run_dir / runfolder.CONFIG).is_file() or not (run_dir / runfolder.ADAPTER).is_dir():
@@ -212,7 +259,8 @@ def run(opts: EvalOptions) -> dict:
         if opts.model is None or opts.out is None:
             raise UserError("give RUN_DIR, or --model with --out")
         safety.check_eval_out(opts.out, "the pre-trained model")  # never a run folder (issue 30)
-        cfg = cfgmod.resolve(None, opts.task or "math", {"model": opts.model})
+        task = "math" if opts.data is not None else opts.task or "math"  # --data: --field's mapping
+        cfg = cfgmod.resolve(None, task, {"model": opts.model})
         out = opts.out
     if opts.precision is not None:
         if opts.precision not in ("fp32", "bf16", "fp16"):
@@ -227,6 +275,7 @@ def run(opts: EvalOptions) -> dict:
     if opts.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {opts.batch_size}")
     codesampling.check(opts.code_sampling, opts.n_samples)
+    own_data_eval.check_options(opts)
     if opts.data_dir is not None and not opts.data_dir.is_dir():
         raise UserError(f"--data-dir {opts.data_dir} is not a folder")
     safety.check_device(opts.device)  # `--device bogus` was a traceback after eval_data/ was written
@@ -236,7 +285,8 @@ def run(opts: EvalOptions) -> dict:
 
         opts = dataclasses.replace(opts, clients=client_eval.resolve(opts.run_dir, cfg, opts.clients))
     check_model_source(cfg)
-    names = _task_names(opts, cfg)
+    own = own_data_eval.plan(opts, cfg) if opts.data is not None else None  # rows read and checked
+    names = [own.name] if own is not None else _task_names(opts, cfg)
 
     code_tasks = {n for n in names if n == "synthetic_code" or n in CODE}  # run in fedmom's sandbox
     if opts.code_sampling != "greedy" and not code_tasks:
@@ -250,8 +300,8 @@ def run(opts: EvalOptions) -> dict:
         sandbox_memory.check_total(1, sandbox_memory.DEFAULT_MIB)  # one program at a time here
         if opts.allow_unsandboxed_code:
             sandbox.permit_unsandboxed()
-    local, planned = plan_tasks(opts, cfg, names)
-    keys = [*local, *(p.key for p in planned)]
+    local, planned = plan_tasks(opts, cfg, names) if own is None else ({}, [])
+    keys = [*([own.name] if own is not None else []), *local, *(p.key for p in planned)]
     if len(set(keys)) != len(keys):
         raise UserError(f"--tasks names one benchmark twice: {','.join(names)}")
     old = _existing(out, cfg, opts)
@@ -263,6 +313,8 @@ def run(opts: EvalOptions) -> dict:
     # The model (adapter, base delta, device) and the response cache are loaded and checked before
     # anything is written: a truncated adapter or a base delta of the wrong shape wrote eval_data/.
     loaded = _load_model(opts, cfg)
+    if own is not None:
+        own_data_eval.prepare(own, loaded[1])  # encoded as training encodes: checked before writing
     response_cache.check_store(opts, cfg.model, loaded[0], _device(opts))
 
     # From here on, files are written; the folder is locked while this process writes it. What this
@@ -281,9 +333,12 @@ def run(opts: EvalOptions) -> dict:
             # tracker that will not start stops the evaluation before it begins
             tracker = tracking.for_eval(opts.run_dir, cfg) if opts.run_dir is not None else None
             try:
-                result = _evaluate_and_write(
-                    opts, cfg, out, local, planned, old, code_tasks, isolation, loaded
-                )
+                if own is not None:
+                    result = _own_and_write(opts, cfg, out, own, old, loaded)
+                else:
+                    result = _evaluate_and_write(
+                        opts, cfg, out, local, planned, old, code_tasks, isolation, loaded
+                    )
                 if tracker is not None:
                     done = safety.read_json_or_none(opts.run_dir / runfolder.RESULT) or {}
                     step = done.get("rounds_completed") or cfg.rounds  # the last round's step
@@ -306,6 +361,9 @@ def summary(result: dict) -> list[str]:
     lines = []
     for name, t in result["tasks"].items():
         err = f" ± {t['stderr']:.4f}" if t["stderr"] is not None else ""
+        if t.get("protocol") == own_data_eval.PROTOCOL:
+            lines.append(own_data_eval.summary_line(name, t))
+            continue
         lim = f", limit {t['limit']}" if t.get("limit") else ""
         how = f", {codesampling.label(t)}" if "sampling" in t else ""
         lines.append(
@@ -371,7 +429,7 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
         }
     lm_tracker = lmeval_output.tracker(str(opts.run_dir) if opts.run_dir is not None else opts.model)
     start = time.perf_counter()
-    with quiet_git():
+    with quiet_git(), _yaml_failures(opts):
         output = simple_evaluate(
             model=lm,
             tasks=specs,
@@ -454,12 +512,43 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
         )
     for p in planned:
         tasks[p.key] = {**lmeval_tasks.summarise(p, output, opts.limit), **common}
+        if opts.include_path is not None:  # the user's YAML: its folder and the data files it names
+            tasks[p.key]["include_path"] = str(opts.include_path.resolve())
+            tasks[p.key]["data"] = {
+                c["task"]: (c.get("dataset_kwargs") or {}).get("data_files") or c.get("dataset_path")
+                for c in p.spec
+                if isinstance(c, dict)
+            }
         tasks[p.key]["lm_eval_files"] = lmeval_output.names(staged, p.leaves)
         rows = lmeval_tasks.sample_rows(p, output)
         runfolder.atomic_write_bytes(
             samples_dir / f"{p.key}.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows).encode()
         )
-    result = {
+    result = _result(opts, cfg, seconds, device, tasks, old)
+    lmeval_output.publish(out, staged)
+    runfolder.atomic_write_json(out / runfolder.EVAL, result)
+    return {**result, "tasks": tasks}  # this call's tasks; eval.json holds every task evaluated
+
+
+@contextlib.contextmanager
+def _yaml_failures(opts: EvalOptions):
+    """With --include-path, lm-eval runs the user's own YAML: what fails inside it (a Jinja error, a
+    metric that overflows) is one line naming the task, and the folder is left as it was."""
+    if opts.include_path is None:
+        yield
+        return
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - the user's task config, run by lm-eval
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise UserError(
+            f"lm-eval failed on --include-path task(s) {','.join(opts.tasks)}: {type(exc).__name__}: {first}"
+        ) from None
+
+
+def _result(opts, cfg, seconds: float, device: str, tasks: dict, old: dict | None) -> dict:
+    """eval.json: the model evaluated and every task's entry, this call's over the earlier ones."""
+    return {
         "run": str(opts.run_dir) if opts.run_dir else None,
         "model": cfg.model,
         "adapter": opts.run_dir is not None,
@@ -471,6 +560,23 @@ def _evaluate_and_write(opts, cfg, out, local, planned, old, code_tasks, isolati
         "tasks": {**(old["tasks"] if old else {}), **tasks},
         **({"clients": old["clients"]} if old and "clients" in old else {}),  # eval --clients' results
     }
-    lmeval_output.publish(out, staged)
+
+
+def _own_and_write(opts, cfg, out, own, old, loaded) -> dict:
+    """--data FILE (own_data_eval.py): score the rows, write eval_samples/<name>.jsonl and eval.json."""
+    model, tokenizer = loaded
+    device = _device(opts)
+    model = model.to(device)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    start = time.perf_counter()
+    entry, records = own_data_eval.evaluate(own, model, tokenizer, device, opts.batch_size)
+    seconds = time.perf_counter() - start
+    entry.update(dtype=dtype, device=device, seconds=round(seconds, 2), batch_size=opts.batch_size)
+    (out / "eval_samples").mkdir(parents=True, exist_ok=True)
+    runfolder.atomic_write_bytes(
+        out / "eval_samples" / f"{own.name}.jsonl",
+        "".join(json.dumps(r, default=str) + "\n" for r in records).encode(),
+    )
+    result = _result(opts, cfg, seconds, device, {own.name: entry}, old)
     runfolder.atomic_write_json(out / runfolder.EVAL, result)
-    return {**result, "tasks": tasks}  # this call's tasks; eval.json holds every task evaluated
+    return {**result, "tasks": {own.name: entry}}

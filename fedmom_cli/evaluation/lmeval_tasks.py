@@ -21,6 +21,7 @@ older spellings (ARC-Easy, social_i_qa, math, ...) map through ALIASES.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import logging
@@ -49,13 +50,48 @@ METRIC_PREFERENCE = ("acc_norm", "acc", "exact_match", "pass@1", "pass_at_1")
 SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_split")
 
 
-@functools.cache
+_INCLUDED: list[str] = []  # the --include-path folder while `including` is active
+
+
 def task_manager():
-    """lm-eval's index of its ~14,700 built-in tasks (about 5 s; built once per process)."""
+    """lm-eval's index of its ~14,700 built-in tasks (about 5 s; built once per process), or, inside
+    `including(DIR)`, lm-eval's index of DIR's task YAMLs alone."""
+    return _included_manager(_INCLUDED[-1]) if _INCLUDED else _builtin_manager()
+
+
+@functools.cache
+def _builtin_manager():
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     from lm_eval.tasks import TaskManager
 
     return TaskManager()
+
+
+@functools.cache
+def _included_manager(path: str):
+    """`TaskManager(include_path=DIR, include_defaults=False)`: lm-eval's own loader of a folder of
+    task YAMLs (`lm_eval --include_path DIR`), without the built-in tasks: a user's name then means
+    the user's task, and nothing indexes the ~14,700 built-ins or asks the Hub."""
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=path, include_defaults=False)
+
+
+@contextlib.contextmanager
+def including(path: Path):
+    """Plan and evaluate the tasks of the folder `path` (`fedmom eval --include-path`)."""
+    _included_manager.cache_clear()  # the folder's YAMLs as they are now
+    _INCLUDED.append(str(Path(path).resolve()))
+    try:
+        yield
+    finally:
+        _INCLUDED.pop()
+
+
+def included_tasks(path: Path) -> list[str]:
+    """The task, group and tag names lm-eval finds in the folder `path`."""
+    return sorted(_included_manager(str(Path(path).resolve())).task_index)
 
 
 @dataclass
@@ -73,6 +109,11 @@ class Planned:
 
 def lm_name(name: str) -> str:
     tm = task_manager()
+    if _INCLUDED:  # a user's folder: its own names, never fedmom's aliases of the paper's tasks
+        if name not in tm.task_index:
+            found = ", ".join(sorted(tm.task_index)) or "none"
+            raise UserError(f"--include-path {_INCLUDED[-1]} has no task {name!r} (its tasks: {found})")
+        return name
     target = ALIASES.get(name, name)
     if target not in tm.task_index:
         close = difflib.get_close_matches(target, tm.all_tasks, n=3)
@@ -171,6 +212,8 @@ def _leaf_spec(leaf: str, shots: int | None, data_dir: Path | None, online: bool
                 )
             files[split] = path.resolve()
         point_at_files(cfg, files)
+    elif cfg.get("dataset_path") in LOCAL_BUILDERS:  # a YAML's own local files (lm-eval's `json` etc.)
+        _check_local_files(leaf, cfg)
     elif not online and not _hf_cached(cfg.get("dataset_path", "")):
         wanted = ", ".join(f"{leaf}/{s}.jsonl" for s in splits)
         raise UserError(
@@ -178,6 +221,25 @@ def _leaf_spec(leaf: str, shots: int | None, data_dir: Path | None, online: bool
             f"is not in the HF cache; pass --data-dir DIR holding {wanted}"
         )
     return cfg, files
+
+
+LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")  # `datasets` builders that read local files
+
+
+def _check_local_files(leaf: str, cfg: dict) -> None:
+    """A task YAML's `dataset_kwargs.data_files` must exist (a relative path is read from the
+    working directory, as `datasets` reads it), so a wrong path is one line before anything is
+    written, not `datasets`' traceback mid-evaluation."""
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+    if files is None:
+        raise UserError(f"{leaf}: dataset_path {cfg['dataset_path']} needs dataset_kwargs.data_files")
+    values = files.values() if isinstance(files, dict) else [files]
+    for value in values:
+        for path in [value] if isinstance(value, str) else value:
+            if "*" not in str(path) and not Path(path).is_file():
+                raise UserError(
+                    f"{leaf}: data file {path} not found (relative paths are read from {Path.cwd()})"
+                )
 
 
 def point_at_files(cfg: dict, files: dict[str, Path]) -> dict:
@@ -205,7 +267,7 @@ def builtin_config(leaf: str, folder: str) -> dict[str, Any]:
 def plan(name: str, shots: int | None, data_dir: Path | None, online: bool) -> Planned:
     """Resolve and validate one requested task; raises UserError before anything is written."""
     target = lm_name(name)
-    setting = PAPER.get(BENCHMARK_OF.get(target, ""), None)
+    setting = None if _INCLUDED else PAPER.get(BENCHMARK_OF.get(target, ""), None)
     if shots is None and setting is not None:
         shots = setting.shots
     kind, leaves, group_cfg = _leaves(target)
@@ -221,7 +283,7 @@ def plan(name: str, shots: int | None, data_dir: Path | None, online: bool) -> P
         group = {k: v for k, v in group_cfg.items() if k not in ("task", "metadata")}
         group["task"] = specs
         specs = [tm._factory._build_group(target, group, None, tm.task_index)]  # noqa: SLF001
-    key = BENCHMARK_OF.get(target, target)
+    key = target if _INCLUDED else BENCHMARK_OF.get(target, target)
     return Planned(key, target, specs, leaves, shots, setting.metric if setting else None, files)
 
 

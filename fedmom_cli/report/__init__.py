@@ -5,4 +5,5 @@
 - render.py    tables -> markdown / csv / json, the command's entry point
 - paired.py    per-seed paired differences between methods
 - figures.py   matplotlib figures (loss curves, rank sweeps)
+- own_evals.py the user's own evaluations (--data, --include-path), apart from the paper's tables
 """

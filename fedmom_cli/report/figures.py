@@ -30,6 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from fedmom_cli.report import driftmap
+from fedmom_cli.report.own_evals import is_own
 from fedmom_cli.report.tables import NAMES, Run, beyond_paper, labelled_groups, row_name
 
 
@@ -326,7 +327,10 @@ def _rank_figure(group: list[Run], order: list[str], folder: Path, task: str) ->
     evaluated = [r for r in group if r.eval and r.result.get("status") == "finished"]
     if len({r.config.get("lora_r") for r in evaluated}) < 2 or len({rest(r) for r in evaluated}) != 1:
         return []
-    column = sorted(evaluated[0].eval["tasks"])[0]
+    benchmarks = sorted(t for t, e in evaluated[0].eval["tasks"].items() if not is_own(e))
+    if not benchmarks:  # only the user's own evaluations (own_evals.py): no accuracy to plot
+        return []
+    column = benchmarks[0]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in [m for m in order if any(r.config["method"] == m for r in evaluated)]:

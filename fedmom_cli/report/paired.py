@@ -23,6 +23,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+from fedmom_cli.report.own_evals import is_own
 from fedmom_cli.report.tables import (
     COLUMNS,
     DASH,
@@ -70,7 +71,9 @@ def _accuracy(task: str):
 
 def _accuracy_columns(runs) -> list[tuple]:
     """(heading, value, lower is better, digits) per benchmark evaluated in any of `runs`."""
-    tasks = sorted({t for r in runs for t in ((r.eval or {}).get("tasks") or {})})
+    tasks = sorted(  # the user's own evaluations (a loss, their own tasks) are not accuracies here
+        {t for r in runs for t, e in ((r.eval or {}).get("tasks") or {}).items() if not is_own(e)}
+    )
     return [(COLUMNS.get(t, t) + " (pp)", _accuracy(t), False, 2) for t in tasks]
 
 

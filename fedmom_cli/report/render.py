@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedmom_cli.errors import UserError
+from fedmom_cli.report import own_evals
 from fedmom_cli.report.driftmap import driftmap_markdown
 from fedmom_cli.report.factorial import factorial_markdown
 from fedmom_cli.report.paired import across_settings_markdown, paired_markdown
@@ -237,6 +238,7 @@ def run(
     parts += across_settings_markdown(runs)
     parts += factorial_markdown(runs)
     parts += driftmap_markdown(runs)
+    parts += own_evals.markdown(runs, pretrained)
     if figures:
         from fedmom_cli.report import figures as fig
 

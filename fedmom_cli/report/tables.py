@@ -34,6 +34,7 @@ from fedmom_cli import benchmarks, runfolder
 from fedmom_cli.benchmarks import FAMILY_TASKS
 from fedmom_cli.errors import UserError
 from fedmom_cli.evaluation import codesampling
+from fedmom_cli.report.own_evals import is_own
 
 CODE_PROTOCOL = ("bigcode", "pass@1")  # the paper scores code with bigcode-evaluation-harness
 
@@ -351,9 +352,9 @@ def _table(key, title, family, methods, members, pre, label, spread, paper) -> T
         for r in members
         if r.result.get("status") != "finished" and r.config.get("method") in methods
     ]
-    present = {t for r in finished for t in (r.eval or {}).get("tasks", {})} | {
-        t for p in pre for t in p.get("tasks", {})
-    }
+    present = {  # the user's own data and tasks have a section of their own (own_evals.py)
+        t for r in finished for t, e in (r.eval or {}).get("tasks", {}).items() if not is_own(e)
+    } | {t for p in pre for t, e in p.get("tasks", {}).items() if not is_own(e)}
     columns = [c for c in FAMILY_TASKS[family] if c in present]
     columns += sorted(present - set(COLUMNS))  # e.g. the smoke runs' synthetic tasks
     columns = columns or FAMILY_TASKS[family]

@@ -64,6 +64,12 @@ class TrainConfig:
     # a sampled client fails to return with this probability, drawn from (seed, round): the round
     # aggregates the clients that returned (fedmom_cli/participation.py); None = none drop
     client_dropout: float | None = None
+    # stragglers: the round closes at round_deadline x a nominal client's round time; each client's
+    # speed is drawn per round (lognormal, client_speed_sigma); a late client is dropped or, with
+    # straggler_policy partial, returns the steps it finished (participation.py); None = no deadline
+    round_deadline: float | None = None
+    client_speed_sigma: float | None = None
+    straggler_policy: str | None = None  # drop (default) | partial
     # a Flower deployment whose sites train on their own files: {partition id: {data: the path the
     # site gave, rows, sha256 (data.Rows.fingerprint)}}, as the sites reported them; set by the
     # ServerApp (flower/strategy.py: site_settings), not by hand; data/synthetic/partition are null
@@ -158,6 +164,9 @@ LATER_KEYS = (
     "delta_path",
     "diagnostic_modules",
     "client_dropout",
+    "round_deadline",
+    "client_speed_sigma",
+    "straggler_policy",
     "sites",
     "secagg",
     *DP_KEYS,
@@ -277,6 +286,7 @@ def _check(cfg: TrainConfig) -> TrainConfig:
         raise UserError(f"clients_per_round must be in 1..{cfg.clients}, got {cfg.clients_per_round}")
     _check_ranges(cfg)
     _check_privacy(cfg)
+    _check_stragglers(cfg)
     _check_secagg(cfg)
     _check_method_options(cfg)
     if cfg.client_ranks is not None:
@@ -409,6 +419,31 @@ def _check_privacy(cfg: TrainConfig) -> None:
             "dp_delta is set but no DP is on (set dp_noise_multiplier, dp_target_epsilon or "
             "dp_client_noise_multiplier)"
         )
+
+
+def _check_stragglers(cfg: TrainConfig) -> None:
+    """round_deadline and client_speed_sigma together; the policy only with them."""
+    import math
+
+    if (cfg.round_deadline is None) != (cfg.client_speed_sigma is None):
+        raise UserError("stragglers need both round_deadline and client_speed_sigma (participation.py)")
+    if cfg.straggler_policy is not None and cfg.round_deadline is None:
+        raise UserError("straggler_policy is set but round_deadline is not")
+    if cfg.round_deadline is None:
+        return
+    if not (math.isfinite(cfg.round_deadline) and cfg.round_deadline > 0):
+        raise UserError(f"round_deadline must be > 0 (in nominal rounds, e.g. 1.5), got {cfg.round_deadline}")
+    if not (math.isfinite(cfg.client_speed_sigma) and cfg.client_speed_sigma >= 0):
+        raise UserError(f"client_speed_sigma must be >= 0, got {cfg.client_speed_sigma}")
+    if cfg.straggler_policy not in (None, "drop", "partial"):
+        raise UserError(f"straggler_policy must be drop or partial, got {cfg.straggler_policy!r}")
+    if cfg.sample_dp:
+        raise UserError(
+            "DP-SGD's accountant plans local_steps steps a round; stragglers (round_deadline) change "
+            "them: not supported together"
+        )
+    if cfg.secagg:
+        raise UserError("secagg does not take round_deadline (a late client drops: not wired in SecAgg+)")
 
 
 def _check_secagg(cfg: TrainConfig) -> None:

@@ -98,6 +98,8 @@ class RoundRecord:
     seconds: dict
     sampled: list[int] = field(default_factory=list)  # asked to train; `clients` are those that returned
     dropped: list[int] = field(default_factory=list)  # sampled but failed to return
+    late: list[int] = field(default_factory=list)  # of those, dropped by the round deadline
+    steps: dict[str, int] = field(default_factory=dict)  # stragglers' partial steps, by client
     privacy: dict = field(default_factory=dict)  # DP runs: epsilon, epsilon_max, dp, client_epsilon
     updates: list[ClientUpdate] = field(default_factory=list, repr=False)
     deltas: dict[str, BaseDelta] = field(default_factory=dict, repr=False)  # the method's own form
@@ -105,7 +107,11 @@ class RoundRecord:
     def to_json(self) -> dict:
         """The metrics.jsonl line; a DP run's privacy keys (privacy.Ledger.metrics) at top level."""
         skip = ("updates", "deltas", "privacy")
-        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}, **self.privacy}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        for key in ("late", "steps"):  # only in runs with a round deadline: earlier lines unchanged
+            if not out[key]:
+                del out[key]
+        return {**out, **self.privacy}
 
 
 class Server:
@@ -283,6 +289,8 @@ class Server:
             seconds=seconds,
             sampled=part.sampled,
             dropped=part.dropped,
+            late=part.late,
+            steps={str(k): n for k, n in part.steps.items()},
             privacy=privacy_metrics,
             updates=list(updates),
             deltas={m: outcome.modules[m].delta for m in with_delta},
@@ -325,6 +333,8 @@ class Server:
             seconds={"validation": time.perf_counter() - start},
             sampled=part.sampled,
             dropped=part.dropped,
+            late=part.late,
+            steps={str(k): n for k, n in part.steps.items()},
             privacy=self.ledger.metrics() if self.ledger is not None else {},  # nothing new spent
         )
         return self._close(record, wall)

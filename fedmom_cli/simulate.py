@@ -35,7 +35,7 @@ from fedmom_cli.model import (
     set_factors,
     set_trainable,
 )
-from fedmom_cli.participation import Participation, sample_round
+from fedmom_cli.participation import Participation, deadline_of, sample_round
 from fedmom_cli.partition import check_partition, partition_for
 from fedmom_cli.server import ClientUpdate, RoundRecord, Server, factor_norms, lr_at, summarise  # noqa: F401
 from fedmom_cli.tasks import IGNORE_INDEX, encode, task_for
@@ -232,7 +232,9 @@ class Simulation:
     def participation(self, round_idx: int) -> Participation:
         """Who is sampled in this round and who returns: the pure draw both engines make."""
         cfg = self.cfg
-        return sample_round(cfg.clients, cfg.clients_per_round, cfg.client_dropout, cfg.seed, round_idx)
+        return sample_round(
+            cfg.clients, cfg.clients_per_round, cfg.client_dropout, cfg.seed, round_idx, deadline_of(cfg)
+        )
 
     def sampled_clients(self, round_idx: int) -> list[int]:
         return self.participation(round_idx).sampled
@@ -243,12 +245,15 @@ class Simulation:
         k: int,
         sampler: Sampler | None = None,
         global_factors: dict[str, LoraFactors] | None = None,
+        steps: int | None = None,
     ) -> ClientUpdate:
         """Client k's local training from the current global factors (or `global_factors`, those a
         Flower node received).
 
         `sampler` replaces client k's own (a deployed site that trains on all of its local rows).
+        `steps`: fewer than local_steps for a straggler that returns partial work (participation.py).
         """
+        steps = self.cfg.local_steps if steps is None else steps
         cfg, server = self.cfg, self.server
         sampler = sampler or server.samplers[k]
         start = time.perf_counter()
@@ -259,9 +264,9 @@ class Simulation:
         if self.ledger is not None and self.ledger.noise is not None:
             stats = self._train_dp(round_idx, k, sampler, params)
         else:
-            stats = self._train(round_idx, k, sampler, params)
-        self.steps["total"] += cfg.local_steps
-        self.steps["with_trainable_token"] += cfg.local_steps - stats.empty_steps
+            stats = self._train(round_idx, k, sampler, params, steps)
+        self.steps["total"] += steps
+        self.steps["with_trainable_token"] += steps - stats.empty_steps
         start = time.perf_counter()
         factors = get_factors(self.modules)
         if cfg.client_ranks is not None:  # the rank-r_k LoRA the client really trained
@@ -271,13 +276,13 @@ class Simulation:
         seconds = {"client_compute": stats.compute_seconds, "adapter_swap": swap}
         return ClientUpdate(k, factors, len(sampler.rows), stats.mean_loss, seconds)
 
-    def _train(self, round_idx: int, k: int, sampler: Sampler, params):
+    def _train(self, round_idx: int, k: int, sampler: Sampler, params, steps: int):
         cfg = self.cfg
         return train_client(
             self.model,
             params,
             self._examples(sampler),
-            steps=cfg.local_steps,
+            steps=steps,
             batch_size=cfg.batch_size,
             grad_accum=cfg.grad_accum,
             lr=lr_at(cfg, round_idx),
@@ -315,9 +320,9 @@ class Simulation:
 
     def train_clients(self, round_idx: int, progress=None) -> list[ClientUpdate]:
         """The round's returning clients trained in turn (a dropped client fails before it trains)."""
-        updates = []
-        for k in self.participation(round_idx).returned:
-            updates.append(self.train_one(round_idx, k))
+        updates, part = [], self.participation(round_idx)
+        for k in part.returned:
+            updates.append(self.train_one(round_idx, k, steps=part.steps.get(k)))
             if progress is not None:
                 progress.client_done(k, updates[-1].loss)
         return updates

@@ -148,3 +148,28 @@ def test_partial_participation_and_dropouts_equal_the_sequential_engine(tmp_path
         ]
         assert metrics[1]["loss"] is None and metrics[1]["clients"] == []
     assert not ray_processes().strip()
+
+
+@SLOW
+def test_stragglers_equal_the_sequential_engine(tmp_path):
+    """A round deadline with partial work: both engines draw the same late and partial clients
+    (participation.py) and a partial client trains the same steps on its node."""
+    extra = ["--set", "rounds=2", "--set", "local_steps=4", "--set", "round_deadline=0.8"]
+    extra += ["--set", "client_speed_sigma=0.6", "--set", "straggler_policy=partial"]
+    seq = train(tmp_path / "seq", "fedit", *extra)
+    flw = train(tmp_path / "flw", "fedit", *extra, "--engine", "flower")
+    assert seq.returncode == 0, seq.stderr[-2000:]
+    assert flw.returncode == 0, flw.stderr[-2000:]
+    a = load_file(tmp_path / "seq" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "flw" / "adapter" / "adapter_model.safetensors")
+    for key in a:
+        assert (a[key] - b[key]).abs().max() <= 1e-5 * max(1.0, float(a[key].abs().max())), key
+    lines = {
+        run: [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        for run in ("seq", "flw")
+    }
+    keys = ("clients", "dropped", "late", "steps")
+    assert [[m.get(k) for k in keys] for m in lines["seq"]] == [
+        [m.get(k) for k in keys] for m in lines["flw"]
+    ]
+    assert any(m.get("steps") or m.get("late") for m in lines["seq"])  # the deadline bit

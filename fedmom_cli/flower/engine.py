@@ -117,7 +117,8 @@ def _train_node(context, pid: int, config, glob: dict, delta: dict):
     k = 0 if site_data else pid
     server.load_sampler_state(k, json.loads(str(config["samplers"]))[str(pid)])
     sampler = server.samplers[k]
-    update = sim.train_one(round_idx, pid, sampler, global_factors=start)
+    steps = int(config["steps"]) if "steps" in config else None
+    update = sim.train_one(round_idx, pid, sampler, global_factors=start, steps=steps)
     trained = sorted(server.method.trainable(round_idx))
     up = flatten({m: {x: getattr(f, x) for x in trained} for m, f in update.factors.items()})
     return update, up, sampler

@@ -21,7 +21,7 @@ from fedmom_cli import config as cfgmod
 from fedmom_cli.flower.errors import FlowerClientError
 from fedmom_cli.flower.records import array_record, delta_arrays, flatten, nbytes, nest, tensors_of
 from fedmom_cli.methods.base import BaseDelta, LoraFactors
-from fedmom_cli.participation import Participation, sample_round
+from fedmom_cli.participation import Participation, deadline_of, sample_round
 from fedmom_cli.server import ClientUpdate, RoundRecord, Server
 
 
@@ -136,7 +136,9 @@ class FedmomStrategy(FedAvg):
             except FlowerClientError as exc:  # ends the strategy's loop now (no empty rounds)
                 self.error = str(exc)
                 raise
-        self.part = sample_round(cfg.clients, cfg.clients_per_round, cfg.client_dropout, cfg.seed, t)
+        self.part = sample_round(
+            cfg.clients, cfg.clients_per_round, cfg.client_dropout, cfg.seed, t, deadline_of(cfg)
+        )
         glob = flatten({m: {"A": f.A, "B": f.B} for m, f in server.global_factors.items()})
         settings = {
             "round": t,
@@ -158,7 +160,12 @@ class FedmomStrategy(FedAvg):
                     "global": array_record(glob),
                     "delta": delta,
                     "config": ConfigRecord(
-                        {**settings, "replace-delta": behind, "drop": k in self.part.dropped}
+                        {
+                            **settings,
+                            "replace-delta": behind,
+                            "drop": k in self.part.dropped,
+                            "steps": self.part.steps.get(k, cfg.local_steps),  # fewer: a straggler
+                        }
                     ),
                 }
             )

@@ -1,0 +1,136 @@
+"""Stragglers: the round deadline's pure draw checked by hand, a real round whose late clients are
+dropped or return partial work, and the settings refused in one line."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedmom_cli import config as cfgmod
+from fedmom_cli.errors import UserError
+from fedmom_cli.participation import STRAGGLER_STREAM, sample_round, steps_by_deadline
+from fedmom_cli.simulate import Simulation
+
+
+def by_hand(clients, seed, t, deadline, sigma, policy, steps):
+    z = np.random.default_rng([seed, t, STRAGGLER_STREAM]).standard_normal(clients)
+    out = []
+    for k in range(clients):
+        seconds_per_step = math.exp(sigma * z[k])
+        n = min(steps, int(deadline * steps // seconds_per_step))
+        out.append(n if (n == steps or policy == "partial") else 0)
+    return out
+
+
+@pytest.mark.parametrize("policy", ["drop", "partial"])
+@pytest.mark.parametrize("deadline, sigma", [(1.0, 0.5), (1.3, 1.0), (0.5, 0.3), (2.0, 0.0)])
+def test_steps_by_deadline_equal_the_rule_by_hand(policy, deadline, sigma):
+    for t in range(20):
+        got = steps_by_deadline(8, 3, t, deadline, sigma, policy, 10)
+        assert got == by_hand(8, 3, t, deadline, sigma, policy, 10)
+
+
+def test_without_spread_the_deadline_is_all_or_nothing():
+    assert steps_by_deadline(5, 0, 0, 1.0, 0.0, "drop", 10) == [10] * 5  # nominal clients are on time
+    assert steps_by_deadline(5, 0, 0, 0.99, 0.0, "drop", 10) == [0] * 5  # all late
+    assert steps_by_deadline(5, 0, 0, 0.55, 0.0, "partial", 10) == [5] * 5  # floor(5.5) steps each
+
+
+def test_participation_with_a_deadline():
+    for t in range(30):
+        part = sample_round(10, 6, 0.2, 1, t, (1.0, 0.8, "partial", 10))
+        plain = sample_round(10, 6, 0.2, 1, t)  # the same sampling and dropout draws
+        assert part.sampled == plain.sampled and set(plain.dropped) <= set(part.dropped)
+        assert set(part.late) == set(part.dropped) - set(plain.dropped)  # a dropout is not also late
+        assert sorted(part.returned + part.dropped) == part.sampled
+        assert all(1 <= n < 10 for n in part.steps.values()) and set(part.steps) <= set(part.returned)
+        drop = sample_round(10, 6, 0.2, 1, t, (1.0, 0.8, "drop", 10))
+        assert drop.steps == {} and set(drop.late) == set(part.late) | set(part.steps)
+
+
+def config(**overrides):
+    small = {"clients": 4, "rounds": 1, "local_steps": 4, "synthetic": 120, "min_client_size": 4}
+    return cfgmod.resolve("smoke", "math", {"method": "fedit", **small, **overrides})
+
+
+def test_a_round_with_stragglers_trains_what_the_draw_says(tmp_path):
+    """Partial policy, deadline 0.8 nominal rounds: the late clients train nothing, the partial ones
+    exactly their steps (the process's step count and each sampler's position say so), the record
+    names both."""
+    cfg = config(round_deadline=0.8, client_speed_sigma=0.6, straggler_policy="partial", seed=0)
+    (tmp_path / "run").mkdir()
+    sim = Simulation(cfg, tmp_path / "run")
+    part = sim.participation(0)
+    assert part.steps and part.returned  # this seed has partial clients (checked, not assumed)
+    before = {k: sim.server.samplers[k].state() for k in range(cfg.clients)}
+    record = sim.run_round(0)
+    expected = {k: part.steps.get(k, cfg.local_steps) for k in part.returned}
+    assert sim.steps["total"] == sum(expected.values())
+    assert record.clients == part.returned and record.late == part.late
+    assert record.steps == {str(k): n for k, n in part.steps.items()}
+    line = record.to_json()
+    assert line["steps"] == record.steps
+    for k in range(cfg.clients):  # a client that did not train did not move its data order
+        moved = sim.server.samplers[k].state() != before[k]
+        assert moved == (k in part.returned), k
+
+
+def test_no_deadline_keeps_metrics_lines_and_hash():
+    cfg = config()
+    assert "round_deadline" not in cfgmod.to_yaml(cfg)
+    assert (
+        cfg.hash()
+        == cfgmod.resolve(
+            "smoke",
+            "math",
+            {
+                "method": "fedit",
+                **{"clients": 4, "rounds": 1, "local_steps": 4, "synthetic": 120, "min_client_size": 4},
+            },
+        ).hash()
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"round_deadline": 1.0}, "need both round_deadline and client_speed_sigma"),
+        ({"client_speed_sigma": 0.5}, "need both round_deadline and client_speed_sigma"),
+        ({"straggler_policy": "drop"}, "straggler_policy is set but round_deadline is not"),
+        ({"round_deadline": 0, "client_speed_sigma": 0.5}, "round_deadline must be > 0"),
+        ({"round_deadline": float("inf"), "client_speed_sigma": 0.5}, "round_deadline must be > 0"),
+        ({"round_deadline": 1.0, "client_speed_sigma": -1}, "client_speed_sigma must be >= 0"),
+        ({"round_deadline": 1.0, "client_speed_sigma": float("nan")}, "client_speed_sigma must be >= 0"),
+        ({"round_deadline": 1.0, "client_speed_sigma": 0.5, "straggler_policy": "wait"}, "drop or partial"),
+        (
+            {"round_deadline": 1.0, "client_speed_sigma": 0.5, "dp_noise_multiplier": 1.0}
+            | {"dp_max_grad_norm": 1.0, "dp_delta": 1e-5},
+            "not supported together",
+        ),
+    ],
+)
+def test_straggler_settings_refused(overrides, fragment):
+    with pytest.raises(UserError, match=fragment):
+        config(**overrides)
+
+
+def test_cli_refuses_in_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from helpers import run_main
+
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "train",
+        "--recipe",
+        "smoke",
+        "--set",
+        "round_deadline=-1",
+        "--set",
+        "client_speed_sigma=0.5",
+        "--out",
+        tmp_path / "r",
+    )
+    assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -336,6 +336,11 @@ def _check_ranges(cfg: TrainConfig) -> None:
             raise bad(key, rule)
 
 
+#: The largest dp_target_epsilon: past it a guarantee means nothing, and Opacus' search for the noise
+#: (bisection to within 0.01 of the target) did not end for 1e300 (float spacing there is ~1e284).
+MAX_TARGET_EPSILON = 1e4
+
+
 def _check_privacy(cfg: TrainConfig) -> None:
     """The DP keys (fedmom_cli/privacy.py): ranges, the keys each level needs, what DP excludes."""
     import math
@@ -355,6 +360,12 @@ def _check_privacy(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise bad(key, rule)
+    if cfg.dp_target_epsilon is not None and cfg.dp_target_epsilon > MAX_TARGET_EPSILON:
+        raise bad(
+            "dp_target_epsilon",
+            f"at most {MAX_TARGET_EPSILON:g} (a larger epsilon promises nothing; for little noise "
+            "set dp_noise_multiplier)",
+        )
     if cfg.dp_delta is not None and not (math.isfinite(cfg.dp_delta) and 0 < cfg.dp_delta < 1):
         raise bad("dp_delta", "in (0, 1) (usually below 1 / the number of rows)")
     if cfg.dp_noise_multiplier is not None and cfg.dp_target_epsilon is not None:

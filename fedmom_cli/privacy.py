@@ -88,16 +88,37 @@ def epsilon(noise: float, sample_rate: float, steps: int, delta: float) -> float
 
 def noise_for_target(target: float, delta: float, plans: Sequence[tuple[float, int]]) -> float:
     """The noise multiplier that keeps every (sample rate, steps) plan at or below `target` epsilon:
-    Opacus' `get_noise_multiplier` per plan, the largest."""
-    from opacus.accountants.utils import get_noise_multiplier
+    Opacus' `get_noise_multiplier` per plan, the largest.
 
-    sigmas = [
-        get_noise_multiplier(
-            target_epsilon=target, target_delta=delta, sample_rate=q, steps=steps, accountant="rdp"
-        )
-        for q, steps in plans
-        if steps > 0
-    ]
+    A target no noise multiplier up to Opacus' MAX_SIGMA (1e6) reaches is one line naming the
+    plan, not Opacus' ValueError. (config.py caps the target at MAX_TARGET_EPSILON: Opacus'
+    bisection stops within 0.01 of it, which a float near 1e300 cannot resolve: it never ended.)"""
+    import warnings
+
+    from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
+
+    sigmas = []
+    for q, steps in plans:
+        if steps == 0:
+            continue
+        try:
+            with warnings.catch_warnings():  # as in epsilon(): a valid bound, the warning repeats
+                warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
+                sigmas.append(
+                    get_noise_multiplier(
+                        target_epsilon=target,
+                        target_delta=delta,
+                        sample_rate=q,
+                        steps=steps,
+                        accountant="rdp",
+                    )
+                )
+        except ValueError:  # "The privacy budget is too low."
+            raise UserError(
+                f"dp_target_epsilon {target} cannot be met: {steps} DP-SGD steps at sample rate "
+                f"{q:.4g} and dp_delta {delta} spend more even with noise multiplier {MAX_SIGMA:g}; "
+                "raise dp_target_epsilon or dp_delta, or train fewer steps"
+            ) from None
     return float(max(sigmas)) if sigmas else 0.0
 
 

@@ -295,6 +295,10 @@ def test_client_level_dp_round_equals_clipped_mean_plus_noise(tmp_path):
         ({**DP, "dp_noise_multiplier": -1.0}, "dp_noise_multiplier must be > 0"),
         ({**DP, "dp_noise_multiplier": 0.0}, "dp_noise_multiplier must be > 0"),
         ({**DP, "dp_max_grad_norm": 0.0}, "dp_max_grad_norm must be > 0"),
+        (  # Opacus' search for the noise never ended (a hang)
+            {"dp_target_epsilon": 1e300, "dp_max_grad_norm": 1.0, "dp_delta": 1e-5},
+            "dp_target_epsilon must be at most 10000",
+        ),
         ({**DP, "dp_delta": 1.0}, r"dp_delta must be in \(0, 1\)"),
         ({**DP, "dp_delta": 0.0}, r"dp_delta must be in \(0, 1\)"),
         ({**DP, "dp_target_epsilon": 8.0}, "not both"),
@@ -405,3 +409,12 @@ def test_mini_dp_recipe_plans_its_45_cells(tmp_path):
     targets = sorted({c.config.dp_target_epsilon or 0.0 for c in cells})
     assert targets == [0.0, 1.0, 8.0] and all(c.config.dp_delta in (None, 1e-5) for c in cells)
     assert {c.config.method for c in cells} == {"fedit", "ffa_lora", "fedsvd", "fedex_lora", "fedmomentum"}
+
+
+@pytest.mark.parametrize("target", [1e-6, 1e-3])
+def test_target_epsilon_out_of_reach_is_a_user_error_not_a_traceback(target):
+    """Opacus raises ValueError("The privacy budget is too low.") past MAX_SIGMA; it was a traceback."""
+    with pytest.raises(UserError, match=f"dp_target_epsilon {target} cannot be met: 2 DP-SGD steps"):
+        privacy.noise_for_target(target, 1e-5, [(0.1, 2)])
+    noise = privacy.noise_for_target(1e4, 1e-5, [(0.1, 2)])  # the largest target allowed: reached
+    assert privacy.epsilon(noise, 0.1, 2, 1e-5) == pytest.approx(1e4, abs=0.01)

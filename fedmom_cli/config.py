@@ -233,6 +233,12 @@ def _coerce(key: str, value):
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if isinstance(value, (dict, list, bool)):  # `system: yes`, `prompt_template: {q}` in YAML
+            kind = {dict: "a mapping", list: "a list", bool: "a boolean"}[type(value)]
+            raise UserError(
+                f"config key {key!r} expects text, got {kind} ({value!r}): YAML read the value as "
+                "structure; quote it"
+            )
         return str(value)
     except (TypeError, ValueError, yaml.YAMLError):
         raise UserError(f"config key {key!r} expects {hint}, got {value!r}") from None
@@ -507,15 +513,29 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+def _is_text(key: str) -> bool:
+    """Whether the field holds text (str or str | None)."""
+    hint = typing.get_type_hints(TrainConfig)[key]
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    return hint is str or set(args) == {str, type(None)}
+
+
 def parse_set(items: list[str]) -> dict:
-    """['lr=1e-4', 'target_modules=q_proj,v_proj'] -> dict; values parsed as YAML scalars."""
+    """['lr=1e-4', 'target_modules=q_proj,v_proj'] -> dict; values parsed as YAML scalars, but a
+    text key's value that YAML reads as something else (a mapping, a boolean, a number) is kept as
+    written (`--set system=Answer: yes` is that text); null and YAML-quoted text still work."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key.strip() not in FIELDS:
             raise UserError(f"--set expects KEY=VALUE with a known key, got {item!r}")
         try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+            parsed = yaml.safe_load(value) if value.strip() else None
+            # a text key takes the text as written: YAML would read "Answer: briefly" as a mapping,
+            # "yes" as a boolean and "3.10" as 3.1, and they were stringified into other text
+            out[key.strip()] = (
+                value if _is_text(key.strip()) and not isinstance(parsed, (str, type(None))) else parsed
+            )
         except yaml.constructor.ConstructorError:  # a tag (!!python/object/...): never constructed
             raise UserError(f"--set {key.strip()}: YAML tags are not accepted, got {value!r}") from None
         except yaml.YAMLError:  # not a YAML scalar (e.g. ",", "[a"): the text itself, typed later

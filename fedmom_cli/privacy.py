@@ -14,7 +14,8 @@ parameters it trains this round, done by Opacus:
   other sample's gradient, and the clipping bound would no longer be the sensitivity);
 - `opacus.optimizers.DPOptimizer` around the client's fresh AdamW: clips each sample's gradient (all
   trained parameters together) to `dp_max_grad_norm` = C, sums, adds N(0, (sigma C)^2) per
-  coordinate from a `torch.Generator` seeded by (seed, round, client), and divides by the expected
+  coordinate from a `torch.Generator` on the parameters' device seeded by (seed, round, client) (so a GPU
+  run draws other noise than a CPU run of the same seed), and divides by the expected
   batch size `batch_size` (Opacus' `loss_reduction="mean"` with Poisson sampling);
 - batches by Poisson sampling, as the accountant assumes: at every step each of the client's n rows
   joins the batch independently with probability q = batch_size / n (the rule of Opacus'
@@ -62,9 +63,12 @@ from fedmom_cli.errors import UserError
 CLIENT_DP_METHODS = ("fedit", "fedit_resplit", "ffa_lora", "fedsvd", "rolora")
 
 
-def generator(*parts) -> torch.Generator:
-    """A CPU generator seeded from the parts (seed, round, client, purpose)."""
-    return torch.Generator().manual_seed(zlib.crc32("/".join(map(str, parts)).encode()))
+def generator(*parts, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on `device` seeded from the parts (seed, round, client, purpose). DP-SGD's noise
+    generator must be on the parameters' device: Opacus draws with torch.normal(device=the
+    parameter's, generator=this one), which refuses a CPU generator for CUDA tensors."""
+    seed = zlib.crc32("/".join(map(str, parts)).encode())
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 # ---- accounting ---------------------------------------------------------------------------------

@@ -418,3 +418,38 @@ def test_target_epsilon_out_of_reach_is_a_user_error_not_a_traceback(target):
         privacy.noise_for_target(target, 1e-5, [(0.1, 2)])
     noise = privacy.noise_for_target(1e4, 1e-5, [(0.1, 2)])  # the largest target allowed: reached
     assert privacy.epsilon(noise, 0.1, 2, 1e-5) == pytest.approx(1e4, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+        ),
+    ],
+)
+def test_dp_client_trains_on_the_parameters_device(device):
+    """Opacus draws the noise with torch.normal(device=the parameter's, generator=ours): a CPU
+    generator for CUDA parameters raised "Expected a 'cuda' device type for generator" at the
+    first DP-SGD step of every GPU run. Only a CUDA machine can fail this."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from fedmom_cli.client_dp import train_client_dp
+
+    model, params = _tiny_lora()
+    model.to(device)
+    ids, labels = _batch(6)
+    rows = [
+        {"input_ids": i.tolist(), "labels": lab.tolist(), "attention_mask": [1] * len(i)}
+        for i, lab in zip(ids, labels)
+    ]
+    before = [p.detach().clone() for p in params]
+    accelerator = SimpleNamespace(device=torch.device(device), autocast=contextlib.nullcontext)
+    stats = train_client_dp(
+        model, params, rows, steps=2, batch_size=3, grad_accum=1, lr=1e-2, weight_decay=0.0,
+        noise=1.0, clip=1.0, seeds=(0, 0, 0), pad_id=0, accelerator=accelerator, label="test",
+    )  # fmt: skip
+    assert len(stats.losses) + stats.empty_steps == 2
+    assert all(not torch.equal(b, p.detach()) for b, p in zip(before, params))  # noised: moved

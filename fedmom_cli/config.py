@@ -345,6 +345,10 @@ def _check_ranges(cfg: TrainConfig) -> None:
 #: The largest dp_target_epsilon: past it a guarantee means nothing, and Opacus' search for the noise
 #: (bisection to within 0.01 of the target) did not end for 1e300 (float spacing there is ~1e284).
 MAX_TARGET_EPSILON = 1e4
+#: The noise multipliers accepted: Opacus' RDP accountant hung or divided by zero below ~1e-150 and
+#: overflowed above ~1e155; 0.001 already spends an epsilon of 1e6 in two steps, and 1e6 is the
+#: largest noise Opacus' own search (get_noise_multiplier's MAX_SIGMA) tries.
+NOISE_RANGE = (1e-3, 1e6)
 
 
 def _check_privacy(cfg: TrainConfig) -> None:
@@ -366,6 +370,14 @@ def _check_privacy(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise bad(key, rule)
+    for key in ("dp_noise_multiplier", "dp_client_noise_multiplier"):
+        value = getattr(cfg, key)
+        if value is not None and not NOISE_RANGE[0] <= value <= NOISE_RANGE[1]:
+            raise bad(
+                key,
+                f"in [{NOISE_RANGE[0]:g}, {NOISE_RANGE[1]:g}] (the RDP accountant's epsilon cannot be "
+                "computed far outside; below it there is no privacy to speak of)",
+            )
     if cfg.dp_target_epsilon is not None and cfg.dp_target_epsilon > MAX_TARGET_EPSILON:
         raise bad(
             "dp_target_epsilon",

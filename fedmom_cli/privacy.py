@@ -76,7 +76,7 @@ def epsilon(noise: float, sample_rate: float, steps: int, delta: float) -> float
     """Epsilon of `steps` steps of the subsampled Gaussian mechanism (Opacus' RDP accountant, its
     default orders). Where the best order is the largest one (few steps at a large q) Opacus warns
     that a wider range could give a smaller epsilon: the value is still a valid upper bound, and
-    the warning is silenced so that it does not repeat every round."""
+    the warning is silenced so that it does not repeat every round. Never below 0."""
     import warnings
 
     from opacus.accountants import RDPAccountant
@@ -87,7 +87,9 @@ def epsilon(noise: float, sample_rate: float, steps: int, delta: float) -> float
     acc.history = [(noise, sample_rate, steps)]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return float(acc.get_epsilon(delta))
+        # Opacus' RDP-to-(eps, delta) conversion goes below 0 for huge noise and a large delta
+        # (-3.25 at sigma 1e6, delta 0.99): no mechanism has a negative epsilon
+        return max(0.0, float(acc.get_epsilon(delta)))
 
 
 def noise_for_target(target: float, delta: float, plans: Sequence[tuple[float, int]]) -> float:

@@ -295,6 +295,20 @@ def test_client_level_dp_round_equals_clipped_mean_plus_noise(tmp_path):
         ({**DP, "dp_noise_multiplier": -1.0}, "dp_noise_multiplier must be > 0"),
         ({**DP, "dp_noise_multiplier": 0.0}, "dp_noise_multiplier must be > 0"),
         ({**DP, "dp_max_grad_norm": 0.0}, "dp_max_grad_norm must be > 0"),
+        # the RDP accountant's epsilon: a hang or ZeroDivisionError below, OverflowError above,
+        # after the first round had been written
+        ({**DP, "dp_noise_multiplier": 1e-300}, r"dp_noise_multiplier must be in \[0.001, 1e\+06\]"),
+        ({**DP, "dp_noise_multiplier": 1e300}, r"dp_noise_multiplier must be in \[0.001, 1e\+06\]"),
+        (
+            {
+                "dp_client_noise_multiplier": 1e-200,
+                "dp_client_clip": 1.0,
+                "dp_delta": 1e-5,
+                "client_weights": "uniform",
+                "method": "fedit",
+            },
+            r"dp_client_noise_multiplier must be in \[0.001, 1e\+06\]",
+        ),
         (  # Opacus' search for the noise never ended (a hang)
             {"dp_target_epsilon": 1e300, "dp_max_grad_norm": 1.0, "dp_delta": 1e-5},
             "dp_target_epsilon must be at most 10000",
@@ -453,3 +467,19 @@ def test_dp_client_trains_on_the_parameters_device(device):
     )  # fmt: skip
     assert len(stats.losses) + stats.empty_steps == 2
     assert all(not torch.equal(b, p.detach()) for b, p in zip(before, params))  # noised: moved
+
+
+@pytest.mark.parametrize(
+    "noise,q,steps,delta,want",
+    [
+        (0.7, 0.1, 4, 1e-5, "accountant"),
+        (1e6, 0.1, 1, 0.99, 0.0),  # Opacus' conversion gives -3.25: an epsilon is never negative
+        (1e6, 1.0, 1, 0.5, 0.0),
+    ],
+)
+def test_epsilon_is_the_accountants_and_never_negative(noise, q, steps, delta, want):
+    got = privacy.epsilon(noise, q, steps, delta)
+    if want == "accountant":
+        assert got == pytest.approx(_accountant_epsilon(noise, q, steps, delta), rel=1e-12) and got > 0
+    else:
+        assert _accountant_epsilon(noise, q, steps, delta) < 0 and got == want

@@ -58,7 +58,10 @@ class Run:
     def summary(self) -> str:
         """The line `fedmom train` ends with: status, method, task, rounds, seconds, final loss."""
         r, loss = self.result, self.final_loss
-        shown = "none (no step had a trainable token)" if loss is None else f"{loss:.4f}"
+        shown = f"{loss:.4f}" if loss is not None else "none (no step had a trainable token)"
+        last = self.metrics()[-1:] if loss is None else []
+        if last and last[0].get("clients") == []:  # client_dropout: the last round had no update
+            shown = "none (no client returned in the last round)"
         return (
             f"{r['status']}: {self.config.method} on {self.config.task}, {r['rounds_completed']} rounds, "
             f"{r['wall_seconds']:.1f} s, final loss {shown}"

@@ -46,7 +46,7 @@ def train_client_dp(
         noise=noise,
         clip=clip,
         expected_batch_size=batch_size,
-        noise_generator=privacy.generator(*seeds, "noise"),
+        noise_generator=privacy.generator(*seeds, "noise", device=params[0].device),
     )
     sampling = privacy.generator(*seeds, "poisson")
     rate = batch_size / len(rows)

@@ -246,6 +246,12 @@ def _coerce(key: str, value):
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if isinstance(value, (dict, list, bool)):  # `system: yes`, `prompt_template: {q}` in YAML
+            kind = {dict: "a mapping", list: "a list", bool: "a boolean"}[type(value)]
+            raise UserError(
+                f"config key {key!r} expects text, got {kind} ({value!r}): YAML read the value as "
+                "structure; quote it"
+            )
         return str(value)
     except (TypeError, ValueError, yaml.YAMLError):
         raise UserError(f"config key {key!r} expects {hint}, got {value!r}") from None
@@ -351,6 +357,15 @@ def _check_ranges(cfg: TrainConfig) -> None:
             raise bad(key, rule)
 
 
+#: The largest dp_target_epsilon: past it a guarantee means nothing, and Opacus' search for the noise
+#: (bisection to within 0.01 of the target) did not end for 1e300 (float spacing there is ~1e284).
+MAX_TARGET_EPSILON = 1e4
+#: The noise multipliers accepted: Opacus' RDP accountant hung or divided by zero below ~1e-150 and
+#: overflowed above ~1e155; 0.001 already spends an epsilon of 1e6 in two steps, and 1e6 is the
+#: largest noise Opacus' own search (get_noise_multiplier's MAX_SIGMA) tries.
+NOISE_RANGE = (1e-3, 1e6)
+
+
 def _check_privacy(cfg: TrainConfig) -> None:
     """The DP keys (fedmom_cli/privacy.py): ranges, the keys each level needs, what DP excludes."""
     import math
@@ -370,6 +385,20 @@ def _check_privacy(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise bad(key, rule)
+    for key in ("dp_noise_multiplier", "dp_client_noise_multiplier"):
+        value = getattr(cfg, key)
+        if value is not None and not NOISE_RANGE[0] <= value <= NOISE_RANGE[1]:
+            raise bad(
+                key,
+                f"in [{NOISE_RANGE[0]:g}, {NOISE_RANGE[1]:g}] (the RDP accountant's epsilon cannot be "
+                "computed far outside; below it there is no privacy to speak of)",
+            )
+    if cfg.dp_target_epsilon is not None and cfg.dp_target_epsilon > MAX_TARGET_EPSILON:
+        raise bad(
+            "dp_target_epsilon",
+            f"at most {MAX_TARGET_EPSILON:g} (a larger epsilon promises nothing; for little noise "
+            "set dp_noise_multiplier)",
+        )
     if cfg.dp_delta is not None and not (math.isfinite(cfg.dp_delta) and 0 < cfg.dp_delta < 1):
         raise bad("dp_delta", "in (0, 1) (usually below 1 / the number of rows)")
     if cfg.dp_noise_multiplier is not None and cfg.dp_target_epsilon is not None:
@@ -561,15 +590,29 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+def _is_text(key: str) -> bool:
+    """Whether the field holds text (str or str | None)."""
+    hint = typing.get_type_hints(TrainConfig)[key]
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    return hint is str or set(args) == {str, type(None)}
+
+
 def parse_set(items: list[str]) -> dict:
-    """['lr=1e-4', 'target_modules=q_proj,v_proj'] -> dict; values parsed as YAML scalars."""
+    """['lr=1e-4', 'target_modules=q_proj,v_proj'] -> dict; values parsed as YAML scalars, but a
+    text key's value that YAML reads as something else (a mapping, a boolean, a number) is kept as
+    written (`--set system=Answer: yes` is that text); null and YAML-quoted text still work."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key.strip() not in FIELDS:
             raise UserError(f"--set expects KEY=VALUE with a known key, got {item!r}")
         try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+            parsed = yaml.safe_load(value) if value.strip() else None
+            # a text key takes the text as written: YAML would read "Answer: briefly" as a mapping,
+            # "yes" as a boolean and "3.10" as 3.1, and they were stringified into other text
+            out[key.strip()] = (
+                value if _is_text(key.strip()) and not isinstance(parsed, (str, type(None))) else parsed
+            )
         except yaml.constructor.ConstructorError:  # a tag (!!python/object/...): never constructed
             raise UserError(f"--set {key.strip()}: YAML tags are not accepted, got {value!r}") from None
         except yaml.YAMLError:  # not a YAML scalar (e.g. ",", "[a"): the text itself, typed later

@@ -33,10 +33,17 @@ class Rows:
     def fingerprint(self) -> dict:
         """Source, split, row count and a hash of the rows' content (canonical JSON)."""
         digest = hashlib.sha256()
-        for row in self.rows:
+        for i, row in enumerate(self.rows):
             # default=str: a value JSON cannot hold (a parquet timestamp) hashes by its text; rows
             # of plain JSON values hash exactly as before
-            digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
+            text = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
+            try:
+                digest.update(text.encode())
+            except UnicodeEncodeError as exc:  # JSON's "\ud800" escape: valid JSON, not text
+                raise UserError(
+                    f"{self.source}: row {i} holds a lone surrogate {exc.object[exc.start : exc.end]!r} "
+                    "(half of a UTF-16 pair, escaped in JSON), which is not text; fix the row"
+                ) from None
             digest.update(b"\n")
         return {
             "source": self.source,
@@ -47,7 +54,9 @@ class Rows:
 
 
 def read_file(path: Path) -> list[dict]:
-    """Rows of a .json / .jsonl / .parquet file; anything unreadable is a one-line UserError."""
+    """Rows of a .json / .jsonl / .csv / .parquet file; anything unreadable is a one-line UserError.
+    Text files are read as UTF-8 with an optional byte-order mark (`utf-8-sig`): a spreadsheet's
+    UTF-8 CSV starts with one, which would otherwise become part of the first column's name."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
@@ -60,10 +69,10 @@ def read_file(path: Path) -> list[dict]:
         elif suffix == ".csv":
             import csv
 
-            with path.open(encoding="utf-8", newline="") as handle:
+            with path.open(encoding="utf-8-sig", newline="") as handle:
                 data = list(csv.DictReader(handle))
         elif suffix == ".json":
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")
             try:
                 data = json.loads(text)
             except json.JSONDecodeError:
@@ -71,7 +80,7 @@ def read_file(path: Path) -> list[dict]:
             if isinstance(data, dict) and isinstance(data.get("train"), list):
                 data = data["train"]
         elif suffix == ".jsonl":
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")
             data = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
             raise UserError(

@@ -275,7 +275,10 @@ def is_partition_file(path: Path) -> bool:
 
 
 def check_partition(part, path, n_rows: int, clients: int, min_size: int) -> None:
-    """A partition file's schema and content: lists of in-range row indices, none empty or too small."""
+    """A partition file's schema and content: lists of in-range row indices, none empty or too small,
+    and `sizes` (where the file has them) equal to the clients' lengths: simulate.py reads DP-SGD's
+    sample rates q_k = batch_size / sizes[k] from them, so a hand-edited file whose sizes lie would
+    record another epsilon than the one the clients' rows give."""
     if not isinstance(part, dict) or not isinstance(part.get("clients"), list):
         raise UserError(f"partition {path} is not a `fedmom partition` file (no list of clients)")
     if not isinstance(part.get("dataset"), dict) or "sha256" not in part["dataset"]:
@@ -299,6 +302,9 @@ def check_partition(part, path, n_rows: int, clients: int, min_size: int) -> Non
         if seen.intersection(rows) or len(set(rows)) != len(rows):
             raise UserError(f"partition {path}: client {k} repeats a row index (clients must be disjoint)")
         seen.update(rows)
+    lengths = [len(rows) for rows in part["clients"]]
+    if "sizes" in part and part["sizes"] != lengths:  # DP's sample rates are read from the sizes
+        raise UserError(f"partition {path}: its sizes {part['sizes']!r} are not its clients' {lengths}")
 
 
 def run(opts: PartitionOptions) -> dict:

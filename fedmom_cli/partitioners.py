@@ -101,11 +101,12 @@ def check_names(
 
 
 def _sorted_unique(labels: list) -> list:
-    try:
-        return sorted(set(labels))
-    except TypeError:  # mixed types (1 and "1"): Flower's sort fails too; refuse clearly
-        kinds = sorted({type(v).__name__ for v in labels})
-        raise UserError(f"labels mix types ({', '.join(kinds)}); one type per field") from None
+    """The distinct labels, sorted. One type per field: 1 and "1" cannot be sorted together (Flower's
+    sort fails too), and True == 1 in Python, so a set would merge a bool label with an int one."""
+    kinds = sorted({type(v).__name__ for v in labels})
+    if len(kinds) > 1:
+        raise UserError(f"labels mix types ({', '.join(kinds)}); one type per field")
+    return sorted(set(labels))
 
 
 def iid(n_rows: int, n_clients: int, seed: int) -> list[list[int]]:

@@ -14,7 +14,8 @@ parameters it trains this round, done by Opacus:
   other sample's gradient, and the clipping bound would no longer be the sensitivity);
 - `opacus.optimizers.DPOptimizer` around the client's fresh AdamW: clips each sample's gradient (all
   trained parameters together) to `dp_max_grad_norm` = C, sums, adds N(0, (sigma C)^2) per
-  coordinate from a `torch.Generator` seeded by (seed, round, client), and divides by the expected
+  coordinate from a `torch.Generator` on the parameters' device seeded by (seed, round, client) (so a GPU
+  run draws other noise than a CPU run of the same seed), and divides by the expected
   batch size `batch_size` (Opacus' `loss_reduction="mean"` with Poisson sampling);
 - batches by Poisson sampling, as the accountant assumes: at every step each of the client's n rows
   joins the batch independently with probability q = batch_size / n (the rule of Opacus'
@@ -62,9 +63,12 @@ from fedmom_cli.errors import UserError
 CLIENT_DP_METHODS = ("fedit", "fedit_resplit", "ffa_lora", "fedsvd", "rolora")
 
 
-def generator(*parts) -> torch.Generator:
-    """A CPU generator seeded from the parts (seed, round, client, purpose)."""
-    return torch.Generator().manual_seed(zlib.crc32("/".join(map(str, parts)).encode()))
+def generator(*parts, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on `device` seeded from the parts (seed, round, client, purpose). DP-SGD's noise
+    generator must be on the parameters' device: Opacus draws with torch.normal(device=the
+    parameter's, generator=this one), which refuses a CPU generator for CUDA tensors."""
+    seed = zlib.crc32("/".join(map(str, parts)).encode())
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 # ---- accounting ---------------------------------------------------------------------------------
@@ -72,7 +76,7 @@ def epsilon(noise: float, sample_rate: float, steps: int, delta: float) -> float
     """Epsilon of `steps` steps of the subsampled Gaussian mechanism (Opacus' RDP accountant, its
     default orders). Where the best order is the largest one (few steps at a large q) Opacus warns
     that a wider range could give a smaller epsilon: the value is still a valid upper bound, and
-    the warning is silenced so that it does not repeat every round."""
+    the warning is silenced so that it does not repeat every round. Never below 0."""
     import warnings
 
     from opacus.accountants import RDPAccountant
@@ -83,21 +87,44 @@ def epsilon(noise: float, sample_rate: float, steps: int, delta: float) -> float
     acc.history = [(noise, sample_rate, steps)]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return float(acc.get_epsilon(delta))
+        # Opacus' RDP-to-(eps, delta) conversion goes below 0 for huge noise and a large delta
+        # (-3.25 at sigma 1e6, delta 0.99): no mechanism has a negative epsilon
+        return max(0.0, float(acc.get_epsilon(delta)))
 
 
 def noise_for_target(target: float, delta: float, plans: Sequence[tuple[float, int]]) -> float:
     """The noise multiplier that keeps every (sample rate, steps) plan at or below `target` epsilon:
-    Opacus' `get_noise_multiplier` per plan, the largest."""
-    from opacus.accountants.utils import get_noise_multiplier
+    Opacus' `get_noise_multiplier` per plan, the largest.
 
-    sigmas = [
-        get_noise_multiplier(
-            target_epsilon=target, target_delta=delta, sample_rate=q, steps=steps, accountant="rdp"
-        )
-        for q, steps in plans
-        if steps > 0
-    ]
+    A target no noise multiplier up to Opacus' MAX_SIGMA (1e6) reaches is one line naming the
+    plan, not Opacus' ValueError. (config.py caps the target at MAX_TARGET_EPSILON: Opacus'
+    bisection stops within 0.01 of it, which a float near 1e300 cannot resolve: it never ended.)"""
+    import warnings
+
+    from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier
+
+    sigmas = []
+    for q, steps in plans:
+        if steps == 0:
+            continue
+        try:
+            with warnings.catch_warnings():  # as in epsilon(): a valid bound, the warning repeats
+                warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
+                sigmas.append(
+                    get_noise_multiplier(
+                        target_epsilon=target,
+                        target_delta=delta,
+                        sample_rate=q,
+                        steps=steps,
+                        accountant="rdp",
+                    )
+                )
+        except ValueError:  # "The privacy budget is too low."
+            raise UserError(
+                f"dp_target_epsilon {target} cannot be met: {steps} DP-SGD steps at sample rate "
+                f"{q:.4g} and dp_delta {delta} spend more even with noise multiplier {MAX_SIGMA:g}; "
+                "raise dp_target_epsilon or dp_delta, or train fewer steps"
+            ) from None
     return float(max(sigmas)) if sigmas else 0.0
 
 

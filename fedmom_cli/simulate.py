@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from fedmom_cli import privacy, runfolder, targets
-from fedmom_cli.client import Sampler, collate, train_client
+from fedmom_cli.client import NonFiniteLoss, Sampler, collate, train_client
 from fedmom_cli.client_dp import train_client_dp
 from fedmom_cli.config import TrainConfig, method_kwargs
 from fedmom_cli.data import load_rows
@@ -269,12 +269,25 @@ class Simulation:
         self.steps["with_trainable_token"] += steps - stats.empty_steps
         start = time.perf_counter()
         factors = get_factors(self.modules)
+        self._check_finite(round_idx, k, factors)
         if cfg.client_ranks is not None:  # the rank-r_k LoRA the client really trained
             r = cfg.client_ranks[k]
             factors = {m: LoraFactors(f.A[:r].clone(), f.B[:, :r].clone()) for m, f in factors.items()}
         swap += time.perf_counter() - start
         seconds = {"client_compute": stats.compute_seconds, "adapter_swap": swap}
         return ClientUpdate(k, factors, len(sampler.rows), stats.mean_loss, seconds)
+
+    def _check_finite(self, round_idx: int, k: int, factors: dict[str, LoraFactors]) -> None:
+        """No loss sees the last local step's update, so a client can return inf / NaN factors
+        (DP-SGD noise of std sigma x dp_max_grad_norm = 1e308 did): they would reach the method
+        (FedMomentum's SVD raised LinAlgError; FedIT averaged them in). Stop as a diverged loss does."""
+        if all(bool(torch.isfinite(f.A).all() and torch.isfinite(f.B).all()) for f in factors.values()):
+            return
+        hint = "a smaller dp_max_grad_norm or a lower lr" if self.cfg.sample_dp else "a lower lr"
+        raise NonFiniteLoss(
+            f"round {round_idx} client {k}: its LoRA factors are not finite after local training; "
+            f"the run stops here and keeps its last checkpoint (try {hint})"
+        )
 
     def _train(self, round_idx: int, k: int, sampler: Sampler, params, steps: int):
         cfg = self.cfg

@@ -10,7 +10,9 @@
   query_key_value for GPT-NeoX. An architecture the table lacks (Phi-3 in PEFT 0.21) is refused in
   one line that names it and lists its linear layers to choose from.
 - `all-linear` is resolved as PEFT resolves it (`_maybe_include_all_linear_layers`): every
-  nn.Linear but the output embedding, by the last component of its name, here sorted.
+  nn.Linear but the output embedding, by the last component of its name, here sorted. PEFT also
+  takes transformers' Conv1D (GPT-2), whose (in, out) layout fedmom's factors and deltas do not
+  use: a model with no nn.Linear but its head is refused in one line (it resolved to nothing).
 - Either way config.yaml and the config hash hold the resolved list, so a run says which modules
   it trained and a resume or a sweep compares names with names. Resolving reads the model's
   config only; the layers are listed on a model built on the meta device (no weights, no memory).
@@ -62,7 +64,14 @@ def names(where: str, kind: str) -> tuple[str, ...]:
     """The module names `kind` stands for in the model at `where` ('tiny', a folder or a Hub id)."""
     config = _model_config(where)
     if kind == ALL_LINEAR:
-        return tuple(sorted(linear_names(config)))
+        linear = sorted(linear_names(config))
+        if not linear:  # GPT-2's Conv1D: PEFT's own all-linear takes them, fedmom cannot (model.py)
+            arch = ", ".join(getattr(config, "architectures", None) or []) or config.model_type
+            raise UserError(
+                f"target_modules: all-linear: model type {config.model_type!r} ({arch}) has no "
+                "nn.Linear layer but its output head, and fedmom trains LoRA on nn.Linear layers only"
+            )
+        return tuple(linear)
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
 
     found = DEFAULTS.get(config.model_type)

@@ -132,3 +132,17 @@ def test_train_through_the_api_is_the_commands_run(tmp_path, monkeypatch, capsys
     assert (tmp_path / "cli" / "config.yaml").read_bytes() == (run.path / "config.yaml").read_bytes()
     assert [m["loss"] for m in api.Run.open(tmp_path / "cli").metrics()] == [m["loss"] for m in run.metrics()]
     assert tr.out_dir(tr.TrainOptions(run.config)).as_posix() == "results/math/fedmomentum/seed0"
+
+
+@pytest.mark.parametrize(
+    "settings,shown",
+    [
+        ({}, "final loss 6."),
+        # every sampled client dropped in the last round: it said "no step had a trainable token"
+        ({"client_dropout": 0.99}, "final loss none (no client returned in the last round)"),
+    ],
+)
+def test_summary_says_why_there_is_no_final_loss(tmp_path, settings, shown):
+    base = {"clients": 2, "rounds": 2, "synthetic": 40, "min_client_size": 8, "local_steps": 1}
+    run = api.train("smoke", out=tmp_path / "run", **base, **settings)
+    assert shown in run.summary()

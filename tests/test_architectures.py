@@ -195,3 +195,19 @@ def test_unresolvable_model_is_left_as_is_only_when_planning():
     assert targets.resolve(cfg, strict=False).target_modules == ["auto"]
     with pytest.raises(UserError, match="cannot load model"):
         targets.resolve(cfg)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [  # GPT-2's projections are transformers' Conv1D, which fedmom does not train (model.py)
+        ("all-linear", r"model type 'gpt2' \(GPT2LMHeadModel\) has no nn.Linear layer but its output head"),
+    ],
+)
+def test_shorthand_on_a_model_without_linear_layers_is_one_line(tmp_path, kind, message):
+    """all-linear resolved to no module at all and PEFT's own error followed ("No `target_modules`
+    passed but also no `target_parameters` found"); it names the model now."""
+    from transformers import GPT2Config
+
+    GPT2Config(n_embd=32, n_layer=1, n_head=2, architectures=["GPT2LMHeadModel"]).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match=message):
+        targets.names(str(tmp_path), kind)

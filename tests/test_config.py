@@ -73,3 +73,47 @@ def test_unknown_recipe_keys_are_rejected(tmp_path):
     bad.write_text("# a typo\nlearning_rate: 0.1\n")
     with pytest.raises(UserError, match="unknown key.*learning_rate"):
         cfgmod.resolve(str(bad), None, {})
+
+
+@pytest.mark.parametrize(
+    "item,want",
+    [  # a text key takes --set's text as written; YAML once turned these into other text
+        ("system=Answer: briefly", "Answer: briefly"),  # was "{'Answer': 'briefly'}"
+        ("system=yes", "yes"),  # was "True"
+        ("system=3.10", "3.10"),  # was "3.1"
+        ("system=[a, b]", "[a, b]"),  # was "['a', 'b']"
+        ("prompt_template=Q: {question}", "Q: {question}"),  # was refused as a placeholder {'Q'}
+        ('system="quoted: text"', "quoted: text"),  # YAML's quotes still work
+        ("label_field=1", "1"),
+        ("system=null", None),
+        ("system=", None),
+    ],
+)
+def test_set_on_a_text_key_keeps_the_text(item, want):
+    values = cfgmod.parse_set([item, "task=instruct", "synthetic=null", "response_field=a"])
+    if "prompt_template" not in item:
+        values["prompt_field"] = "q"
+    cfg = cfgmod.resolve("smoke", None, values)
+    key = item.split("=", 1)[0]
+    assert getattr(cfg, key) == want
+
+
+@pytest.mark.parametrize(
+    "value,kind",
+    [({"Answer": "briefly"}, "a mapping"), (["a", "b"], "a list"), (True, "a boolean")],
+)
+def test_a_recipe_text_key_given_yaml_structure_is_refused(tmp_path, value, kind):
+    """`system: Answer: briefly` is a YAML error, but `system: yes` and `prompt_template: {q}` are a
+    boolean and a mapping: they were stringified ("True", "{'q': None}") instead of refused."""
+    with pytest.raises(UserError, match=f"config key 'system' expects text, got {kind}.*quote"):
+        cfgmod.resolve(
+            "smoke",
+            None,
+            {
+                "task": "instruct",
+                "synthetic": None,
+                "prompt_field": "q",
+                "response_field": "a",
+                "system": value,
+            },
+        )

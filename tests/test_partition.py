@@ -160,3 +160,32 @@ def test_existing_partition_file_is_kept(tmp_path, monkeypatch, capsys):
     out.write_text("precious")
     code, cap = run_cli(monkeypatch, capsys, "--task", "math", "--synthetic", "100", "--out", out)
     assert code == 2 and "already exists" in cap.err and out.read_text() == "precious"
+
+
+# ---- a partition file's sizes must be its clients' (DP's sample rates are read from them) --------
+GOOD = {"clients": [[0, 1, 2], [3, 4], [5, 6, 7, 8]], "dataset": {"sha256": "x"}, "sizes": [3, 2, 4]}
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({}, None),
+        ({"sizes": None}, None),  # a file without sizes: the clients' lengths are used
+        ({"sizes": [1000, 1000, 1000]}, r"sizes \[1000, 1000, 1000\] are not its clients' \[3, 2, 4\]"),
+        ({"sizes": [3, 2]}, r"sizes \[3, 2\] are not its clients' \[3, 2, 4\]"),
+        ({"sizes": "3,2,4"}, "sizes '3,2,4' are not its clients'"),
+    ],
+)
+def test_check_partition_refuses_sizes_that_are_not_the_clients(change, match):
+    """Sizes that lie once made a DP run's epsilon the accountant's for q = batch_size / the false
+    size (1.78 instead of 5.07 with sizes 1000 for clients of 36-47 rows)."""
+    from fedmom_cli.partition import check_partition
+
+    part = {**GOOD, **change}
+    if part["sizes"] is None:
+        del part["sizes"]
+    if match is None:
+        check_partition(part, "p.json", 9, 3, 1)
+    else:
+        with pytest.raises(UserError, match=match):
+            check_partition(part, "p.json", 9, 3, 1)

@@ -162,6 +162,9 @@ def test_shard_sizes_when_cut_by_shard_size():
         (lambda: fp.options_for("iid", {"alpha": 1}), "does not take alpha"),
         (lambda: fp.options_for("flwr", {}), "unknown partitioner 'flwr'"),
         (lambda: fp.natural([1, "1"]), "labels mix types"),
+        # True == 1 in Python: a site column of true and 1 was one client, counted as two by --clients
+        (lambda: fp.natural([True, 1, True, 1]), r"labels mix types \(bool, int\)"),
+        (lambda: fp.pathological([True, 1, 0, False], 2, 0, num_classes_per_partition=1), "mix types"),
     ],
 )
 def test_impossible_settings_are_user_errors(call, match):

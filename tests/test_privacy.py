@@ -295,6 +295,24 @@ def test_client_level_dp_round_equals_clipped_mean_plus_noise(tmp_path):
         ({**DP, "dp_noise_multiplier": -1.0}, "dp_noise_multiplier must be > 0"),
         ({**DP, "dp_noise_multiplier": 0.0}, "dp_noise_multiplier must be > 0"),
         ({**DP, "dp_max_grad_norm": 0.0}, "dp_max_grad_norm must be > 0"),
+        # the RDP accountant's epsilon: a hang or ZeroDivisionError below, OverflowError above,
+        # after the first round had been written
+        ({**DP, "dp_noise_multiplier": 1e-300}, r"dp_noise_multiplier must be in \[0.001, 1e\+06\]"),
+        ({**DP, "dp_noise_multiplier": 1e300}, r"dp_noise_multiplier must be in \[0.001, 1e\+06\]"),
+        (
+            {
+                "dp_client_noise_multiplier": 1e-200,
+                "dp_client_clip": 1.0,
+                "dp_delta": 1e-5,
+                "client_weights": "uniform",
+                "method": "fedit",
+            },
+            r"dp_client_noise_multiplier must be in \[0.001, 1e\+06\]",
+        ),
+        (  # Opacus' search for the noise never ended (a hang)
+            {"dp_target_epsilon": 1e300, "dp_max_grad_norm": 1.0, "dp_delta": 1e-5},
+            "dp_target_epsilon must be at most 10000",
+        ),
         ({**DP, "dp_delta": 1.0}, r"dp_delta must be in \(0, 1\)"),
         ({**DP, "dp_delta": 0.0}, r"dp_delta must be in \(0, 1\)"),
         ({**DP, "dp_target_epsilon": 8.0}, "not both"),
@@ -405,3 +423,63 @@ def test_mini_dp_recipe_plans_its_45_cells(tmp_path):
     targets = sorted({c.config.dp_target_epsilon or 0.0 for c in cells})
     assert targets == [0.0, 1.0, 8.0] and all(c.config.dp_delta in (None, 1e-5) for c in cells)
     assert {c.config.method for c in cells} == {"fedit", "ffa_lora", "fedsvd", "fedex_lora", "fedmomentum"}
+
+
+@pytest.mark.parametrize("target", [1e-6, 1e-3])
+def test_target_epsilon_out_of_reach_is_a_user_error_not_a_traceback(target):
+    """Opacus raises ValueError("The privacy budget is too low.") past MAX_SIGMA; it was a traceback."""
+    with pytest.raises(UserError, match=f"dp_target_epsilon {target} cannot be met: 2 DP-SGD steps"):
+        privacy.noise_for_target(target, 1e-5, [(0.1, 2)])
+    noise = privacy.noise_for_target(1e4, 1e-5, [(0.1, 2)])  # the largest target allowed: reached
+    assert privacy.epsilon(noise, 0.1, 2, 1e-5) == pytest.approx(1e4, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+        ),
+    ],
+)
+def test_dp_client_trains_on_the_parameters_device(device):
+    """Opacus draws the noise with torch.normal(device=the parameter's, generator=ours): a CPU
+    generator for CUDA parameters raised "Expected a 'cuda' device type for generator" at the
+    first DP-SGD step of every GPU run. Only a CUDA machine can fail this."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from fedmom_cli.client_dp import train_client_dp
+
+    model, params = _tiny_lora()
+    model.to(device)
+    ids, labels = _batch(6)
+    rows = [
+        {"input_ids": i.tolist(), "labels": lab.tolist(), "attention_mask": [1] * len(i)}
+        for i, lab in zip(ids, labels)
+    ]
+    before = [p.detach().clone() for p in params]
+    accelerator = SimpleNamespace(device=torch.device(device), autocast=contextlib.nullcontext)
+    stats = train_client_dp(
+        model, params, rows, steps=2, batch_size=3, grad_accum=1, lr=1e-2, weight_decay=0.0,
+        noise=1.0, clip=1.0, seeds=(0, 0, 0), pad_id=0, accelerator=accelerator, label="test",
+    )  # fmt: skip
+    assert len(stats.losses) + stats.empty_steps == 2
+    assert all(not torch.equal(b, p.detach()) for b, p in zip(before, params))  # noised: moved
+
+
+@pytest.mark.parametrize(
+    "noise,q,steps,delta,want",
+    [
+        (0.7, 0.1, 4, 1e-5, "accountant"),
+        (1e6, 0.1, 1, 0.99, 0.0),  # Opacus' conversion gives -3.25: an epsilon is never negative
+        (1e6, 1.0, 1, 0.5, 0.0),
+    ],
+)
+def test_epsilon_is_the_accountants_and_never_negative(noise, q, steps, delta, want):
+    got = privacy.epsilon(noise, q, steps, delta)
+    if want == "accountant":
+        assert got == pytest.approx(_accountant_epsilon(noise, q, steps, delta), rel=1e-12) and got > 0
+    else:
+        assert _accountant_epsilon(noise, q, steps, delta) < 0 and got == want

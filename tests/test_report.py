@@ -345,3 +345,24 @@ def test_across_settings_tables_have_a_column_for_methods_beyond_the_paper(tmp_p
     runs, _ = report.collect(tmp_path)
     tables = paired.across_settings_markdown(runs)
     assert tables and all("| Setting | FedIT | FedSVD | my_method |" in t for t in tables)
+
+
+@pytest.mark.parametrize(
+    "last_losses,want",
+    [  # per seed, the last round's loss; None: every sampled client dropped (client_dropout)
+        ([1.5, 1.7], "1.6000 ± 0.1414"),  # seed 0's make_run last loss replaced
+        ([None, 1.7], "–"),  # was "unexpected shape (TypeError ...)": no report at all
+        ([None, None], "–"),
+    ],
+)
+def test_training_summary_of_runs_whose_last_round_had_no_client(tmp_path, last_losses, want):
+    for seed, loss in enumerate(last_losses):
+        folder = make_run(tmp_path, "fedit", seed, None)
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        last = {**json.loads(lines[-1]), "loss": loss, "clients": [] if loss is None else [0]}
+        (folder / "metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
+    text = report_render.run(tmp_path, tmp_path / "report.md", figures=False)
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Final training loss" in line)
+    row = next(line for line in lines[start:] if line.startswith("| FedIT |"))
+    assert row.split("|")[2].strip().strip("*") == want

@@ -12,7 +12,7 @@ import pytest
 from fedmom_cli import synthetic
 from fedmom_cli.data import load_rows, read_file
 from fedmom_cli.errors import UserError
-from fedmom_cli.tasks import IGNORE_INDEX, TASKS, encode, get_task, gsm8k_to_metamath
+from fedmom_cli.tasks import IGNORE_INDEX, TASKS, encode, get_task, gsm8k_to_metamath, task_for_partition
 from fedmom_cli.tokenizer import tiny_tokenizer
 
 METAMATH_ROW = {  # shaped like meta-math/MetaMathQA
@@ -146,3 +146,24 @@ def test_tokenizer_is_rebuilt_identically():
     assert tiny_tokenizer().get_vocab() == first
     text = "Ünïcode ✓ and code: def f(x):\n\treturn x"
     assert tiny_tokenizer().decode(tiny_tokenizer()(text, add_special_tokens=False)["input_ids"]) == text
+
+
+@pytest.mark.parametrize(
+    "name,content,want",
+    [  # what a spreadsheet or a hostile file brings
+        ("bom.csv", "\ufeffq,a\nhello,world\n", [{"q": "hello", "a": "world"}]),  # Excel's UTF-8
+        ("bom.jsonl", '\ufeff{"q": "hello", "a": "world"}\n', [{"q": "hello", "a": "world"}]),
+        ("bom.json", '\ufeff[{"q": "hello", "a": "world"}]', [{"q": "hello", "a": "world"}]),
+        ("lone.jsonl", '{"q": "ok", "a": "x"}\n{"q": "a", "a": "\\ud800"}\n', "row 1 .* lone surrogate"),
+    ],
+)
+def test_local_files_with_a_bom_or_a_lone_surrogate(tmp_path, name, content, want):
+    """A BOM made the first column '\\ufeffq' (refused as 'no field q'); a JSON escape of half a
+    surrogate pair is valid JSON but not text, and the dataset hash raised UnicodeEncodeError."""
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    if isinstance(want, list):
+        assert read_file(path) == want
+    else:
+        with pytest.raises(UserError, match=want):
+            load_rows(task_for_partition("instruct"), data=path).fingerprint()

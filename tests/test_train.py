@@ -304,3 +304,20 @@ def test_round_line_names_its_mean_and_shows_the_validation_loss(capsys):
     first, second = capsys.readouterr().err.splitlines()
     assert first.startswith("round 1/2: loss 1.5000 (weighted mean), val loss 1.2500, ")
     assert second.startswith("round 2/2: loss 1.4000 (weighted mean), ") and "val" not in second
+
+
+@pytest.mark.parametrize(
+    "method,settings",
+    [  # the last local step's update is never seen by a loss: inf factors reached the method
+        ("fedmomentum", {"dp_noise_multiplier": 1.0, "dp_max_grad_norm": 1e308, "dp_delta": 1e-5}),
+        ("fedit", {"dp_noise_multiplier": 1.0, "dp_max_grad_norm": 1e308, "dp_delta": 1e-5}),
+    ],
+)
+def test_a_client_returning_non_finite_factors_stops_the_run_in_one_line(tmp_path, method, settings):
+    """dp_max_grad_norm 1e308 makes the noise infinite: FedMomentum's SVD raised LinAlgError (a
+    traceback), FedIT averaged inf into the global model."""
+    cfg = smoke_config(method, rounds=2, local_steps=1, min_client_size=8, **settings)
+    with pytest.raises(NonFiniteLoss, match="round 0 client 0: its LoRA factors are not finite"):
+        tr.run(tr.TrainOptions(targets.resolve(cfg), out=tmp_path / "run", progress=False))
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "failed" and "dp_max_grad_norm" in result["error"]

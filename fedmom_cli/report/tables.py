@@ -523,8 +523,11 @@ def training_summary(runs: list[Run]) -> list[Table]:
         for method, mine in by_method.items():
             vals = [[m.get("val_loss") for m in r.metrics] for r in mine]
             has_val = all(v is not None for vs in vals for v in vs)
+            # a last round in which every sampled client dropped (client_dropout) has no training
+            # loss: the cell is empty, as an epsilon's is for a run without DP
+            last = [r.metrics[-1]["loss"] for r in mine]
             rows[method] = {
-                "train": _cell([r.metrics[-1]["loss"] for r in mine], [], "std"),
+                "train": _cell(last, [], "std") if None not in last else Cell(),
                 "val": _cell([vs[-1] for vs in vals], [], "std") if has_val else Cell(),
                 "best_val": _cell([min(vs) for vs in vals], [], "std") if has_val else Cell(),
             }

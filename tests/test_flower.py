@@ -16,13 +16,13 @@ from safetensors.torch import load_file
 
 pytest.importorskip("flwr")
 
-# Each equality test starts Ray and trains twice (~35 s on 2 idle cores, minutes on a busy one): the
-# default suite keeps one method per kind of server (FedIT's average, FLoRA's stacking, FedMomentum's
-# residual + SVD re-split); the others run under -m slow.
+# Each equality test starts Ray and trains twice (~30 s on 2 idle cores, minutes on a busy one): the
+# default suite keeps FedMomentum (residual + SVD re-split, the most the engine carries) and, in
+# test_secagg.py, FedIT under SecAgg+ against the sequential engine; the others run under -m slow.
 SLOW = pytest.mark.slow
 METHODS = [
-    "fedit",
-    "flora",
+    pytest.param("fedit", marks=SLOW),
+    pytest.param("flora", marks=SLOW),
     pytest.param("ffa_lora", marks=SLOW),
     pytest.param("rolora", marks=SLOW),
     pytest.param("fedex_lora", marks=SLOW),

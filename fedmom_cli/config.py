@@ -253,8 +253,9 @@ def _coerce(key: str, value):
                 "structure; quote it"
             )
         return str(value)
-    except (TypeError, ValueError, yaml.YAMLError):
-        raise UserError(f"config key {key!r} expects {hint}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError, yaml.YAMLError):  # float(10**400): OverflowError
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:40] + "..."
+        raise UserError(f"config key {key!r} expects {hint}, got {shown}") from None
 
 
 def _check(cfg: TrainConfig) -> TrainConfig:
@@ -451,7 +452,8 @@ def _check_privacy(cfg: TrainConfig) -> None:
 
 
 def _check_stragglers(cfg: TrainConfig) -> None:
-    """round_deadline and client_speed_sigma together; the policy only with them."""
+    """round_deadline and client_speed_sigma together; the policy only with them; not a deadline
+    that no client can ever meet (without spread every client has the same speed in every round)."""
     import math
 
     if (cfg.round_deadline is None) != (cfg.client_speed_sigma is None):
@@ -466,6 +468,15 @@ def _check_stragglers(cfg: TrainConfig) -> None:
         raise UserError(f"client_speed_sigma must be >= 0, got {cfg.client_speed_sigma}")
     if cfg.straggler_policy not in (None, "drop", "partial"):
         raise UserError(f"straggler_policy must be drop or partial, got {cfg.straggler_policy!r}")
+    if cfg.client_speed_sigma == 0:  # every client has speed 1 in every round: one count for all
+        from fedmom_cli.participation import deadline_of, steps_by_deadline
+
+        if steps_by_deadline(1, cfg.seed, 0, *deadline_of(cfg)) == [0]:
+            raise UserError(
+                f"round_deadline {cfg.round_deadline} with client_speed_sigma 0 leaves every client late "
+                "in every round (nothing would train): the deadline must allow all local_steps "
+                "(>= 1), or one step with straggler_policy partial (>= 1 / local_steps)"
+            )
     if cfg.sample_dp:
         raise UserError(
             "DP-SGD's accountant plans local_steps steps a round; stragglers (round_deadline) change "

@@ -88,12 +88,23 @@ def steps_by_deadline(
     """Each client's local steps finished by the round deadline; 0 = late (module docstring).
     With policy `drop`, a client that cannot finish all `local_steps` is late."""
     z = np.random.default_rng([seed, round_idx, STRAGGLER_STREAM]).standard_normal(clients)
-    budget = deadline * local_steps
     out = []
     for zk in z:
-        n = min(local_steps, math.floor(budget / math.exp(sigma * float(zk))))
+        n = _finished(deadline, sigma * float(zk), local_steps)
         out.append(n if n == local_steps or policy == "partial" else 0)
     return out
+
+
+def _finished(deadline: float, log_speed: float, local_steps: int) -> int:
+    """min(local_steps, floor(D local_steps / exp(log_speed))). Where a float overflows (a speed
+    exp(sigma z) past 1e308 or under 1e-308, a budget D x local_steps past 1e308: round_deadline
+    1e308 or client_speed_sigma 1000 raised OverflowError / ZeroDivisionError mid-run), the same
+    comparison in logs; elsewhere the direct formula, so no finite draw's count changes."""
+    try:
+        return min(local_steps, math.floor(deadline * local_steps / math.exp(log_speed)))
+    except (OverflowError, ZeroDivisionError):
+        log_steps = math.log(deadline) + math.log(local_steps) - log_speed
+        return local_steps if log_steps >= math.log(local_steps) else math.floor(math.exp(log_steps))
 
 
 def deadline_of(cfg) -> tuple[float, float, str, int] | None:

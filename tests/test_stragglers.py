@@ -38,6 +38,42 @@ def test_without_spread_the_deadline_is_all_or_nothing():
     assert steps_by_deadline(5, 0, 0, 0.55, 0.0, "partial", 10) == [5] * 5  # floor(5.5) steps each
 
 
+def exact(clients, seed, t, deadline, sigma, policy, steps):
+    """The rule in 60-digit decimal arithmetic on logarithms: steps done by the deadline =
+    exp(ln(D steps) - sigma z), which no float range limits (exp(1e300 z) exists nowhere)."""
+    from decimal import Decimal, localcontext
+
+    z = np.random.default_rng([seed, t, STRAGGLER_STREAM]).standard_normal(clients)
+    out = []
+    with localcontext() as ctx:
+        ctx.prec = 60
+        for zk in z:
+            log_done = (Decimal(deadline) * steps).ln() - Decimal(sigma) * Decimal(float(zk))
+            n = steps if log_done >= Decimal(steps).ln() else int(log_done.exp())  # int() floors
+            out.append(n if (n == steps or policy == "partial") else 0)
+    return out
+
+
+@pytest.mark.parametrize("policy", ["drop", "partial"])
+@pytest.mark.parametrize(
+    "deadline, sigma",
+    [
+        (1e308, 0.5),  # D x local_steps overflows: OverflowError (floor of inf) mid-run
+        (1.0, 1000.0),  # exp(sigma z) overflows / underflows to 0: OverflowError, ZeroDivisionError
+        (1.0, 1e300),
+        (1e308, 1e300),
+        (1e-300, 0.5),  # a deadline no client meets
+        (5e-324, 700.0),
+        (0.9, 0.7),  # ordinary values: the overflow path is never taken
+    ],
+)
+def test_steps_by_deadline_at_extreme_values_equal_exact_arithmetic(policy, deadline, sigma):
+    for t in range(10):
+        assert steps_by_deadline(8, 3, t, deadline, sigma, policy, 10) == exact(
+            8, 3, t, deadline, sigma, policy, 10
+        ), t
+
+
 def test_participation_with_a_deadline():
     for t in range(30):
         part = sample_round(10, 6, 0.2, 1, t, (1.0, 0.8, "partial", 10))
@@ -104,6 +140,17 @@ def test_no_deadline_keeps_metrics_lines_and_hash():
         ({"round_deadline": 1.0, "client_speed_sigma": -1}, "client_speed_sigma must be >= 0"),
         ({"round_deadline": 1.0, "client_speed_sigma": float("nan")}, "client_speed_sigma must be >= 0"),
         ({"round_deadline": 1.0, "client_speed_sigma": 0.5, "straggler_policy": "wait"}, "drop or partial"),
+        # 400 digits: float() raised OverflowError (a traceback, and the whole number echoed)
+        ({"round_deadline": 10**400, "client_speed_sigma": 0.5}, r"float \| None, got 1000\d+\.\.\.$"),
+        ({"round_deadline": 1.0, "client_speed_sigma": -(10**400)}, "'client_speed_sigma' expects"),
+        ({"round_deadline": "1e400", "client_speed_sigma": 0.5}, "round_deadline must be > 0"),
+        # no spread: every client has speed 1 in every round, so none ever returns (the run trained
+        # nothing and finished with 'final loss none')
+        ({"round_deadline": 0.99, "client_speed_sigma": 0}, "leaves every client late in every round"),
+        (
+            {"round_deadline": 0.2, "client_speed_sigma": 0.0, "straggler_policy": "partial"},
+            "leaves every client late",  # floor(0.2 x 4 steps) = 0 steps each
+        ),
         (
             {"round_deadline": 1.0, "client_speed_sigma": 0.5, "dp_noise_multiplier": 1.0}
             | {"dp_max_grad_norm": 1.0, "dp_delta": 1e-5},
@@ -114,6 +161,18 @@ def test_no_deadline_keeps_metrics_lines_and_hash():
 def test_straggler_settings_refused(overrides, fragment):
     with pytest.raises(UserError, match=fragment):
         config(**overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"round_deadline": 1.0, "client_speed_sigma": 0},  # all on time
+        {"round_deadline": 0.25, "client_speed_sigma": 0, "straggler_policy": "partial"},  # 1 step each
+        {"round_deadline": 0.2, "client_speed_sigma": 0.01},  # a spread: some round may have a client
+    ],
+)
+def test_deadlines_that_leave_someone_are_accepted(overrides):
+    assert config(**overrides).round_deadline == overrides["round_deadline"]
 
 
 def test_cli_refuses_in_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):

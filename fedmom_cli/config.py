@@ -264,6 +264,8 @@ def _check(cfg: TrainConfig) -> TrainConfig:
     from fedmom_cli.partitioners import check_names
     from fedmom_cli.tasks import TASK_NAMES
 
+    if cfg.secagg is False:  # --no-secagg is the default: the same settings, hash and config.yaml
+        cfg = dataclasses.replace(cfg, secagg=None)
     if cfg.method not in METHODS:
         raise UserError(f"unknown method {cfg.method!r}; choose one of: {', '.join(METHODS)}")
     if cfg.task not in TASK_NAMES:
@@ -487,15 +489,27 @@ def _check_stragglers(cfg: TrainConfig) -> None:
 
 
 def _check_secagg(cfg: TrainConfig) -> None:
-    """Secure aggregation: a method whose server needs only weighted means, every sampled client
-    returning (SecAgg+ would recover a dropped client's masks, but fedmom's dropout is a client
-    that answers an error before the masked stage: not wired), one rank, no server-side DP."""
+    """Secure aggregation: a method whose server needs only weighted means, 2 to 1023 clients a
+    round (flower/secagg.py says why), every sampled client returning (SecAgg+ would recover a
+    dropped client's masks, but fedmom's dropout is a client that answers an error before the masked
+    stage: not wired), one rank, no server-side DP."""
     if not cfg.secagg:
         return
-    from fedmom_cli.flower.secagg_rules import refusal
+    from fedmom_cli.flower.secagg_rules import MAX_CLIENTS, refusal
 
     if (reason := refusal(cfg.method)) is not None:
         raise UserError(reason)
+    per_round = cfg.clients_per_round or cfg.clients
+    if per_round < 2:  # SecAggPlusWorkflow cancels such a round (its sum is the one client's vector)
+        raise UserError(
+            f"secagg needs at least 2 clients in every round (SecAgg+ refuses a round of one: its sum "
+            f"would be that client's update), got {per_round}"
+        )
+    if per_round > MAX_CLIENTS:
+        raise UserError(
+            f"secagg takes at most {MAX_CLIENTS} clients a round: SecAgg+'s masked sum is taken modulo "
+            f"2**32 and each client adds up to 2**22, so more would wrap around; got {per_round}"
+        )
     if cfg.client_dropout:
         raise UserError("secagg does not take client_dropout (fedmom's dropouts are not wired into SecAgg+)")
     if cfg.client_ranks is not None:

@@ -40,6 +40,12 @@ SMOKE = ["--recipe", "smoke", "--set", "local_steps=2", "--set", "clients=3", "-
             "dp_* keys",
         ),
         (["--engine", "flower", "--method", "fedit", "--set", "secagg=maybe"], "config key 'secagg' expects"),
+        # one client a round: SecAggPlusWorkflow cancelled every round after Ray started, and the run
+        # failed with 'stopped after 0 of N rounds' with its folder written
+        ([*FIT, "--set", "clients_per_round=1"], "at least 2 clients in every round"),
+        ([*FIT, "--set", "clients=1", "--set", "min_client_size=1"], "at least 2 clients in every round"),
+        # 1024 clients of equal size: their weights sum to 2**32 = 0 modulo SecAgg+'s 2**32
+        ([*FIT, "--set", "clients=1024"], "at most 1023 clients a round"),
     ],
 )
 def test_secagg_refusals(tmp_path, monkeypatch, capsys, args, fragment):
@@ -48,6 +54,101 @@ def test_secagg_refusals(tmp_path, monkeypatch, capsys, args, fragment):
     assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, err
     assert fragment in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_no_secagg_is_the_default_setting():
+    """`--no-secagg` (or `secagg: false`) trains exactly as leaving it out: the same config hash and
+    config.yaml (it recorded `secagg: false`, and resuming or re-running a folder with the flag was
+    refused as 'other settings (secagg: None there, False now)')."""
+    from fedmom_cli import config as cfgmod
+
+    plain = cfgmod.resolve("smoke", None, {})
+    for off in (False, "false", "no"):
+        cfg = cfgmod.resolve("smoke", None, {"secagg": off})
+        assert cfg == plain and cfg.hash() == plain.hash() and cfgmod.to_yaml(cfg) == cfgmod.to_yaml(plain)
+    assert "secagg" not in cfgmod.to_yaml(plain)
+    assert cfgmod.resolve("smoke", None, {"secagg": True, "method": "fedit"}).hash() != plain.hash()
+
+
+def _flower_round(vectors: list, examples: list[int], max_weight: float):
+    """One SecAgg+ sum by Flower's own arithmetic, masks left out (they cancel modulo 2**32):
+    secaggplus_mod's weight ratio, quantization and factor_combine on each client, the server's
+    modular sum, factor_extract, dequantize, offset and division (secaggplus_workflow, flwr 1.41)."""
+    import numpy as np
+    from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+        factor_combine,
+        factor_extract,
+        parameters_addition,
+        parameters_mod,
+        parameters_multiply,
+    )
+    from flwr.common.secure_aggregation.quantization import dequantize, quantize
+
+    from fedmom_cli.flower.secagg_rules import CLIP, MODULUS, QUANTIZATION
+
+    total = None
+    for vec, n in zip(vectors, examples):
+        q_ratio = round(n / max_weight * QUANTIZATION)
+        params = parameters_multiply([vec], q_ratio / QUANTIZATION)
+        part = factor_combine(q_ratio, quantize(params, CLIP, QUANTIZATION))
+        part = [np.asarray(a, dtype=np.int64) for a in part]
+        total = part if total is None else parameters_addition(total, part)
+    q_total, rest = factor_extract(parameters_mod(total, MODULUS))
+    if q_total == 0:
+        return None  # the server would divide by zero
+    out = dequantize(rest, CLIP, QUANTIZATION)[0]
+    return (out - (len(vectors) - 1) * CLIP) * (QUANTIZATION / q_total)
+
+
+def test_quantization_bound_holds_for_flowers_arithmetic():
+    """The bound of secagg.py and docs/methods.md against Flower's own quantization: every entry of
+    the unmasked mean lies within n q / sum_k w_k of the exact weighted mean (rounded weights), and
+    the largest error seen is of that order (not a bound 3x too loose)."""
+    import numpy as np
+
+    pytest.importorskip("flwr")
+    from fedmom_cli.flower import secagg
+
+    rng = np.random.default_rng(0)
+    for examples in ([10, 10, 10], [40, 20, 20], [7, 100]):
+        vectors = [rng.uniform(-8, 8, 200_000) for _ in examples]
+        ratios = [round(n / max(examples) * 2**22) / 2**22 for n in examples]
+        exact = sum(w * v for w, v in zip(ratios, vectors)) / sum(ratios)
+        worst = float(np.abs(_flower_round(vectors, examples, max(examples)) - exact).max())
+        bound = secagg.quantization_bound(len(examples), ratios)
+        assert bound / 2 < worst <= bound, (examples, worst, bound)
+
+
+def test_1023_clients_sum_and_1024_wrap():
+    """Why config.py allows at most secagg_rules.MAX_CLIENTS clients a round: with Flower's default
+    ranges 1023 equal clients unmask to their mean; 1024 wrap the weights' sum to 0 modulo 2**32."""
+    import numpy as np
+
+    pytest.importorskip("flwr")
+    from fedmom_cli.flower.secagg_rules import MAX_CLIENTS
+
+    assert MAX_CLIENTS == 1023
+    for n, wraps in ((MAX_CLIENTS, False), (MAX_CLIENTS + 1, True)):
+        mean = _flower_round([np.full(4, 7.9)] * n, [5] * n, 5.0)
+        assert (mean is None) == wraps
+        if not wraps:
+            assert np.allclose(mean, 7.9, atol=1e-3)
+
+
+def test_docs_state_the_bound_for_three_equal_clients():
+    """docs/methods.md and docs/flower.md give n q / sum_k w_k for three equal clients as a number:
+    it is q itself (the docs said 1.1e-5, 3 q: the division by sum_k w_k = 3 left out)."""
+    from pathlib import Path
+
+    from fedmom_cli.flower import secagg
+
+    value = f"{secagg.quantization_bound(3, [1.0, 1.0, 1.0]):.1e}".replace("e-0", "e-")  # 3.8e-6
+    docs = Path(__file__).parents[1] / "docs"
+    assert f"{value} for three clients of equal size" in (docs / "methods.md").read_text()
+    assert (
+        f"within {value} per entry of the plain run for three equal clients"
+        in (docs / "flower.md").read_text()
+    )
 
 
 def test_every_method_is_classified():

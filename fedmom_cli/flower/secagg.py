@@ -38,6 +38,11 @@ message to and from each node in each round, SecAgg+'s four stages included (key
 masked vectors as int arrays, unmasking shares); metrics.jsonl's bytes_up/down_per_client are the
 largest client's. The plain Flower engine counts only the arrays it sends.
 
+Clients per round (config.py refuses the others): at least 2 (SecAggPlusWorkflow cancels a round
+of one: "The number of samples should be greater than 1", and the run would stop after its Ray
+start with "stopped after 0 of N rounds"), at most secagg_rules.MAX_CLIENTS = 1023 (each client adds
+up to 2**22 per entry to a sum taken modulo 2**32: 1024 equal clients' weights wrap to 0).
+
 Not wired: client_dropout (SecAgg+ can recover a dropped client's masks, but fedmom's dropout is an
 error reply before the masked stage), heterogeneous ranks (one vector shape), any DP (client-level
 DP clips each update at the server). config.py refuses them.
@@ -51,12 +56,9 @@ import numpy as np
 import torch
 
 from fedmom_cli.flower.records import nest
+from fedmom_cli.flower.secagg_rules import CLIP, MODULUS, QUANTIZATION
 from fedmom_cli.methods.base import LoraFactors
 from fedmom_cli.server import ClientUpdate
-
-CLIP = 8.0  # SecAgg+'s clipping range: every factor entry must lie in [-CLIP, CLIP]
-QUANTIZATION = 2**22  # levels over [-CLIP, CLIP] (Flower's default)
-MODULUS = 2**32  # the masks' range (Flower's default)
 
 
 def quantization_bound(n: int, ratios: list[float]) -> float:

@@ -4,10 +4,20 @@ Secure aggregation (Flower's SecAgg+) lets the server learn one thing per round:
 the vectors the clients send (each masked; the masks cancel in the sum). A method can run under it
 when its server needs nothing but weighted means of what clients send. This table is the one place
 the rule is written (docs/methods.md shows it); no flwr import here, so config.py can check a
-setting without Flower installed.
+setting without Flower installed; SecAgg+'s quantization constants live here for the same
+reason (flower/secagg.py uses them).
 """
 
 from __future__ import annotations
+
+CLIP = 8.0  # SecAgg+'s clipping range: every factor entry must lie in [-CLIP, CLIP]
+QUANTIZATION = 2**22  # levels over [-CLIP, CLIP] (Flower's default)
+MODULUS = 2**32  # the masks' range (Flower's default): the masked sum is taken modulo it
+#: The most clients a round may have: each adds an integer in [0, QUANTIZATION] per entry (and its
+#: weight, up to QUANTIZATION), so the sum stays below MODULUS only for fewer than MODULUS /
+#: QUANTIZATION = 1024 clients; 1024 equal clients' weights sum to 2**32 = 0 (mod 2**32), which
+#: SecAgg+ then divides by.
+MAX_CLIENTS = MODULUS // QUANTIZATION - 1
 
 #: method -> (runs under SecAgg+, what its server needs from the clients)
 SECAGG: dict[str, tuple[bool, str]] = {

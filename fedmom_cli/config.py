@@ -258,14 +258,20 @@ def _coerce(key: str, value):
         raise UserError(f"config key {key!r} expects {hint}, got {shown}") from None
 
 
+def _canonical(cfg: TrainConfig) -> TrainConfig:
+    """One spelling per setting: `secagg: false` (--no-secagg) is the default, None, so it trains,
+    hashes and records (config.yaml) as leaving the key out; a folder recorded with `secagg: false`
+    reads back as the same settings."""
+    return dataclasses.replace(cfg, secagg=None) if cfg.secagg is False else cfg
+
+
 def _check(cfg: TrainConfig) -> TrainConfig:
     from fedmom_cli.instruct import check_mapping
     from fedmom_cli.methods import METHODS
     from fedmom_cli.partitioners import check_names
     from fedmom_cli.tasks import TASK_NAMES
 
-    if cfg.secagg is False:  # --no-secagg is the default: the same settings, hash and config.yaml
-        cfg = dataclasses.replace(cfg, secagg=None)
+    cfg = _canonical(cfg)
     if cfg.method not in METHODS:
         raise UserError(f"unknown method {cfg.method!r}; choose one of: {', '.join(METHODS)}")
     if cfg.task not in TASK_NAMES:
@@ -687,4 +693,4 @@ def to_yaml(cfg: TrainConfig) -> str:
 
 def from_yaml(text: str) -> TrainConfig:
     data = yaml.safe_load(text)
-    return TrainConfig(**{k: _coerce(k, v) for k, v in data.items() if k in FIELDS})
+    return _canonical(TrainConfig(**{k: _coerce(k, v) for k, v in data.items() if k in FIELDS}))

@@ -67,6 +67,8 @@ def test_no_secagg_is_the_default_setting():
         cfg = cfgmod.resolve("smoke", None, {"secagg": off})
         assert cfg == plain and cfg.hash() == plain.hash() and cfgmod.to_yaml(cfg) == cfgmod.to_yaml(plain)
     assert "secagg" not in cfgmod.to_yaml(plain)
+    recorded = cfgmod.to_yaml(plain) + "secagg: false\n"  # a folder written with --no-secagg before
+    assert cfgmod.from_yaml(recorded) == plain
     assert cfgmod.resolve("smoke", None, {"secagg": True, "method": "fedit"}).hash() != plain.hash()
 
 

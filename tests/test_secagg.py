@@ -153,6 +153,37 @@ def test_docs_state_the_bound_for_three_equal_clients():
     )
 
 
+@pytest.mark.parametrize(
+    "failures, shown",
+    [
+        (
+            lambda Error: [
+                Exception(
+                    Error(code=0, reason="Traceback ...\nNonFiniteLoss: round 0 client 1: try a lower lr")
+                )
+            ],
+            "(1 failed: NonFiniteLoss: round 0 client 1: try a lower lr)",
+        ),
+        (lambda Error: [Exception(Error(code=0, reason=""))], "(1 failed)"),
+        (lambda Error: [], "(0 failed)"),  # a client SecAgg+ left out without an error reply
+    ],
+)
+def test_a_failed_client_under_secagg_says_why(failures, shown):
+    """SecAgg+ hands aggregate_fit each failed reply as Exception(msg.error): the run's error line
+    carries the client's own reason, as the plain Flower engine's does (it said only '1 failed')."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("flwr")
+    from flwr.app import Error
+
+    from fedmom_cli.flower import secagg
+
+    core = SimpleNamespace(error=None, part=SimpleNamespace(returned=[0, 1, 2]))
+    strategy = secagg.legacy_strategy(core, grid=None)
+    assert strategy.aggregate_fit(1, [], failures(Error)) == (None, {})
+    assert core.error == f"round 1: secure aggregation got 0 of 3 clients {shown}"
+
+
 def test_every_method_is_classified():
     """docs/methods.md's table and the refusal come from one table that names every method."""
     from fedmom_cli.flower.secagg_rules import SECAGG

@@ -163,6 +163,18 @@ def _proxies(client_manager, nodes: list[int], wait: float) -> dict:
         time.sleep(0.2)
 
 
+def _first_reason(failures: list) -> str:
+    """': <the last line of the first failed client's error>' (SecAgg+ keeps each failed reply as
+    Exception(msg.error)), so that a client's own message (its factors not finite: a lower lr) is
+    not lost as it was ('got 2 of 3 clients (1 failed)'); '' when there is none."""
+    for exc in failures:
+        error = exc.args[0] if isinstance(exc, Exception) and exc.args else exc
+        reason = str(getattr(error, "reason", "") or "").strip()
+        if reason:
+            return ": " + reason.splitlines()[-1]
+    return ""
+
+
 def legacy_strategy(core, grid: CountingGrid):
     """A Flower legacy `Strategy` over `core` (a FedmomStrategy): see the module docstring."""
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
@@ -201,7 +213,7 @@ def legacy_strategy(core, grid: CountingGrid):
             if failures or len(results) != len(core.part.returned):
                 core.error = (
                     f"round {server_round}: secure aggregation got {len(results)} of "
-                    f"{len(core.part.returned)} clients ({len(failures)} failed)"
+                    f"{len(core.part.returned)} clients ({len(failures)} failed{_first_reason(failures)})"
                 )
                 return None, {}
             server = core.server

@@ -275,6 +275,11 @@ def preflight(spec: dict, cells: list[Cell], root: Path, data_dir: Path | None =
 
     for cell in cells:
         safety.check_device(cell.config.device)
+        if cell.config.secagg:  # train.run refused it only at the cell, after the split was written
+            raise UserError(
+                f"{cell.run_dir}: secagg runs with fedmom train --engine flower only, and fedmom sweep "
+                "trains its cells with the sequential engine; nothing trained"
+            )
         part = Path(cell.config.partition)
         if part.exists():
             data = safety.read_json_or_none(part)

@@ -95,6 +95,24 @@ def test_a_sweep_whose_eval_cache_is_a_file_trains_nothing(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["eval_cache"]
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        "secagg: true\nmethod: fedit\nsweep:\n  grid:\n    method: [fedit, ffa_lora]\n",
+        "method: fedit\nsweep:\n  grid:\n    settings: [{lr: 0.01}, {secagg: true}]\n",
+    ],
+)
+def test_a_sweep_of_secagg_cells_is_refused_before_anything_is_written(tmp_path, settings):
+    """secagg needs --engine flower, which fedmom sweep does not run: the first cell failed only after
+    the sweep had written its client split (results/math/partitions/seed0.json)."""
+    recipe = tmp_path / "sec.yaml"
+    recipe.write_text("model: tiny\nsynthetic: 60\nclients: 3\nmin_client_size: 4\n" + settings)
+    root = tmp_path / "res"
+    with pytest.raises(UserError, match="secagg runs with fedmom train --engine flower only"):
+        sw.run(str(recipe), {}, root, overrides=FAST, progress=False, log=lambda _: None)
+    assert not root.exists()
+
+
 def test_dry_run_only_and_bad_recipes(tmp_path):
     lines = []
     assert sw.run("smoke", {"method": "flora"}, tmp_path, dry_run=True, log=lines.append) is None

@@ -111,6 +111,13 @@ def test_a_round_with_stragglers_trains_what_the_draw_says(tmp_path):
     for k in range(cfg.clients):  # a client that did not train did not move its data order
         moved = sim.server.samplers[k].state() != before[k]
         assert moved == (k in part.returned), k
+    from fedmom_cli.client import Sampler
+
+    for k in part.returned:  # and a returned one read exactly its steps' batches, no more
+        own = Sampler(sim.server.samplers[k].rows, cfg.seed, k)
+        own.load(before[k])
+        own.take(expected[k] * cfg.batch_size)
+        assert sim.server.samplers[k].state() == own.state(), k
 
 
 def test_no_deadline_keeps_metrics_lines_and_hash():

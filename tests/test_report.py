@@ -366,3 +366,19 @@ def test_training_summary_of_runs_whose_last_round_had_no_client(tmp_path, last_
     start = next(i for i, line in enumerate(lines) if "Final training loss" in line)
     row = next(line for line in lines[start:] if line.startswith("| FedIT |"))
     assert row.split("|")[2].strip().strip("*") == want
+
+
+@pytest.mark.parametrize("empty_rounds", [[0], [1], [0, 1]])
+def test_figures_of_a_fedmomentum_run_with_rounds_no_client_returned_to(tmp_path, empty_rounds):
+    """A round that no client returned to (client_dropout, or a round deadline that left every
+    client late) has no module statistics: fig5's min/max/mean over modules raised ValueError (a
+    traceback for the whole report). Its rounds are left out; with no such round, no fig5."""
+    folder = make_run(tmp_path, "fedmomentum", 0, None)
+    records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    for t in empty_rounds:  # as server.Server._unchanged writes it
+        records[t] |= {"loss": None, "clients": [], "weights": [], "stats": {}, "module_stats": {}}
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "rep" / "report.md"
+    report_render.run(tmp_path, out)
+    assert (out.parent / "figures" / "fig4_loss_math.png").is_file()
+    assert (out.parent / "figures" / "fig5_components_math.png").is_file() == (len(empty_rounds) < 2)

@@ -3,7 +3,8 @@
 - fig4_loss_<task>: training loss per round per method (the paper's Figure 4), mean over seeds,
   beside the global model's validation loss where runs measured it.
 - fig5_components_<task>: fedmomentum's major (r) and residual (s_res) component counts per round,
-  with the range over modules, and the leading singular values (Figure 5).
+  with the range over modules, and the leading singular values (Figure 5); a round no client
+  returned to (client_dropout, a round deadline) has no statistics and is left out.
 - fig6_rank_<task>: accuracy against LoRA rank, where runs differ only in rank (Figure 6).
 - bytes_<task>: bytes per client per round (up + down) per method (Appendix C).
 - norms_<task>: the global factors' scale per round (mean row norm of A, mean column norm of B),
@@ -161,7 +162,12 @@ def draw(runs: list[Run], folder: Path) -> list[Path]:
         if any("client_drift" in (m.get("stats") or {}) for r in main for m in r.metrics):
             written += _diagnostics(main, methods, order, folder, task)
 
-        fm = [r for r in main if r.config["method"] == "fedmomentum"]
+        # a round no client returned to (client_dropout, a round deadline) has no module statistics
+        fm = [
+            r
+            for r in main
+            if r.config["method"] == "fedmomentum" and any(m.get("module_stats") for m in r.metrics)
+        ]
         if fm:
             written += _components(fm, folder, task)
         written += _rank_figure(group, order, folder, task)
@@ -284,8 +290,9 @@ def _components(runs: list[Run], folder: Path, task: str) -> list[Path]:
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"wspace": 0.55})
     rounds, major = _per_round(runs, lambda m: m["stats"].get("r_mean"))
     _, residual = _per_round(runs, lambda m: m["stats"].get("s_res_mean"))
-    _, low = _per_round(runs, lambda m: min(s["s_res"] for s in m["module_stats"].values()))
-    _, high = _per_round(runs, lambda m: max(s["s_res"] for s in m["module_stats"].values()))
+    # None (left out of the round's mean) for a round without module statistics: no client returned
+    _, low = _per_round(runs, lambda m: min((s["s_res"] for s in m["module_stats"].values()), default=None))
+    _, high = _per_round(runs, lambda m: max((s["s_res"] for s in m["module_stats"].values()), default=None))
     a.plot(rounds, major, label="major components (r)")
     a.plot(rounds, residual, label="residual components (mean s_res)")
     a.fill_between(rounds, low, high, alpha=0.2, label="s_res range over modules")
@@ -294,12 +301,14 @@ def _components(runs: list[Run], folder: Path, task: str) -> list[Path]:
     a.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     k = max(len(s["singular_values"]) for r in runs for m in r.metrics for s in m["module_stats"].values())
     for j in range(min(k, 8)):
-        rounds_j, sigma = _per_round(
-            runs,
-            lambda m, j=j: statistics.fmean(
+
+        def sigma_j(m, j=j):
+            values = [
                 s["singular_values"][j] for s in m["module_stats"].values() if len(s["singular_values"]) > j
-            ),
-        )
+            ]
+            return statistics.fmean(values) if values else None
+
+        rounds_j, sigma = _per_round(runs, sigma_j)
         b.plot(rounds_j, sigma, label=f"σ{j + 1}")
     b.set(
         xlabel="communication round",

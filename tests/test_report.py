@@ -382,3 +382,27 @@ def test_figures_of_a_fedmomentum_run_with_rounds_no_client_returned_to(tmp_path
     report_render.run(tmp_path, out)
     assert (out.parent / "figures" / "fig4_loss_math.png").is_file()
     assert (out.parent / "figures" / "fig5_components_math.png").is_file() == (len(empty_rounds) < 2)
+
+
+@pytest.mark.parametrize(
+    "empty_rounds, aggregation",
+    [
+        ([], 0.25),  # the mean of rounds 0 and 1 (0.1 and 0.4)
+        ([0], 0.4),  # round 0 aggregated nothing: its 0.0 s pulled the mean to 0.2
+        ([0, 1], None),  # no round aggregated: statistics.fmean of nothing raised (no report)
+    ],
+)
+def test_table8_leaves_out_rounds_no_client_returned_to(tmp_path, empty_rounds, aggregation):
+    folder = make_run(tmp_path, "fedit", 0, None)
+    records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    records[1]["aggregation_seconds"] = 0.4
+    for t in empty_rounds:  # as server.Server._unchanged writes it
+        records[t] |= {"loss": None, "clients": [], "aggregation_seconds": 0.0, "update_seconds": 0.0}
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    runs, _ = report.collect(tmp_path)
+    t8 = report.table8(runs, None)[0]
+    assert t8.rows["fedit"]["aggregation"].mean == (
+        None if aggregation is None else pytest.approx(aggregation)
+    )
+    assert ("left out" in t8.caption) == bool(empty_rounds)
+    assert "Table 8" in report_render.run(tmp_path, tmp_path / "report.md", figures=False)

@@ -478,13 +478,19 @@ def table8(runs: list[Run], bench: dict | None) -> list[Table]:
     """Per-round aggregation and updating seconds per method, per task and setting group."""
     tables = []
     for family, label, by_method in _metric_groups(runs):
-        rows = {}
+        rows, idle = {}, 0
         for method, mine in by_method.items():
             records = [m for r in mine for m in r.metrics]
+            # a round no client returned to (client_dropout, a round deadline) aggregated nothing: its
+            # 0.0 s would pull the mean down, and a run of only such rounds has no mean at all
+            done = [m for m in records if m.get("clients", [None])]
+            idle += len(records) - len(done)
             seeds = len(mine)
             rows[method] = {
-                "aggregation": Cell(statistics.fmean(m["aggregation_seconds"] for m in records), None, seeds),
-                "update": Cell(statistics.fmean(m["update_seconds"] for m in records), None, seeds),
+                key: Cell(statistics.fmean(m[f"{key}_seconds"] for m in done), None, seeds)
+                if done
+                else Cell()
+                for key in ("aggregation", "update")
             }
         beyond = [m for m in rows if m not in NAMES]
         if bench and family == "math":  # the paper's row: above the methods beyond the paper
@@ -499,6 +505,8 @@ def table8(runs: list[Run], bench: dict | None) -> list[Table]:
             if bench and family == "math"
             else ""
         )
+        if idle:
+            caption += f" {idle} round(s) to which no client returned (nothing aggregated) are left out."
         tables.append(
             Table(
                 "table8",

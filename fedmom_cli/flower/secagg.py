@@ -55,9 +55,7 @@ import json
 import numpy as np
 import torch
 
-from fedmom_cli.flower.records import nest
 from fedmom_cli.flower.secagg_rules import CLIP, MODULUS, QUANTIZATION
-from fedmom_cli.methods.base import LoraFactors
 from fedmom_cli.server import ClientUpdate
 
 
@@ -181,6 +179,7 @@ def legacy_strategy(core, grid: CountingGrid):
     from flwr.server.strategy import Strategy
 
     from fedmom_cli.flower.records import tensors_of
+    from fedmom_cli.flower.strategy import received_factors
 
     class LegacyStrategy(Strategy):
         def initialize_parameters(self, client_manager):
@@ -221,11 +220,8 @@ def legacy_strategy(core, grid: CountingGrid):
             trained = sorted(server.method.trainable(t))
             names = sorted(f"{m}|{x}" for m in server.global_factors for x in trained)
             mean_arrays = parameters_to_ndarrays(results[0][1].parameters)
-            parts = nest({k: torch.from_numpy(np.array(a, copy=True)) for k, a in zip(names, mean_arrays)})
-            factors = {  # what the clients did not train is the global factor
-                m: LoraFactors(parts.get(m, {}).get("A", f.A).float(), parts.get(m, {}).get("B", f.B).float())
-                for m, f in server.global_factors.items()
-            }
+            mean = {k: torch.from_numpy(np.array(a, copy=True)) for k, a in zip(names, mean_arrays)}
+            factors = received_factors(server, mean)
             updates = []
             for _, res in results:
                 m = res.metrics

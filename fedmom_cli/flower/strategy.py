@@ -94,6 +94,16 @@ def site_settings(cfg, connection: Connection):
     )
 
 
+def received_factors(server: Server, flat: dict) -> dict[str, LoraFactors]:
+    """The factors a reply carries (`module|part` arrays), completed with the global factors for
+    the parts the client did not train (and so did not send)."""
+    parts = nest(flat)
+    return {
+        m: LoraFactors(parts.get(m, {}).get("A", f.A).float(), parts.get(m, {}).get("B", f.B).float())
+        for m, f in server.global_factors.items()
+    }
+
+
 class FedmomStrategy(FedAvg):
     """Each round: the clients `participation.sample_round` draws (the sequential engine's draw),
     each on the node that reported its partition id; a sampled client drawn to drop is told so and
@@ -198,11 +208,7 @@ class FedmomStrategy(FedAvg):
             k = int(metrics["partition-id"])
             up = tensors_of(msg.content["factors"])
             sent_up = max(sent_up, nbytes(up))
-            parts = nest(up)
-            factors = {  # what the client did not train (and so did not send) is the global factor
-                m: LoraFactors(parts.get(m, {}).get("A", f.A).float(), parts.get(m, {}).get("B", f.B).float())
-                for m, f in server.global_factors.items()
-            }
+            factors = received_factors(server, up)
             server.load_sampler_state(k, json.loads(str(msg.content["meta"]["sampler"])))
             seconds = {key: float(metrics[key]) for key in ("client_compute", "adapter_swap")}
             examples, loss = int(metrics["num-examples"]), float(metrics["loss"])

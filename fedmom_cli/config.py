@@ -261,8 +261,13 @@ def _coerce(key: str, value):
 def _canonical(cfg: TrainConfig) -> TrainConfig:
     """One spelling per setting: `secagg: false` (--no-secagg) is the default, None, so it trains,
     hashes and records (config.yaml) as leaving the key out; a folder recorded with `secagg: false`
-    reads back as the same settings."""
-    return dataclasses.replace(cfg, secagg=None) if cfg.secagg is False else cfg
+    reads back as the same settings. Likewise `straggler_policy: drop` with a deadline is the
+    default policy (participation.deadline_of), None."""
+    if cfg.secagg is False:
+        cfg = dataclasses.replace(cfg, secagg=None)
+    if cfg.straggler_policy == "drop" and cfg.round_deadline is not None:
+        cfg = dataclasses.replace(cfg, straggler_policy=None)
+    return cfg
 
 
 def _check(cfg: TrainConfig) -> TrainConfig:

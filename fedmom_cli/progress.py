@@ -29,6 +29,17 @@ class TransferSpeedlessRate(TextColumn):
         return Text(f"{speed * 60:.1f}/min" if speed else "-/min", style="progress.data.speed")
 
 
+def _missing(record: dict) -> str:
+    """Who did not return this round: `dropped` (client_dropout) and `late` (the round deadline;
+    metrics.jsonl lists them in `dropped` too), e.g. "dropped 1, late 0, 2"; "" when all returned."""
+    late = set(record.get("late") or [])
+    dropped = [k for k in record.get("dropped") or [] if k not in late]
+    parts = [f"dropped {', '.join(map(str, dropped))}"] if dropped else []
+    if late:
+        parts.append(f"late {', '.join(map(str, sorted(late)))}")
+    return ", ".join(parts)
+
+
 class RoundProgress:
     def __init__(
         self, rounds: int, clients_per_round: int, start_round: int = 0, enabled: bool | None = None
@@ -82,10 +93,14 @@ class RoundProgress:
         # metrics.jsonl's `loss`: the clients' losses weighted as the aggregation weights them (by
         # their examples unless `client_weights: uniform`), not their plain mean; said so here.
         losses = f"loss {_fmt(record['loss'])} (weighted mean)"
-        if record.get("dropped"):  # client_dropout: say who did not return
-            losses += f", dropped {', '.join(map(str, record['dropped']))}"
+        missing = _missing(record)
+        if missing:  # client_dropout and the round deadline: say who did not return, and why
+            losses += f", {missing}"
         if not record.get("clients", [None]):  # every sampled client dropped
-            losses = f"no client returned, model unchanged, dropped {', '.join(map(str, record['dropped']))}"
+            losses = f"no client returned, model unchanged, {missing}"
+        if record.get("steps"):  # straggler_policy partial: who returned fewer steps
+            steps = sorted(record["steps"].items(), key=lambda kv: int(kv[0]))
+            losses += ", partial " + ", ".join(f"{k} ({n} steps)" for k, n in steps)
         if record.get("val_loss") is not None:
             losses += f", val loss {record['val_loss']:.4f}"
         if self._bar is not None:

@@ -136,6 +136,19 @@ def test_no_deadline_keeps_metrics_lines_and_hash():
     )
 
 
+def test_explicit_drop_policy_is_the_default_one_setting():
+    """`straggler_policy: drop` spells the default: same config, hash and config.yaml as leaving it out
+    (a run started either way resumes the other); `partial` stays a different setting."""
+    base = {"method": "fedit", "round_deadline": 1.2, "client_speed_sigma": 0.5}
+    unset = cfgmod.resolve("smoke", "math", base)
+    drop = cfgmod.resolve("smoke", "math", {**base, "straggler_policy": "drop"})
+    partial = cfgmod.resolve("smoke", "math", {**base, "straggler_policy": "partial"})
+    assert drop == unset and drop.hash() == unset.hash() and cfgmod.to_yaml(drop) == cfgmod.to_yaml(unset)
+    assert "straggler_policy" not in cfgmod.to_yaml(drop)
+    assert cfgmod.from_yaml(cfgmod.to_yaml(drop)) == unset
+    assert partial.hash() != unset.hash() and partial.straggler_policy == "partial"
+
+
 @pytest.mark.parametrize(
     "overrides, fragment",
     [

@@ -307,6 +307,30 @@ def test_round_line_names_its_mean_and_shows_the_validation_loss(capsys):
 
 
 @pytest.mark.parametrize(
+    "record, says",
+    [  # metrics.jsonl's participation keys -> what the round's line says about the missing clients
+        ({"clients": [0, 2], "dropped": [1]}, ", dropped 1, "),
+        ({"clients": [0, 2], "dropped": [1], "late": [1]}, ", late 1, "),
+        ({"clients": [0], "dropped": [1, 2], "late": [2]}, ", dropped 1, late 2, "),
+        ({"clients": [0, 1, 2], "dropped": [], "steps": {"2": 3, "0": 1}}, "partial 0 (1 steps), 2 (3"),
+        ({"clients": [], "dropped": [0, 1], "late": [0, 1]}, "no client returned, model unchanged, late 0"),
+    ],
+)
+def test_round_line_tells_late_from_dropped_and_partial(capsys, record, says):
+    """A client the round deadline dropped is `late`, not `dropped` (client_dropout), though
+    metrics.jsonl lists it under both; a partial straggler's steps are said."""
+    from fedmom_cli.progress import RoundProgress
+
+    p = RoundProgress(rounds=1, clients_per_round=3, enabled=False)
+    p.round_started(0)
+    p.round_done({"round": 0, "loss": 1.5, "val_loss": None, "aggregation_seconds": 0.0, **record})
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert says in line, line
+    if record.get("late") and not set(record["dropped"]) - set(record["late"]):
+        assert "dropped" not in line
+
+
+@pytest.mark.parametrize(
     "method,settings",
     [  # the last local step's update is never seen by a loss: inf factors reached the method
         ("fedmomentum", {"dp_noise_multiplier": 1.0, "dp_max_grad_norm": 1e308, "dp_delta": 1e-5}),

@@ -13,6 +13,7 @@ import json
 import math
 import re
 
+import pandas as pd
 import pytest
 import torch
 from helpers import run_main, snapshot
@@ -287,6 +288,21 @@ def test_report_keeps_own_evaluations_out_of_the_paper_tables(smoke_run, tmp_pat
     paper, own = text.split("## Your own evaluations")
     assert "data.mine.loss" not in paper and "synthetic_math" in paper
     assert "| data.mine.loss (loss) |" in own and f"{entry['value']:.4f}" in own
+    # the long forms carry it as its own table's row, with eval.json's value and error unrounded
+    for fmt in ("csv", "json"):
+        out = tmp_path / f"report_{fmt}.md"
+        code, _, err = run_main(
+            monkeypatch, capsys, "report", smoke_run.parent, "--no-figures", "--format", fmt, "--out", out
+        )
+        assert code == 0, err
+        frame = (
+            pd.read_csv(out.with_suffix(".csv")) if fmt == "csv" else pd.read_json(out.with_suffix(".json"))
+        )
+        mine = frame[frame["column"] == "data.mine.loss (loss)"]
+        assert list(mine["table"]) == ["Your own evaluations"] and list(mine["setting"]) == [str(smoke_run)]
+        assert mine["mean"].iloc[0] == pytest.approx(entry["value"], rel=1e-12)
+        assert mine["error"].iloc[0] == pytest.approx(entry["stderr"], rel=1e-12)
+        assert frame[frame["table"] != "Your own evaluations"]["column"].str.contains("data.mine").sum() == 0
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ paper's tables leave them out (tables.py asks `is_own`), and this section lists 
 one row per run folder (and per pre-trained evaluation), one column per task name. Values are
 shown as eval.json holds them (a loss in nats per token, a 0/1 score as a fraction), with the
 standard error and n; they are not ranked (a loss is better low, a score high) and never compared
-with the paper.
+with the paper. `--format csv/json` carries them as rows of the long form (`records`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ def _cell(entry: dict | None) -> str:
     return f"{entry['value']:.4f}{err} (n={entry.get('n')}{extra})"
 
 
-def markdown(runs, pretrained: list[dict]) -> list[str]:
-    """The section's markdown lines; none when no evaluation is the user's own."""
+def _rows(runs, pretrained: list[dict]) -> list[tuple[str, str, dict]]:
+    """(label, folder, {task name: eval.json entry}) for every run or pre-trained evaluation with
+    an evaluation of the user's own."""
     rows = []
     for r in runs:
         tasks = (r.eval or {}).get("tasks", {})
@@ -43,12 +44,41 @@ def markdown(runs, pretrained: list[dict]) -> list[str]:
         own = {name: t for name, t in p.get("tasks", {}).items() if is_own(t)}
         if own:
             rows.append((f"pre-trained {p.get('model')}", p.get("path", ""), own))
+    return rows
+
+
+TITLE = "Your own evaluations"
+
+
+def records(runs, pretrained: list[dict]) -> list[dict]:
+    """The section as rows of the report's long form (--format csv/json; render.LONG_COLUMNS):
+    table "Your own evaluations", setting the run's folder, row the run, column "task (metric)",
+    mean the value, error its standard error, seeds 1, paper None (never compared)."""
+    return [
+        {
+            "table": TITLE,
+            "setting": path,
+            "row": label,
+            "column": f"{name} ({entry['metric']})",
+            "mean": entry["value"],
+            "error": entry.get("stderr"),
+            "seeds": 1,
+            "paper": None,
+        }
+        for label, path, own in _rows(runs, pretrained)
+        for name, entry in sorted(own.items())
+    ]
+
+
+def markdown(runs, pretrained: list[dict]) -> list[str]:
+    """The section's markdown lines; none when no evaluation is the user's own."""
+    rows = _rows(runs, pretrained)
     if not rows:
         return []
     columns = sorted({name for _, _, own in rows for name in own})
     metric = {c: next(own[c]["metric"] for _, _, own in rows if c in own) for c in columns}
     lines = [
-        "## Your own evaluations",
+        f"## {TITLE}",
         "",
         "| Run | folder | " + " | ".join(f"{c} ({metric[c]})" for c in columns) + " |",
         "|---|---|" + "---|" * len(columns),

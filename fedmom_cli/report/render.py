@@ -124,7 +124,9 @@ def markdown(table: Table, compare: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def long_form(tables: list[Table]):
+def long_form(tables: list[Table], extra: list[dict] = ()):
+    """The tables as one row per cell (LONG_COLUMNS), then `extra` rows of the same columns (the
+    user's own evaluations)."""
     import pandas as pd
 
     records = [
@@ -142,7 +144,7 @@ def long_form(tables: list[Table]):
         for m, row in t.rows.items()
         for c, cell in row.items()
     ]
-    return pd.DataFrame.from_records(records)
+    return pd.DataFrame.from_records(records + list(extra), columns=LONG_COLUMNS)
 
 
 REPORT_HEADING = "# fedmom report"
@@ -249,8 +251,11 @@ def run(
 
     atomic_write_bytes(out, text.encode())
     if fmt != "md":
-        frame = long_form(tables)
+        frame = long_form(tables, own_evals.records(runs, pretrained))
         target = out.with_suffix(f".{fmt}")
-        body = frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=1)
+        if fmt == "csv":
+            body = frame.to_csv(index=False)
+        else:  # pandas writes 10 decimals unless told: 15 keeps eval.json's values
+            body = frame.to_json(orient="records", indent=1, double_precision=15)
         atomic_write_bytes(target, body.encode())
     return text

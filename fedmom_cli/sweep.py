@@ -6,10 +6,11 @@ eval and report; finished cells are skipped, interrupted ones resumed.
     fedmom sweep fig6 --only method=fedmomentum --only lora_r=16
 
 A recipe's `sweep:` section holds `grid` (`method`, `seed` and optional `settings`: a list of
-setting overrides), `eval` (how cells are evaluated: `fedmom eval`'s protocol, limit, batch_size,
-precision and shots), `eval_tasks` (default: the task family's benchmarks, or the held-out synthetic
-rows for synthetic runs; [] for none), `pretrained` (also evaluate the base model) and `out` (the
-results root, default `results`). Cells live where `fedmom train` puts runs,
+setting overrides; a variant's own `seeds: [0]` runs it at those of the grid's seeds only, e.g. a
+costlier setting at fewer seeds), `eval` (how cells are evaluated: `fedmom eval`'s protocol, limit,
+batch_size, precision and shots), `eval_tasks` (default: the task family's benchmarks, or the
+held-out synthetic rows for synthetic runs; [] for none), `pretrained` (also evaluate the base
+model) and `out` (the results root, default `results`). Cells live where `fedmom train` puts runs,
 <out>/<task>/<method>[/<setting>]/seed<S>, so recipes that share a cell (Table 2's FedMomentum and
 Table 5's) train it once. Each seed's client split is made once per sweep root and shared.
 Evaluations keep their responses in <out>/eval_cache (`fedmom eval --cache`), so a sweep stopped
@@ -76,9 +77,13 @@ def plan(recipe: str, only: dict, out: Path | None, overrides: dict) -> tuple[di
     base = cfgmod.resolve(str(path), None, overrides)
     grid = spec["grid"]
     cells = []
-    for variant, method, seed in itertools.product(
-        grid.get("settings") or [{}], grid.get("method", [base.method]), grid.get("seed", [base.seed])
+    seeds = grid.get("seed", [base.seed])
+    for given, method, seed in itertools.product(
+        grid.get("settings") or [{}], grid.get("method", [base.method]), seeds
     ):
+        variant = {k: v for k, v in given.items() if k != "seeds"}
+        if seed not in given.get("seeds", seeds):  # the variant runs at fewer seeds
+            continue
         cfg0 = cfgmod.resolve(str(path), None, {**overrides, **variant, "method": method, "seed": seed})
         label = _variant_label(variant, base)
         # one split per seed and split-defining settings: a setting variant that changes how the rows
@@ -121,9 +126,21 @@ def _check_spec(recipe: str, spec: dict) -> None:
         ):
             raise UserError(f"recipe {recipe!r}: `grid: {key}:` must be a non-empty list of {kind.__name__}s")
     for variant in grid.get("settings") or []:
-        bad = sorted(set(variant) - set(cfgmod.FIELDS))
+        bad = sorted(set(variant) - set(cfgmod.FIELDS) - {"seeds"})
         if bad:
             raise UserError(f"recipe {recipe!r}: grid setting(s) with unknown key(s) {', '.join(bad)}")
+        own = variant.get("seeds", [])
+        if "seeds" in variant and (
+            not isinstance(own, list)
+            or not own
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in own)
+            or "seed" not in grid
+            or not set(own) <= set(grid["seed"])
+        ):
+            raise UserError(
+                f"recipe {recipe!r}: a grid setting's `seeds:` must be a non-empty list of the grid's "
+                f"`seed:` values ({grid.get('seed', 'none given')}), got {own!r}"
+            )
     tasks = spec.get("eval_tasks")
     if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks)):
         raise UserError(f"recipe {recipe!r}: `eval_tasks:` must be a list of benchmark names")

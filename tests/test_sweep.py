@@ -113,6 +113,46 @@ def test_a_sweep_of_secagg_cells_is_refused_before_anything_is_written(tmp_path,
     assert not root.exists()
 
 
+def test_a_setting_may_run_at_fewer_seeds(tmp_path):
+    """A grid setting's `seeds:` keeps it to those of the grid's seeds (the costlier setting at fewer
+    seeds); the other settings run at all; `seeds` is no training setting (not in labels or configs)."""
+    recipe = tmp_path / "few.yaml"
+    recipe.write_text(
+        "model: tiny\nsynthetic: 60\nclients: 3\nmin_client_size: 4\nsweep:\n  grid:\n"
+        "    method: [fedit, ffa_lora]\n    seed: [0, 1, 2]\n"
+        "    settings: [{}, {lr: 0.01, seeds: [0]}, {lr: 0.02, seeds: [2, 0]}]\n"
+    )
+    _, cells, _ = sw.plan(str(recipe), {}, tmp_path / "res", {})
+    got = sorted((c.label, c.config.method, c.config.seed) for c in cells)
+    want = sorted(
+        [("", m, s) for m in ("fedit", "ffa_lora") for s in (0, 1, 2)]
+        + [("lr=0.01", m, 0) for m in ("fedit", "ffa_lora")]
+        + [("lr=0.02", m, s) for m in ("fedit", "ffa_lora") for s in (0, 2)]
+    )
+    assert got == want
+    assert {c.config.lr for c in cells if c.label == "lr=0.02"} == {0.02}
+    _, only, _ = sw.plan(str(recipe), {"seed": "1"}, tmp_path / "res", {})
+    assert sorted(c.label for c in only) == ["", ""]
+
+
+@pytest.mark.parametrize(
+    "grid",
+    [
+        "    seed: [0, 1]\n    settings: [{lr: 0.01, seeds: [3]}]\n",  # not one of the grid's seeds
+        "    seed: [0, 1]\n    settings: [{lr: 0.01, seeds: []}]\n",
+        "    seed: [0, 1]\n    settings: [{lr: 0.01, seeds: 0}]\n",
+        "    seed: [0, 1]\n    settings: [{lr: 0.01, seeds: [true]}]\n",
+        "    settings: [{lr: 0.01, seeds: [0]}]\n",  # no grid seeds to choose from
+    ],
+)
+def test_bad_setting_seeds_are_one_line(tmp_path, grid):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("model: tiny\nsynthetic: 60\nsweep:\n  grid:\n    method: [fedit]\n" + grid)
+    with pytest.raises(UserError, match="a grid setting's `seeds:` must be a non-empty list"):
+        sw.plan(str(recipe), {}, tmp_path / "res", {})
+    assert not (tmp_path / "res").exists()
+
+
 def test_dry_run_only_and_bad_recipes(tmp_path):
     lines = []
     assert sw.run("smoke", {"method": "flora"}, tmp_path, dry_run=True, log=lines.append) is None

@@ -319,6 +319,7 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
                     client_resources=opts.client_resources,
                     wait=opts.wait,
                     connection=opts.connection,
+                    steps=sim.steps,
                 )
             else:
                 for t in range(sim.round, cfg.rounds):

@@ -86,6 +86,9 @@ def test_flower_engine_equals_sequential(tmp_path, method):
             assert (a[key] - b[key]).abs().max() <= 1e-5 * max(1.0, float(a[key].abs().max())), key
     metrics = [json.loads(line) for line in (tmp_path / "flw" / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in metrics] == [0, 1] and all(m["bytes_down_per_client"] > 0 for m in metrics)
+    # the clients' local steps, counted in their own processes, reach the server's result.json
+    steps = [json.loads((tmp_path / run / "result.json").read_text())["steps"] for run in ("seq", "flw")]
+    assert steps[0] == steps[1] and steps[1]["total"] == 2 * 3 * 2  # smoke: 2 rounds x 3 clients x 2 steps
     assert not ray_processes().strip()  # nothing left running
 
 
@@ -147,6 +150,8 @@ def test_partial_participation_and_dropouts_equal_the_sequential_engine(tmp_path
             (d.sampled, d.returned, d.dropped) for d in draws
         ]
         assert metrics[1]["loss"] is None and metrics[1]["clients"] == []
+    steps = [json.loads((tmp_path / run / "result.json").read_text())["steps"] for run in ("seq", "flw")]
+    assert steps[0] == steps[1] and steps[1]["total"] == 3 * 2  # clients 2, 0 and 1 returned, 2 steps each
     assert not ray_processes().strip()
 
 

@@ -200,6 +200,44 @@ def test_sites_own_data_is_recorded_in_the_server_run_folder(deployment):
     assert result["config_hash"] == cfg.hash() != synthetic.hash()
     (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert record["weights"] == pytest.approx([1 / 6, 1 / 3, 1 / 2])
+    assert result["steps"]["total"] == 3  # 3 sites x 1 step, counted on the nodes, recorded by the server
+
+
+@pytest.mark.slow
+def test_flwr_stop_leaves_the_run_interrupted_and_resumable(deployment):
+    """`flwr stop RUN_ID` during training: the ServerApp's process gets SIGTERM; result.json says
+    `interrupted` (never `running`) with the rounds it finished and their metrics lines."""
+    root = deployment.root
+    for k in range(3):
+        deployment.supernode(k, 3)
+    app = copy_app(root)
+    cmd = [str(BIN / "flwr"), "run", str(app), "local-deployment", "--format", "json"]
+    cmd += ["--run-config", 'set="rounds=200;local_steps=1"']
+    submitted = subprocess.run(cmd, cwd=root, env=deployment.env, capture_output=True, text=True, timeout=300)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    run_id = json.loads(submitted.stdout)["run-id"]
+    run = root / "results" / "flower" / "fedmomentum"
+    deadline = time.monotonic() + 600
+    while (
+        not (run / "result.json").is_file()
+        or json.loads((run / "result.json").read_text())["rounds_completed"] < 1
+    ):
+        assert time.monotonic() < deadline, "no round finished in 600 s"
+        time.sleep(2)
+    stop = subprocess.run(
+        [str(BIN / "flwr"), "stop", str(run_id), "local-deployment"],
+        cwd=root, env=deployment.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    deadline = time.monotonic() + 120
+    while (result := json.loads((run / "result.json").read_text()))["status"] == "running":
+        assert time.monotonic() < deadline, f"still running 120 s after flwr stop: {result}"
+        time.sleep(1)
+    assert result["status"] == "interrupted", result
+    done = result["rounds_completed"]
+    assert 1 <= done < 200
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == done  # every finished round recorded, no half round
 
 
 def test_the_config_hash_follows_the_sites_data():

@@ -99,7 +99,8 @@ def site_info(sim, pid: int, site_data: str | None) -> dict:
 def _train_node(context, pid: int, config, glob: dict, delta: dict):
     """Train this node's client for one round from the global factors `glob` and the round's base
     delta arrays `delta` (added to the node's own accumulated copy, or replacing it when the config
-    says `replace-delta`): (ClientUpdate, the trained factors by `module|part`, its sampler)."""
+    says `replace-delta`): (ClientUpdate, the trained factors by `module|part`, its sampler, the
+    round's local steps {"total", "with_trainable_token"}: the server's result.json counts them)."""
     from flwr.app import ArrayRecord
 
     site_data = context.node_config.get("data")
@@ -118,10 +119,11 @@ def _train_node(context, pid: int, config, glob: dict, delta: dict):
     server.load_sampler_state(k, json.loads(str(config["samplers"]))[str(pid)])
     sampler = server.samplers[k]
     steps = int(config["steps"]) if "steps" in config else None
+    before = dict(sim.steps)
     update = sim.train_one(round_idx, pid, sampler, global_factors=start, steps=steps)
     trained = sorted(server.method.trainable(round_idx))
     up = flatten({m: {x: getattr(f, x) for x in trained} for m, f in update.factors.items()})
-    return update, up, sampler
+    return update, up, sampler, {key: sim.steps[key] - before[key] for key in before}
 
 
 def client_app():
@@ -162,9 +164,11 @@ def client_app():
             return Message(Error(code=DROPPED, reason=f"client {pid} dropped (client_dropout)"), reply_to=msg)
         if os.environ.get("FEDMOM_FAULT_CLIENT") == str(pid):
             raise RuntimeError(f"injected fault in client {pid}")
-        update, up, sampler = _train_node(context, pid, config, glob, delta)
+        update, up, sampler, steps = _train_node(context, pid, config, glob, delta)
         metrics = {
             "num-examples": update.examples,
+            "steps": steps["total"],
+            "steps-with-token": steps["with_trainable_token"],
             "loss": float("nan") if update.loss is None else update.loss,  # None: no token
             "partition-id": pid,
             **update.seconds,
@@ -204,11 +208,14 @@ def run(
     client_resources: dict | None = None,
     wait: float = 300.0,
     connection=None,
+    steps: dict | None = None,
 ) -> None:
     """The remaining rounds of `server` (a server.Server) on `grid` (a deployment's ServerApp) or in
     a local Flower simulation; `on_round(record)` after each. `wait`: seconds to wait for the nodes
     (strategy.connect); `connection`: the nodes a deployment's ServerApp already found, or the
-    error that finding them raised (then the run fails with it)."""
+    error that finding them raised (then the run fails with it). `steps`: the run's local-step
+    tally ({"total", "with_trainable_token"}), to which each reply's steps are added before
+    `on_round`, as the sequential engine counts its own."""
     require_flower()
     from fedmom_cli.flower.strategy import FedmomStrategy
     from fedmom_cli.progress import quiet_if_asked
@@ -217,7 +224,7 @@ def run(
 
     if isinstance(connection, BaseException):  # the deployment's nodes never all connected
         raise FlowerClientError(str(connection))
-    strategy = FedmomStrategy(server, on_round, wait=wait, connection=connection)
+    strategy = FedmomStrategy(server, on_round, wait=wait, connection=connection, steps=steps)
     rounds = server.cfg.rounds - server.round
 
     def start(grid) -> None:

@@ -33,9 +33,12 @@ class Connection:
     sites: dict[int, dict]
 
 
-def connect(grid, cfg, wait: float) -> Connection:
+def connect(grid, cfg, wait: float, answer_within: float | None = None) -> Connection:
     """Wait (at most `wait` s) for `cfg.clients` nodes, then ask each (a QUERY message carrying the
-    run's settings, so that a site can load its data) for its partition id and data (site_info)."""
+    run's settings, so that a site can load its data) for its partition id and data (site_info),
+    waiting at most `answer_within` s (default max(wait, 60)) for the answers: a node answers once
+    it has loaded its model and data, which on a busy machine takes minutes."""
+    answer_within = max(wait, 60.0) if answer_within is None else answer_within
     n = cfg.clients
     deadline = time.monotonic() + wait
     while len(nodes := list(grid.get_node_ids())) < n:
@@ -51,7 +54,7 @@ def connect(grid, cfg, wait: float) -> Connection:
         for node in sorted(nodes)
     ]
     found, sites = {}, {}
-    for msg in grid.send_and_receive(query, timeout=max(wait, 60.0)):
+    for msg in grid.send_and_receive(query, timeout=answer_within):
         node = msg.metadata.src_node_id
         if msg.has_error():
             reason = (msg.error.reason or f"error code {msg.error.code}").strip().splitlines()[-1]
@@ -65,7 +68,10 @@ def connect(grid, cfg, wait: float) -> Connection:
         found[pid], sites[pid] = node, info
     missing = sorted(set(range(n)) - set(found))
     if missing:
-        raise FlowerClientError(f"no node answered for partition(s) {missing}")
+        raise FlowerClientError(
+            f"no node answered for partition(s) {missing} within {answer_within:g} s (a node loads "
+            f"its model and data before it answers; on a busy machine give it longer with --wait)"
+        )
     own = [pid for pid, info in sites.items() if info["data"] is not None]
     if own and len(own) != n:
         raise FlowerClientError(
@@ -120,8 +126,11 @@ class FedmomStrategy(FedAvg):
         on_round: Callable[[RoundRecord], None],
         wait: float = 300.0,
         connection: Connection | None = None,
+        steps: dict | None = None,
     ) -> None:
         n = server.cfg.clients
+        # the run's local steps, counted from the replies (the clients train in other processes)
+        self.steps = steps if steps is not None else {"total": 0, "with_trainable_token": 0}
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n)
         self.server, self.on_round, self.n, self.wait = server, on_round, n, wait
         self.start_round = server.round  # > 0 when resumed
@@ -142,7 +151,9 @@ class FedmomStrategy(FedAvg):
         self.round_start = time.perf_counter()
         if not self.nodes:
             try:
-                self.nodes = connect(grid, cfg, self.wait).nodes
+                # the simulation's nodes are its own Ray actors: they exist, and a slow answer is
+                # a busy machine still loading the model in each of them, so the answer gets longer
+                self.nodes = connect(grid, cfg, self.wait, answer_within=max(self.wait, 600.0)).nodes
             except FlowerClientError as exc:  # ends the strategy's loop now (no empty rounds)
                 self.error = str(exc)
                 raise
@@ -214,8 +225,14 @@ class FedmomStrategy(FedAvg):
             examples, loss = int(metrics["num-examples"]), float(metrics["loss"])
             loss = None if math.isnan(loss) else loss  # a client whose steps saw no trainable token
             updates.append(ClientUpdate(k, factors, examples, loss, seconds))
+            self.count_steps(metrics)
         record = self.finish(server_round, updates, (sent_up, self.sent_down))
         return None, MetricRecord({"loss": float("nan") if record.loss is None else record.loss})
+
+    def count_steps(self, metrics) -> None:
+        """Add one reply's local steps to the run's tally (result.json `steps`)."""
+        self.steps["total"] += int(metrics["steps"])
+        self.steps["with_trainable_token"] += int(metrics["steps-with-token"])
 
     def finish(self, server_round: int, updates: list[ClientUpdate], sent: tuple[int, int], secure=False):
         """The round's aggregate (`Server.aggregate`, as the sequential engine), the deltas to send

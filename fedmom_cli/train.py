@@ -328,8 +328,17 @@ def _train(opts: TrainOptions, cfg: TrainConfig, run_dir: Path, sim, action: str
     except (NonFiniteLoss, UserError) as exc:
         save("failed", error=str(exc))
         raise
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, Flower's own exit on `flwr stop`
         save("interrupted")
+        raise
+    except BaseException as exc:
+        # never left `running` by an exception: Flower's RunNotRunningException (a BaseException:
+        # the SuperLink refused the ServerApp's call after `flwr stop`) is an interruption, anything
+        # else a failure, recorded with its type (a bug's traceback still follows)
+        if type(exc).__name__ == "RunNotRunningException":
+            save("interrupted")
+        else:
+            save("failed", error=f"{type(exc).__name__}: {exc}".strip()[:2000])
         raise
     finally:
         tracker.close()

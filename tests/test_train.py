@@ -149,6 +149,37 @@ def test_finished_run_is_skipped_and_force_retrains(tmp_path, capsys):
     assert (tmp_path / "run" / "result.json").stat().st_mtime_ns != stamp
 
 
+class RunNotRunningException(BaseException):
+    """Named as Flower's (flwr.supercore.run): a BaseException its client raises after `flwr stop`."""
+
+
+@pytest.mark.parametrize(
+    "raised, status, error",
+    [
+        (KeyboardInterrupt(), "interrupted", None),
+        (SystemExit(0), "interrupted", None),  # Flower's SIGINT handler exits so on `flwr stop`
+        (RunNotRunningException(), "interrupted", None),
+        (RuntimeError("boom"), "failed", "RuntimeError: boom"),
+        (MemoryError(), "failed", "MemoryError:"),
+    ],
+)
+def test_an_exception_in_round_1_never_leaves_result_running(tmp_path, monkeypatch, raised, status, error):
+    """Whatever ends a run inside a round, result.json says how (round 0 recorded); it is re-raised."""
+    real = Simulation.run_round
+
+    def run_round(self, t, *args, **kwargs):
+        if t == 1:
+            raise raised
+        return real(self, t, *args, **kwargs)
+
+    monkeypatch.setattr(Simulation, "run_round", run_round)
+    with pytest.raises(type(raised)):
+        tr.run(tr.TrainOptions(smoke_config("fedit"), out=tmp_path / "run", progress=False))
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == status and result["rounds_completed"] == 1
+    assert result.get("error") == error
+
+
 def test_divergence_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     cfg = smoke_config("fedit", rounds=3)
     real = torch.nn.functional.cross_entropy

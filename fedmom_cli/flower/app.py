@@ -17,8 +17,11 @@ run's dataset) and optionally `data="/site/rows.jsonl"` (train on the site's own
 The ServerApp writes the same run folder as `fedmom train`, resuming an interrupted run.
 
 Ending: fewer SuperNodes than clients after `wait` seconds fails the run (result.json `failed`,
-its `error` says how many connected); `flwr stop` (SIGTERM to the ServerApp's process) leaves it
-`interrupted`, never `running`. A failure is logged as one `error: ...` line before Flower's own
+its `error` says how many connected); `flwr stop` leaves it `interrupted`, never `running`: in
+Flower 1.41 the SuperLink refuses the ServerApp's next call and Flower ends the process itself
+(SIGINT to its own handler, then SystemExit; or RunNotRunningException), which train.run records
+as an interruption; a SIGTERM from elsewhere (the process's supervisor) is one too (`_interrupt`).
+A failure is logged as one `error: ...` line before Flower's own
 report of the ServerApp's exception.
 """
 

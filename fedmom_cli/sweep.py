@@ -8,14 +8,15 @@ eval and report; finished cells are skipped, interrupted ones resumed.
 A recipe's `sweep:` section holds `grid` (`method`, `seed` and optional `settings`: a list of
 setting overrides; a variant's own `seeds: [0]` runs it at those of the grid's seeds only, e.g. a
 costlier setting at fewer seeds; a variant may not set `method`, `seed` or `partition`, which the
-sweep sets per cell, and two variants may not train the same settings), `eval` (how cells are evaluated: `fedmom eval`'s protocol, limit,
-batch_size, precision and shots), `eval_tasks` (default: the task family's benchmarks, or the
-held-out synthetic rows for synthetic runs; [] for none), `pretrained` (also evaluate the base
-model) and `out` (the results root, default `results`). Cells live where `fedmom train` puts runs,
-<out>/<task>/<method>[/<setting>]/seed<S>, so recipes that share a cell (Table 2's FedMomentum and
-Table 5's) train it once. Each seed's client split is made once per sweep root and shared.
-Evaluations keep their responses in <out>/eval_cache (`fedmom eval --cache`), so a sweep stopped
-during an evaluation resumes it without generating the finished requests again.
+sweep sets per cell, and two variants may not train the same settings), `eval` (how cells are
+evaluated: `fedmom eval`'s protocol, limit, batch_size, precision and shots), `eval_tasks` (default:
+the task family's benchmarks, or the held-out synthetic rows for synthetic runs; [] for none),
+`pretrained` (also evaluate the base model) and `out` (the results root, default `results`). Cells
+live where `fedmom train` puts runs, <out>/<task>/<method>[/<setting>]/seed<S>, so recipes that
+share a cell (Table 2's FedMomentum and Table 5's) train it once. Each seed's client split is made
+once per sweep root and shared. Evaluations keeptheir responses in <out>/eval_cache (`fedmom eval
+--cache`), so a sweep stopped during an evaluation resumes it without generating the finished
+requests again.
 """
 
 from __future__ import annotations

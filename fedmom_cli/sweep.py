@@ -14,7 +14,7 @@ the task family's benchmarks, or the held-out synthetic rows for synthetic runs;
 `pretrained` (also evaluate the base model) and `out` (the results root, default `results`). Cells
 live where `fedmom train` puts runs, <out>/<task>/<method>[/<setting>]/seed<S>, so recipes that
 share a cell (Table 2's FedMomentum and Table 5's) train it once. Each seed's client split is made
-once per sweep root and shared. Evaluations keeptheir responses in <out>/eval_cache (`fedmom eval
+once per sweep root and shared. Evaluations keep their responses in <out>/eval_cache (`fedmom eval
 --cache`), so a sweep stopped during an evaluation resumes it without generating the finished
 requests again.
 """

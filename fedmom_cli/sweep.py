@@ -144,6 +144,9 @@ def _check_spec(recipe: str, spec: dict) -> None:
             or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values)
         ):
             raise UserError(f"recipe {recipe!r}: `grid: {key}:` must be a non-empty list of {kind.__name__}s")
+        twice = sorted({v for v in values or [] if key != "settings" and values.count(v) > 1}, key=str)
+        if twice:  # each cell once (plan refuses settings that repeat)
+            raise UserError(f"recipe {recipe!r}: `grid: {key}:` lists {', '.join(map(str, twice))} twice")
     for variant in grid.get("settings") or []:
         bad = sorted(set(variant) - set(cfgmod.FIELDS) - {"seeds"})
         if bad:

@@ -224,6 +224,8 @@ def test_citation_cff_validates():
         ("[{}, {seeds: [0]}]", "train the same settings"),
         ("[{}, {lr: 0.001, seeds: [1]}]", "train the same settings"),
         ("[{lr: 0.01}, {lr: 0.01, seeds: [0]}]", "train the same settings"),
+        ("[{}]\n    seed: [0, 1, 0]", r"`grid: seed:` lists 0 twice"),  # the grid's own lists too
+        ("[{}]\n    method: [fedit, ffa_lora, fedit]", r"`grid: method:` lists fedit twice"),
         (  # the default policy spelled out: another folder name, the same run
             "[{round_deadline: 1.5, client_speed_sigma: 0.5},"
             " {round_deadline: 1.5, client_speed_sigma: 0.5, straggler_policy: drop}]",
@@ -236,9 +238,13 @@ def test_settings_the_sweep_would_override_or_repeat_are_refused(tmp_path, setti
     (every seed ran, in a folder named `lr=0.01,seed=[0]`), and `{seeds: [0]}` beside `{}` planned
     the same folder twice (--jobs 2 then trains it in two workers at once)."""
     recipe = tmp_path / "twice.yaml"
+    grid = {"method": "[fedit]", "seed": "[0, 1]"}
+    settings, *own = settings.split("\n    ")  # a case's own `method:` or `seed:` line replaces the grid's
+    grid.update(line.split(": ", 1) for line in own)
     recipe.write_text(
-        "model: tiny\nsynthetic: 60\nlr: 0.001\nsweep:\n  grid:\n    method: [fedit]\n    seed: [0, 1]\n"
-        f"    settings: {settings}\n"
+        "model: tiny\nsynthetic: 60\nlr: 0.001\nsweep:\n  grid:\n"
+        + "".join(f"    {k}: {v}\n" for k, v in grid.items())
+        + f"    settings: {settings}\n"
     )
     with pytest.raises(UserError, match=message):
         sw.plan(str(recipe), {}, tmp_path / "res", {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import types
 import typing
@@ -268,6 +269,19 @@ def _canonical(cfg: TrainConfig) -> TrainConfig:
     if cfg.straggler_policy == "drop" and cfg.round_deadline is not None:
         cfg = dataclasses.replace(cfg, straggler_policy=None)
     return cfg
+
+
+def spelled_hashes(cfg: TrainConfig) -> set[str]:
+    """cfg.hash() and the hashes of the same settings with `_canonical`'s defaults spelled out
+    (`secagg: false`; `straggler_policy: drop` with a deadline), as an older fedmom hashed them into a
+    checkpoint.pt: a run it checkpointed with either spelling resumes (Server.load_state_dict)."""
+    secagg = [None, False] if cfg.secagg is None else [cfg.secagg]
+    spelled = cfg.round_deadline is not None and cfg.straggler_policy is None
+    policy = [None, "drop"] if spelled else [cfg.straggler_policy]
+    return {
+        dataclasses.replace(cfg, secagg=a, straggler_policy=b).hash()
+        for a, b in itertools.product(secagg, policy)
+    }
 
 
 def _check(cfg: TrainConfig) -> TrainConfig:

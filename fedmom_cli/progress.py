@@ -100,7 +100,7 @@ class RoundProgress:
             losses = f"no client returned, model unchanged, {missing}"
         if record.get("steps"):  # straggler_policy partial: who returned fewer steps
             steps = sorted(record["steps"].items(), key=lambda kv: int(kv[0]))
-            losses += ", partial " + ", ".join(f"{k} ({n} steps)" for k, n in steps)
+            losses += ", partial " + ", ".join(f"{k} ({n} step{'' if n == 1 else 's'})" for k, n in steps)
         if record.get("val_loss") is not None:
             losses += f", val loss {record['val_loss']:.4f}"
         if self._bar is not None:

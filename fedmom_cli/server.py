@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedmom_cli import config as cfgmod
 from fedmom_cli import diagnostics, runfolder
 from fedmom_cli.config import TrainConfig
 from fedmom_cli.errors import UserError
@@ -389,7 +390,7 @@ class Server:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["config_hash"] != self.cfg.hash():
+        if state["config_hash"] not in cfgmod.spelled_hashes(self.cfg):  # a default spelled out too
             raise UserError("the checkpoint was made with other settings; use --force to start over")
         device = next(iter(self.modules.values())).base_layer.weight.device
         self.global_factors = {

@@ -7,14 +7,16 @@ eval and report; finished cells are skipped, interrupted ones resumed.
 
 A recipe's `sweep:` section holds `grid` (`method`, `seed` and optional `settings`: a list of
 setting overrides; a variant's own `seeds: [0]` runs it at those of the grid's seeds only, e.g. a
-costlier setting at fewer seeds), `eval` (how cells are evaluated: `fedmom eval`'s protocol, limit,
-batch_size, precision and shots), `eval_tasks` (default: the task family's benchmarks, or the
-held-out synthetic rows for synthetic runs; [] for none), `pretrained` (also evaluate the base
-model) and `out` (the results root, default `results`). Cells live where `fedmom train` puts runs,
-<out>/<task>/<method>[/<setting>]/seed<S>, so recipes that share a cell (Table 2's FedMomentum and
-Table 5's) train it once. Each seed's client split is made once per sweep root and shared.
-Evaluations keep their responses in <out>/eval_cache (`fedmom eval --cache`), so a sweep stopped
-during an evaluation resumes it without generating the finished requests again.
+costlier setting at fewer seeds; a variant may not set `method`, `seed` or `partition`, which the
+sweep sets per cell, and two variants may not train the same settings), `eval` (how cells are
+evaluated: `fedmom eval`'s protocol, limit, batch_size, precision and shots), `eval_tasks` (default:
+the task family's benchmarks, or the held-out synthetic rows for synthetic runs; [] for none),
+`pretrained` (also evaluate the base model) and `out` (the results root, default `results`). Cells
+live where `fedmom train` puts runs, <out>/<task>/<method>[/<setting>]/seed<S>, so recipes that
+share a cell (Table 2's FedMomentum and Table 5's) train it once. Each seed's client split is made
+once per sweep root and shared. Evaluations keep their responses in <out>/eval_cache (`fedmom eval
+--cache`), so a sweep stopped during an evaluation resumes it without generating the finished
+requests again.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def plan(recipe: str, only: dict, out: Path | None, overrides: dict) -> tuple[di
     safety.check_out(root, "dir")
     base = cfgmod.resolve(str(path), None, overrides)
     grid = spec["grid"]
-    cells = []
+    cells, seen = [], {}  # seen: settings hash -> the folder that trains them
     seeds = grid.get("seed", [base.seed])
     for given, method, seed in itertools.product(
         grid.get("settings") or [{}], grid.get("method", [base.method]), seeds
@@ -95,6 +97,16 @@ def plan(recipe: str, only: dict, out: Path | None, overrides: dict) -> tuple[di
         )
         cfg = targets.resolve(cfg, strict=False)  # names, as the run folder records them
         run_dir = root / cfg.task / method / (label or "") / f"seed{seed}"  # runs never nest in runs
+        twin = seen.setdefault(cfg.hash(), run_dir)
+        if len(seen) == len(cells):  # the hash was there: these settings are planned already
+            # e.g. `{}` and `{seeds: [0]}` planned one folder twice (--jobs trained it in two workers
+            # at once); a default spelled out (`straggler_policy: drop`, `secagg: false`) named a
+            # second folder for the same run, which the report then averaged as another seed
+            raise UserError(
+                f"recipe {recipe!r}: two grid settings train the same settings ({twin}"
+                + ("" if twin == run_dir else f" and {run_dir}")
+                + "); leave one out (`seeds:` only narrows a setting's seeds; it is no setting)"
+            )
         cells.append(Cell(cfg, run_dir, label))
     for key, value in only.items():
         if key not in ("method", "seed", *cfgmod.FIELDS):
@@ -103,6 +115,13 @@ def plan(recipe: str, only: dict, out: Path | None, overrides: dict) -> tuple[di
     if not cells:
         raise UserError("no cell of the grid matches the --only filters")
     return spec, cells, root
+
+
+SWEEP_SETS = {  # keys a grid setting may not hold: the sweep gives every cell its own value
+    "method": "the grid's `method:` list",
+    "seed": "the grid's `seed:` list; a setting's own `seeds: [..]` keeps it to some of them",
+    "partition": "each seed's shared client split",
+}
 
 
 def _check_spec(recipe: str, spec: dict) -> None:
@@ -125,10 +144,19 @@ def _check_spec(recipe: str, spec: dict) -> None:
             or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values)
         ):
             raise UserError(f"recipe {recipe!r}: `grid: {key}:` must be a non-empty list of {kind.__name__}s")
+        twice = sorted({v for v in values or [] if key != "settings" and values.count(v) > 1}, key=str)
+        if twice:  # each cell once (plan refuses settings that repeat)
+            raise UserError(f"recipe {recipe!r}: `grid: {key}:` lists {', '.join(map(str, twice))} twice")
     for variant in grid.get("settings") or []:
         bad = sorted(set(variant) - set(cfgmod.FIELDS) - {"seeds"})
         if bad:
             raise UserError(f"recipe {recipe!r}: grid setting(s) with unknown key(s) {', '.join(bad)}")
+        for key in SWEEP_SETS:  # the sweep sets these per cell: a setting's value would be ignored
+            if key in variant:
+                raise UserError(
+                    f"recipe {recipe!r}: a grid setting cannot set {key} (the sweep sets it per cell: "
+                    f"{SWEEP_SETS[key]}), got {key}: {variant[key]!r}"
+                )
         own = variant.get("seeds", [])
         if "seeds" in variant and (
             not isinstance(own, list)

@@ -178,3 +178,44 @@ def test_stragglers_equal_the_sequential_engine(tmp_path):
         [m.get(k) for k in keys] for m in lines["flw"]
     ]
     assert any(m.get("steps") or m.get("late") for m in lines["seq"])  # the deadline bit
+
+
+class SilentGrid:
+    """Three connected nodes that never answer the first query (no Flower, no Ray): records the
+    time limit connect gives them."""
+
+    def __init__(self):
+        self.timeouts = []
+
+    def get_node_ids(self):
+        return [11, 12, 13]
+
+    def send_and_receive(self, messages, timeout=None):
+        self.timeouts.append(timeout)
+        return []
+
+
+@pytest.mark.parametrize(
+    "wait, answer_within, limit",
+    [  # connect's wait and answer_within -> how long the nodes get to answer the first query
+        (5.0, None, 60.0),  # a deployment: max(wait, 60)
+        (300.0, None, 300.0),
+        (5.0, 600.0, 600.0),  # the simulation's own nodes (FedmomStrategy): max(wait, 600)
+    ],
+)
+def test_nodes_that_never_answer_fail_naming_the_limit_and_both_knobs(
+    monkeypatch, wait, answer_within, limit
+):
+    """Review attack3: the message named `--wait` only; a deployment sets it in its run config."""
+    from fedmom_cli import config as cfgmod
+    from fedmom_cli.flower import strategy
+    from fedmom_cli.flower.errors import FlowerClientError
+    from fedmom_cli.flower.strategy import connect
+
+    monkeypatch.setattr(strategy, "Message", lambda **kwargs: kwargs)  # Flower's needs a running run
+    grid, cfg = SilentGrid(), cfgmod.resolve("smoke", "math", {"method": "fedit"})
+    with pytest.raises(FlowerClientError) as info:
+        connect(grid, cfg, wait, answer_within=answer_within)
+    assert grid.timeouts == [limit]
+    assert f"partition(s) [0, 1, 2] within {limit:g} s" in str(info.value)
+    assert "--wait / run config `wait`" in str(info.value)

@@ -403,3 +403,77 @@ def test_a_new_users_own_experiment_by_command_and_by_api(tmp_path, monkeypatch,
     )["tasks"]["data.held.exact_match"]
     assert gen["value"] == cli["data.held.exact_match"]["value"]
     assert re.search(r"\| data\.held\.loss \(loss\) \|", api.report("results", figures=False))
+
+
+def _own_results(src, root, entry):
+    """A results folder: a copy of run `src` and a pre-trained evaluation, each with eval.json's one
+    own task `mine` = `entry` (written as given, NaN included)."""
+    import shutil
+
+    run = root / "math" / "fedit" / "seed0"
+    shutil.copytree(src, run)
+    (run / "eval.json").write_text(json.dumps({"adapter": True, "tasks": {"mine": entry}}))
+    pre = root / "math" / "pretrained"
+    pre.mkdir(parents=True)
+    (pre / "eval.json").write_text(json.dumps({"model": "tiny", "tasks": {"mine": entry}}))
+    return run
+
+
+OWN = {"metric": "loss", "n": 5, "protocol": "own-data"}
+
+
+@pytest.mark.parametrize(
+    "entry, mean, error",
+    [  # eval.json's entry -> the long form's mean and error, read back by Python's json and csv
+        (
+            {**OWN, "value": 0.30000000000000004, "stderr": 0.012345678901234568},
+            0.30000000000000004,
+            0.012345678901234568,
+        ),
+        ({**OWN, "value": 1.2345678901234567, "stderr": 1.234567e-20}, 1.2345678901234567, 1.234567e-20),
+        ({**OWN, "value": 2.5}, 2.5, None),  # no stderr: an empty cell, JSON null
+        ({**OWN, "value": float("nan"), "stderr": 0.5}, None, 0.5),  # NaN: empty / null, as pandas writes it
+    ],
+)
+def test_long_form_own_rows_keep_eval_json_values_and_rerun_in_place(
+    smoke_run, tmp_path, monkeypatch, capsys, entry, mean, error
+):
+    """Review attack3: JSON's 15 decimals did not keep eval.json's values (0.30000000000000004 read
+    back 0.3, a 17-digit stderr lost 3 digits); the long form now holds them exactly, in both formats,
+    for a run and a pre-trained evaluation, and a second report replaces the files in place."""
+    import csv
+
+    root = tmp_path / "res"
+    run = _own_results(smoke_run, root, entry)
+    for fmt in ("csv", "json"):
+        for _ in range(2):  # the second run recognises its own long form and replaces it
+            code, _, err = run_main(monkeypatch, capsys, "report", root, "--no-figures", "--format", fmt)
+            assert code == 0, err
+        text = (root / f"report.{fmt}").read_text()
+        rows = json.loads(text) if fmt == "json" else list(csv.DictReader(text.splitlines()))
+        own = [r for r in rows if r["table"] == "Your own evaluations"]
+        assert [r["setting"] for r in own] == [str(run), str(root / "math" / "pretrained")]
+
+        def number(v):
+            return None if v in (None, "") else float(v)
+
+        assert all(number(r["mean"]) == mean and number(r["error"]) == error for r in own), own
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [  # a hand-edited eval.json: a report stops with one line, as for the paper's tasks
+        {**OWN, "value": None},
+        {**OWN, "value": "0.5"},
+        {k: v for k, v in OWN.items() if k != "metric"} | {"value": 0.5},
+        {**OWN},  # no value
+    ],
+)
+def test_malformed_own_entries_are_one_line(smoke_run, tmp_path, monkeypatch, capsys, entry):
+    root = tmp_path / "res"
+    _own_results(smoke_run, root, entry)
+    for fmt in ("md", "csv"):
+        code, _, err = run_main(monkeypatch, capsys, "report", root, "--no-figures", "--format", fmt)
+        assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert "unexpected shape" in err
+        assert not (root / "report.md").exists() and not (root / "report.csv").exists()

@@ -213,3 +213,41 @@ def test_cli_refuses_in_one_line_and_writes_nothing(tmp_path, monkeypatch, capsy
     )
     assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "old",
+    [  # what a folder made before `drop` was canonicalised holds: the policy spelled out
+        {"straggler_policy": "drop"},
+        {"straggler_policy": "drop", "secagg": False},  # both defaults spelled out
+    ],
+)
+def test_a_run_checkpointed_with_explicit_drop_resumes(tmp_path, old):
+    """Review attack3: a run started with `straggler_policy: drop` before it was canonicalised holds
+    a checkpoint whose config_hash hashes the spelled-out policy; its config.yaml reads back as the
+    default, and the checkpoint must load too (it said "made with other settings; use --force")."""
+    import dataclasses
+    import json
+
+    from fedmom_cli import runfolder, targets
+    from fedmom_cli import train as tr
+
+    cfg = targets.resolve(config(rounds=2, round_deadline=1.5, client_speed_sigma=0.3, seed=0), strict=False)
+    spelled = dataclasses.replace(cfg, **old)  # the settings as the older fedmom held and hashed them
+    assert spelled.hash() != cfg.hash()
+    run = tmp_path / "run"
+    run.mkdir()
+    sim = Simulation(spelled, run)
+    record = sim.run_round(0)
+    sim.server.save_checkpoint(record.to_json())
+    (run / runfolder.CONFIG).write_text(cfgmod.to_yaml(spelled))
+    assert "straggler_policy: drop" in (run / runfolder.CONFIG).read_text()
+    runfolder.write_metrics(run / runfolder.METRICS, [record.to_json()])
+    (run / runfolder.RESULT).write_text(json.dumps({"status": "interrupted", "rounds_completed": 1}))
+    tr.run(tr.TrainOptions(cfg, out=run, resume=True, progress=False))
+    result = json.loads((run / runfolder.RESULT).read_text())
+    assert result["status"] == "finished" and result["rounds_completed"] == 2
+    (tmp_path / "other").mkdir()  # another policy's checkpoint is still refused
+    other = Simulation(dataclasses.replace(cfg, straggler_policy="partial"), tmp_path / "other")
+    with pytest.raises(UserError, match="made with other settings"):
+        other.server.load_state_dict(sim.server.state_dict())

@@ -211,3 +211,60 @@ def test_citation_cff_validates():
         text=True,
     )
     assert proc.returncode == 0 and "valid" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [  # a key the sweep sets itself would be overridden silently, the folder named after it
+        ("[{lr: 0.01, seed: [0]}]", "a grid setting cannot set seed"),  # `seed:` for `seeds:`
+        ("[{lr: 0.01, seed: 1}]", "a grid setting cannot set seed"),
+        ("[{method: ffa_lora}]", "a grid setting cannot set method"),
+        ("[{partition: x.json}]", "a grid setting cannot set partition"),
+        # two settings that train the same cells (one only narrows the seeds; one restates the base)
+        ("[{}, {seeds: [0]}]", "train the same settings"),
+        ("[{}, {lr: 0.001, seeds: [1]}]", "train the same settings"),
+        ("[{lr: 0.01}, {lr: 0.01, seeds: [0]}]", "train the same settings"),
+        ("[{}]\n    seed: [0, 1, 0]", r"`grid: seed:` lists 0 twice"),  # the grid's own lists too
+        ("[{}]\n    method: [fedit, ffa_lora, fedit]", r"`grid: method:` lists fedit twice"),
+        (  # the default policy spelled out: another folder name, the same run
+            "[{round_deadline: 1.5, client_speed_sigma: 0.5},"
+            " {round_deadline: 1.5, client_speed_sigma: 0.5, straggler_policy: drop}]",
+            r"train the same settings .*seed0 and .*straggler_policy=drop/seed0",
+        ),
+    ],
+)
+def test_settings_the_sweep_would_override_or_repeat_are_refused(tmp_path, settings, message):
+    """Review attack3: `seed: [0]` in a setting (the grid's key, not `seeds:`) was silently ignored
+    (every seed ran, in a folder named `lr=0.01,seed=[0]`), and `{seeds: [0]}` beside `{}` planned
+    the same folder twice (--jobs 2 then trains it in two workers at once)."""
+    recipe = tmp_path / "twice.yaml"
+    grid = {"method": "[fedit]", "seed": "[0, 1]"}
+    settings, *own = settings.split("\n    ")  # a case's own `method:` or `seed:` line replaces the grid's
+    grid.update(line.split(": ", 1) for line in own)
+    recipe.write_text(
+        "model: tiny\nsynthetic: 60\nlr: 0.001\nsweep:\n  grid:\n"
+        + "".join(f"    {k}: {v}\n" for k, v in grid.items())
+        + f"    settings: {settings}\n"
+    )
+    with pytest.raises(UserError, match=message):
+        sw.plan(str(recipe), {}, tmp_path / "res", {})
+    assert not (tmp_path / "res").exists()
+
+
+def test_seeds_leave_the_cells_they_keep_as_they_were(tmp_path):
+    """A recipe that gains `seeds:` keeps its other cells' folders, labels and settings (hash), so a
+    sweep resumed after the edit finds its finished cells; `--only` filters what is left."""
+    head = "model: tiny\nsynthetic: 60\nclients: 3\nmin_client_size: 4\n"
+    head += "sweep:\n  grid:\n    method: [fedit]\n"
+    before, after = tmp_path / "before.yaml", tmp_path / "after.yaml"
+    before.write_text(head + "    seed: [0, 1]\n    settings: [{}, {lr: 0.01}]\n")
+    after.write_text(head + "    seed: [0, 1]\n    settings: [{}, {lr: 0.01, seeds: [1]}]\n")
+    _, old, _ = sw.plan(str(before), {}, tmp_path / "res", {})
+    _, new, _ = sw.plan(str(after), {}, tmp_path / "res", {})
+    old_cells = {(c.run_dir, c.label, c.config.hash()) for c in old}
+    new_cells = {(c.run_dir, c.label, c.config.hash()) for c in new}
+    assert new_cells < old_cells and len(old_cells - new_cells) == 1
+    gone = {c.run_dir for c in old} - {c.run_dir for c in new}
+    assert gone == {tmp_path / "res/math/fedit/lr=0.01/seed0"}
+    with pytest.raises(UserError, match="no cell of the grid"):
+        sw.plan(str(after), {"lr": "0.01", "seed": "0"}, tmp_path / "res", {})

@@ -343,7 +343,7 @@ def test_round_line_names_its_mean_and_shows_the_validation_loss(capsys):
         ({"clients": [0, 2], "dropped": [1]}, ", dropped 1, "),
         ({"clients": [0, 2], "dropped": [1], "late": [1]}, ", late 1, "),
         ({"clients": [0], "dropped": [1, 2], "late": [2]}, ", dropped 1, late 2, "),
-        ({"clients": [0, 1, 2], "dropped": [], "steps": {"2": 3, "0": 1}}, "partial 0 (1 steps), 2 (3"),
+        ({"clients": [0, 1, 2], "dropped": [], "steps": {"2": 3, "0": 1}}, "partial 0 (1 step), 2 (3 steps)"),
         ({"clients": [], "dropped": [0, 1], "late": [0, 1]}, "no client returned, model unchanged, late 0"),
     ],
 )

@@ -70,7 +70,8 @@ def connect(grid, cfg, wait: float, answer_within: float | None = None) -> Conne
     if missing:
         raise FlowerClientError(
             f"no node answered for partition(s) {missing} within {answer_within:g} s (a node loads "
-            f"its model and data before it answers; on a busy machine give it longer with --wait)"
+            f"its model and data before it answers; on a busy machine give it longer with --wait / run "
+            f"config `wait`)"
         )
     own = [pid for pid, info in sites.items() if info["data"] is not None]
     if own and len(own) != n:

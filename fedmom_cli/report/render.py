@@ -147,6 +147,22 @@ def long_form(tables: list[Table], extra: list[dict] = ()):
     return pd.DataFrame.from_records(records + list(extra), columns=LONG_COLUMNS)
 
 
+def long_form_json(frame) -> str:
+    """The long form as JSON records whose numbers read back as written (Python's shortest
+    round-trip repr, as the CSV has them): pandas' to_json rounds to at most 15 decimals, so
+    0.30000000000000004 read back 0.3 and a standard error of 17 digits lost 3. NaN (and an
+    infinity) is null, as pandas wrote it."""
+    import json
+    import math
+
+    def plain(value):
+        value = value.item() if hasattr(value, "item") else value  # numpy scalars -> Python's
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    rows = [{k: plain(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+    return json.dumps(rows, indent=1, allow_nan=False)
+
+
 REPORT_HEADING = "# fedmom report"
 LONG_COLUMNS = ["table", "setting", "row", "column", "mean", "error", "seeds", "paper"]
 
@@ -222,6 +238,7 @@ def run(
         tables = report.build_tables(runs, pretrained, spread, compare_paper)
         tables += report.table8(runs, report.bench_dense_row(root))
         tables += report.training_summary(runs)
+        own_md, own_rows = own_evals.markdown(runs, pretrained), own_evals.records(runs, pretrained)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise UserError(
             f"a file under {root} has an unexpected shape ({type(exc).__name__}: {exc}); "
@@ -240,7 +257,7 @@ def run(
     parts += across_settings_markdown(runs)
     parts += factorial_markdown(runs)
     parts += driftmap_markdown(runs)
-    parts += own_evals.markdown(runs, pretrained)
+    parts += own_md
     if figures:
         from fedmom_cli.report import figures as fig
 
@@ -251,11 +268,8 @@ def run(
 
     atomic_write_bytes(out, text.encode())
     if fmt != "md":
-        frame = long_form(tables, own_evals.records(runs, pretrained))
+        frame = long_form(tables, own_rows)
         target = out.with_suffix(f".{fmt}")
-        if fmt == "csv":
-            body = frame.to_csv(index=False)
-        else:  # pandas writes 10 decimals unless told: 15 keeps eval.json's values
-            body = frame.to_json(orient="records", indent=1, double_precision=15)
+        body = frame.to_csv(index=False) if fmt == "csv" else long_form_json(frame)
         atomic_write_bytes(target, body.encode())
     return text

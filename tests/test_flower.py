@@ -219,3 +219,27 @@ def test_nodes_that_never_answer_fail_naming_the_limit_and_both_knobs(
     assert grid.timeouts == [limit]
     assert f"partition(s) [0, 1, 2] within {limit:g} s" in str(info.value)
     assert "--wait / run config `wait`" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "metrics, error",
+    [  # one reply's metrics -> the tally after it, or the run's error (a node on an older fedmom)
+        ({"steps": 4, "steps-with-token": 3}, None),
+        ({"num-examples": 8}, "client 2's reply has no local-step count"),
+        ({"steps": 4}, "client 2's reply has no local-step count"),
+    ],
+)
+def test_a_reply_without_steps_is_the_runs_error_not_a_keyerror(metrics, error):
+    """Review attack3: a SuperNode on a fedmom older than its server sends no step count; the strategy
+    said KeyError mid-run. Now the run's one-line error names the client and the cause."""
+    from types import SimpleNamespace
+
+    from fedmom_cli.flower.strategy import FedmomStrategy
+
+    core = SimpleNamespace(steps={"total": 10, "with_trainable_token": 9})
+    got = FedmomStrategy.count_steps(core, metrics, 2)
+    if error is None:
+        assert got is None and core.steps == {"total": 14, "with_trainable_token": 12}
+    else:
+        assert got.startswith(error) and "older fedmom" in got
+        assert core.steps == {"total": 10, "with_trainable_token": 9}  # nothing half-counted

@@ -237,7 +237,9 @@ def legacy_strategy(core, grid: CountingGrid):
                 loss = float(m["loss"])
                 loss = None if np.isnan(loss) else loss
                 updates.append(ClientUpdate(k, factors, int(m["num-examples"]), loss, seconds))
-                core.count_steps(m)
+                if (error := core.count_steps(m, k)) is not None:
+                    core.error = error
+                    return None, {}
             sent = (max(grid.up.values(), default=0), max(grid.down.values(), default=0))
             core.finish(server_round, updates, sent, secure=True)
             return None, {}

@@ -226,14 +226,24 @@ class FedmomStrategy(FedAvg):
             examples, loss = int(metrics["num-examples"]), float(metrics["loss"])
             loss = None if math.isnan(loss) else loss  # a client whose steps saw no trainable token
             updates.append(ClientUpdate(k, factors, examples, loss, seconds))
-            self.count_steps(metrics)
+            if (error := self.count_steps(metrics, k)) is not None:
+                self.error = error
+                return None, None
         record = self.finish(server_round, updates, (sent_up, self.sent_down))
         return None, MetricRecord({"loss": float("nan") if record.loss is None else record.loss})
 
-    def count_steps(self, metrics) -> None:
-        """Add one reply's local steps to the run's tally (result.json `steps`)."""
+    def count_steps(self, metrics, k: int) -> str | None:
+        """Add client `k`'s reply's local steps to the run's tally (result.json `steps`); the run's
+        error when the reply has none (a node with an older fedmom than the server's: there is
+        no version handshake, so this is where a mixed deployment shows)."""
+        if "steps" not in metrics or "steps-with-token" not in metrics:
+            return (
+                f"client {k}'s reply has no local-step count: its SuperNode runs an older fedmom than "
+                f"the server's; every SuperNode needs the server's fedmom version"
+            )
         self.steps["total"] += int(metrics["steps"])
         self.steps["with_trainable_token"] += int(metrics["steps-with-token"])
+        return None
 
     def finish(self, server_round: int, updates: list[ClientUpdate], sent: tuple[int, int], secure=False):
         """The round's aggregate (`Server.aggregate`, as the sequential engine), the deltas to send

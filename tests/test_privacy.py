@@ -415,13 +415,18 @@ def test_dp_refusals_before_any_write(tmp_path, monkeypatch, capsys):
     assert code == 2 and "--engine sequential only" in err and not out.exists()
 
 
-def test_mini_dp_recipe_plans_its_45_cells(tmp_path):
+def test_mini_dp_recipe_plans_its_35_cells(tmp_path):
+    """5 methods x (3 seeds without DP + 3 at epsilon 1 + seed 0 at epsilon 8: seeds cut at the weaker
+    privacy level first, issue 27)."""
+    from collections import Counter
+
     from fedmom_cli import sweep
 
     _, cells, _ = sweep.plan("mini/dp", {}, tmp_path / "out", {"synthetic": 200})
-    assert len(cells) == 45
-    targets = sorted({c.config.dp_target_epsilon or 0.0 for c in cells})
-    assert targets == [0.0, 1.0, 8.0] and all(c.config.dp_delta in (None, 1e-5) for c in cells)
+    assert len(cells) == 35
+    per_level = Counter((c.config.dp_target_epsilon or 0.0, c.config.seed) for c in cells)
+    assert per_level == {(e, s): 5 for e in (0.0, 1.0) for s in (0, 1, 2)} | {(8.0, 0): 5}
+    assert all(c.config.dp_delta in (None, 1e-5) for c in cells)
     assert {c.config.method for c in cells} == {"fedit", "ffa_lora", "fedsvd", "fedex_lora", "fedmomentum"}
 
 

@@ -169,13 +169,21 @@ def test_dry_run_only_and_bad_recipes(tmp_path):
 
 
 def test_interrupted_sweep_picks_up_where_it_stopped(tmp_path):
+    """kill -9 of a sweep partway (the first cell evaluated), then a rerun: finished cells are kept,
+    the rest train and evaluate. Four of the smoke grid's methods (the whole grid is
+    test_smoke_sweep_end_to_end_fills_every_cell's)."""
+    methods = ["fedit", "ffa_lora", "fedex_lora", "fedmomentum"]
+    smoke = cfgmod.recipe_path("smoke").read_text()
+    recipe = tmp_path / "smoke4.yaml"
+    grid = f"sweep:\n  grid:\n    method: [{', '.join(methods)}]\n"
+    recipe.write_text(smoke[: smoke.index("sweep:")] + grid)
     out = tmp_path / "res"
     cmd = [
         sys.executable,
         "-m",
         "fedmom_cli",
         "sweep",
-        "smoke",
+        str(recipe),
         "--out",
         str(out),
         "--no-progress",
@@ -194,14 +202,14 @@ def test_interrupted_sweep_picks_up_where_it_stopped(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = [p for p in out.rglob("eval.json")]
-    assert 1 <= len(done) < len(METHODS), "the sweep was not interrupted partway"
+    assert 1 <= len(done) < len(methods), "the sweep was not interrupted partway"
     stamp = (first / "result.json").stat().st_mtime_ns
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     assert (first / "result.json").stat().st_mtime_ns == stamp  # finished cells are not re-run
-    assert len(list(out.rglob("eval.json"))) == len(METHODS)
+    assert len(list(out.rglob("eval.json"))) == len(methods)
     assert all(json.loads(p.read_text())["status"] == "finished" for p in out.rglob("result.json"))
     again = subprocess.run(cmd + ["--dry-run"], env=env, capture_output=True, text=True)
-    assert again.stderr.count(" done ") == len(METHODS) and "0 cell(s) to train" in again.stderr
+    assert again.stderr.count(" done ") == len(methods) and "0 cell(s) to train" in again.stderr
 
 
 def test_citation_cff_validates():

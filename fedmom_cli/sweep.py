@@ -97,8 +97,8 @@ def plan(recipe: str, only: dict, out: Path | None, overrides: dict) -> tuple[di
         )
         cfg = targets.resolve(cfg, strict=False)  # names, as the run folder records them
         run_dir = root / cfg.task / method / (label or "") / f"seed{seed}"  # runs never nest in runs
-        twin = seen.setdefault(cfg.hash(), run_dir)
-        if len(seen) == len(cells):  # the hash was there: these settings are planned already
+        twin = seen.get(cfg.hash())
+        if twin is not None:  # these settings are planned already
             # e.g. `{}` and `{seeds: [0]}` planned one folder twice (--jobs trained it in two workers
             # at once); a default spelled out (`straggler_policy: drop`, `secagg: false`) named a
             # second folder for the same run, which the report then averaged as another seed
@@ -107,6 +107,7 @@ def plan(recipe: str, only: dict, out: Path | None, overrides: dict) -> tuple[di
                 + ("" if twin == run_dir else f" and {run_dir}")
                 + "); leave one out (`seeds:` only narrows a setting's seeds; it is no setting)"
             )
+        seen[cfg.hash()] = run_dir
         cells.append(Cell(cfg, run_dir, label))
     for key, value in only.items():
         if key not in ("method", "seed", *cfgmod.FIELDS):

@@ -406,3 +406,29 @@ def test_table8_leaves_out_rounds_no_client_returned_to(tmp_path, empty_rounds, 
     )
     assert ("left out" in t8.caption) == bool(empty_rounds)
     assert "Table 8" in report_render.run(tmp_path, tmp_path / "report.md", figures=False)
+
+
+@pytest.mark.parametrize(
+    "runs, kept, omitted",
+    [  # (method, evaluated?, status) per run; the tables printed; the ones named in the left-out line
+        ([("fedit", False, "finished"), ("fedmomentum", False, "finished")], [], ["Table 2", "Table 5"]),
+        ([("fedit", True, "finished"), ("fedmomentum", False, "finished")], ["Table 2"], ["Table 5"]),
+        ([("fedmomentum", True, "finished")], ["Table 2", "Table 5"], []),
+        # a failed run is a note worth a table of its own, even with nothing evaluated
+        ([("fedit", False, "finished"), ("fedmomentum", False, "failed")], ["Table 2", "Table 5"], []),
+    ],
+)
+def test_tables_of_unevaluated_runs_are_named_in_one_line_not_printed_empty(tmp_path, runs, kept, omitted):
+    root = tmp_path / "results"
+    for method, evaluated, status in runs:
+        make_run(root, method, 0, {"gsm8k": (0.2, 0.01)} if evaluated else None, status=status)
+    text = report_render.run(root, tmp_path / "report.md", figures=False)
+    printed = [t for t in ("Table 2", "Table 5") if f"### {t}\n" in text]
+    assert printed == kept
+    line = [x for x in text.splitlines() if x.startswith("*Left out, no run behind them evaluated")]
+    assert line == (
+        [f"*Left out, no run behind them evaluated (`fedmom eval`): {', '.join(omitted)}.*"]
+        if omitted
+        else []
+    )
+    assert "Table 8" in text  # the training-cost table reads metrics.jsonl, evaluated or not

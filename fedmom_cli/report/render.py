@@ -235,7 +235,8 @@ def run(
     if not runs and not pretrained:
         raise UserError(f"no fedmom run folders (result.json + config.yaml) under {root}")
     try:  # files that parse but hold other shapes (a hand-edited eval.json, a foreign result.json)
-        tables = report.build_tables(runs, pretrained, spread, compare_paper)
+        omitted: list[str] = []
+        tables = report.build_tables(runs, pretrained, spread, compare_paper, left_out=omitted)
         tables += report.table8(runs, report.bench_dense_row(root))
         tables += report.training_summary(runs)
         own_md, own_rows = own_evals.markdown(runs, pretrained), own_evals.records(runs, pretrained)
@@ -252,6 +253,8 @@ def run(
         f"{len(runs)} run folder(s), {finished} finished, {len(pretrained)} pre-trained evaluation(s).",
         "",
     ]
+    if omitted:  # runs read by their losses only: no empty tables of "missing" rows
+        parts += [f"*Left out, no run behind them evaluated (`fedmom eval`): {', '.join(omitted)}.*", ""]
     parts += [markdown(t, compare_paper) for t in tables]
     parts += paired_markdown(runs)
     parts += across_settings_markdown(runs)

@@ -323,7 +323,11 @@ class Table:
 
 
 def build_tables(
-    runs: list[Run], pretrained: list[dict], spread: str = "stderr", compare_paper: bool = False
+    runs: list[Run],
+    pretrained: list[dict],
+    spread: str = "stderr",
+    compare_paper: bool = False,
+    left_out: list[str] | None = None,  # receives the titles of the tables left out as unevaluated
 ) -> list[Table]:
     paper = paper_tables() if compare_paper else {}
     tables = []
@@ -337,11 +341,17 @@ def build_tables(
             table = _table(key, title, family, methods + beyond, members, pre, label, spread, paper.get(key))
             table.beyond = beyond
             tables.append(table)
-    return [
-        t
-        for t in tables
-        if any(c.mean is not None for row in t.rows.values() for c in row.values()) or t.notes
-    ]
+    if left_out is not None:
+        left_out += [t.title + (f" ({t.setting})" if t.setting else "") for t in tables if unevaluated(t)]
+    return [t for t in tables if not unevaluated(t)]
+
+
+def unevaluated(table: Table) -> bool:
+    """A table with no value whose only notes say which rows are missing: every run behind it is
+    unevaluated (a study read by its training and validation loss, e.g. the drift map). The report
+    leaves it out and names it in one line instead of printing an empty table."""
+    empty = not any(c.mean is not None for row in table.rows.values() for c in row.values())
+    return empty and all(n.startswith("missing: ") for n in table.notes)
 
 
 def _table(key, title, family, methods, members, pre, label, spread, paper) -> Table:

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from fedmom_cli.errors import UserError
+from fedmom_cli.instruct import KEYS as MAPPING_KEYS
 
 # Recipes ship inside the package (package data), so a wheel or a site install has every one;
 # the repository's top-level recipes/ is a link to this folder.
@@ -172,13 +173,7 @@ LATER_KEYS = (
     "secagg",
     *DP_KEYS,
     # issue 26: task instruct's field mapping and the client split's partitioner
-    "prompt_field",
-    "response_field",
-    "input_field",
-    "system",
-    "prompt_template",
-    "messages_field",
-    "chat_template",
+    *MAPPING_KEYS,
     "partitioner",
     "label_field",
     "client_field",
@@ -259,28 +254,36 @@ def _coerce(key: str, value):
         raise UserError(f"config key {key!r} expects {hint}, got {shown}") from None
 
 
+# Settings with two spellings: (key, its spelled-out default, when that value is the default). The
+# default is recorded as None (the key left out of config.yaml and the hash); `secagg: false` is
+# --no-secagg, and `straggler_policy: drop` with a deadline is the default policy
+# (participation.deadline_of).
+SPELLED_DEFAULTS = (
+    ("secagg", False, lambda cfg: True),
+    ("straggler_policy", "drop", lambda cfg: cfg.round_deadline is not None),
+)
+
+
 def _canonical(cfg: TrainConfig) -> TrainConfig:
-    """One spelling per setting: `secagg: false` (--no-secagg) is the default, None, so it trains,
-    hashes and records (config.yaml) as leaving the key out; a folder recorded with `secagg: false`
-    reads back as the same settings. Likewise `straggler_policy: drop` with a deadline is the
-    default policy (participation.deadline_of), None."""
-    if cfg.secagg is False:
-        cfg = dataclasses.replace(cfg, secagg=None)
-    if cfg.straggler_policy == "drop" and cfg.round_deadline is not None:
-        cfg = dataclasses.replace(cfg, straggler_policy=None)
+    """One spelling per setting (SPELLED_DEFAULTS): a spelled-out default trains, hashes and records
+    as leaving the key out, so a folder recorded with either spelling reads back as the same settings."""
+    for key, spelled, applies in SPELLED_DEFAULTS:
+        if getattr(cfg, key) == spelled and applies(cfg):
+            cfg = dataclasses.replace(cfg, **{key: None})
     return cfg
 
 
 def spelled_hashes(cfg: TrainConfig) -> set[str]:
-    """cfg.hash() and the hashes of the same settings with `_canonical`'s defaults spelled out
-    (`secagg: false`; `straggler_policy: drop` with a deadline), as an older fedmom hashed them into a
-    checkpoint.pt: a run it checkpointed with either spelling resumes (Server.load_state_dict)."""
-    secagg = [None, False] if cfg.secagg is None else [cfg.secagg]
-    spelled = cfg.round_deadline is not None and cfg.straggler_policy is None
-    policy = [None, "drop"] if spelled else [cfg.straggler_policy]
+    """cfg.hash() and the hashes of the same settings with SPELLED_DEFAULTS spelled out, as an older
+    fedmom hashed them into a checkpoint.pt: a run it checkpointed with any spelling resumes
+    (Server.load_state_dict)."""
+    keys = [key for key, _, _ in SPELLED_DEFAULTS]
+    choices = [
+        [None, spelled] if getattr(cfg, key) is None and applies(cfg) else [getattr(cfg, key)]
+        for key, spelled, applies in SPELLED_DEFAULTS
+    ]
     return {
-        dataclasses.replace(cfg, secagg=a, straggler_policy=b).hash()
-        for a, b in itertools.product(secagg, policy)
+        dataclasses.replace(cfg, **dict(zip(keys, values))).hash() for values in itertools.product(*choices)
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from fedmom_cli import config as cfgmod
 from fedmom_cli.errors import UserError
@@ -117,3 +118,31 @@ def test_a_recipe_text_key_given_yaml_structure_is_refused(tmp_path, value, kind
                 "system": value,
             },
         )
+
+
+@pytest.mark.parametrize(
+    "overrides, spellings",
+    [  # the settings; every (secagg, straggler_policy) spelling an older fedmom may have hashed
+        ({}, [(None, None), (False, None)]),  # no deadline: `drop` is not a default spelling
+        (
+            {"round_deadline": 5.0, "client_speed_sigma": 0.5},
+            [(None, None), (False, None), (None, "drop"), (False, "drop")],
+        ),
+        (
+            {"round_deadline": 5.0, "client_speed_sigma": 0.5, "straggler_policy": "partial"},
+            [(None, "partial"), (False, "partial")],
+        ),
+        ({"secagg": True}, [(True, None)]),
+    ],
+)
+def test_each_spelling_of_a_default_reads_back_canonical_and_its_hash_resumes(overrides, spellings):
+    import dataclasses
+
+    settings = {"method": "fedit", **{k: str(v) for k, v in overrides.items()}}
+    cfg = cfgmod.resolve("smoke", None, settings)
+    # hashes of the spellings, made by hand from the dataclass (not through _canonical)
+    by_hand = {dataclasses.replace(cfg, secagg=a, straggler_policy=b).hash() for a, b in spellings}
+    assert cfgmod.spelled_hashes(cfg) == by_hand
+    for a, b in spellings:  # each spelling of config.yaml reads back as the one canonical config
+        spelled = dataclasses.replace(cfg, secagg=a, straggler_policy=b)
+        assert cfgmod.from_yaml(yaml.safe_dump(dataclasses.asdict(spelled))) == cfg

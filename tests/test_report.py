@@ -432,3 +432,32 @@ def test_tables_of_unevaluated_runs_are_named_in_one_line_not_printed_empty(tmp_
         else []
     )
     assert "Table 8" in text  # the training-cost table reads metrics.jsonl, evaluated or not
+
+
+@pytest.mark.parametrize(
+    "partition, config, own",
+    [  # a run's `partition` and settings -> whether it is its seed's own split (not a setting)
+        (None, {"seed": 0}, True),
+        ("results/math/partitions/seed0.json", {"seed": 0}, True),
+        ("results/math/partitions/seed0-beta=0.1.json", {"seed": 0, "beta": 0.1}, True),
+        ("r/math/partitions/seed2-beta=0.1,clients=5.json", {"seed": 2, "beta": 0.1, "clients": 5}, True),
+        ("results/math/partitions/seed0-beta=0.1.json", {"seed": 0, "beta": 0.5}, False),  # not its beta
+        ("r/math/partitions/seed2-beta=0.1,clients=5.json", {"seed": 2, "beta": 0.1, "clients": 4}, False),
+        ("results/math/partitions/seed1-beta=0.1.json", {"seed": 0, "beta": 0.1}, False),  # another seed's
+        ("results/math/partitions/seed0-tau=0.9.json", {"seed": 0, "beta": 0.1}, False),  # no such setting
+        ("results/math/partitions/seed0-.json", {"seed": 0}, False),
+        ("my_splits/seed0-beta=0.1.json", {"seed": 0, "beta": 0.1}, False),  # not a sweep's partitions/
+        ("splits/custom.json", {"seed": 0}, False),
+    ],
+)
+def test_a_sweeps_per_setting_split_is_the_seeds_own_not_a_setting(partition, config, own):
+    assert report._own_split(partition, config) is own
+
+
+def test_drift_map_settings_are_labelled_by_beta_not_by_their_split_files(tmp_path):
+    for beta in (0.1, 100.0):  # make_run files runs with settings under r16/: one root each, read as one
+        part = str(tmp_path / "results" / "math" / "partitions" / f"seed0-beta={beta}.json")
+        make_run(tmp_path / "results" / f"b{beta}", "fedit", 0, None, beta=beta, partition=part)
+    runs, _ = report.collect(tmp_path / "results")
+    labels = [label for _, label in report.labelled_groups({r.settings for r in runs})]
+    assert labels == ["beta=0.1", "beta=100.0"]

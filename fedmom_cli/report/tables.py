@@ -115,12 +115,31 @@ class Run:
         `<root>/<task>/partitions/seed<N>.json` for the run's own seed N, and no file at all
         (`partition: null`: `fedmom train` makes the split from the seed with the same
         `make_partition` call over the same data, clients, beta and min_client_size, all of which stay
-        settings). Any other partition file is a setting."""
+        settings). A sweep's setting that changes the split (beta, clients, ...) names its file
+        `seed<N>-<k>=<v>,....json`: the seed's own split too when every `k=v` is the run's own setting
+        (each stays a setting, so `beta=0.1` is not also labelled by its file). Any other partition file
+        is a setting."""
         config = dict(self.config)
-        part = config.get("partition")
-        if part is None or (isinstance(part, str) and Path(part).name == f"seed{config.get('seed')}.json"):
+        if _own_split(config.get("partition"), config):
             config["partition"] = "the seed's own split"
         return tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in ("method", "seed")))
+
+
+def _own_split(part, config: dict) -> bool:
+    """Whether a run's `partition` is its seed's own split (Run.settings): none, `seed<N>.json`, or a
+    sweep's `partitions/seed<N>-<k>=<v>,....json` whose every `k=v` is the run's own value of k."""
+    if part is None:
+        return True
+    if not isinstance(part, str):
+        return False
+    name, seed = Path(part).name, config.get("seed")
+    if name == f"seed{seed}.json":
+        return True
+    prefix = f"seed{seed}-"
+    if Path(part).parent.name != "partitions" or not (name.startswith(prefix) and name.endswith(".json")):
+        return False
+    pieces = [piece.partition("=") for piece in name[len(prefix) : -len(".json")].split(",")]
+    return all(eq and key in config and str(config[key]) == value for key, eq, value in pieces)
 
 
 @dataclass

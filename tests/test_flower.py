@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -33,7 +36,18 @@ METHODS = [
 ENV = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1")
 
 
+# Ray's temporary folders of the runs this process started (RAY_TMPDIR, one per run): `ray_processes`
+# looks only for Ray processes of these runs. The suite runs on two workers (pytest-xdist), and
+# test_secagg.py's Ray run in the other worker, alive while this file's run ends, is not this run's
+# leftover. Short paths under the system's temp folder, not tmp_path: Ray's AF_UNIX socket paths
+# under it must stay within 107 characters.
+RAY_DIRS: list[str] = []
+
+
 def train(out, method, *extra, env=ENV):
+    if "flower" in extra:
+        RAY_DIRS.append(tempfile.mkdtemp(prefix="fedmom-ray-"))
+        env = dict(env, RAY_TMPDIR=RAY_DIRS[-1])
     cmd = [
         sys.executable,
         "-m",
@@ -57,20 +71,59 @@ def train(out, method, *extra, env=ENV):
     return subprocess.run(cmd, capture_output=True, text=True, env=env)
 
 
-def ray_processes() -> str:
-    """Live (not zombie) Ray processes, after a short grace period for Ray's own shutdown."""
+def _ours(pid: str) -> bool:
+    """Whether process `pid` belongs to a Ray run this test process started (its RAY_TMPDIR, which
+    Ray's head, raylet and workers inherit): not a neighbour worker's, nor another program's."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # gone meanwhile, or not ours to read
+        return False
+    return any(f"RAY_TMPDIR={d}".encode() in environ for d in RAY_DIRS)
+
+
+def ray_processes(tries: int = 20) -> str:
+    """Live (not zombie) Ray processes of this process's runs, after a short grace period for Ray's
+    own shutdown; the runs' Ray folders are removed once none is left."""
     live = ""
-    for _ in range(20):
-        ps = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
+    for _ in range(tries):
+        ps = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout
         live = "\n".join(
             line
             for line in ps.splitlines()
-            if not line.lstrip().startswith("Z") and any(k in line for k in ("raylet", "gcs_server", "ray::"))
+            if not line.split()[1].startswith("Z")
+            and any(k in line for k in ("raylet", "gcs_server", "ray::"))
+            and _ours(line.split()[0])
         )
         if not live:
+            for folder in RAY_DIRS:
+                shutil.rmtree(folder, ignore_errors=True)
             return ""
         time.sleep(0.5)
     return live
+
+
+def test_ray_processes_sees_this_runs_leftovers_not_a_neighbours(monkeypatch):
+    """The check that a run left no Ray process behind finds one of this process's runs (its
+    RAY_TMPDIR) and ignores another worker's (attack4: under -n 2 test_secagg.py's live Ray failed
+    this file's check). Stand-ins named like Ray's processes, no Ray started."""
+    ours, theirs = tempfile.mkdtemp(prefix="fedmom-ray-"), tempfile.mkdtemp(prefix="fedmom-ray-")
+    monkeypatch.setattr(sys.modules[__name__], "RAY_DIRS", [ours])
+    stand_ins = {
+        d: subprocess.Popen(["bash", "-c", f"exec -a raylet-{i} sleep 60"], env=dict(ENV, RAY_TMPDIR=d))
+        for i, d in enumerate((ours, theirs))
+    }
+    try:
+        time.sleep(0.3)  # the exec
+        found = ray_processes(tries=1)
+        assert "raylet-0" in found and "raylet-1" not in found
+        stand_ins[ours].kill()
+        stand_ins[ours].wait()
+        assert ray_processes(tries=1) == ""  # the neighbour's is still alive, and not ours
+    finally:
+        for proc in stand_ins.values():
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(theirs, ignore_errors=True)
 
 
 @pytest.mark.parametrize("method", METHODS)

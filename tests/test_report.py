@@ -425,12 +425,8 @@ def test_tables_of_unevaluated_runs_are_named_in_one_line_not_printed_empty(tmp_
     text = report_render.run(root, tmp_path / "report.md", figures=False)
     printed = [t for t in ("Table 2", "Table 5") if f"### {t}\n" in text]
     assert printed == kept
-    line = [x for x in text.splitlines() if x.startswith("*Left out, no run behind them evaluated")]
-    assert line == (
-        [f"*Left out, no run behind them evaluated (`fedmom eval`): {', '.join(omitted)}.*"]
-        if omitted
-        else []
-    )
+    line = [x for x in text.splitlines() if x.startswith("*Left out")]
+    assert line == ([f"*{report_render.LEFT_OUT}: {', '.join(omitted)}.*"] if omitted else [])
     assert "Table 8" in text  # the training-cost table reads metrics.jsonl, evaluated or not
 
 
@@ -461,3 +457,60 @@ def test_drift_map_settings_are_labelled_by_beta_not_by_their_split_files(tmp_pa
     runs, _ = report.collect(tmp_path / "results")
     labels = [label for _, label in report.labelled_groups({r.settings for r in runs})]
     assert labels == ["beta=0.1", "beta=100.0"]
+
+
+def _own_data_only(root, method, seed, settings):
+    """A run evaluated on the user's own data only (`fedmom eval --data`): no benchmark value."""
+    folder = make_run(root, method, seed, None, **settings)
+    own = {"protocol": "own-data", "metric": "loss", "value": 1.25, "stderr": 0.5, "n": 8}
+    (folder / "eval.json").write_text(json.dumps({"adapter": True, "method": method, "tasks": {"mine": own}}))
+
+
+@pytest.mark.parametrize(
+    "runs, compare, printed, omitted",
+    [  # (method, seed, evaluation: "gsm8k" / "own" / None, settings) per run; --compare-paper; the tables
+        # printed; the ones the one line names. Found by attacking the left-out line (attack4):
+        # a run evaluated on its own data only was said to be "not evaluated"
+        ([("fedit", 0, "own", {})], False, [], ["Table 2", "Table 5"]),
+        # settings groups of which one is evaluated: only the other's tables are named, by setting
+        (
+            [("fedit", 0, "gsm8k", {"lora_r": 16}), ("fedit", 1, None, {"lora_r": 8})],
+            False,
+            ["Table 2 (lora_r=16)"],
+            ["Table 2 (lora_r=8)", "Table 5 (lora_r=8)", "Table 5 (lora_r=16)"],
+        ),
+        # --compare-paper: the paper's values are no value of a run; the CSV keeps them (below)
+        ([("fedmomentum", 0, None, {})], True, [], ["Table 2", "Table 5"]),
+        ([("fedmomentum", 0, "gsm8k", {})], True, ["Table 2", "Table 5"], []),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_left_out_tables_are_named_truly_and_kept_in_the_long_form(
+    tmp_path, runs, compare, printed, omitted, fmt
+):
+    root = tmp_path / "results"
+    for method, seed, evaluated, settings in runs:
+        if evaluated == "own":
+            _own_data_only(root, method, seed, settings)
+        else:
+            make_run(root, method, seed, {"gsm8k": (0.2, 0.01)} if evaluated else None, **settings)
+    out = tmp_path / "report.md"
+    text = report_render.run(root, out, compare_paper=compare, fmt=fmt, figures=False)
+    headings = [x[4:] for x in text.splitlines() if x.startswith("### Table") and "Table 8" not in x]
+    assert headings == printed
+    line = [x for x in text.splitlines() if x.startswith("*Left out")]
+    assert line == ([f"*{report_render.LEFT_OUT}: {', '.join(omitted)}.*"] if omitted else [])
+    # the long form still has every cell of every table, a left-out one's as empty cells (as before
+    # tables were left out): nothing that a CSV/JSON reader had is gone
+    frame = pd.read_csv(out.with_suffix(".csv")) if fmt == "csv" else pd.read_json(out.with_suffix(".json"))
+    named = {f"{t} ({s})" if isinstance(s, str) and s else t for t, s in zip(frame.table, frame.setting)}
+    assert set(printed + omitted) <= named
+    for heading in omitted:
+        title, _, setting = heading.partition(" (")
+        cells = frame[(frame.table == title) & (frame.setting.fillna("") == setting.rstrip(")"))]
+        assert len(cells) and cells["mean"].isna().all()
+        # --compare-paper: the paper's value of each of the paper's cells, as in any compared table
+        assert cells["paper"].notna().any() == compare
+    if any(e == "own" for _, _, e, _ in runs):  # the own-data value is in its own section and rows
+        assert "Your own evaluations" in text
+        assert (frame.table == "Your own evaluations").sum() == 1

@@ -164,6 +164,10 @@ def long_form_json(frame) -> str:
 
 
 REPORT_HEADING = "# fedmom report"
+# The one line naming the tables left out of the markdown (tables.unevaluated): no row of theirs has a
+# benchmark evaluation. Not "no run evaluated": a run evaluated on the user's own data only is in
+# "Your own evaluations", and an ablation table of a study without ablation runs has no run at all.
+LEFT_OUT = "Left out, no row with a benchmark evaluation (`fedmom eval`)"
 LONG_COLUMNS = ["table", "setting", "row", "column", "mean", "error", "seeds", "paper"]
 
 
@@ -235,10 +239,11 @@ def run(
     if not runs and not pretrained:
         raise UserError(f"no fedmom run folders (result.json + config.yaml) under {root}")
     try:  # files that parse but hold other shapes (a hand-edited eval.json, a foreign result.json)
-        omitted: list[str] = []
-        tables = report.build_tables(runs, pretrained, spread, compare_paper, left_out=omitted)
-        tables += report.table8(runs, report.bench_dense_row(root))
-        tables += report.training_summary(runs)
+        every = report.build_tables(runs, pretrained, spread, compare_paper, unevaluated_too=True)
+        omitted = [report.heading(t) for t in every if report.unevaluated(t)]  # Tables 2-7 only
+        tables = [t for t in every if not report.unevaluated(t)]  # the markdown's
+        more = report.table8(runs, report.bench_dense_row(root)) + report.training_summary(runs)
+        tables, every = tables + more, every + more
         own_md, own_rows = own_evals.markdown(runs, pretrained), own_evals.records(runs, pretrained)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise UserError(
@@ -254,7 +259,7 @@ def run(
         "",
     ]
     if omitted:  # runs read by their losses only: no empty tables of "missing" rows
-        parts += [f"*Left out, no run behind them evaluated (`fedmom eval`): {', '.join(omitted)}.*", ""]
+        parts += [f"*{LEFT_OUT}: {', '.join(omitted)}.*", ""]
     parts += [markdown(t, compare_paper) for t in tables]
     parts += paired_markdown(runs)
     parts += across_settings_markdown(runs)
@@ -271,7 +276,7 @@ def run(
 
     atomic_write_bytes(out, text.encode())
     if fmt != "md":
-        frame = long_form(tables, own_rows)
+        frame = long_form(every, own_rows)  # every cell, a left-out table's too (empty)
         target = out.with_suffix(f".{fmt}")
         body = frame.to_csv(index=False) if fmt == "csv" else long_form_json(frame)
         atomic_write_bytes(target, body.encode())

@@ -346,8 +346,12 @@ def build_tables(
     pretrained: list[dict],
     spread: str = "stderr",
     compare_paper: bool = False,
-    left_out: list[str] | None = None,  # receives the titles of the tables left out as unevaluated
+    unevaluated_too: bool = False,
 ) -> list[Table]:
+    """Tables 2-7 per task and setting group. Those `unevaluated` are left out unless
+    `unevaluated_too`: the report's markdown names them in one line (`heading`), while its long form
+    (--format csv/json) keeps every cell of every table, a left-out table's as empty cells (and, with
+    --compare-paper, the paper's values), as it did before tables were left out."""
     paper = paper_tables() if compare_paper else {}
     tables = []
     for key, title, family, methods in TABLES:
@@ -360,15 +364,20 @@ def build_tables(
             table = _table(key, title, family, methods + beyond, members, pre, label, spread, paper.get(key))
             table.beyond = beyond
             tables.append(table)
-    if left_out is not None:
-        left_out += [t.title + (f" ({t.setting})" if t.setting else "") for t in tables if unevaluated(t)]
-    return [t for t in tables if not unevaluated(t)]
+    return tables if unevaluated_too else [t for t in tables if not unevaluated(t)]
+
+
+def heading(table: Table) -> str:
+    """A table's title and, where setting groups differ, its setting: `Table 2 (lora_r=8)`."""
+    return table.title + (f" ({table.setting})" if table.setting else "")
 
 
 def unevaluated(table: Table) -> bool:
-    """A table with no value whose only notes say which rows are missing: every run behind it is
-    unevaluated (a study read by its training and validation loss, e.g. the drift map). The report
-    leaves it out and names it in one line instead of printing an empty table."""
+    """A table with no value whose only notes say which rows are missing: no row of it has a
+    benchmark evaluation (a study read by its training and validation loss, e.g. the drift map; runs
+    evaluated only on the user's own data, which have a section of their own; an ablation table of
+    a study without ablation runs). The report leaves it out of the markdown and names it in one
+    line instead of printing an empty table. A failed or running run's note keeps the table."""
     empty = not any(c.mean is not None for row in table.rows.values() for c in row.values())
     return empty and all(n.startswith("missing: ") for n in table.notes)
 

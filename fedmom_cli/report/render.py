@@ -16,6 +16,7 @@ from fedmom_cli.report.tables import (
     NAMES,
     Cell,
     Table,
+    heading,
     marks,
     rankable,
     row_name,
@@ -93,9 +94,8 @@ def markdown(table: Table, compare: bool = False) -> str:
         for col in table.columns
     }
     ranked = {col: marks(values[col], table.higher_is_better, digits) for col in table.columns}
-    heading = f"### {table.title}" + (f" ({table.setting})" if table.setting else "")
     lines = [
-        heading,
+        f"### {heading(table)}",
         "",
         "| Method | " + " | ".join(HEADERS.get(c, COLUMNS.get(c, c)) for c in table.columns) + " |",
         "|---|" + "---|" * len(table.columns),
@@ -239,11 +239,11 @@ def run(
     if not runs and not pretrained:
         raise UserError(f"no fedmom run folders (result.json + config.yaml) under {root}")
     try:  # files that parse but hold other shapes (a hand-edited eval.json, a foreign result.json)
-        every = report.build_tables(runs, pretrained, spread, compare_paper, unevaluated_too=True)
-        omitted = [report.heading(t) for t in every if report.unevaluated(t)]  # Tables 2-7 only
-        tables = [t for t in every if not report.unevaluated(t)]  # the markdown's
+        paper = report.build_tables(runs, pretrained, spread, compare_paper, unevaluated_too=True)
+        omitted = [t for t in paper if report.unevaluated(t)]  # Tables 2-7 only
         more = report.table8(runs, report.bench_dense_row(root)) + report.training_summary(runs)
-        tables, every = tables + more, every + more
+        every = paper + more  # the long form's
+        tables = [t for t in paper if not report.unevaluated(t)] + more  # the markdown's
         own_md, own_rows = own_evals.markdown(runs, pretrained), own_evals.records(runs, pretrained)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise UserError(
@@ -259,7 +259,7 @@ def run(
         "",
     ]
     if omitted:  # runs read by their losses only: no empty tables of "missing" rows
-        parts += [f"*{LEFT_OUT}: {', '.join(omitted)}.*", ""]
+        parts += [f"*{LEFT_OUT}: {', '.join(heading(t) for t in omitted)}.*", ""]
     parts += [markdown(t, compare_paper) for t in tables]
     parts += paired_markdown(runs)
     parts += across_settings_markdown(runs)
